@@ -1,0 +1,55 @@
+#!/usr/bin/env node
+/**
+ * The stackboot CLI. The only module that touches process.exitCode: every command is a
+ * thin module in ./commands that maps argv to one library call; errors become a one-line
+ * message and the error's exit code, and --verbose prints the cause chain.
+ */
+import yargs, { type Argv } from 'yargs';
+import { hideBin } from 'yargs/helpers';
+import { causeChain, exitCodeOf, StackbootError } from '../errors.js';
+import { commands } from './commands/index.js';
+
+export interface GlobalArgs {
+  json?: boolean;
+  verbose?: boolean;
+  'dry-run'?: boolean;
+  quiet?: boolean;
+}
+
+async function main(argv: string[]): Promise<void> {
+  let failed: unknown;
+  const parser: Argv = yargs(argv)
+    .scriptName('stackboot')
+    .option('json', { type: 'boolean', describe: 'print the result as JSON (progress as JSON lines on stderr)' })
+    .option('verbose', { alias: 'v', type: 'boolean', describe: 'show the cause chain of errors' })
+    .option('quiet', { alias: 'q', type: 'boolean', describe: 'no progress output' })
+    .strict()
+    .demandCommand(1, 'name a command (see --help)')
+    .recommendCommands()
+    .wrap(Math.min(110, process.stdout.columns || 100))
+    .fail((msg, err) => {
+      failed = err ?? new StackbootError('USAGE', msg);
+    });
+  for (const c of commands) parser.command(c as never);
+  try {
+    await parser.parseAsync();
+  } catch (e) {
+    failed = e;
+  }
+  if (failed) {
+    const verbose = argv.includes('--verbose') || argv.includes('-v');
+    const chain = causeChain(failed);
+    process.stderr.write(`stackboot: ${chain[0] ?? 'failed'}\n`);
+    if (verbose) {
+      for (const c of chain.slice(1)) process.stderr.write(`  caused by: ${c}\n`);
+      if (failed instanceof StackbootError && failed.details) process.stderr.write(`  details: ${JSON.stringify(failed.details)}\n`);
+      if (!(failed instanceof StackbootError) && failed instanceof Error && failed.stack) process.stderr.write(failed.stack + '\n');
+    } else if (chain.length > 1) {
+      process.stderr.write(`  (run with --verbose for the cause)\n`);
+    }
+    if (failed instanceof StackbootError && failed.code === 'USAGE') parser.showHelp((s) => process.stderr.write(s + '\n'));
+    process.exitCode = exitCodeOf(failed);
+  }
+}
+
+await main(hideBin(process.argv));
