@@ -1,4 +1,7 @@
 /** The command list. Each entry is a yargs CommandModule from its own file. */
 import type { CommandModule } from 'yargs';
+import { initramfsCommand } from './initramfs.js';
 
-export const commands: CommandModule<any, any>[] = [];
+export const commands: CommandModule<any, any>[] = [
+  initramfsCommand,
+];

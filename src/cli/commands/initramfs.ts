@@ -1,0 +1,65 @@
+/** `stackboot initramfs`: build the boot hook (standalone initrd, initramfs-tools or dracut files). */
+import type { CommandModule } from 'yargs';
+import { readFile } from 'node:fs/promises';
+import { StackbootError } from '../../errors.js';
+import { buildInitramfs, makeBootConfig, FLAVORS, type Compression, type Flavor } from '../../initramfs.js';
+import type { Arch } from '../../target.js';
+import type { GlobalArgs } from '../main.js';
+import { makeOut } from '../output.js';
+
+interface Args extends GlobalArgs {
+  flavor: Flavor;
+  out: string;
+  arch?: Arch;
+  'modules-dir'?: string;
+  busybox?: string;
+  config?: string;
+  set?: string[];
+  module?: string[];
+  compress: Compression;
+}
+
+export const initramfsCommand: CommandModule<GlobalArgs, Args> = {
+  command: 'initramfs',
+  describe: 'build the boot hook: a standalone initrd, or initramfs-tools / dracut files',
+  builder: (y) =>
+    y
+      .option('flavor', { choices: FLAVORS as Flavor[], demandOption: true, describe: 'standalone initrd, initramfs-tools hook+script, or dracut module' })
+      .option('out', { type: 'string', demandOption: true, describe: 'initrd file (standalone) or output directory' })
+      .option('arch', { choices: ['amd64', 'arm64'] as Arch[], describe: 'target arch (standalone; default: the host)' })
+      .option('modules-dir', { type: 'string', describe: 'kernel modules dir, lib/modules/<kver> (default: the setup target)' })
+      .option('busybox', { type: 'string', describe: 'busybox-static for the target (default: the setup target)' })
+      .option('config', { type: 'string', describe: 'boot.conf to start from (KEY=value)' })
+      .option('set', { type: 'string', array: true, describe: 'boot config KEY=VALUE (repeatable)' })
+      .option('module', { alias: 'm', type: 'string', array: true, describe: 'extra kernel module (repeatable)' })
+      .option('compress', { choices: ['gzip', 'zstd'] as Compression[], default: 'gzip' as Compression, describe: 'initrd compression (standalone)' }) as never,
+  handler: async (argv) => {
+    const out = makeOut(argv);
+    let text: string | undefined;
+    if (argv.config) {
+      try {
+        text = await readFile(argv.config, 'utf8');
+      } catch (e) {
+        throw new StackbootError('CONFIG', `cannot read ${argv.config}`, { cause: e });
+      }
+    }
+    const config = makeBootConfig({ text, origin: argv.config, set: argv.set ?? [] });
+    const r = await buildInitramfs({
+      flavor: argv.flavor,
+      out: argv.out,
+      arch: argv.arch,
+      modulesDir: argv['modules-dir'],
+      busybox: argv.busybox,
+      config,
+      modules: (argv.module ?? []).flatMap((m) => m.split(/[\s,]+/)).filter((m) => m !== ''),
+      compress: argv.compress,
+      progress: out.progress,
+    });
+    out.result(r);
+    if (r.flavor === 'standalone') {
+      out.line(`${r.out}: ${r.arch} initrd for ${r.kver}, ${r.compress}, ${r.bytes} bytes, ${r.modules.length} modules${r.builtin.length ? ` (built in: ${r.builtin.join(' ')})` : ''}`);
+    } else {
+      out.line(`${r.out}: ${r.flavor} files (${r.files.length}); see ${r.out}/INSTALL`);
+    }
+  },
+};
