@@ -23,7 +23,7 @@ function fmtBytes(n: number): string {
   return `${v.toFixed(i === 0 ? 0 : 1)} ${u[i]}`;
 }
 
-export function makeOut(opts: { json?: boolean; verbose?: boolean; quiet?: boolean }): Out {
+export function makeOut(opts: { json?: boolean; verbose?: boolean; quiet?: boolean; [k: string]: unknown }): Out {
   const json = !!opts.json;
   const tty = process.stderr.isTTY && !json;
   let lastLen = 0;

@@ -1,0 +1,40 @@
+import os from 'node:os';
+import path from 'node:path';
+import type { CommandModule } from 'yargs';
+import { loadRecipe } from '../../recipe.js';
+import { buildStack } from '../../stack.js';
+import { fmtBytes, makeOut } from '../output.js';
+import { archFromNode } from '../../target.js';
+
+export const buildCommand: CommandModule<any, any> = {
+  command: 'build <recipe>',
+  describe: 'build a stack (layers/<sha256>.sqfs + manifest) from a recipe',
+  builder: (y) =>
+    y
+      .positional('recipe', { type: 'string', describe: 'recipe folder (images/<name>) or recipe.json', demandOption: true })
+      .option('out', { alias: 'o', type: 'string', describe: 'output folder', demandOption: true })
+      .option('arch', { type: 'string', choices: ['amd64', 'arm64'], describe: 'target architecture (default: this machine)' })
+      .option('cache', { type: 'string', describe: 'layer cache folder (default: $XDG_CACHE_HOME/stackboot or ~/.cache/stackboot)' })
+      .option('no-cache', { type: 'boolean', describe: 'build every layer, do not read or write the cache' })
+      .option('jobs', { alias: 'j', type: 'number', describe: 'compressor threads (output does not depend on it)' })
+      .example('$0 build images/demo --out out/demo', 'build the demo stack'),
+  handler: async (a) => {
+    const out = makeOut(a);
+    const arch = (a.arch as string | undefined) ?? archFromNode(process.arch) ?? 'amd64';
+    const recipe = await loadRecipe(a.recipe, { arch });
+    const cacheDir = a.noCache || a.cache === false ? null : (a.cache ?? path.join(process.env.XDG_CACHE_HOME || path.join(os.homedir(), '.cache'), 'stackboot'));
+    const epochEnv = process.env.SOURCE_DATE_EPOCH;
+    const epoch = epochEnv && /^\d+$/.test(epochEnv) ? Number(epochEnv) : 0;
+    const r = await buildStack(recipe, { outDir: a.out, cacheDir, epoch, arch, jobs: a.jobs, uid: process.getuid?.(), progress: out.progress });
+    out.result({
+      stack: r.stackId,
+      manifest: r.manifestFile,
+      name: r.manifest.name,
+      version: r.manifest.version,
+      layers: r.layers.map((l) => ({ name: l.name, digest: l.digest, size: l.size, cached: l.cached, builder: l.builder })),
+    });
+    out.line(`stack ${r.stackId}  ${r.manifest.name} ${r.manifest.version}`);
+    for (const l of r.layers) out.line(`  ${l.name.padEnd(16)} sha256:${l.digest.slice(0, 16)}…  ${fmtBytes(l.size).padStart(10)}  ${l.cached ? 'cached' : `built (${l.builder})`}`);
+    out.line(`manifest: ${r.manifestFile}`);
+  },
+};

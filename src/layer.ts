@@ -1,0 +1,232 @@
+/**
+ * Building one layer: cache lookup by a key over the layer's inputs and options, then
+ * compression into a temporary file, sha256, and a rename to `layers/<sha256>.sqfs`.
+ * A failed build leaves nothing under a final name.
+ */
+import { createHash, randomBytes } from 'node:crypto';
+import { promises as fs } from 'node:fs';
+import path from 'node:path';
+import type { Readable, Writable } from 'node:stream';
+import { sha256File } from './digest.js';
+import { StackbootError, wrap } from './errors.js';
+import { spawn } from './exec.js';
+import type { ProgressSink } from './progress.js';
+import { RateMeter } from './progress.js';
+import { checkSquashfs, gensquashfsDir, tar2sqfs, type SquashOptions } from './squashfs.js';
+import { TarWriter } from './tarfile.js';
+import { emitTar, planTar } from './sources/tar.js';
+import { scanDir } from './sources/dir.js';
+
+export const BUILDER_VERSION = 'stackboot-layer-1';
+
+export interface LayerContext {
+  /** output folder: layers go to <outDir>/layers */
+  outDir: string;
+  /** cache folder, or null for no cache */
+  cacheDir: string | null;
+  squash: SquashOptions;
+  /** squashfs-tools-ng version (part of the key) */
+  toolVersion: string;
+  progress: ProgressSink;
+}
+
+export interface BuiltLayer {
+  name: string;
+  digest: string;
+  size: number;
+  cached: boolean;
+  builder: 'gensquashfs' | 'tar2sqfs' | 'cache';
+  file: string;
+  /** the cache key */
+  key: string;
+}
+
+export function layerKey(parts: Record<string, unknown>): string {
+  return createHash('sha256').update(JSON.stringify(parts)).digest('hex');
+}
+
+async function exists(p: string): Promise<boolean> {
+  return fs.stat(p).then(
+    () => true,
+    () => false,
+  );
+}
+
+/** Places `src` at `dst` by hard link, or by copy across filesystems. */
+async function linkOrCopy(src: string, dst: string): Promise<void> {
+  const tmp = `${dst}.tmp-${randomBytes(4).toString('hex')}`;
+  try {
+    await fs.link(src, tmp);
+  } catch {
+    await fs.copyFile(src, tmp);
+  }
+  await fs.rename(tmp, dst);
+}
+
+async function cacheLookup(ctx: LayerContext, key: string): Promise<{ digest: string; file: string } | null> {
+  if (!ctx.cacheDir) return null;
+  const keyFile = path.join(ctx.cacheDir, 'keys', key);
+  const digest = (await fs.readFile(keyFile, 'utf8').catch(() => '')).trim();
+  if (!/^[0-9a-f]{64}$/.test(digest)) return null;
+  const file = path.join(ctx.cacheDir, 'layers', `${digest}.sqfs`);
+  if (!(await exists(file))) return null;
+  return { digest, file };
+}
+
+async function cacheStore(ctx: LayerContext, key: string, digest: string, file: string): Promise<void> {
+  if (!ctx.cacheDir) return;
+  await fs.mkdir(path.join(ctx.cacheDir, 'keys'), { recursive: true });
+  await fs.mkdir(path.join(ctx.cacheDir, 'layers'), { recursive: true });
+  const target = path.join(ctx.cacheDir, 'layers', `${digest}.sqfs`);
+  if (!(await exists(target))) await linkOrCopy(file, target);
+  const tmp = path.join(ctx.cacheDir, 'keys', `.${key}.tmp-${randomBytes(4).toString('hex')}`);
+  await fs.writeFile(tmp, digest + '\n');
+  await fs.rename(tmp, path.join(ctx.cacheDir, 'keys', key));
+}
+
+/**
+ * The shared frame of every layer build: cache, temp file, digest, final rename.
+ * `make` writes a squashfs to the temp path and says which builder it used.
+ */
+function fullKey(ctx: LayerContext, keyParts: Record<string, unknown>): string {
+  return layerKey({ v: BUILDER_VERSION, tool: ctx.toolVersion, squash: { ...ctx.squash, jobs: undefined }, ...keyParts });
+}
+
+/** The cached layer for these inputs, placed in the output folder; null on a miss. */
+export async function cachedLayer(ctx: LayerContext, name: string, keyParts: Record<string, unknown>): Promise<BuiltLayer | null> {
+  const key = fullKey(ctx, keyParts);
+  const layersDir = path.join(ctx.outDir, 'layers');
+  await fs.mkdir(layersDir, { recursive: true });
+  const hit = await cacheLookup(ctx, key);
+  if (!hit) return null;
+  const dst = path.join(layersDir, `${hit.digest}.sqfs`);
+  if (!(await exists(dst))) await linkOrCopy(hit.file, dst);
+  const size = (await fs.stat(dst)).size;
+  ctx.progress({ task: `layer ${name}`, done: 1, total: 1, unit: 'items', note: 'cached', final: true });
+  return { name, digest: hit.digest, size, cached: true, builder: 'cache', file: dst, key };
+}
+
+/** Files an already built layer under another key (e.g. a run source's command). */
+export async function rememberLayer(ctx: LayerContext, keyParts: Record<string, unknown>, layer: BuiltLayer): Promise<void> {
+  await cacheStore(ctx, fullKey(ctx, keyParts), layer.digest, layer.file);
+}
+
+export async function produceLayer(
+  ctx: LayerContext,
+  name: string,
+  keyParts: Record<string, unknown>,
+  make: (tmpFile: string) => Promise<'gensquashfs' | 'tar2sqfs'>,
+): Promise<BuiltLayer> {
+  const key = fullKey(ctx, keyParts);
+  const layersDir = path.join(ctx.outDir, 'layers');
+  await fs.mkdir(layersDir, { recursive: true });
+  const hit = await cacheLookup(ctx, key);
+  if (hit) {
+    const dst = path.join(layersDir, `${hit.digest}.sqfs`);
+    if (!(await exists(dst))) await linkOrCopy(hit.file, dst);
+    const size = (await fs.stat(dst)).size;
+    ctx.progress({ task: `layer ${name}`, done: 1, total: 1, unit: 'items', note: 'cached', final: true });
+    return { name, digest: hit.digest, size, cached: true, builder: 'cache', file: dst, key };
+  }
+  const tmp = path.join(layersDir, `.tmp-${name}-${randomBytes(6).toString('hex')}.sqfs`);
+  try {
+    const builder = await make(tmp);
+    await checkSquashfs(tmp);
+    const digest = await sha256File(tmp);
+    const size = (await fs.stat(tmp)).size;
+    const dst = path.join(layersDir, `${digest}.sqfs`);
+    await fs.rename(tmp, dst);
+    await cacheStore(ctx, key, digest, dst);
+    return { name, digest, size, cached: false, builder, file: dst, key };
+  } catch (e) {
+    await fs.rm(tmp, { force: true });
+    throw wrap('SOURCE', `layer ${name}: build failed`, e);
+  }
+}
+
+/** Polls a growing output file so long compressions show progress. */
+function watchFile(file: string, ctx: LayerContext, task: string, total?: number): () => void {
+  const meter = new RateMeter(ctx.progress, task, total, 'bytes');
+  const t = setInterval(() => {
+    fs.stat(file).then(
+      (s) => meter.update(s.size),
+      () => {},
+    );
+  }, 500);
+  return () => clearInterval(t);
+}
+
+export interface DirLayerSpec {
+  name: string;
+  dir: string;
+  owner: 'keep' | 'root';
+  devices: boolean;
+  /** extra key material (e.g. the digests and command of a run source) */
+  keyExtra?: Record<string, unknown>;
+}
+
+export async function buildDirLayer(ctx: LayerContext, spec: DirLayerSpec): Promise<BuiltLayer> {
+  const scan = await scanDir(spec.dir, { devices: spec.devices });
+  return produceLayer(ctx, spec.name, { source: 'dir', tree: scan.key, owner: spec.owner, devices: spec.devices, ...(spec.keyExtra ?? {}) }, async (tmp) => {
+    const stop = watchFile(tmp, ctx, `compress ${spec.name}`);
+    try {
+      if (scan.hardlinks === 0) {
+        await gensquashfsDir(tmp, spec.dir, { ...ctx.squash, allRoot: spec.owner === 'root' });
+        return 'gensquashfs';
+      }
+      // gensquashfs 1.2 would turn hard links into copies: pack through GNU tar instead.
+      await tar2sqfs(tmp, ctx.squash, (stdin) => gnuTarInto(spec.dir, ctx.squash.epoch, spec.owner, stdin));
+      return 'tar2sqfs';
+    } finally {
+      stop();
+    }
+  });
+}
+
+async function gnuTarInto(dir: string, epoch: number, owner: 'keep' | 'root', stdin: Writable): Promise<void> {
+  const args = [
+    '-C', dir, '--sort=name', '--format=posix', '--xattrs', '--xattrs-include=*', '--numeric-owner', `--mtime=@${epoch}`,
+    '--pax-option=exthdr.name=%d/PaxHeaders/%f,delete=atime,delete=ctime', '-cf', '-', '.',
+  ];
+  if (owner === 'root') args.unshift('--owner=0', '--group=0');
+  const child = spawn('tar', args);
+  let err = '';
+  child.stderr.on('data', (d: Buffer) => (err += d.toString()));
+  await new Promise<void>((resolve, reject) => {
+    (child.stdout as Readable).pipe(stdin);
+    (child.stdout as Readable).on('error', reject);
+    stdin.on('finish', resolve);
+    stdin.on('error', reject);
+  });
+  const r = await child.done;
+  if (r.exitCode !== 0) throw new StackbootError('TOOL', `tar of ${dir} failed: ${err.trim() || r.exitCode}`);
+}
+
+export interface TarLayerSpec {
+  name: string;
+  file: string;
+  whiteouts: 'oci' | 'none';
+  owner: 'keep' | 'root';
+  devices: boolean;
+  /** content digest of the tar file, when known (OCI blobs); else it is hashed */
+  contentDigest?: string;
+}
+
+export async function buildTarLayer(ctx: LayerContext, spec: TarLayerSpec): Promise<BuiltLayer> {
+  const st = await fs.stat(spec.file).catch((e) => {
+    throw new StackbootError('SOURCE', `layer ${spec.name}: cannot read ${spec.file}`, { cause: e });
+  });
+  if (!st.isFile()) throw new StackbootError('SOURCE', `layer ${spec.name}: ${spec.file} is not a file`);
+  const content = spec.contentDigest ?? (await sha256File(spec.file));
+  return produceLayer(ctx, spec.name, { source: 'tar', content, whiteouts: spec.whiteouts, owner: spec.owner, devices: spec.devices }, async (tmp) => {
+    const plan = await planTar(spec.file, { whiteouts: spec.whiteouts, devices: spec.devices, owner: spec.owner, epoch: ctx.squash.epoch });
+    const meter = new RateMeter(ctx.progress, `compress ${spec.name}`, plan.dataBytes, 'bytes');
+    await tar2sqfs(tmp, ctx.squash, async (stdin) => {
+      const w = new TarWriter(stdin);
+      await emitTar(plan, w, (n) => meter.update(n));
+      await w.finish();
+    });
+    meter.update(plan.dataBytes, true);
+    return 'tar2sqfs';
+  });
+}

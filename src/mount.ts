@@ -1,0 +1,83 @@
+/**
+ * Mounts on the host (root only): squashfs layers on loop devices, overlays, tmpfs and
+ * binds. Used by the run source, the integration tests and the node-side tools.
+ */
+import { promises as fs } from 'node:fs';
+import { run } from './exec.js';
+import { StackbootError } from './errors.js';
+
+export function isRoot(uid: number | undefined): boolean {
+  return uid === 0;
+}
+
+export async function mountSquashfs(file: string, dir: string): Promise<void> {
+  await fs.mkdir(dir, { recursive: true });
+  await run('mount', ['-t', 'squashfs', '-o', 'loop,ro', file, dir]);
+}
+
+/** Overlay with `lowers` given top first (as overlayfs wants). Read-only when no upper. */
+export async function mountOverlay(target: string, lowers: string[], upper?: { upper: string; work: string }, extra: string[] = []): Promise<void> {
+  if (lowers.length === 0) throw new StackbootError('INTERNAL', 'overlay needs at least one lower');
+  await fs.mkdir(target, { recursive: true });
+  const opts = [`lowerdir=${lowers.join(':')}`];
+  if (upper) opts.push(`upperdir=${upper.upper}`, `workdir=${upper.work}`);
+  opts.push(...extra);
+  const o = opts.join(',');
+  if (o.length >= 4000) throw new StackbootError('INTERNAL', `overlay options too long (${o.length} bytes): use shorter mount points`);
+  // a single lower and no upper is not valid for overlayfs: use a bind
+  if (!upper && lowers.length === 1) {
+    await run('mount', ['--bind', '-o', 'ro', lowers[0], target]);
+    return;
+  }
+  await run('mount', ['-t', 'overlay', 'overlay', '-o', o, target]);
+}
+
+export async function mountTmpfs(dir: string, size = '50%'): Promise<void> {
+  await fs.mkdir(dir, { recursive: true });
+  await run('mount', ['-t', 'tmpfs', '-o', `size=${size},mode=0755`, 'tmpfs', dir]);
+}
+
+export async function bindMount(src: string, dst: string, readonly = false): Promise<void> {
+  await fs.mkdir(dst, { recursive: true });
+  await run('mount', ['--bind', src, dst]);
+  if (readonly) await run('mount', ['-o', 'remount,bind,ro', dst]);
+}
+
+export async function mountDevice(dev: string, dir: string, opts: string[] = []): Promise<void> {
+  await fs.mkdir(dir, { recursive: true });
+  await run('mount', [...(opts.length ? ['-o', opts.join(',')] : []), dev, dir]);
+}
+
+export async function remount(dir: string, mode: 'ro' | 'rw'): Promise<void> {
+  await run('mount', ['-o', `remount,${mode}`, dir]);
+}
+
+/** Unmounts, retrying a few times and then lazily, so cleanup never leaves mounts behind. */
+export async function umount(dir: string): Promise<void> {
+  for (let i = 0; i < 5; i++) {
+    const r = await run('umount', [dir], { reject: false });
+    if (r.exitCode === 0) return;
+    if (/not mounted|no mount point|not found/i.test(r.stderr)) return;
+    await new Promise((res) => setTimeout(res, 100 * (i + 1)));
+  }
+  await run('umount', ['-l', dir], { reject: false });
+}
+
+/** Unmounts a list in reverse order, ignoring what is not mounted. */
+export async function umountAll(dirs: string[]): Promise<void> {
+  for (const d of [...dirs].reverse()) await umount(d);
+}
+
+/** A loop device for a file (read-write unless ro), e.g. for a test store. */
+export async function attachLoop(file: string, opts: { readonly?: boolean; partscan?: boolean } = {}): Promise<string> {
+  const args = ['--find', '--show'];
+  if (opts.readonly) args.push('--read-only');
+  if (opts.partscan) args.push('--partscan');
+  args.push(file);
+  const r = await run('losetup', args);
+  return r.stdout.trim();
+}
+
+export async function detachLoop(dev: string): Promise<void> {
+  await run('losetup', ['-d', dev], { reject: false });
+}

@@ -1,0 +1,122 @@
+/**
+ * ed25519 signatures over manifests (node:crypto). Keys are PEM files (PKCS#8 private,
+ * SPKI public). The detached signature `manifest.sig` is one line of base64.
+ */
+import { createPrivateKey, createPublicKey, generateKeyPairSync, sign, verify, type KeyObject } from 'node:crypto';
+import { promises as fs } from 'node:fs';
+import path from 'node:path';
+import { StackbootError } from './errors.js';
+
+export interface KeyPairFiles {
+  privateKey: string;
+  publicKey: string;
+}
+
+export function generateKeyPair(): { privatePem: string; publicPem: string } {
+  const { privateKey, publicKey } = generateKeyPairSync('ed25519');
+  return {
+    privatePem: privateKey.export({ type: 'pkcs8', format: 'pem' }).toString(),
+    publicPem: publicKey.export({ type: 'spki', format: 'pem' }).toString(),
+  };
+}
+
+/** Writes `<base>.key` (mode 0600) and `<base>.pub`; refuses to overwrite. */
+export async function writeKeyPair(base: string): Promise<KeyPairFiles> {
+  const { privatePem, publicPem } = generateKeyPair();
+  const priv = `${base}.key`;
+  const pub = `${base}.pub`;
+  await fs.mkdir(path.dirname(path.resolve(priv)), { recursive: true });
+  try {
+    await fs.writeFile(priv, privatePem, { mode: 0o600, flag: 'wx' });
+  } catch (e) {
+    throw new StackbootError('IO', `cannot write ${priv}${(e as NodeJS.ErrnoException).code === 'EEXIST' ? ': it exists already' : ''}`, { cause: e });
+  }
+  try {
+    await fs.writeFile(pub, publicPem, { flag: 'wx' });
+  } catch (e) {
+    await fs.rm(priv, { force: true });
+    throw new StackbootError('IO', `cannot write ${pub}${(e as NodeJS.ErrnoException).code === 'EEXIST' ? ': it exists already' : ''}`, { cause: e });
+  }
+  return { privateKey: priv, publicKey: pub };
+}
+
+async function readKey(file: string, kind: 'private' | 'public'): Promise<KeyObject> {
+  let pem: string;
+  try {
+    pem = await fs.readFile(file, 'utf8');
+  } catch (e) {
+    throw new StackbootError('SIGNATURE', `cannot read ${kind} key ${file}`, { cause: e });
+  }
+  try {
+    const k = kind === 'private' ? createPrivateKey(pem) : createPublicKey(pem);
+    if (k.asymmetricKeyType !== 'ed25519') throw new Error(`key type is ${k.asymmetricKeyType}, not ed25519`);
+    return k;
+  } catch (e) {
+    throw new StackbootError('SIGNATURE', `${file} is not an ed25519 ${kind} key`, { cause: e });
+  }
+}
+
+export async function signBytes(data: Buffer, privateKeyFile: string): Promise<string> {
+  const key = await readKey(privateKeyFile, 'private');
+  return sign(null, data, key).toString('base64') + '\n';
+}
+
+export function parseSignature(sigText: string): Buffer {
+  const t = sigText.trim();
+  if (!/^[A-Za-z0-9+/]+={0,2}$/.test(t)) throw new StackbootError('SIGNATURE', 'signature is not base64');
+  const b = Buffer.from(t, 'base64');
+  if (b.length !== 64) throw new StackbootError('SIGNATURE', `signature must be 64 bytes, got ${b.length}`);
+  return b;
+}
+
+/** True when `sigText` is a valid signature of `data` by the key in `publicKeyFile`. */
+export async function verifyBytes(data: Buffer, sigText: string, publicKeyFile: string): Promise<boolean> {
+  const key = await readKey(publicKeyFile, 'public');
+  return verify(null, data, key, parseSignature(sigText));
+}
+
+/** The public key files of a keys directory (`*.pub`), sorted. */
+export async function listPublicKeys(dir: string): Promise<string[]> {
+  let names: string[];
+  try {
+    names = await fs.readdir(dir);
+  } catch (e) {
+    throw new StackbootError('SIGNATURE', `cannot read keys directory ${dir}`, { cause: e });
+  }
+  return names.filter((n) => n.endsWith('.pub')).sort().map((n) => path.join(dir, n));
+}
+
+/** Verifies against every key of a keys directory; returns the key that matched. */
+export async function verifyWithKeyDir(data: Buffer, sigText: string, dir: string): Promise<string> {
+  const keys = await listPublicKeys(dir);
+  if (keys.length === 0) throw new StackbootError('SIGNATURE', `no public keys (*.pub) in ${dir}`);
+  for (const k of keys) if (await verifyBytes(data, sigText, k)) return k;
+  throw new StackbootError('SIGNATURE', `signature does not match any key in ${dir}`);
+}
+
+/** Signs a manifest file, writing `<manifest>.sig` next to it (atomically). */
+export async function signManifestFile(manifestFile: string, privateKeyFile: string, sigFile = `${manifestFile}.sig`): Promise<string> {
+  const data = await fs.readFile(manifestFile).catch((e) => {
+    throw new StackbootError('IO', `cannot read ${manifestFile}`, { cause: e });
+  });
+  const sig = await signBytes(data, privateKeyFile);
+  const tmp = `${sigFile}.tmp-${process.pid}`;
+  await fs.writeFile(tmp, sig);
+  await fs.rename(tmp, sigFile);
+  return sigFile;
+}
+
+export async function verifyManifestFile(manifestFile: string, publicKeyFile: string, sigFile = `${manifestFile}.sig`): Promise<void> {
+  const data = await fs.readFile(manifestFile).catch((e) => {
+    throw new StackbootError('IO', `cannot read ${manifestFile}`, { cause: e });
+  });
+  const sig = await fs.readFile(sigFile, 'utf8').catch((e) => {
+    throw new StackbootError('SIGNATURE', `no signature: cannot read ${sigFile}`, { cause: e });
+  });
+  const st = await fs.stat(publicKeyFile).catch(() => null);
+  if (st?.isDirectory()) {
+    await verifyWithKeyDir(data, sig, publicKeyFile);
+    return;
+  }
+  if (!(await verifyBytes(data, sig, publicKeyFile))) throw new StackbootError('SIGNATURE', `bad signature: ${sigFile} does not match ${manifestFile} with key ${publicKeyFile}`);
+}

@@ -1,0 +1,78 @@
+/**
+ * Run sources: a command run in a chroot over the lower layers of the stack, captured as
+ * the overlay's upper directory (whiteouts and opaque dirs included). Needs root, since
+ * it mounts the lower layers, an overlay, /proc and /dev.
+ */
+import { promises as fs } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { StackbootError } from '../errors.js';
+import { run } from '../exec.js';
+import { bindMount, mountOverlay, mountSquashfs, mountTmpfs, umountAll } from '../mount.js';
+
+export interface RunCapture {
+  /** the upper directory holding the command's changes */
+  upper: string;
+  /** unmount and remove everything */
+  cleanup(): Promise<void>;
+  log: string;
+}
+
+/**
+ * Runs `command` with `/bin/sh -c` in a chroot of the lowers (bottom first) and
+ * returns the upper dir. The caller packs it and then calls cleanup().
+ */
+export async function runOverLayers(opts: { name: string; lowers: string[]; command: string; env?: Record<string, string>; uid: number | undefined; tmpRoot?: string }): Promise<RunCapture> {
+  if (opts.uid !== 0) {
+    throw new StackbootError('NEEDS_ROOT', `layer ${opts.name}: a "run" source needs root (it mounts the lower layers and an overlay to run its command); run the build as root, or build this layer from a dir or tar source`);
+  }
+  const base = await fs.mkdtemp(path.join(opts.tmpRoot ?? os.tmpdir(), 'sb-run-'));
+  const mounted: string[] = [];
+  const cleanup = async () => {
+    await umountAll(mounted);
+    await fs.rm(base, { recursive: true, force: true });
+  };
+  try {
+    const lowerDirs: string[] = [];
+    for (let i = 0; i < opts.lowers.length; i++) {
+      const d = path.join(base, `l${i}`);
+      await mountSquashfs(opts.lowers[i], d);
+      mounted.push(d);
+      lowerDirs.push(d);
+    }
+    const rw = path.join(base, 'rw');
+    await mountTmpfs(rw, '75%');
+    mounted.push(rw);
+    const upper = path.join(rw, 'upper');
+    const work = path.join(rw, 'work');
+    await fs.mkdir(upper);
+    await fs.mkdir(work);
+    const merged = path.join(base, 'm');
+    // index/redirect/metacopy off: the upper must hold plain files, whiteouts and opaque dirs only
+    await mountOverlay(merged, [...lowerDirs].reverse(), { upper, work }, ['index=off', 'redirect_dir=off', 'metacopy=off', 'xino=off']);
+    mounted.push(merged);
+    for (const [src, dst] of [['/proc', 'proc'], ['/dev', 'dev'], ['/sys', 'sys']] as const) {
+      const target = path.join(merged, dst);
+      const has = await fs.stat(target).then((s) => s.isDirectory(), () => false);
+      if (!has) continue;
+      await bindMount(src, target);
+      mounted.push(target);
+    }
+    const r = await run('chroot', [merged, '/bin/sh', '-c', opts.command], {
+      env: { PATH: '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin', DEBIAN_FRONTEND: 'noninteractive', HOME: '/root', ...(opts.env ?? {}) },
+      reject: false,
+    });
+    if (r.exitCode !== 0) {
+      throw new StackbootError('SOURCE', `layer ${opts.name}: command failed (exit ${r.exitCode}): ${r.stderr.trim().split('\n').slice(-3).join(' | ')}`);
+    }
+    // unmount the binds and the overlay; keep the tmpfs with the upper
+    await umountAll(mounted.slice(lowerDirs.length + 1));
+    mounted.length = lowerDirs.length + 1;
+    // the work dir is overlay's scratch space, not part of the layer
+    await fs.rm(work, { recursive: true, force: true });
+    return { upper, cleanup, log: r.stdout + r.stderr };
+  } catch (e) {
+    await cleanup();
+    throw e;
+  }
+}

@@ -1,0 +1,78 @@
+/**
+ * squashfs-tools-ng, run through exec: tar2sqfs (from a normalised tar stream on stdin)
+ * and gensquashfs (from a directory). Both give identical bytes for identical input.
+ */
+import { promises as fs } from 'node:fs';
+import type { Writable } from 'node:stream';
+import { run, spawn } from './exec.js';
+import { StackbootError } from './errors.js';
+import type { Compression } from './recipe.js';
+
+export interface SquashOptions {
+  compression: Compression;
+  blockSize: number;
+  /** all timestamps (SOURCE_DATE_EPOCH or 0) */
+  epoch: number;
+  /** worker threads; output does not depend on it */
+  jobs?: number;
+}
+
+function compArgs(o: SquashOptions): string[] {
+  const a = ['-c', o.compression.algorithm, '-b', String(o.blockSize)];
+  if (o.compression.level !== undefined) a.push('-X', `level=${o.compression.level}`);
+  if (o.jobs) a.push('-j', String(o.jobs));
+  return a;
+}
+
+function env(o: SquashOptions): Record<string, string> {
+  return { SOURCE_DATE_EPOCH: String(o.epoch) };
+}
+
+/** Version line of squashfs-tools-ng (part of the cache key). */
+export async function toolVersion(): Promise<string> {
+  const r = await run('gensquashfs', ['--version']);
+  return r.stdout.split('\n')[0].trim();
+}
+
+/** Builds `out` from a tar stream written by `feed`. */
+export async function tar2sqfs(out: string, o: SquashOptions, feed: (stdin: Writable) => Promise<void>): Promise<void> {
+  const args = [...compArgs(o), '-d', `mode=0755,uid=0,gid=0,mtime=${o.epoch}`, '-s', '-f', '-q', out];
+  const child = spawn('tar2sqfs', args, { env: env(o), stdin: 'pipe' });
+  let stderr = '';
+  child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+  child.stdout.resume();
+  const stdin = child.stdin as Writable;
+  let feedErr: unknown;
+  stdin.on('error', () => {}); // EPIPE when tar2sqfs dies; reported below
+  try {
+    await feed(stdin);
+  } catch (e) {
+    feedErr = e;
+    child.kill('SIGKILL');
+  }
+  const r = await child.done;
+  if (feedErr) throw feedErr;
+  if (r.exitCode !== 0) {
+    throw new StackbootError('TOOL', `tar2sqfs failed (exit ${r.exitCode ?? r.signal}): ${stderr.trim().split('\n').slice(-3).join(' | ') || 'no output'}`);
+  }
+}
+
+/** Builds `out` from a directory with gensquashfs -D. */
+export async function gensquashfsDir(out: string, dir: string, o: SquashOptions & { allRoot: boolean }): Promise<void> {
+  const args = [...compArgs(o), '-D', dir, '-x', '-d', `mode=0755,uid=0,gid=0,mtime=${o.epoch}`, '-f', '-q', out];
+  if (o.allRoot) args.splice(args.length - 1, 0, '--all-root');
+  await run('gensquashfs', args, { env: env(o) });
+}
+
+/** A squashfs file's superblock facts, checked before a layer is accepted. */
+export async function checkSquashfs(file: string): Promise<{ bytesUsed: number }> {
+  const fh = await fs.open(file, 'r');
+  try {
+    const sb = Buffer.alloc(96);
+    await fh.read(sb, 0, 96, 0);
+    if (sb.readUInt32LE(0) !== 0x73717368) throw new StackbootError('VERIFY', `${file} is not a squashfs image`);
+    return { bytesUsed: Number(sb.readBigUInt64LE(40)) };
+  } finally {
+    await fh.close();
+  }
+}

@@ -1,0 +1,128 @@
+/**
+ * Building a stack: every layer of a recipe in order (bottom first), then the manifest.
+ * Output folder: layers/<sha256>.sqfs and manifest. Layers whose inputs did not change
+ * come from the cache without being compressed again.
+ */
+import { randomBytes } from 'node:crypto';
+import { promises as fs } from 'node:fs';
+import path from 'node:path';
+import { StackbootError } from './errors.js';
+import { buildDirLayer, buildTarLayer, cachedLayer, rememberLayer, type BuiltLayer, type LayerContext } from './layer.js';
+import { serializeManifest, stackId, type Manifest } from './manifest.js';
+import type { ProgressSink } from './progress.js';
+import type { Recipe } from './recipe.js';
+import { toolVersion } from './squashfs.js';
+import { openImage } from './sources/oci.js';
+import { runOverLayers } from './sources/run.js';
+
+export interface BuildOptions {
+  outDir: string;
+  cacheDir: string | null;
+  /** SOURCE_DATE_EPOCH (or 0): every mtime and the manifest's created */
+  epoch: number;
+  /** target architecture (for OCI image indexes) */
+  arch: string;
+  jobs?: number;
+  /** the caller's uid (run sources need 0) */
+  uid: number | undefined;
+  progress: ProgressSink;
+}
+
+export interface BuildResult {
+  stackId: string;
+  manifestFile: string;
+  manifest: Manifest;
+  layers: BuiltLayer[];
+  outDir: string;
+}
+
+/** Writes a file atomically: temp name, fsync, rename. */
+export async function writeFileAtomic(file: string, data: string | Buffer, mode?: number): Promise<void> {
+  const tmp = `${file}.tmp-${randomBytes(4).toString('hex')}`;
+  const fh = await fs.open(tmp, 'w', mode);
+  try {
+    await fh.writeFile(data);
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+  await fs.rename(tmp, file);
+}
+
+export async function buildStack(recipe: Recipe, o: BuildOptions): Promise<BuildResult> {
+  await fs.mkdir(path.join(o.outDir, 'layers'), { recursive: true });
+  const ctx: LayerContext = {
+    outDir: o.outDir,
+    cacheDir: o.cacheDir,
+    squash: { compression: recipe.compression, blockSize: recipe.blockSize, epoch: o.epoch, jobs: o.jobs },
+    toolVersion: await toolVersion(),
+    progress: o.progress,
+  };
+  const built: BuiltLayer[] = [];
+  for (const spec of recipe.layers) {
+    const src = spec.source;
+    switch (src.type) {
+      case 'dir':
+        built.push(await buildDirLayer(ctx, { name: spec.name, dir: src.path, owner: spec.owner, devices: spec.devices }));
+        break;
+      case 'tar':
+        built.push(await buildTarLayer(ctx, { name: spec.name, file: src.path, whiteouts: 'none', owner: spec.owner, devices: spec.devices }));
+        break;
+      case 'oci': {
+        const img = await openImage(src.path, o.arch);
+        try {
+          for (let i = 0; i < img.layers.length; i++) {
+            const b = img.layers[i];
+            built.push(
+              await buildTarLayer(ctx, {
+                name: img.layers.length === 1 ? spec.name : `${spec.name}-${i + 1}`,
+                file: b.file,
+                whiteouts: 'oci',
+                owner: spec.owner,
+                devices: spec.devices,
+                contentDigest: b.digest,
+              }),
+            );
+          }
+        } finally {
+          await img.cleanup();
+        }
+        break;
+      }
+      case 'run': {
+        const keyExtra = { source: 'run', lowers: built.map((l) => l.digest), command: src.command, env: src.env ?? {} };
+        // a run layer is a pure function of its lowers and its command: try the cache first
+        const runKey = { source: 'run', lowers: built.map((l) => l.digest), command: src.command, env: src.env ?? {}, owner: spec.owner };
+        let result = await cachedLayer(ctx, spec.name, runKey);
+        if (!result) {
+          const cap = await runOverLayers({ name: spec.name, lowers: built.map((l) => l.file), command: src.command, env: src.env, uid: o.uid });
+          try {
+            result = await buildDirLayer(ctx, { name: spec.name, dir: cap.upper, owner: spec.owner, devices: true });
+            await rememberLayer(ctx, runKey, result);
+          } finally {
+            await cap.cleanup();
+          }
+        }
+        built.push(result);
+        break;
+      }
+    }
+  }
+  const manifest: Manifest = {
+    name: recipe.name,
+    version: recipe.version,
+    compatible: recipe.compatible,
+    created: o.epoch,
+    compression: recipe.compression.algorithm,
+    layers: built.map((l) => ({ digest: l.digest, size: l.size, name: l.name })),
+  };
+  const text = serializeManifest(manifest);
+  const manifestFile = path.join(o.outDir, 'manifest');
+  await writeFileAtomic(manifestFile, text);
+  // a signature of an older manifest must not sit next to the new one
+  const sig = `${manifestFile}.sig`;
+  const oldSig = await fs.stat(sig).then(() => true, () => false);
+  if (oldSig) await fs.rm(sig);
+  return { stackId: stackId(text), manifestFile, manifest, layers: built, outDir: o.outDir };
+}
+
