@@ -1,0 +1,94 @@
+# stackboot boot core: every external effect goes through these sb_sys_* functions
+# (and the path variables below), so a test can redefine them after sourcing.
+
+: "${SB_RUN=/run}"
+: "${SB_DEV=/dev}"
+: "${SB_SYS_BLOCK=/sys/class/block}"
+: "${SB_PROC_MOUNTS=/proc/mounts}"
+: "${SB_CMDLINE_FILE=/proc/cmdline}"
+
+# sb_sys_mount ARGS...: mount(8).
+sb_sys_mount() { mount "$@"; }
+# sb_sys_umount DIR: umount(8); -d also frees a loop device (busybox).
+sb_sys_umount() { umount "$@"; }
+# sb_sys_mount_layer FILE DIR: a squashfs file read-only on a loop device.
+sb_sys_mount_layer() { mount -t squashfs -o ro,loop "$1" "$2"; }
+# sb_sys_umount_layer DIR: unmount a layer and free its loop device.
+sb_sys_umount_layer() { umount -d "$1" 2>/dev/null || umount "$1"; }
+# sb_sys_losetup ARGS...: losetup(8) (not used by the boot path, kept for templates).
+sb_sys_losetup() { losetup "$@"; }
+# sb_sys_modprobe MOD: load one kernel module.
+sb_sys_modprobe() { modprobe "$1"; }
+# sb_sys_reboot: reboot now (the initramfs has no init to ask).
+sb_sys_reboot() { sync; reboot -f; }
+# sb_sys_sleep SECS
+sb_sys_sleep() { sleep "$1"; }
+# sb_sys_now: epoch seconds.
+sb_sys_now() { date +%s; }
+# sb_sys_shell: an emergency shell on the console.
+sb_sys_shell() {
+	if [ -c /dev/console ]; then
+		sh -i </dev/console >/dev/console 2>&1
+	else
+		sh -i
+	fi
+}
+# sb_sys_fsync PATH: flush one file or directory (falls back to a global sync).
+sb_sys_fsync() { sync "$1" 2>/dev/null || sync; }
+
+# sb_sys_fslabel DEV: print the filesystem label of DEV (empty when none).
+# Uses blkid when the root has one, else reads the ext2/3/4 superblock
+# (magic 0xEF53 at byte 1080, 16-byte label at byte 1144): Debian's busybox has no blkid.
+sb_sys_fslabel() {
+	local dev="$1" out magic
+	if command -v blkid >/dev/null 2>&1; then
+		out=$(blkid "$dev" 2>/dev/null)
+		case "$out" in
+		*' LABEL="'*)
+			out=${out#*' LABEL="'}
+			printf '%s\n' "${out%%\"*}"
+			return 0
+			;;
+		esac
+		[ -n "$out" ] && return 0
+	fi
+	magic=$(dd if="$dev" bs=1 skip=1080 count=2 2>/dev/null | od -An -tx1 | tr -d ' \n')
+	[ "$magic" = 53ef ] || return 0
+	dd if="$dev" bs=1 skip=1144 count=16 2>/dev/null | tr -d '\000'
+	echo
+}
+
+# sb_sys_partname DEV_NAME: the GPT partition name from sysfs (empty when none).
+sb_sys_partname() {
+	local line
+	[ -r "$SB_SYS_BLOCK/$1/uevent" ] || return 0
+	while IFS= read -r line; do
+		case "$line" in PARTNAME=*) printf '%s\n' "${line#PARTNAME=}" ;; esac
+	done <"$SB_SYS_BLOCK/$1/uevent"
+}
+
+# sb_sys_mounted DIR: true when DIR is a mount point (per $SB_PROC_MOUNTS); prints its fstype.
+sb_sys_mounted() {
+	local dev mp fs rest
+	[ -r "$SB_PROC_MOUNTS" ] || return 1
+	while read -r dev mp fs rest; do
+		if [ "$mp" = "$1" ]; then
+			printf '%s\n' "$fs"
+			return 0
+		fi
+	done <"$SB_PROC_MOUNTS"
+	return 1
+}
+
+# sb_load_modules MOD...: modprobe each; failures are logged, never fatal.
+sb_load_modules() {
+	local m
+	for m in "$@"; do
+		if sb_sys_modprobe "$m" 2>/dev/null; then
+			sb_debug "module $m loaded"
+		else
+			sb_warn "modprobe $m failed (built in or missing?)"
+		fi
+	done
+	return 0
+}

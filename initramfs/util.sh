@@ -1,0 +1,57 @@
+# stackboot boot core: small pure helpers.
+
+# sb_is_uint S: true when S is a non-negative decimal integer.
+sb_is_uint() {
+	case "$1" in '' | *[!0-9]*) return 1 ;; esac
+	return 0
+}
+
+# sb_is_hex64 S: true when S is 64 lowercase hex chars (a sha256).
+sb_is_hex64() {
+	case "$1" in *[!0-9a-f]*) return 1 ;; esac
+	[ ${#1} -eq 64 ]
+}
+
+# sb_is_slot S: true for a or b.
+sb_is_slot() { case "$1" in a | b) return 0 ;; esac; return 1; }
+
+# sb_other_slot SLOT: prints the other slot.
+sb_other_slot() { if [ "$1" = a ]; then echo b; else echo a; fi; }
+
+# sb_trim S: prints S without leading and trailing blanks.
+sb_trim() {
+	local s="$1"
+	while :; do case "$s" in ' '* | '	'*) s=${s#?} ;; *) break ;; esac; done
+	while :; do case "$s" in *' ' | *'	') s=${s%?} ;; *) break ;; esac; done
+	printf '%s' "$s"
+}
+
+# sb_oneline S: S with control characters (newlines, tabs) turned into spaces.
+sb_oneline() { printf '%s' "$1" | tr '\000-\037' ' '; }
+
+# sb_sha256 FILE: prints the lowercase sha256 of FILE (fails when unreadable).
+sb_sha256() {
+	local h rest
+	[ -r "$1" ] || return 1
+	h=$(sha256sum "$1" 2>/dev/null) || return 1
+	h=${h%% *}
+	sb_is_hex64 "$h" || return 1
+	printf '%s\n' "$h"
+}
+
+# sb_file_size FILE: prints the size in bytes.
+sb_file_size() {
+	local n
+	[ -f "$1" ] || return 1
+	n=$(wc -c <"$1" 2>/dev/null) || return 1
+	n=$(sb_trim "$n")
+	sb_is_uint "$n" || return 1
+	printf '%s\n' "$n"
+}
+
+# sb_noglob / sb_restore_glob: word splitting without pathname expansion.
+sb_noglob() {
+	case $- in *f*) SB__GLOBOFF=1 ;; *) SB__GLOBOFF=0 ;; esac
+	set -f
+}
+sb_restore_glob() { [ "${SB__GLOBOFF:-0}" = 1 ] || set +f; }

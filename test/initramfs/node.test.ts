@@ -1,0 +1,161 @@
+import { afterEach, describe, expect, it } from 'vitest';
+import { chmodSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { run } from '../../src/exec.js';
+import { FakeRoot, NODE_TOOL, readEvents, readState, type Store, type StoreSpec } from './harness.js';
+
+let roots: FakeRoot[] = [];
+afterEach(() => {
+  for (const r of roots) r.cleanup();
+  roots = [];
+});
+
+/** Boots a store through the real sb_boot, then returns a runner for stackboot-node. */
+async function booted(spec: StoreSpec, conf = 'STORES=vda\nDEVICE_TIMEOUT=1\n') {
+  const r = new FakeRoot();
+  roots.push(r);
+  const store = r.makeStore('sd', spec);
+  r.addDisk('vda', [{ name: 'vda2', label: 'sb-store', store: store.dir }]);
+  const res = await r.boot(conf);
+  expect(res.out).toContain('BOOT=0');
+  writeFileSync(join(r.dir, 'overrides.sh'), r.fakes());
+  writeFileSync(join(r.dir, 'node.conf'), conf);
+  const node = async (...args: string[]) => {
+    const out = await run('busybox', ['sh', NODE_TOOL, ...args], {
+      env: r.env({ SB_TEST_OVERRIDES: join(r.dir, 'overrides.sh'), SB_CONFIG: join(r.dir, 'node.conf'), SB_HEALTH_DIR: join(r.dir, 'health.d'), SB_KMSG: '' }),
+      reject: false,
+    });
+    return { code: out.exitCode, out: out.stdout, err: out.stderr };
+  };
+  return { r, store, node };
+}
+
+function check(r: FakeRoot, kind: 'required' | 'wanted', name: string, body: string): void {
+  const d = join(r.dir, 'health.d', kind);
+  mkdirSync(d, { recursive: true });
+  writeFileSync(join(d, name), `#!/bin/sh\n${body}\n`);
+  chmodSync(join(d, name), 0o755);
+}
+
+const stateLine = (s: Store, slot: 'a' | 'b') => readState(s).split('\n').find((l) => l.startsWith(`${slot} `));
+
+describe('stackboot-node', () => {
+  it('mark-good: pending -> good, current moves, store rw only for the write; idempotent', async () => {
+    const { r, store, node } = await booted({ current: 'a', a: { status: 'good' }, b: { status: 'pending', tries: 3 } });
+    const before = r.calls().length;
+    const res = await node('mark-good');
+    expect(res.code).toBe(0);
+    expect(readState(store)).toBe(`stackboot-state 1\ncurrent b\na good ${store.stack.a}\nb good ${store.stack.b}\n`);
+    const calls = r.calls().slice(before);
+    expect(calls.filter((c) => c.includes('remount'))).toEqual([
+      `mount -o remount,rw ${r.dir}/run/sb/s0`,
+      `mount -o remount,ro ${r.dir}/run/sb/s0`,
+    ]);
+    expect(readEvents(store).at(-1)).toMatchObject({ event: 'good', slot: 'b' });
+    expect(r.booted().status).toBe('good');
+    const again = await node('mark-good');
+    expect(again.code).toBe(0);
+    expect(again.err).toMatch(/already good/);
+    expect(readEvents(store).filter((e) => e.event === 'good').length).toBe(1);
+  });
+
+  it('mark-bad: booted current good -> bad, current moves to the other good', async () => {
+    const { store, node } = await booted({ current: 'a', a: { status: 'good' }, b: { status: 'good' } });
+    const res = await node('mark-bad');
+    expect(res.code).toBe(0);
+    expect(readState(store)).toContain('current b\n');
+    expect(stateLine(store, 'a')).toBe(`a bad ${store.stack.a}`);
+    expect(readEvents(store).at(-1)).toMatchObject({ event: 'bad', slot: 'a' });
+  });
+
+  it('mark-good refuses when the booted slot was rewritten since boot', async () => {
+    const { store, node } = await booted({ current: 'a', a: { status: 'good' }, b: { status: 'pending', tries: 3 } });
+    writeFileSync(join(store.dir, 'state'), readState(store).replace(store.stack.b!, 'e'.repeat(64)));
+    const res = await node('mark-good');
+    expect(res.code).toBe(1);
+    expect(res.err.trim().split('\n')).toHaveLength(1);
+    expect(res.err).toMatch(/no longer holds the booted stack/);
+  });
+
+  it('status --json: valid JSON with booted, slots, lists and the last fallback (escaped)', async () => {
+    const { store, node } = await booted(
+      { current: 'a', a: { status: 'good' }, b: { status: 'pending', tries: 2, layers: [{ name: 'base', size: 10, missing: true }] } },
+    );
+    // a reason with characters that need escaping
+    writeFileSync(join(store.dir, 'events'), readFileSync(join(store.dir, 'events'), 'utf8') + '1700000000 fail slot=b stack=abc reason=quote " back \\ tab\there\n12 trunc');
+    const res = await node('status', '--json');
+    expect(res.code).toBe(0);
+    const j = JSON.parse(res.out);
+    expect(j.booted).toMatchObject({ slot: 'a', stack: store.stack.a, status: 'good', tries: null, store_dev: expect.stringMatching(/vda2$/) });
+    expect(j.booted.fallback).toMatch(/slot b .*missing/);
+    expect(j.current).toBe('a');
+    expect(j.slots.a).toMatchObject({ status: 'good', manifest_ok: true });
+    expect(j.slots.b).toMatchObject({ status: 'bad', stack: store.stack.b });
+    expect(j.good).toEqual([{ slot: 'a', stack: store.stack.a }]);
+    expect(j.pending).toEqual([]);
+    expect(j.bad).toEqual([{ slot: 'b', stack: store.stack.b }]);
+    expect(j.last_fallback).toEqual({ time: 1700000000, event: 'fail', slot: 'b', stack: 'abc', reason: 'quote " back \\ tab\there' });
+    const human = await node('status');
+    expect(human.out).toMatch(/booted: +slot a/);
+    expect(human.out).toMatch(/last fallback: fail slot b/);
+  });
+
+  it('status --json lists a pending stack with its tries', async () => {
+    const { store, node } = await booted({ current: 'a', a: { status: 'good' }, b: { status: 'pending', tries: 3 } });
+    const j = JSON.parse((await node('status', '--json')).out);
+    expect(j.booted).toMatchObject({ slot: 'b', status: 'pending', tries: 2 });
+    expect(j.pending).toEqual([{ slot: 'b', stack: store.stack.b, tries: 2 }]);
+    expect(j.last_fallback).toBeNull();
+  });
+
+  it('health: required pass, wanted fail -> mark-good', async () => {
+    const { r, store, node } = await booted({ current: 'a', a: { status: 'good' }, b: { status: 'pending', tries: 3 } });
+    check(r, 'required', '10-ok', 'exit 0');
+    check(r, 'wanted', '20-meh', 'exit 3');
+    const res = await node('health');
+    expect(res.code).toBe(0);
+    expect(res.err).toMatch(/wanted.*20-meh failed \(exit 3\)/);
+    expect(stateLine(store, 'b')).toBe(`b good ${store.stack.b}`);
+    expect(r.calls()).not.toContain('reboot');
+  });
+
+  it('health: a required failure -> mark-bad and reboot after the delay; --no-reboot', async () => {
+    const conf = 'STORES=vda\nDEVICE_TIMEOUT=1\nHEALTH_REBOOT_DELAY=4\nHEALTH_TIMEOUT=1\n';
+    const { r, store, node } = await booted({ current: 'a', a: { status: 'good' }, b: { status: 'pending', tries: 3 } }, conf);
+    check(r, 'required', '10-ok', 'exit 0');
+    check(r, 'required', '20-hang', 'exec sleep 5');
+    const res = await node('health');
+    expect(res.code).toBe(1);
+    expect(res.err).toMatch(/20-hang timed out after 1s/);
+    expect(stateLine(store, 'b')).toBe(`b bad ${store.stack.b}`);
+    expect(readState(store)).toContain('current a\n');
+    const calls = r.calls();
+    expect(calls.indexOf('sleep 4')).toBeGreaterThan(-1);
+    expect(calls.indexOf('sleep 4')).toBeLessThan(calls.lastIndexOf('reboot'));
+    const before = r.calls().filter((c) => c === 'reboot').length;
+    const res2 = await node('health', '--no-reboot');
+    expect(res2.code).toBe(1);
+    expect(r.calls().filter((c) => c === 'reboot').length).toBe(before);
+  });
+
+  it('events -n, usage errors exit 2', async () => {
+    const { node } = await booted({ current: 'a', a: { status: 'good' }, b: { status: 'pending', tries: 3 } });
+    const all = await node('events');
+    expect(all.out.trim().split('\n').map((l) => l.split(' ')[1])).toEqual(['try', 'boot']);
+    const one = await node('events', '-n', '1');
+    expect(one.out.trim().split('\n')).toHaveLength(1);
+    expect(one.out).toMatch(/ boot slot=b /);
+    expect((await node('events', '-n', 'x')).code).toBe(2);
+    expect((await node('bogus')).code).toBe(2);
+    expect((await node()).code).toBe(2);
+    expect((await node('status', '--yaml')).code).toBe(2);
+  });
+
+  it('not booted by stackboot: status fails with one line', async () => {
+    const r = new FakeRoot();
+    roots.push(r);
+    const out = await run('busybox', ['sh', NODE_TOOL, 'status'], { env: r.env({ SB_CONFIG: '/nonexistent' }), reject: false });
+    expect(out.exitCode).toBe(1);
+    expect(out.stderr.trim().split('\n')).toHaveLength(1);
+  });
+});
