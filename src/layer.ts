@@ -161,21 +161,22 @@ export interface DirLayerSpec {
   dir: string;
   owner: 'keep' | 'root';
   devices: boolean;
-  /** extra key material (e.g. the digests and command of a run source) */
-  keyExtra?: Record<string, unknown>;
+  /** place the tree's contents under this path of the layer (e.g. usr/lib/app) */
+  into?: string;
 }
 
 export async function buildDirLayer(ctx: LayerContext, spec: DirLayerSpec): Promise<BuiltLayer> {
   const scan = await scanDir(spec.dir, { devices: spec.devices });
-  return produceLayer(ctx, spec.name, { source: 'dir', tree: scan.key, owner: spec.owner, devices: spec.devices, ...(spec.keyExtra ?? {}) }, async (tmp) => {
-    const stop = watchFile(tmp, ctx, `compress ${spec.name}`);
+  return produceLayer(ctx, spec.name, { source: 'dir', tree: scan.key, owner: spec.owner, devices: spec.devices, into: spec.into ?? '' }, async (tmp) => {
+    const stop = watchFile(tmp, ctx, `compress ${spec.name}`, scan.bytes);
     try {
-      if (scan.hardlinks === 0) {
+      if (scan.hardlinks === 0 && !spec.into) {
         await gensquashfsDir(tmp, spec.dir, { ...ctx.squash, allRoot: spec.owner === 'root' });
         return 'gensquashfs';
       }
-      // gensquashfs 1.2 would turn hard links into copies: pack through GNU tar instead.
-      await tar2sqfs(tmp, ctx.squash, (stdin) => gnuTarInto(spec.dir, ctx.squash.epoch, spec.owner, stdin));
+      // gensquashfs 1.2 would turn hard links into copies (and cannot place a tree under a
+      // prefix): pack through GNU tar | tar2sqfs instead.
+      await tar2sqfs(tmp, ctx.squash, (stdin) => gnuTarInto(spec.dir, ctx.squash.epoch, spec.owner, stdin, spec.into));
       return 'tar2sqfs';
     } finally {
       stop();
@@ -183,12 +184,13 @@ export async function buildDirLayer(ctx: LayerContext, spec: DirLayerSpec): Prom
   });
 }
 
-async function gnuTarInto(dir: string, epoch: number, owner: 'keep' | 'root', stdin: Writable): Promise<void> {
+async function gnuTarInto(dir: string, epoch: number, owner: 'keep' | 'root', stdin: Writable, into?: string): Promise<void> {
   const args = [
     '-C', dir, '--sort=name', '--format=posix', '--xattrs', '--xattrs-include=*', '--numeric-owner', `--mtime=@${epoch}`,
     '--pax-option=exthdr.name=%d/PaxHeaders/%f,delete=atime,delete=ctime', '-cf', '-', '.',
   ];
   if (owner === 'root') args.unshift('--owner=0', '--group=0');
+  if (into) args.unshift(`--transform=s,^\\.,./${into},`);
   const child = spawn('tar', args);
   let err = '';
   child.stderr.on('data', (d: Buffer) => (err += d.toString()));

@@ -32,7 +32,7 @@ export interface Compression {
 }
 
 export type Source =
-  | { type: 'dir'; path: string }
+  | { type: 'dir'; path: string; into?: string }
   | { type: 'tar'; path: string }
   | { type: 'oci'; path: string }
   | { type: 'run'; command: string; env?: Record<string, string> };
@@ -148,9 +148,14 @@ export function parseRecipe(text: string, file: string, vars: Record<string, str
       case 'dir':
       case 'tar':
       case 'oci': {
-        c.keys(s, `${f}.source`, ['type', 'path']);
+        c.keys(s, `${f}.source`, type === 'dir' ? ['type', 'path', 'into'] : ['type', 'path']);
         const p = subst(c.str(s.path, `${f}.source.path`), `${f}.source.path`);
         source = { type, path: path.resolve(dir, p) };
+        if (type === 'dir' && s.into !== undefined) {
+          const into = c.str(s.into, `${f}.source.into`, /^[A-Za-z0-9._+-]+(\/[A-Za-z0-9._+-]+)*$/, 'a relative path inside the layer, like "usr/lib/app"');
+          if (into.split('/').some((x) => x === '..' || x === '.')) c.fail(`${f}.source.into`, 'a path without "." or ".." parts', into);
+          source = { type: 'dir', path: path.resolve(dir, p), into };
+        }
         break;
       }
       case 'run': {

@@ -63,7 +63,7 @@ export async function buildStack(recipe: Recipe, o: BuildOptions): Promise<Build
     const src = spec.source;
     switch (src.type) {
       case 'dir':
-        built.push(await buildDirLayer(ctx, { name: spec.name, dir: src.path, owner: spec.owner, devices: spec.devices }));
+        built.push(await buildDirLayer(ctx, { name: spec.name, dir: src.path, owner: spec.owner, devices: spec.devices, into: src.into }));
         break;
       case 'tar':
         built.push(await buildTarLayer(ctx, { name: spec.name, file: src.path, whiteouts: 'none', owner: spec.owner, devices: spec.devices }));
