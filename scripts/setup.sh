@@ -141,21 +141,22 @@ if [ "${#todo[@]}" -gt 0 ]; then
     log "downloading busybox-static $a"
     download "$d/busybox" "busybox-static$q"
 
+    # unpack beside the final place, then swap it in (tests may be reading the old one)
     out="$CACHE/targets/$a"
-    rm -rf "$out"
-    mkdir -p "$out"
-    dpkg -x "$d/kernel"/*.deb "$out/kernel"
-    dpkg -x "$d/busybox"/*.deb "$out/busybox"
+    new="$d/out"
+    mkdir -p "$new"
+    dpkg -x "$d/kernel"/*.deb "$new/kernel"
+    dpkg -x "$d/busybox"/*.deb "$new/busybox"
 
-    kdir=$(ls -d "$out/kernel/lib/modules"/*/ 2>/dev/null | head -n 1)
+    kdir=$(ls -d "$new/kernel/lib/modules"/*/ 2>/dev/null | head -n 1)
     [ -n "$kdir" ] || die "no lib/modules in $real"
     kver=$(basename "$kdir")
-    kernel="$out/kernel/boot/vmlinuz-$kver"
-    [ -f "$kernel" ] || die "no boot/vmlinuz-$kver in $real"
+    [ -f "$new/kernel/boot/vmlinuz-$kver" ] || die "no boot/vmlinuz-$kver in $real"
     # the .deb carries no modules.dep (its postinst runs depmod): make it here
-    depmod -b "$out/kernel" "$kver" || die "depmod failed for $kver"
+    depmod -b "$new/kernel" "$kver" || die "depmod failed for $kver"
+    [ -x "$new/busybox/bin/busybox" ] || die "no bin/busybox in busybox-static$q"
+    kernel="$out/kernel/boot/vmlinuz-$kver"
     bb="$out/busybox/bin/busybox"
-    [ -x "$bb" ] || die "no bin/busybox in busybox-static$q"
 
     case "$a" in
       amd64) qemu=qemu-system-x86_64;;
@@ -168,11 +169,14 @@ if [ "${#todo[@]}" -gt 0 ]; then
       echo "BUSYBOX=$bb"
       echo "ARCH=$a"
       echo "QEMU=$qemu"
-    } >"$out/target.env.new"
-    mv "$out/target.env.new" "$out/target.env"
+    } >"$new/target.env"
     kpkg=$(basename "$d/kernel"/*.deb)
     bpkg=$(basename "$d/busybox"/*.deb)
-    printf '%s\n%s\n' "$kpkg" "$bpkg" >"$out/.stamp"
+    printf '%s\n%s\n' "$kpkg" "$bpkg" >"$new/.stamp"
+    mkdir -p "$CACHE/targets"
+    if [ -e "$out" ]; then mv "$out" "$d/old"; fi
+    mv "$new" "$out"
+    rm -rf "$d/old"
     log "kernel $a $kver ready"
   done
   rm -rf "$TMP"

@@ -4,7 +4,7 @@
  * virtio, nvme and sd show up in the guest once their modules are insmodded; kill() is a
  * power cut; a panic ends the VM.
  */
-import { describe, it, expect, beforeAll, afterAll } from 'vitest';
+import { describe, it, expect, beforeAll, afterAll, afterEach } from 'vitest';
 import { mkdtemp, mkdir, copyFile, writeFile, readFile, rm, symlink, chmod, truncate } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -16,7 +16,7 @@ import { Vm, bootOnce, useVmCleanup, modulesForBuses, guestDeviceNames, type Dis
 const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const CACHE = path.join(REPO, '.cache');
 
-useVmCleanup();
+useVmCleanup(afterEach);
 
 const timings: string[] = [];
 afterAll(() => {

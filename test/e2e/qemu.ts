@@ -14,14 +14,14 @@
  *   to the command line (reboot at once on panic, which -no-reboot turns into an exit),
  *   so a dying init never leaves a VM spinning until the timeout. `VmExit.how` says which.
  * - Every wait is bounded; on a timeout the VM is killed. `killAllVms()` (registered with
- *   vitest's afterEach by `useVmCleanup()`, and on process exit) kills whatever is left.
+ *   vitest's afterEach by `useVmCleanup(afterEach)`, and on process exit) kills whatever
+ *   is left.
  * - `vm.kill()` is a power cut: SIGKILL, nothing is flushed by the guest. Writes that the
  *   guest already handed to QEMU are in the host page cache and survive, as if the disk
  *   had a non-volatile write cache; writes still in the guest's page cache are lost.
  */
 import { createWriteStream, existsSync, type WriteStream } from 'node:fs';
 import path from 'node:path';
-import { afterEach } from 'vitest';
 import { spawn, type Spawned } from '../../src/exec.js';
 import type { Arch, Target } from '../../src/target.js';
 
@@ -84,13 +84,16 @@ export interface VmExit {
 // These are the top-level drivers; their dependencies come from modules.dep. Which of
 // them are built in differs per arch (Debian 6.1 arm64 has virtio, virtio_ring, mmc_core
 // and mmc_block built in; amd64 has them as modules); a resolver skips built-ins
-// (modules.builtin). With the Debian 6.1 kernels the full insmod order is:
-//   virtio  amd64: virtio virtio_ring virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_blk
-//           arm64: virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_blk
-//   nvme    both:  crct10dif_common crc_t10dif crc64 crc64_rocksoft t10_pi nvme_core nvme
+// (modules.builtin). With the Debian 6.1 kernels, `modprobe --show-depends` gives:
+//   virtio  amd64: virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci virtio_blk
+//           arm64: virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci virtio_blk
+//   nvme    both:  crct10dif_common crc64 [crct10dif_pclmul (amd64) | crct10dif_ce (arm64)
+//                  crct10dif_generic: softdeps of crc_t10dif, optional] crc_t10dif
+//                  crc64_rocksoft t10_pi nvme_core nvme   (+ crc64_rocksoft_generic)
 //   sd      amd64: mmc_core sdhci cqhci sdhci_pci mmc_block
 //           arm64: sdhci cqhci sdhci_pci
-// Every one of them is uncompressed (.ko) in Debian 12 (bookworm) kernels, both arches.
+// Hard dependencies alone (modules.dep, as the smoke test loads them) are enough to see
+// the disks. Every module is uncompressed (.ko) in Debian 12 (bookworm) kernels, both arches.
 export const BUS_MODULES: Readonly<Record<Bus, readonly string[]>> = {
   // virtio_pci is the transport (not a dependency of virtio_blk); QEMU's virtio-blk-pci.
   virtio: ['virtio_pci', 'virtio_blk'],
@@ -218,9 +221,13 @@ export async function killAllVms(): Promise<void> {
   await Promise.all(vms.map((vm) => vm.waitExit(10_000).catch(() => undefined)));
 }
 
-/** Registers `killAllVms` as a vitest afterEach hook. Call at the top of a test file. */
-export function useVmCleanup(): void {
-  afterEach(async () => {
+/**
+ * Registers `killAllVms` with a test runner's afterEach: `useVmCleanup(afterEach)` at the
+ * top of a test file. (Passed in so that this module does not import vitest and can be
+ * used outside it, e.g. by bench scripts.)
+ */
+export function useVmCleanup(afterEachHook: (fn: () => Promise<void>) => void): void {
+  afterEachHook(async () => {
     await killAllVms();
   });
 }
