@@ -48,7 +48,7 @@ apt_update_once() {
 PACKAGES=(
   squashfs-tools-ng squashfs-tools qemu-system-x86 qemu-system-arm busybox-static
   e2fsprogs mtools dosfstools fdisk cpio zstd xz-utils mmdebstrap kmod gdisk qemu-utils
-  util-linux
+  util-linux tar attr time
   # installed with --no-install-recommends, so name what is really used from recommends:
   # mmdebstrap's unshare mode and foreign-arch checks.
   uidmap arch-test fakeroot gpg
