@@ -1,0 +1,56 @@
+import { promises as fs } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { signManifestFile, verifyManifestFile, writeKeyPair, verifyWithKeyDir, parseSignature } from '../src/signature.js';
+
+async function tmp(): Promise<string> {
+  return fs.mkdtemp(path.join(os.tmpdir(), 'sb-sig-'));
+}
+
+describe('signature (ed25519)', () => {
+  it('signs and verifies a manifest; a changed byte or another key fails', async () => {
+    const d = await tmp();
+    const k1 = await writeKeyPair(path.join(d, 'k1'));
+    const k2 = await writeKeyPair(path.join(d, 'k2'));
+    expect((await fs.stat(k1.privateKey)).mode & 0o777).toBe(0o600);
+    const man = path.join(d, 'manifest');
+    await fs.writeFile(man, 'stackboot-manifest 1\nname x\n');
+    await signManifestFile(man, k1.privateKey);
+    await verifyManifestFile(man, k1.publicKey);
+    await expect(verifyManifestFile(man, k2.publicKey)).rejects.toThrow(/bad signature/);
+    await fs.appendFile(man, 'layer tampered\n');
+    await expect(verifyManifestFile(man, k1.publicKey)).rejects.toThrow(/bad signature/);
+  });
+
+  it('verifies against a keys folder and says when none matches', async () => {
+    const d = await tmp();
+    const keys = path.join(d, 'keys');
+    await fs.mkdir(keys);
+    const k1 = await writeKeyPair(path.join(d, 'k1'));
+    const k2 = await writeKeyPair(path.join(keys, 'other'));
+    void k2;
+    const man = path.join(d, 'manifest');
+    await fs.writeFile(man, 'data');
+    await signManifestFile(man, k1.privateKey);
+    const sig = await fs.readFile(`${man}.sig`, 'utf8');
+    await expect(verifyWithKeyDir(Buffer.from('data'), sig, keys)).rejects.toThrow(/does not match any key/);
+    await fs.copyFile(k1.publicKey, path.join(keys, 'k1.pub'));
+    expect(await verifyWithKeyDir(Buffer.from('data'), sig, keys)).toMatch(/k1\.pub$/);
+    await expect(verifyWithKeyDir(Buffer.from('data'), sig, d + '/none')).rejects.toThrow(/cannot read keys directory/);
+  });
+
+  it('refuses an unsigned manifest, a malformed signature and a key that is not ed25519', async () => {
+    const d = await tmp();
+    const k = await writeKeyPair(path.join(d, 'k'));
+    const man = path.join(d, 'manifest');
+    await fs.writeFile(man, 'data');
+    await expect(verifyManifestFile(man, k.publicKey)).rejects.toThrow(/no signature/);
+    expect(() => parseSignature('not base64 !')).toThrow(/not base64/);
+    expect(() => parseSignature(Buffer.alloc(10).toString('base64'))).toThrow(/64 bytes/);
+    await fs.writeFile(path.join(d, 'bad.pub'), 'hello');
+    await fs.writeFile(`${man}.sig`, Buffer.alloc(64).toString('base64'));
+    await expect(verifyManifestFile(man, path.join(d, 'bad.pub'))).rejects.toThrow(/not an ed25519 public key/);
+    await expect(writeKeyPair(path.join(d, 'k'))).rejects.toThrow(/exists already/);
+  });
+});
