@@ -1,0 +1,262 @@
+/**
+ * Builds real stacks with the real tools, mounts their layers on loop devices under an
+ * overlay (as the boot hook does) and checks the merged view.
+ */
+import { createHash } from 'node:crypto';
+import { promises as fs } from 'node:fs';
+import path from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import { run } from '../src/exec.js';
+import { mountOverlay, mountSquashfs, umountAll } from '../src/mount.js';
+import { parseRecipe } from '../src/recipe.js';
+import { buildStack, type BuildResult } from '../src/stack.js';
+import { runOverLayers } from '../src/sources/run.js';
+import { tmpdir, writeTar } from './sources/tarfixture.js';
+
+const mounted: string[] = [];
+afterAll(async () => {
+  await umountAll(mounted);
+});
+
+async function mountStack(r: BuildResult, where: string): Promise<string> {
+  const lowers: string[] = [];
+  for (let i = 0; i < r.layers.length; i++) {
+    const d = path.join(where, `l${i}`);
+    await mountSquashfs(r.layers[i].file, d);
+    mounted.push(d);
+    lowers.push(d);
+  }
+  const merged = path.join(where, 'merged');
+  const up = path.join(where, 'rw');
+  await fs.mkdir(path.join(up, 'upper'), { recursive: true });
+  await fs.mkdir(path.join(up, 'work'), { recursive: true });
+  await mountOverlay(merged, [...lowers].reverse(), { upper: path.join(up, 'upper'), work: path.join(up, 'work') });
+  mounted.push(merged);
+  return merged;
+}
+
+async function getXattr(file: string, name: string): Promise<string | null> {
+  const r = await run('getfattr', ['--absolute-names', '--only-values', '-h', '-n', name, file], { reject: false });
+  return r.exitCode === 0 ? r.stdout : null;
+}
+
+/** A base tree with every kind of entry a root filesystem has. */
+async function makeBase(dir: string): Promise<void> {
+  await fs.mkdir(path.join(dir, 'etc/app'), { recursive: true });
+  await fs.mkdir(path.join(dir, 'var/cache/app'), { recursive: true });
+  await fs.mkdir(path.join(dir, 'usr/bin'), { recursive: true });
+  await fs.writeFile(path.join(dir, 'etc/hostname'), 'node\n');
+  await fs.writeFile(path.join(dir, 'etc/removed'), 'to be deleted by a whiteout\n');
+  await fs.writeFile(path.join(dir, 'etc/app/conf'), 'a=1\n');
+  await fs.writeFile(path.join(dir, 'etc/.hidden'), 'dot\n');
+  await fs.writeFile(path.join(dir, 'var/cache/app/old'), 'stale\n');
+  await fs.writeFile(path.join(dir, 'usr/bin/tool'), '#!/bin/sh\necho tool\n');
+  await fs.chmod(path.join(dir, 'usr/bin/tool'), 0o4755);
+  await fs.writeFile(path.join(dir, 'etc/secret'), 's');
+  await fs.chmod(path.join(dir, 'etc/secret'), 0o600);
+  await fs.chown(path.join(dir, 'etc/secret'), 1000, 1001);
+  await fs.symlink('hostname', path.join(dir, 'etc/hostname.link'));
+  await fs.link(path.join(dir, 'usr/bin/tool'), path.join(dir, 'usr/bin/tool-hardlink'));
+  await run('setfattr', ['-n', 'user.stackboot', '-v', 'kept', path.join(dir, 'etc/hostname')]);
+  await run('setfattr', ['-n', 'security.capability', '-v', '0sAQAAAgAgAAAAAAAAAAAAAAAAAAA=', path.join(dir, 'usr/bin/tool')]);
+}
+
+/** An OCI image layout with one layer that deletes and replaces base files. */
+async function makeOci(dir: string): Promise<void> {
+  const blobs = path.join(dir, 'blobs/sha256');
+  await fs.mkdir(blobs, { recursive: true });
+  const layerTar = path.join(dir, 'layer.tar.gz');
+  await writeTar(
+    layerTar,
+    [
+      { path: 'etc/', type: 'dir' },
+      { path: 'etc/.wh.removed', data: '' },
+      { path: 'var/cache/app/', type: 'dir' },
+      { path: 'var/cache/app/.wh..wh..opq', data: '' },
+      { path: 'var/cache/app/new', data: 'fresh\n' },
+      { path: 'opt/oci/', type: 'dir' },
+      { path: 'opt/oci/hello', data: 'from oci\n', mode: 0o640, uid: 33, gid: 33 },
+    ],
+    true,
+  );
+  const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex');
+  const layerBytes = await fs.readFile(layerTar);
+  const layerDigest = sha(layerBytes);
+  await fs.rename(layerTar, path.join(blobs, layerDigest));
+  const config = Buffer.from(JSON.stringify({ architecture: 'amd64', os: 'linux', rootfs: { type: 'layers', diff_ids: [] } }));
+  await fs.writeFile(path.join(blobs, sha(config)), config);
+  const manifest = Buffer.from(
+    JSON.stringify({
+      schemaVersion: 2,
+      mediaType: 'application/vnd.oci.image.manifest.v1+json',
+      config: { mediaType: 'application/vnd.oci.image.config.v1+json', digest: `sha256:${sha(config)}`, size: config.length },
+      layers: [{ mediaType: 'application/vnd.oci.image.layer.v1.tar+gzip', digest: `sha256:${layerDigest}`, size: layerBytes.length }],
+    }),
+  );
+  await fs.writeFile(path.join(blobs, sha(manifest)), manifest);
+  await fs.writeFile(
+    path.join(dir, 'index.json'),
+    JSON.stringify({ schemaVersion: 2, manifests: [{ mediaType: 'application/vnd.oci.image.manifest.v1+json', digest: `sha256:${sha(manifest)}`, size: manifest.length, platform: { architecture: 'amd64', os: 'linux' } }] }),
+  );
+  await fs.writeFile(path.join(dir, 'oci-layout'), '{"imageLayoutVersion":"1.0.0"}');
+}
+
+async function recipeFile(dir: string, layers: unknown[], extra: Record<string, unknown> = {}): Promise<string> {
+  const f = path.join(dir, 'recipe.json');
+  await fs.writeFile(f, JSON.stringify({ name: 'itest', version: '1', compatible: 'itest', layers, ...extra }));
+  return f;
+}
+
+async function build(recipe: string, out: string, cacheDir: string | null, epoch = 0): Promise<BuildResult> {
+  const r = parseRecipe(await fs.readFile(recipe, 'utf8'), recipe, { arch: 'amd64' });
+  return buildStack(r, { outDir: out, cacheDir, epoch, arch: 'amd64', uid: process.getuid?.(), progress: () => {} });
+}
+
+describe('build: real squashfs layers under an overlay', () => {
+  it('dir + tar + OCI layers: files, modes, owners, symlinks, hard links, xattrs, whiteouts', async () => {
+    const d = await tmpdir('sb-stack-');
+    await makeBase(path.join(d, 'base'));
+    await makeOci(path.join(d, 'oci'));
+    await writeTar(path.join(d, 'app.tar'), [{ path: 'opt/app/run', data: 'app v1\n', mode: 0o755 }]);
+    await run('zstd', ['-q', '-f', path.join(d, 'app.tar'), '-o', path.join(d, 'app.tar.zst')]);
+    const recipe = await recipeFile(d, [
+      { name: 'base', source: { type: 'dir', path: 'base' } },
+      { name: 'oci', source: { type: 'oci', path: 'oci' } },
+      { name: 'app', source: { type: 'tar', path: 'app.tar.zst' } },
+    ]);
+    const r = await build(recipe, path.join(d, 'out'), null);
+    expect(r.layers.map((l) => l.name)).toEqual(['base', 'oci', 'app']);
+    // base has a hard link: packed through tar2sqfs so the link survives
+    expect(r.layers[0].builder).toBe('tar2sqfs');
+    for (const l of r.layers) expect(path.basename(l.file)).toBe(`${l.digest}.sqfs`);
+    const manifest = await fs.readFile(path.join(d, 'out/manifest'), 'utf8');
+    expect(manifest.split('\n').filter((x) => x.startsWith('layer ')).length).toBe(3);
+
+    const m = await mountStack(r, path.join(d, 'mnt'));
+    expect(await fs.readFile(path.join(m, 'etc/hostname'), 'utf8')).toBe('node\n');
+    expect(await fs.readFile(path.join(m, 'etc/.hidden'), 'utf8')).toBe('dot\n');
+    expect(await fs.readlink(path.join(m, 'etc/hostname.link'))).toBe('hostname');
+    const tool = await fs.stat(path.join(m, 'usr/bin/tool'));
+    expect(tool.mode & 0o7777).toBe(0o4755);
+    const link = await fs.stat(path.join(m, 'usr/bin/tool-hardlink'));
+    expect(link.nlink).toBe(2);
+    const lowerTool = await fs.stat(path.join(d, 'mnt/l0/usr/bin/tool'));
+    const lowerLink = await fs.stat(path.join(d, 'mnt/l0/usr/bin/tool-hardlink'));
+    expect(lowerTool.ino).toBe(lowerLink.ino);
+    const secret = await fs.stat(path.join(m, 'etc/secret'));
+    expect([secret.uid, secret.gid, secret.mode & 0o777]).toEqual([1000, 1001, 0o600]);
+    expect(await getXattr(path.join(m, 'etc/hostname'), 'user.stackboot')).toBe('kept');
+    expect(await getXattr(path.join(d, 'mnt/l0/usr/bin/tool'), 'security.capability')).not.toBeNull();
+    // the OCI layer's whiteout hides the base file; the opaque dir hides the old content
+    await expect(fs.stat(path.join(m, 'etc/removed'))).rejects.toThrow(/ENOENT/);
+    expect((await fs.readdir(path.join(m, 'var/cache/app'))).sort()).toEqual(['new']);
+    const oci = await fs.stat(path.join(m, 'opt/oci/hello'));
+    expect([oci.uid, oci.gid, oci.mode & 0o777]).toEqual([33, 33, 0o640]);
+    expect(await fs.readFile(path.join(m, 'opt/app/run'), 'utf8')).toBe('app v1\n');
+    // every mtime is the epoch
+    expect(Math.floor(oci.mtimeMs / 1000)).toBe(0);
+  });
+
+  it('is reproducible: two folders, two times, touched inputs, no cache → identical digests and manifest', async () => {
+    const d = await tmpdir('sb-repro-');
+    await makeBase(path.join(d, 'base'));
+    await fs.mkdir(path.join(d, 'plain/etc'), { recursive: true });
+    await fs.writeFile(path.join(d, 'plain/etc/motd'), 'hi\n');
+    const recipe = await recipeFile(d, [
+      { name: 'base', source: { type: 'dir', path: 'base' } },
+      { name: 'plain', source: { type: 'dir', path: 'plain' }, owner: 'root' },
+    ]);
+    const r1 = await build(recipe, path.join(d, 'out1'), null, 1700000000);
+    await new Promise((res) => setTimeout(res, 1100));
+    const later = new Date();
+    for (const f of ['base/etc/hostname', 'plain/etc/motd', 'plain/etc']) await fs.utimes(path.join(d, f), later, later);
+    const r2 = await build(recipe, path.join(d, 'out2'), null, 1700000000);
+    expect(r2.layers.map((l) => l.digest)).toEqual(r1.layers.map((l) => l.digest));
+    expect(await fs.readFile(r2.manifestFile, 'utf8')).toBe(await fs.readFile(r1.manifestFile, 'utf8'));
+    expect(r2.stackId).toBe(r1.stackId);
+    expect(r1.layers[1].builder).toBe('gensquashfs');
+  });
+
+  it('caches: an unchanged layer is not compressed again; a changed one is', async () => {
+    const d = await tmpdir('sb-cache-');
+    await fs.mkdir(path.join(d, 'a'), { recursive: true });
+    await fs.mkdir(path.join(d, 'b'), { recursive: true });
+    await fs.writeFile(path.join(d, 'a/f'), 'a');
+    await fs.writeFile(path.join(d, 'b/f'), 'b');
+    const recipe = await recipeFile(d, [
+      { name: 'a', source: { type: 'dir', path: 'a' } },
+      { name: 'b', source: { type: 'dir', path: 'b' } },
+    ]);
+    const cache = path.join(d, 'cache');
+    const r1 = await build(recipe, path.join(d, 'o1'), cache);
+    expect(r1.layers.map((l) => l.cached)).toEqual([false, false]);
+    const r2 = await build(recipe, path.join(d, 'o2'), cache);
+    expect(r2.layers.map((l) => l.cached)).toEqual([true, true]);
+    expect(r2.stackId).toBe(r1.stackId);
+    await fs.writeFile(path.join(d, 'b/f'), 'B');
+    const r3 = await build(recipe, path.join(d, 'o3'), cache);
+    expect(r3.layers.map((l) => l.cached)).toEqual([true, false]);
+    expect(r3.layers[0].digest).toBe(r1.layers[0].digest);
+    expect(r3.layers[1].digest).not.toBe(r1.layers[1].digest);
+  });
+
+  it('a failed build leaves no layer under a final or temporary name', async () => {
+    const d = await tmpdir('sb-fail-');
+    await writeTar(path.join(d, 'evil.tar'), [
+      { path: 'ok', data: 'fine' },
+      { path: 'lnk', type: 'symlink', linkpath: '/etc' },
+      { path: 'lnk/passwd', data: 'pwned' },
+    ]);
+    const recipe = await recipeFile(d, [{ name: 'evil', source: { type: 'tar', path: 'evil.tar' } }]);
+    await expect(build(recipe, path.join(d, 'out'), null)).rejects.toThrow(/through the symlink lnk/);
+    expect(await fs.readdir(path.join(d, 'out/layers'))).toEqual([]);
+    await expect(fs.stat(path.join(d, 'out/manifest'))).rejects.toThrow(/ENOENT/);
+  });
+
+  it('reads docker save archives too', async () => {
+    const d = await tmpdir('sb-docker-');
+    const img = path.join(d, 'img');
+    await fs.mkdir(path.join(img, 'l1'), { recursive: true });
+    await fs.mkdir(path.join(img, 'l2'), { recursive: true });
+    await writeTar(path.join(img, 'l1/layer.tar'), [{ path: 'etc/a', data: 'a' }, { path: 'etc/b', data: 'b' }]);
+    await writeTar(path.join(img, 'l2/layer.tar'), [{ path: 'etc/.wh.a', data: '' }]);
+    await fs.writeFile(path.join(img, 'manifest.json'), JSON.stringify([{ Config: 'c.json', RepoTags: ['x:1'], Layers: ['l1/layer.tar', 'l2/layer.tar'] }]));
+    await run('tar', ['-C', img, '-cf', path.join(d, 'image.tar'), '.']);
+    const recipe = await recipeFile(d, [{ name: 'img', source: { type: 'oci', path: 'image.tar' } }]);
+    const r = await build(recipe, path.join(d, 'out'), null);
+    expect(r.layers.map((l) => l.name)).toEqual(['img-1', 'img-2']);
+    const m = await mountStack(r, path.join(d, 'mnt'));
+    expect((await fs.readdir(path.join(m, 'etc'))).sort()).toEqual(['b']);
+  });
+});
+
+describe('build: run sources', () => {
+  it('runs a command over the lower layers and captures the upper, whiteouts included', async () => {
+    const busybox = path.resolve('.cache/targets/amd64/busybox');
+    const d = await tmpdir('sb-run-');
+    await fs.mkdir(path.join(d, 'root/bin'), { recursive: true });
+    await fs.mkdir(path.join(d, 'root/etc'), { recursive: true });
+    await fs.mkdir(path.join(d, 'root/proc'), { recursive: true });
+    await fs.symlink('busybox', path.join(d, 'root/bin/sh'));
+    await fs.writeFile(path.join(d, 'root/etc/old'), 'old');
+    const recipe = await recipeFile(d, [
+      { name: 'busybox', source: { type: 'dir', path: busybox }, owner: 'root' },
+      { name: 'root', source: { type: 'dir', path: 'root' }, owner: 'root' },
+      { name: 'pkgs', source: { type: 'run', command: '/bin/busybox rm /etc/old && /bin/busybox mkdir -p /opt/new && echo installed > /opt/new/f' } },
+    ]);
+    const cache = path.join(d, 'cache');
+    const r = await build(recipe, path.join(d, 'out'), cache);
+    const m = await mountStack(r, path.join(d, 'mnt'));
+    await expect(fs.stat(path.join(m, 'etc/old'))).rejects.toThrow(/ENOENT/);
+    expect(await fs.readFile(path.join(m, 'opt/new/f'), 'utf8')).toBe('installed\n');
+    const wh = await fs.stat(path.join(d, 'mnt/l2/etc/old'));
+    expect(wh.isCharacterDevice() && wh.rdev === 0).toBe(true);
+    // the second build takes the run layer from the cache without running the command
+    const r2 = await build(recipe, path.join(d, 'out2'), cache);
+    expect(r2.layers[2]).toMatchObject({ cached: true, digest: r.layers[2].digest });
+  });
+
+  it('refuses without root, saying why', async () => {
+    await expect(runOverLayers({ name: 'pkgs', lowers: [], command: 'true', uid: 1000 })).rejects.toThrow(/needs root/);
+  });
+});
