@@ -220,3 +220,42 @@ export async function assembleDisk(out: string, layout: DiskLayout, progress?: P
     await fs.rm(work, { recursive: true, force: true });
   }
 }
+
+export interface PartitionInfo {
+  index: number;
+  name: string;
+  /** byte offset */
+  start: number;
+  /** bytes */
+  size: number;
+  type: string;
+  uuid: string;
+}
+
+/** Reads the partition table of an image file or a block device (sfdisk -J). */
+export async function readPartitions(file: string): Promise<PartitionInfo[]> {
+  const r = await run('sfdisk', ['-J', file]);
+  let j: { partitiontable?: { sectorsize?: number; partitions?: { node: string; start: number; size: number; type: string; uuid?: string; name?: string }[] } };
+  try {
+    j = JSON.parse(r.stdout);
+  } catch (e) {
+    throw new StackbootError('TOOL', `sfdisk -J ${file}: unreadable output`, { cause: e });
+  }
+  const ss = j.partitiontable?.sectorsize ?? 512;
+  return (j.partitiontable?.partitions ?? []).map((p, i) => ({
+    index: i + 1,
+    name: p.name ?? '',
+    start: p.start * ss,
+    size: p.size * ss,
+    type: p.type,
+    uuid: p.uuid ?? '',
+  }));
+}
+
+/** The partition with a GPT name, or an error naming the ones there are. */
+export async function findPartition(file: string, name: string): Promise<PartitionInfo> {
+  const parts = await readPartitions(file);
+  const p = parts.find((x) => x.name === name);
+  if (!p) throw new StackbootError('STORE', `${file} has no partition named ${name} (has: ${parts.map((x) => x.name || `#${x.index}`).join(', ') || 'none'})`);
+  return p;
+}

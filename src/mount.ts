@@ -69,10 +69,12 @@ export async function umountAll(dirs: string[]): Promise<void> {
 }
 
 /** A loop device for a file (read-write unless ro), e.g. for a test store. */
-export async function attachLoop(file: string, opts: { readonly?: boolean; partscan?: boolean } = {}): Promise<string> {
+export async function attachLoop(file: string, opts: { readonly?: boolean; partscan?: boolean; offset?: number; sizelimit?: number } = {}): Promise<string> {
   const args = ['--find', '--show'];
   if (opts.readonly) args.push('--read-only');
   if (opts.partscan) args.push('--partscan');
+  if (opts.offset !== undefined) args.push('--offset', String(opts.offset));
+  if (opts.sizelimit !== undefined) args.push('--sizelimit', String(opts.sizelimit));
   args.push(file);
   const r = await run('losetup', args);
   return r.stdout.trim();
@@ -80,4 +82,23 @@ export async function attachLoop(file: string, opts: { readonly?: boolean; parts
 
 export async function detachLoop(dev: string): Promise<void> {
   await run('losetup', ['-d', dev], { reject: false });
+}
+
+/**
+ * Mounts one partition of a disk image file (a loop device at the partition's offset),
+ * runs fn on the mount point, then unmounts and detaches whatever happens.
+ */
+export async function withPartitionMounted<T>(image: string, part: { start: number; size: number }, dir: string, fn: (dir: string) => Promise<T>, readonly = false): Promise<T> {
+  const dev = await attachLoop(image, { offset: part.start, sizelimit: part.size, readonly });
+  try {
+    await mountDevice(dev, dir, readonly ? ['ro'] : []);
+    try {
+      return await fn(dir);
+    } finally {
+      await run('sync', []);
+      await umount(dir);
+    }
+  } finally {
+    await detachLoop(dev);
+  }
 }
