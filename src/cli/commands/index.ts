@@ -3,6 +3,11 @@ import type { CommandModule } from 'yargs';
 import { initramfsCommand } from './initramfs.js';
 import { buildCommand } from './build.js';
 import { keygenCommand, signCommand, verifyCommand } from './keys.js';
+import { imageCommand } from './image.js';
+import { flashCommand } from './flash.js';
+import { migrateCommand } from './migrate.js';
+import { bundleCommand } from './bundle.js';
+import { installCommand, rollbackCommand, gcCommand, doctorCommand, statusCommand, markGoodCommand, markBadCommand } from './node.js';
 
 export const commands: CommandModule<any, any>[] = [
   buildCommand,
@@ -10,4 +15,8 @@ export const commands: CommandModule<any, any>[] = [
   signCommand,
   verifyCommand,
   initramfsCommand,
+  imageCommand,
+  flashCommand,
+  migrateCommand,
+  bundleCommand, installCommand, rollbackCommand, gcCommand, doctorCommand, statusCommand, markGoodCommand, markBadCommand,
 ];

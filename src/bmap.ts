@@ -1,0 +1,189 @@
+/**
+ * Block maps, bmaptool's idea and file format (bmap version 2.0, sha256): which block
+ * ranges of an image hold data, each with the sha256 of its bytes. `stackboot flash`
+ * (and `bmaptool copy`) write only these ranges and verify them after.
+ *
+ * How the ranges are found: Node has no SEEK_DATA/SEEK_HOLE, so the builder reads the
+ * image and maps every block that is not all zeros. Reading a hole costs no disk I/O
+ * (the kernel hands back zeros), so this stays fast, and the map it gives is at most as
+ * large as the allocated extents: a zero block inside data is left out too. That is the
+ * same contract as a sparse image: unmapped blocks are "don't care" on the target. The
+ * images stackboot assembles are already made sparse by the same rule (src/disk.ts
+ * copySparse), so for them the map equals the allocated extents.
+ */
+import { createHash } from 'node:crypto';
+import { promises as fs } from 'node:fs';
+import { StackbootError } from './errors.js';
+
+export const BMAP_BLOCK = 4096;
+
+export interface BmapRange {
+  /** first block */
+  first: number;
+  /** last block (inclusive) */
+  last: number;
+  /** sha256 of the range's bytes (the last block may be short when the image is) */
+  sha256: string;
+}
+
+export interface Bmap {
+  imageSize: number;
+  blockSize: number;
+  blocksCount: number;
+  mappedBlocks: number;
+  ranges: BmapRange[];
+}
+
+/** Bytes covered by the mapped ranges (the last range clipped to the image size). */
+export function mappedBytes(b: Bmap): number {
+  return b.ranges.reduce((n, r) => n + rangeLength(b, r), 0);
+}
+
+export function rangeOffset(b: Bmap, r: BmapRange): number {
+  return r.first * b.blockSize;
+}
+
+export function rangeLength(b: Bmap, r: BmapRange): number {
+  return Math.min((r.last + 1) * b.blockSize, b.imageSize) - r.first * b.blockSize;
+}
+
+const ZERO64 = '0'.repeat(64);
+
+function render(b: Bmap, fileChecksum: string): string {
+  const lines = [
+    '<?xml version="1.0" ?>',
+    '<!-- stackboot block map: the mapped block ranges of the image, each with its sha256 -->',
+    '<bmap version="2.0">',
+    `    <ImageSize> ${b.imageSize} </ImageSize>`,
+    `    <BlockSize> ${b.blockSize} </BlockSize>`,
+    `    <BlocksCount> ${b.blocksCount} </BlocksCount>`,
+    `    <MappedBlocksCount> ${b.mappedBlocks} </MappedBlocksCount>`,
+    '    <ChecksumType> sha256 </ChecksumType>',
+    `    <BmapFileChecksum> ${fileChecksum} </BmapFileChecksum>`,
+    '    <BlockMap>',
+    ...b.ranges.map((r) => `        <Range chksum="${r.sha256}"> ${r.first === r.last ? r.first : `${r.first}-${r.last}`} </Range>`),
+    '    </BlockMap>',
+    '</bmap>',
+    '',
+  ];
+  return lines.join('\n');
+}
+
+/** The bmap XML. BmapFileChecksum is the sha256 of the file with that field zeroed, as bmaptool does. */
+export function serializeBmap(b: Bmap): string {
+  const sum = createHash('sha256').update(render(b, ZERO64)).digest('hex');
+  return render(b, sum);
+}
+
+function tag(text: string, name: string): string {
+  const m = new RegExp(`<${name}>\\s*([^<]*?)\\s*</${name}>`).exec(text);
+  if (!m) throw new StackbootError('VERIFY', `block map: no <${name}>`);
+  return m[1];
+}
+
+function int(text: string, name: string): number {
+  const v = tag(text, name);
+  if (!/^\d+$/.test(v)) throw new StackbootError('VERIFY', `block map: <${name}> is not a number: ${v}`);
+  return Number(v);
+}
+
+/** Parses a bmap (version 2.x, sha256) and checks its own checksum and its consistency. */
+export function parseBmap(text: string): Bmap {
+  const ver = /<bmap version="(\d+)\.(\d+)"/.exec(text);
+  if (!ver) throw new StackbootError('VERIFY', 'not a block map (no <bmap version=...>)');
+  if (ver[1] !== '2') throw new StackbootError('VERIFY', `block map version ${ver[1]}.${ver[2]} is not supported (2.x only)`);
+  const ct = tag(text, 'ChecksumType');
+  if (ct !== 'sha256') throw new StackbootError('VERIFY', `block map checksum type ${ct} is not supported (sha256 only)`);
+  const fileSum = tag(text, 'BmapFileChecksum');
+  const zeroed = text.replace(/(<BmapFileChecksum>\s*)[0-9a-f]+(\s*<\/BmapFileChecksum>)/, `$1${ZERO64}$2`);
+  if (createHash('sha256').update(zeroed).digest('hex') !== fileSum) throw new StackbootError('VERIFY', 'block map checksum mismatch: the .bmap file is damaged or was edited');
+  const b: Bmap = {
+    imageSize: int(text, 'ImageSize'),
+    blockSize: int(text, 'BlockSize'),
+    blocksCount: int(text, 'BlocksCount'),
+    mappedBlocks: int(text, 'MappedBlocksCount'),
+    ranges: [],
+  };
+  if (b.blockSize <= 0 || b.blockSize % 512 !== 0) throw new StackbootError('VERIFY', `block map: bad block size ${b.blockSize}`);
+  if (b.blocksCount !== Math.ceil(b.imageSize / b.blockSize)) throw new StackbootError('VERIFY', `block map: BlocksCount ${b.blocksCount} does not match ImageSize ${b.imageSize}`);
+  const re = /<Range\s+chksum="([0-9a-f]{64})"\s*>\s*(\d+)(?:\s*-\s*(\d+))?\s*<\/Range>/g;
+  let m: RegExpExecArray | null;
+  let n = 0;
+  let prev = -1;
+  while ((m = re.exec(text))) {
+    const first = Number(m[2]);
+    const last = m[3] === undefined ? first : Number(m[3]);
+    if (last < first || first <= prev || last >= b.blocksCount) throw new StackbootError('VERIFY', `block map: bad range ${first}-${last}`);
+    prev = last;
+    n += last - first + 1;
+    b.ranges.push({ first, last, sha256: m[1] });
+  }
+  if (n !== b.mappedBlocks) throw new StackbootError('VERIFY', `block map: MappedBlocksCount ${b.mappedBlocks}, ranges hold ${n}`);
+  return b;
+}
+
+function isZero(buf: Buffer): boolean {
+  let i = 0;
+  for (; i + 8 <= buf.length; i += 8) if (buf.readBigUInt64LE(i) !== 0n) return false;
+  for (; i < buf.length; i++) if (buf[i] !== 0) return false;
+  return true;
+}
+
+/**
+ * Maps a file: every non-zero block. Ranges are cut at `maxRangeBytes` (default 4 MiB)
+ * so that each verify unit is small and a bad one names a narrow place.
+ */
+export async function buildBmap(file: string, o: { blockSize?: number; maxRangeBytes?: number } = {}): Promise<Bmap> {
+  const bs = o.blockSize ?? BMAP_BLOCK;
+  const maxBlocks = Math.max(1, Math.floor((o.maxRangeBytes ?? 4 * 1024 * 1024) / bs));
+  const fh = await fs.open(file, 'r');
+  try {
+    const size = (await fh.stat()).size;
+    const blocks = Math.ceil(size / bs);
+    const chunk = Buffer.alloc(bs * 256);
+    const ranges: BmapRange[] = [];
+    let cur: { first: number; last: number; hash: ReturnType<typeof createHash> } | null = null;
+    const close = (): void => {
+      if (cur) ranges.push({ first: cur.first, last: cur.last, sha256: cur.hash.digest('hex') });
+      cur = null;
+    };
+    for (let pos = 0; pos < size; ) {
+      const { bytesRead } = await fh.read(chunk, 0, Math.min(chunk.length, size - pos), pos);
+      if (bytesRead === 0) break;
+      for (let o2 = 0; o2 < bytesRead; o2 += bs) {
+        const blk = chunk.subarray(o2, Math.min(o2 + bs, bytesRead));
+        const n = (pos + o2) / bs;
+        if (isZero(blk)) {
+          close();
+          continue;
+        }
+        if (cur && (cur as { first: number }).first + maxBlocks <= n) close();
+        if (!cur) cur = { first: n, last: n, hash: createHash('sha256') };
+        cur.last = n;
+        cur.hash.update(blk);
+      }
+      pos += bytesRead;
+    }
+    close();
+    return { imageSize: size, blockSize: bs, blocksCount: blocks, mappedBlocks: ranges.reduce((n, r) => n + r.last - r.first + 1, 0), ranges };
+  } finally {
+    await fh.close();
+  }
+}
+
+/** Builds the map of `image` and writes it to `<image>.bmap` (or `out`). */
+export async function writeBmapFor(image: string, out = `${image}.bmap`): Promise<Bmap> {
+  const b = await buildBmap(image);
+  await fs.writeFile(out, serializeBmap(b));
+  return b;
+}
+
+/** Reads `<image>.bmap` when present and it matches the image's size; null otherwise. */
+export async function readBmapFor(image: string, file = `${image}.bmap`): Promise<Bmap | null> {
+  const t = await fs.readFile(file, 'utf8').catch(() => null);
+  if (t === null) return null;
+  const b = parseBmap(t);
+  const size = (await fs.stat(image)).size;
+  if (b.imageSize !== size) throw new StackbootError('VERIFY', `${file} is for an image of ${b.imageSize} bytes, ${image} has ${size}`);
+  return b;
+}

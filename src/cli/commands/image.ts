@@ -1,0 +1,74 @@
+/** `stackboot image <build-output> -o node.img`: a GPT node disk image (boot, store, data), no root. */
+import path from 'node:path';
+import type { CommandModule } from 'yargs';
+import { buildImage, IMAGE_LAYOUTS, loadImageSpec, planImage, type ImageLayout, type ImageOptions } from '../../image.js';
+import { makeBootConfig } from '../../initramfs.js';
+import { loadRecipe } from '../../recipe.js';
+import { archFromNode, type Arch } from '../../target.js';
+import { fmtBytes, makeOut } from '../output.js';
+
+export const imageCommand: CommandModule<any, any> = {
+  command: 'image <build>',
+  describe: 'assemble a node disk image (GPT: boot vfat, store ext4 with slot a, data ext4) from a build output',
+  builder: (y) =>
+    y
+      .positional('build', { type: 'string', describe: 'build output folder (manifest + layers/)', demandOption: true })
+      .option('out', { alias: 'o', type: 'string', demandOption: true, describe: 'image file (a block map is written to <out>.bmap)' })
+      .option('layout', { choices: IMAGE_LAYOUTS as ImageLayout[], describe: 'sd (power-of-two size), nvme, or custom (default: recipe image.json, else sd)' })
+      .option('recipe', { type: 'string', describe: 'recipe folder: its `boot` settings go into the initrd, its image.json gives layout and sizes' })
+      .option('boot-size', { type: 'number', describe: 'boot partition MiB' })
+      .option('store-size', { type: 'number', describe: 'store partition MiB (default: twice the stack, for an update)' })
+      .option('data-size', { type: 'number', describe: 'data partition MiB' })
+      .option('size', { type: 'number', describe: 'whole image MiB (the data partition takes the rest)' })
+      .option('arch', { choices: ['amd64', 'arm64'], describe: 'target arch (default: this machine)' })
+      .option('kernel', { type: 'string', describe: 'kernel image (default: the setup target)' })
+      .option('fdt', { type: 'string', describe: 'device tree blob for extlinux.conf' })
+      .option('initrd', { type: 'string', describe: 'use this initrd instead of building the standalone stackboot initrd' })
+      .option('append', { type: 'string', describe: 'kernel command line in extlinux.conf' })
+      .option('set', { type: 'string', array: true, describe: 'initrd boot config KEY=VALUE (repeatable)' })
+      .option('store-id', { type: 'string', describe: 'store id, 32 hex (default: derived from the stack id)' })
+      .option('seed', { type: 'string', describe: 'seed for all UUIDs (default: the stack id)' })
+      .option('no-bmap', { type: 'boolean', describe: 'do not write <out>.bmap' })
+      .option('cache-root', { type: 'string', default: '.cache', describe: 'where `npm run setup` put the targets' })
+      .example('$0 image out/demo -o node.img --layout sd', 'an SD card image of the demo stack'),
+  handler: async (a) => {
+    const out = makeOut(a);
+    const spec = a.recipe ? await loadImageSpec(path.resolve(a.recipe)) : {};
+    const arch = (a.arch as Arch | undefined) ?? archFromNode(process.arch) ?? 'amd64';
+    const recipe = a.recipe ? await loadRecipe(a.recipe, { arch }) : undefined;
+    const epochEnv = process.env.SOURCE_DATE_EPOCH;
+    const o: ImageOptions = {
+      buildDir: a.build,
+      out: a.out,
+      layout: a.layout ?? spec.layout,
+      bootMiB: a.bootSize ?? spec.bootMiB,
+      storeMiB: a.storeSize ?? spec.storeMiB,
+      dataMiB: a.dataSize ?? spec.dataMiB,
+      sizeMiB: a.size ?? spec.sizeMiB,
+      arch,
+      kernel: a.kernel,
+      fdt: a.fdt,
+      initrd: a.initrd,
+      append: a.append ?? spec.append,
+      bootConfig: makeBootConfig({ set: [...Object.entries(recipe?.boot ?? {}), ...((a.set as string[] | undefined) ?? [])] }),
+      storeId: a.storeId,
+      seed: a.seed,
+      epoch: epochEnv && /^\d+$/.test(epochEnv) ? Number(epochEnv) : 0,
+      bmap: !a.noBmap,
+      cacheRoot: a.cacheRoot,
+      progress: out.progress,
+    };
+    if (a.dryRun) {
+      const p = await planImage(o);
+      out.result(p);
+      out.line(`would write ${p.out}: ${p.layout} layout, ${p.totalMiB} MiB, stack ${p.stackId.slice(0, 12)} (${p.name} ${p.version}), store id ${p.storeId}`);
+      for (const part of p.parts) out.line(`  ${part.name.padEnd(9)} ${part.fs.padEnd(5)} ${part.sizeMiB} MiB`);
+      return;
+    }
+    const r = await buildImage(o);
+    out.result(r);
+    out.line(`${r.out}: ${r.layout} image, ${fmtBytes(r.bytes)} (${fmtBytes(r.mappedBytes ?? 0)} mapped), stack ${r.stackId.slice(0, 12)}, store id ${r.storeId}`);
+    for (const p of r.partitions) out.line(`  p${p.index} ${p.name.padEnd(9)} ${fmtBytes(p.size).padStart(9)} at ${p.start} uuid ${p.uuid}`);
+    if (r.bmapFile) out.line(`block map: ${r.bmapFile}`);
+  },
+};
