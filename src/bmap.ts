@@ -3,17 +3,19 @@
  * ranges of an image hold data, each with the sha256 of its bytes. `stackboot flash`
  * (and `bmaptool copy`) write only these ranges and verify them after.
  *
- * How the ranges are found: Node has no SEEK_DATA/SEEK_HOLE, so the builder reads the
- * image and maps every block that is not all zeros. Reading a hole costs no disk I/O
- * (the kernel hands back zeros), so this stays fast, and the map it gives is at most as
- * large as the allocated extents: a zero block inside data is left out too. That is the
- * same contract as a sparse image: unmapped blocks are "don't care" on the target. The
- * images stackboot assembles are already made sparse by the same rule (src/disk.ts
- * copySparse), so for them the map equals the allocated extents.
+ * How the ranges are found: Node has no SEEK_DATA/SEEK_HOLE, so the builder asks the
+ * kernel for the file's extents with FIEMAP through `filefrag` (e2fsprogs) and maps the
+ * allocated blocks, as bmaptool does. A zero-block scan alone is NOT enough: it drops
+ * zeros the image writer wrote on purpose (a GPT's empty partition entries), and a
+ * target with old bytes there then has a broken partition table (seen in
+ * test/flash.int.test.ts). Without FIEMAP (tmpfs) it falls back to a scan that maps
+ * non-zero blocks and the whole first and last MiB. The images stackboot assembles are
+ * sparse where their filesystems are zero (src/disk.ts copySparse).
  */
 import { createHash } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import { StackbootError } from './errors.js';
+import { run } from './exec.js';
 
 export const BMAP_BLOCK = 4096;
 
@@ -130,16 +132,45 @@ function isZero(buf: Buffer): boolean {
 }
 
 /**
- * Maps a file: every non-zero block. Ranges are cut at `maxRangeBytes` (default 4 MiB)
+ * The allocated block ranges of a file (FIEMAP, through `filefrag` from e2fsprogs; Node
+ * has no SEEK_DATA/SEEK_HOLE), or null when the filesystem cannot tell (tmpfs, no tool).
+ */
+export async function allocatedExtents(file: string, bs: number): Promise<[number, number][] | null> {
+  const r = await run('filefrag', ['-s', '-v', '-e', `-b${bs}`, file], { reject: false }).catch(() => null);
+  if (!r || r.exitCode !== 0 || /FIEMAP.*not supported|ioctl/i.test(r.stderr)) return null;
+  const out: [number, number][] = [];
+  for (const l of r.stdout.split('\n')) {
+    const m = /^\s*\d+:\s*(\d+)\.\.\s*(\d+):/.exec(l);
+    if (!m) continue;
+    const a = Number(m[1]);
+    const b = Number(m[2]);
+    const prev = out[out.length - 1];
+    if (prev && a <= prev[1] + 1) prev[1] = Math.max(prev[1], b);
+    else out.push([a, b]);
+  }
+  if (!/extents? found/.test(r.stdout)) return null;
+  return out;
+}
+
+/**
+ * Maps a file. The mapped blocks are its allocated extents (FIEMAP via filefrag), so a
+ * zero block the image writer wrote on purpose (a GPT's empty partition entries, a
+ * zeroed inode table) is written to the target too, as bmaptool does. Where FIEMAP is not
+ * available, every non-zero block is mapped, plus every block of the first and last MiB
+ * (partition tables) even when zero. Ranges are cut at `maxRangeBytes` (default 4 MiB)
  * so that each verify unit is small and a bad one names a narrow place.
  */
-export async function buildBmap(file: string, o: { blockSize?: number; maxRangeBytes?: number } = {}): Promise<Bmap> {
+export async function buildBmap(file: string, o: { blockSize?: number; maxRangeBytes?: number; scan?: boolean } = {}): Promise<Bmap> {
   const bs = o.blockSize ?? BMAP_BLOCK;
   const maxBlocks = Math.max(1, Math.floor((o.maxRangeBytes ?? 4 * 1024 * 1024) / bs));
   const fh = await fs.open(file, 'r');
   try {
     const size = (await fh.stat()).size;
     const blocks = Math.ceil(size / bs);
+    const extents = o.scan ? null : await allocatedExtents(file, bs);
+    const edge = Math.ceil((1024 * 1024) / bs);
+    const keepZero = (n: number): boolean => extents !== null || n < edge || n >= blocks - edge;
+    const todo: [number, number][] = (extents ?? [[0, blocks - 1]]).map(([a, b]) => [a, Math.min(b, blocks - 1)] as [number, number]).filter(([a, b]) => a <= b);
     const chunk = Buffer.alloc(bs * 256);
     const ranges: BmapRange[] = [];
     let cur: { first: number; last: number; hash: ReturnType<typeof createHash> } | null = null;
@@ -147,22 +178,25 @@ export async function buildBmap(file: string, o: { blockSize?: number; maxRangeB
       if (cur) ranges.push({ first: cur.first, last: cur.last, sha256: cur.hash.digest('hex') });
       cur = null;
     };
-    for (let pos = 0; pos < size; ) {
-      const { bytesRead } = await fh.read(chunk, 0, Math.min(chunk.length, size - pos), pos);
-      if (bytesRead === 0) break;
-      for (let o2 = 0; o2 < bytesRead; o2 += bs) {
-        const blk = chunk.subarray(o2, Math.min(o2 + bs, bytesRead));
-        const n = (pos + o2) / bs;
-        if (isZero(blk)) {
-          close();
-          continue;
+    for (const [a, b] of todo) {
+      const endByte = Math.min((b + 1) * bs, size);
+      for (let pos = a * bs; pos < endByte; ) {
+        const { bytesRead } = await fh.read(chunk, 0, Math.min(chunk.length, endByte - pos), pos);
+        if (bytesRead === 0) break;
+        for (let o2 = 0; o2 < bytesRead; o2 += bs) {
+          const blk = chunk.subarray(o2, Math.min(o2 + bs, bytesRead));
+          const n = (pos + o2) / bs;
+          if (!keepZero(n) && isZero(blk)) {
+            close();
+            continue;
+          }
+          if (cur && (cur.first + maxBlocks <= n || cur.last !== n - 1)) close();
+          if (!cur) cur = { first: n, last: n, hash: createHash('sha256') };
+          cur.last = n;
+          cur.hash.update(blk);
         }
-        if (cur && (cur as { first: number }).first + maxBlocks <= n) close();
-        if (!cur) cur = { first: n, last: n, hash: createHash('sha256') };
-        cur.last = n;
-        cur.hash.update(blk);
+        pos += bytesRead;
       }
-      pos += bytesRead;
     }
     close();
     return { imageSize: size, blockSize: bs, blocksCount: blocks, mappedBlocks: ranges.reduce((n, r) => n + r.last - r.first + 1, 0), ranges };
