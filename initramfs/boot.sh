@@ -8,6 +8,8 @@ sb_booted_write() {
 	local i="$1" slot="$2" f
 	f=$(sb_booted_file)
 	mkdir -p "${f%/*}"
+	# the boot config this initramfs was built with, for `stackboot doctor`
+	cp -f "${SB_CONF:-/etc/stackboot/boot.conf}" "${f%/*}/boot.conf" 2>/dev/null
 	{
 		echo "store_dev=$(sb_store_get "$i" DEV)"
 		echo "store_id=$(sb_store_get "$i" ID)"

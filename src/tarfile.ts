@@ -121,6 +121,16 @@ export interface WalkOptions {
  */
 export async function walkTar(file: string, opts: WalkOptions): Promise<number> {
   const { stream, done } = await openTar(file);
+  return walkTarStream(stream, opts, file, done);
+}
+
+/**
+ * The core of walkTar over any Readable (a pipe, an HTTP body, a file stream): the tar
+ * must be uncompressed. `label` names the source in errors; `done` is awaited at the end
+ * (e.g. a decompressor's exit).
+ */
+export async function walkTarStream(stream: Readable, opts: WalkOptions, label = 'tar stream', done: Promise<void> = Promise.resolve()): Promise<number> {
+  const file = label;
   const parser = new Parser({ strict: true });
   let pendingMeta: string | null = null;
   let index = 0;

@@ -1,0 +1,27 @@
+import type { CommandModule } from 'yargs';
+import { baseLayers, writeBundle, writeBundleFile } from '../../bundle.js';
+import { fmtBytes, makeOut } from '../output.js';
+
+export const bundleCommand: CommandModule<any, any> = {
+  command: 'bundle <build>',
+  describe: 'write a signed bundle (tar: manifest, manifest.sig, layers) of a build output',
+  builder: (y) =>
+    y
+      .positional('build', { type: 'string', demandOption: true, describe: 'build output folder (manifest, layers/)' })
+      .option('out', { alias: 'o', type: 'string', demandOption: true, describe: 'bundle file, or - for stdout' })
+      .option('key', { type: 'string', describe: 'private key to sign with (default: the build output\'s manifest.sig)' })
+      .option('base', { type: 'string', describe: 'a manifest, build output or bundle: keep only the layers it lacks (delta)' })
+      .example('$0 bundle out/demo -o demo.stackbundle --key keys/release.key', 'a full bundle')
+      .example('$0 bundle out/demo2 -o d.stackbundle --base out/demo/manifest --key k.key', 'a delta bundle'),
+  handler: async (a) => {
+    const out = makeOut(a);
+    const base = a.base ? await baseLayers(a.base) : null;
+    const opts = { buildDir: a.build, key: a.key, baseDigests: base?.digests, progress: out.progress };
+    const r = a.out === '-' ? await writeBundle({ ...opts, out: process.stdout }) : await writeBundleFile({ ...opts, file: a.out });
+    out.result({ stack: r.stackId, bytes: r.bytes, carried: r.carried.map((l) => l.name), skipped: r.skipped.map((l) => l.name), base: base ? base.manifest.version : null });
+    if (a.out !== '-') {
+      out.line(`bundle ${a.out}: ${r.manifest.name} ${r.manifest.version} (${r.stackId.slice(0, 12)}), ${fmtBytes(r.bytes)}`);
+      out.line(`  carries: ${r.carried.map((l) => l.name).join(' ') || '(no layers)'}${r.skipped.length ? `; from the base: ${r.skipped.map((l) => l.name).join(' ')}` : ''}`);
+    }
+  },
+};

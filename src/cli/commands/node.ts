@@ -1,0 +1,158 @@
+/** Node-side commands: install, rollback, gc, doctor, status, mark-good, mark-bad. */
+import { createReadStream } from 'node:fs';
+import { stat } from 'node:fs/promises';
+import type { Readable } from 'node:stream';
+import type { Argv, CommandModule } from 'yargs';
+import { bundleStreamFromBuild } from '../../bundle.js';
+import { loadNodeConfig, NODE_CONFIG } from '../../config.js';
+import { doctor } from '../../doctor.js';
+import { download, isUrl } from '../../download.js';
+import { StackbootError } from '../../errors.js';
+import { gc } from '../../gc.js';
+import { install, type InstallEvent } from '../../install.js';
+import { nodeContext } from '../../node.js';
+import { markBootedBad, markBootedGood, nodeStatus, rollback } from '../../rollback.js';
+import { fmtBytes, makeOut } from '../output.js';
+
+function nodeOptions<T>(y: Argv<T>) {
+  return y
+    .option('store', { type: 'string', describe: 'a store folder (default: the booted store from /run/stackboot/booted)' })
+    .option('booted-slot', { type: 'string', choices: ['a', 'b', 'none'], describe: 'with --store: the slot to treat as booted' })
+    .option('config', { type: 'string', describe: `node config (default ${NODE_CONFIG})` })
+    .option('run-dir', { type: 'string', describe: 'default /run', hidden: true });
+}
+
+function ctxOf(a: any) {
+  return nodeContext({ store: a.store, bootedSlot: a.bootedSlot, runDir: a.runDir });
+}
+
+async function openSource(src: string, onRetry: (s: string) => void): Promise<{ stream: Readable; label: string }> {
+  if (src === '-') return { stream: process.stdin, label: 'stdin' };
+  if (isUrl(src)) return { stream: download(src, { onRetry: (r) => onRetry(`download interrupted at byte ${r.received} (${r.reason}); resuming (try ${r.attempt})`) }), label: src };
+  const st = await stat(src).catch((e) => {
+    throw new StackbootError('USAGE', `${src}: no such bundle file, build output or URL`, { cause: e });
+  });
+  if (st.isDirectory()) return { stream: bundleStreamFromBuild(src), label: src };
+  return { stream: createReadStream(src, { highWaterMark: 1 << 20 }), label: src };
+}
+
+export const installCommand: CommandModule<any, any> = {
+  command: 'install <source>',
+  describe: 'install a stack into the inactive slot (bundle file, - for stdin, http(s) URL, or build output)',
+  builder: (y) =>
+    nodeOptions(y)
+      .positional('source', { type: 'string', demandOption: true })
+      .option('keys', { type: 'string', describe: 'public keys folder (default: KEYS_DIR of the config, /etc/stackboot/keys)' })
+      .option('tries', { type: 'number', describe: 'tries of the new pending stack (default: TRIES of the config)' })
+      .option('dry-run', { type: 'boolean', describe: 'plan and check only' })
+      .example('$0 install https://updates.example/node-2.stackbundle', ''),
+  handler: async (a) => {
+    const out = makeOut(a);
+    const cfg = await loadNodeConfig(a.config);
+    const ctx = await ctxOf(a);
+    const jsonLine = (o: unknown) => process.stdout.write(JSON.stringify(o) + '\n');
+    const { stream, label } = await openSource(a.source, (s) => (a.json ? jsonLine({ event: 'retry', note: s }) : process.stderr.write(`stackboot: ${s}\n`)));
+    const onEvent = (ev: InstallEvent) => {
+      if (a.json) return jsonLine(ev);
+      if (ev.event === 'plan') out.line(`installing ${ev.name} ${ev.version} (${ev.stack.slice(0, 12)}) into slot ${ev.slot}: ${ev.write.length} layer(s) to write (${fmtBytes(ev.bytes)}), ${ev.have.length} present; ${fmtBytes(ev.free)} free`);
+      else if (ev.event === 'layer') out.line(`  layer ${ev.name} ${ev.digest.slice(0, 12)} ${fmtBytes(ev.size)}`);
+      else if (a.verbose && ev.event === 'step') out.line(`  ${ev.step}`);
+    };
+    const r = await install({
+      ctx,
+      stream,
+      label,
+      keysDir: a.keys ?? cfg.node.KEYS_DIR,
+      allowUnsigned: cfg.node.ALLOW_UNSIGNED,
+      compatible: cfg.node.COMPATIBLE,
+      tries: a.tries ?? cfg.boot.TRIES,
+      minFree: cfg.node.MIN_FREE,
+      dryRun: a.dryRun,
+      progress: a.json ? () => {} : out.progress,
+      onEvent,
+    });
+    if (stream !== process.stdin) stream.destroy();
+    if (a.json) jsonLine({ event: 'result', installed: r.installed, dryRun: r.dryRun, already: r.already ?? null, slot: r.plan?.slot ?? null, stack: r.plan?.stack ?? null });
+    else if (r.already) out.line(`already installed in slot ${r.already.slot} (${r.already.status})`);
+    else if (r.dryRun) out.line('dry run: checks passed, nothing written');
+    else out.line(`slot ${r.plan!.slot} pending with ${a.tries ?? cfg.boot.TRIES} tries: reboot to try it`);
+  },
+};
+
+export const rollbackCommand: CommandModule<any, any> = {
+  command: 'rollback',
+  describe: 'make the previous good stack the one to boot next',
+  builder: (y) => nodeOptions(y).option('dry-run', { type: 'boolean' }),
+  handler: async (a) => {
+    const out = makeOut(a);
+    const r = await rollback(await ctxOf(a), { dryRun: a.dryRun });
+    out.result({ to: r.to, dropped: r.dropped ?? null, dryRun: r.dryRun });
+    out.line(`${r.dryRun ? 'would boot' : 'next boot:'} slot ${r.to}${r.dropped ? ` (pending slot ${r.dropped} marked bad)` : ''}`);
+  },
+};
+
+export const gcCommand: CommandModule<any, any> = {
+  command: 'gc',
+  describe: 'remove layers that no slot references (never the booted stack\'s)',
+  builder: (y) => nodeOptions(y).option('dry-run', { type: 'boolean' }),
+  handler: async (a) => {
+    const out = makeOut(a);
+    const r = await gc(await ctxOf(a), { dryRun: a.dryRun });
+    out.result(r);
+    out.line(`${r.dryRun ? 'would remove' : 'removed'} ${r.removed.length} layer(s), ${fmtBytes(r.freed)}${r.partials.length ? ` and ${r.partials.length} partial file(s)` : ''}; ${r.kept} referenced`);
+  },
+};
+
+export const doctorCommand: CommandModule<any, any> = {
+  command: 'doctor',
+  describe: 'report what is wrong on a node: modules, keys, space, config, stacks',
+  builder: (y) => nodeOptions(y).option('full', { type: 'boolean', describe: 'sha256 every layer' }),
+  handler: async (a) => {
+    const out = makeOut(a);
+    const cfg = await loadNodeConfig(a.config);
+    const ctx = await ctxOf(a).catch(() => null);
+    const r = await doctor({ ctx, config: cfg, full: a.full, runDir: a.runDir });
+    out.result(r);
+    for (const x of r.findings) out.line(`${x.level.padEnd(4)} ${x.check.padEnd(7)} ${x.message}`);
+    if (!r.ok) throw new StackbootError('STORE', `doctor found ${r.findings.filter((x) => x.level === 'fail').length} problem(s)`);
+  },
+};
+
+export const statusCommand: CommandModule<any, any> = {
+  command: 'status',
+  describe: 'booted stack, slot states, next candidates, last events',
+  builder: (y) => nodeOptions(y),
+  handler: async (a) => {
+    const out = makeOut(a);
+    const s = await nodeStatus(await ctxOf(a));
+    out.result(s);
+    out.line(`store ${s.store} (${s.storeId})`);
+    if (s.booted) out.line(`booted: slot ${s.booted.slot} ${s.booted.stack.slice(0, 12)} ${s.booted.status}${s.booted.tries ? ` tries=${s.booted.tries}` : ''}${s.booted.fallback ? ` fallback: ${s.booted.fallback}` : ''}`);
+    for (const x of s.slots) out.line(`slot ${x.slot}: ${x.status}${x.stack ? ` ${x.stack.slice(0, 12)}` : ''}${x.tries !== undefined ? ` tries=${x.tries}` : ''}${x.name ? ` ${x.name} ${x.version}` : ''}${x.stack && !x.matches ? ' (manifest mismatch)' : ''}${x.current ? ' current' : ''}${x.booted ? ' booted' : ''}`);
+    out.line(`next boot: ${s.next.map((c) => `${c.slot} (${c.why})`).join(', ') || 'nothing bootable'}`);
+  },
+};
+
+export const markGoodCommand: CommandModule<any, any> = {
+  command: 'mark-good',
+  describe: 'the booted stack becomes the good one',
+  builder: (y) => nodeOptions(y),
+  handler: async (a) => {
+    const out = makeOut(a);
+    const r = await markBootedGood(await ctxOf(a));
+    out.result(r);
+    out.line(`slot ${r.slot} (${r.stack.slice(0, 12)}) is good and current (was ${r.was})`);
+  },
+};
+
+export const markBadCommand: CommandModule<any, any> = {
+  command: 'mark-bad',
+  describe: 'the booted stack becomes bad (the good one boots next)',
+  builder: (y) => nodeOptions(y),
+  handler: async (a) => {
+    const out = makeOut(a);
+    const r = await markBootedBad(await ctxOf(a));
+    out.result(r);
+    out.line(`slot ${r.slot} (${r.stack.slice(0, 12)}) is bad (was ${r.was})`);
+  },
+};
