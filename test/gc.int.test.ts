@@ -1,0 +1,66 @@
+/** gc on an ext4 store on a loop device: unreferenced layers and .part files go, the booted stack's stay. */
+import { describe, it, expect, beforeAll, afterAll, afterEach } from 'vitest';
+import { createReadStream, promises as fs } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { writeBundleFile } from '../src/bundle.js';
+import { gc } from '../src/gc.js';
+import { install } from '../src/install.js';
+import { nodeContext, type NodeContext } from '../src/node.js';
+import { markBootedGood } from '../src/rollback.js';
+import { fakeBuild, keys, layerBytes, type FakeBuild } from './update-fixtures.js';
+import { loopStore, type LoopStore } from './store-loop.js';
+
+let tmp: string;
+let k: Awaited<ReturnType<typeof keys>>;
+const v: FakeBuild[] = [];
+const b: string[] = [];
+const stores: LoopStore[] = [];
+
+beforeAll(async () => {
+  tmp = await fs.mkdtemp(path.join(tmpdir(), 'sb-gc-'));
+  k = await keys(tmp);
+  const base = layerBytes(100_000, 'base');
+  for (const n of [1, 2, 3]) {
+    v.push(await fakeBuild(path.join(tmp, `v${n}`), { version: String(n), key: k.key, layers: [{ name: 'base', data: base }, { name: 'app', data: layerBytes(7000, String(n)) }] }));
+    b.push(path.join(tmp, `v${n}.sb`));
+    await writeBundleFile({ buildDir: v[n - 1].dir, file: b[n - 1] });
+  }
+});
+afterEach(async () => {
+  while (stores.length) await stores.pop()!.cleanup();
+});
+afterAll(async () => {
+  await fs.rm(tmp, { recursive: true, force: true });
+});
+
+const inst = (ctx: NodeContext, i: number) => install({ ctx, stream: createReadStream(b[i]), label: `v${i + 1}`, keysDir: k.keysDir, tries: 3 });
+
+describe('gc', () => {
+  it('removes the layers of a replaced stack and partial files, keeps every slot\'s and the booted stack\'s', async () => {
+    const s = await loopStore(tmp, 'gc', 32);
+    stores.push(s);
+    const none = await nodeContext({ store: s.dir });
+    await inst(none, 0); // v1 -> a
+    const bootA = await nodeContext({ store: s.dir, bootedSlot: 'a' });
+    await markBootedGood(bootA);
+    await inst(bootA, 1); // v2 -> b (pending)
+    await inst(bootA, 2); // v3 -> b again: v2's app layer is now unreferenced
+    await fs.writeFile(path.join(s.dir, 'layers', `${'f'.repeat(64)}.sqfs.part`), 'half');
+    const dry = await gc(bootA, { dryRun: true });
+    expect(dry.removed.map((x) => x.digest)).toEqual([v[1].manifest.layers[1].digest]);
+    expect(dry.partials.length).toBe(1);
+    expect(await s.store.layerDigests()).toContain(v[1].manifest.layers[1].digest);
+    const r = await gc(bootA);
+    expect(r.freed).toBe(7000);
+    const left = (await s.store.layerDigests()).sort();
+    expect(left).toEqual([...new Set([...v[0].manifest.layers, ...v[2].manifest.layers].map((l) => l.digest))].sort());
+    expect((await fs.readdir(path.join(s.dir, 'layers'))).some((n) => n.endsWith('.part'))).toBe(false);
+    // the booted stack's layers are kept even when its slot no longer matches: gc keeps all
+    await fs.writeFile(path.join(s.store.slotDir('a'), 'manifest'), v[2].text);
+    const odd: NodeContext = { ...bootA, booted: { slot: 'a', stack: v[0].id } as never };
+    const r2 = await gc(odd);
+    expect(r2.removed).toEqual([]);
+    expect((await s.store.layerDigests()).sort()).toEqual(left);
+  });
+});
