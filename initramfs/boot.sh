@@ -65,6 +65,8 @@ sb_try_pending() {
 		sb_warn "slot $slot ($(sb_short "$stack")) ran out of tries: bad"
 		sb_slot_mark_bad "$slot"
 		sb_state_write "$store"
+		# like any failed candidate: its (disk) upper must not outlive it
+		sb_wipe_upper "$store" "$stack" "$slot"
 		sb_event "$store" exhausted "$slot" "$stack" 0 "no tries left"
 		SB_FALLBACK="slot $slot $(sb_short "$stack"): no tries left"
 		return 1
@@ -135,7 +137,7 @@ sb_boot_finish() {
 	store=$(sb_store_get "$i" MNT)
 	stack=$(sb_slot_stack "$slot")
 	sb_persist_binds "$i" "$root"
-	[ "$SB_UPPER" = disk ] && sb_wipe_stale "$store"
+	[ "$SB_UPPER" = disk ] && sb_wipe_stale "$store" "$stack"
 	sb_event "$store" boot "$slot" "$stack" "$(sb_slot_tries "$slot")" \
 		"$(sb_slot_status "$slot") on $(sb_store_get "$i" DEV)${SB_FALLBACK:+ after fallback: $SB_FALLBACK}"
 	sb_booted_write "$i" "$slot"

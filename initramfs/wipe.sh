@@ -34,12 +34,18 @@ sb_wipe_upper() {
 	return 0
 }
 
-# sb_wipe_stale STORE_DIR: delete leftovers of interrupted wipes, and (UPPER=disk) the
-# uppers of stacks that no slot names any more.
+# sb_wipe_stale STORE_DIR [BOOTED_STACK]: delete leftovers of interrupted wipes, and
+# (UPPER=disk) the uppers of stacks that no slot names any more or whose slot is bad
+# (e.g. marked bad by the node's health check while its upper was in use), except the
+# upper of BOOTED_STACK.
 sb_wipe_stale() {
-	local store="$1" d id keep
+	local store="$1" d id keep= s
 	[ -d "$store/upper" ] || return 0
-	keep=" $(sb_slot_stack a) $(sb_slot_stack b) "
+	for s in a b; do
+		[ "$(sb_slot_status "$s")" = bad ] && continue
+		keep="$keep $(sb_slot_stack "$s")"
+	done
+	keep="$keep ${2-} "
 	for d in "$store/upper"/.wipe-* "$store/upper"/*; do
 		[ -e "$d" ] || continue
 		id=${d##*/}

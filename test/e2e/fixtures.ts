@@ -12,6 +12,7 @@ import { stageStore, type StageSlot } from '../../src/store.js';
 import { assembleDisk, type PartSpec } from '../../src/disk.js';
 import { buildInitramfs, makeBootConfig } from '../../src/initramfs.js';
 import { loadTarget, type Arch, type Target } from '../../src/target.js';
+import { run } from '../../src/exec.js';
 import type { SlotName } from '../../src/state.js';
 
 export const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
@@ -71,6 +72,11 @@ export interface StoreDiskOptions {
   skipLayers?: string[];
   /** no data partition */
   noData?: boolean;
+  /**
+   * Total image size in MiB (the backup GPT is moved to the new end). An SD card image
+   * (bus 'sd') must be a power of two: 128 fits the default partitions.
+   */
+  diskMiB?: number;
 }
 
 /** A GPT disk with a store partition (label sb-store) and a data partition (sb-data). */
@@ -88,6 +94,13 @@ export async function storeDisk(o: StoreDiskOptions): Promise<{ storeDir: string
   const parts: PartSpec[] = [{ name: 'sb-store', type: 'linux', size: (o.storeMiB ?? 64) << 20, content: { kind: 'ext4', dir: storeDir, label: 'sb-store' } }];
   if (!o.noData) parts.push({ name: 'sb-data', type: 'linux', size: (o.dataMiB ?? 16) << 20, content: { kind: 'ext4', dir: dataDir, label: 'sb-data' } });
   await assembleDisk(o.file, { seed: o.seed ?? path.basename(o.file) + Date.now(), epoch: 0, parts });
+  if (o.diskMiB !== undefined) {
+    const want = o.diskMiB * 1024 * 1024;
+    const st = await fs.stat(o.file);
+    if (st.size > want) throw new Error(`storeDisk: the partitions need ${st.size} bytes, more than diskMiB=${o.diskMiB}`);
+    await fs.truncate(o.file, want);
+    await run('sfdisk', ['--quiet', '--no-reread', '--no-tell-kernel', '--relocate', 'gpt-bak-std', o.file]);
+  }
   await fs.rm(base, { recursive: true, force: true });
   return { storeDir, file: o.file };
 }

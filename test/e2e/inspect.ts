@@ -1,0 +1,312 @@
+/**
+ * Host-side helpers for the boot tests: read the store and data partitions of a disk
+ * image after a boot, and damage a store between boots (corrupt or delete a layer).
+ *
+ * No loop devices and no mounts: e2fsprogs open a filesystem inside an image with the
+ * `file?offset=N` io option (ext2fs_open2 splits it off the name), so `debugfs` reads and
+ * writes the partition in place, and partition offsets come from `sfdisk -J`.
+ *
+ * The journal: a guest that powered off (or was killed) with a store or data partition
+ * mounted read-write leaves committed metadata in the ext4 journal only; debugfs does not
+ * replay it. Reads therefore work on a sparse copy of the partition whose journal was
+ * replayed (`e2fsck -E journal_only`), so the image itself stays as the guest left it and
+ * the next boot does its own recovery. Writes first replay the journal in place (what
+ * the guest's next mount would do), so a later replay cannot undo them.
+ */
+import { promises as fs } from 'node:fs';
+import { run } from '../../src/exec.js';
+import { parseState, type BootState } from '../../src/state.js';
+import { bootOnce, consoleTail, type BootOptions, type ExitHow } from './qemu.js';
+
+export interface Partition {
+  name: string;
+  /** byte offset in the image */
+  offset: number;
+  /** bytes */
+  size: number;
+}
+
+/** The GPT partitions of an image, by partition name (sb-store, sb-data). */
+export async function partitions(img: string): Promise<Partition[]> {
+  const r = await run('sfdisk', ['-J', img]);
+  const j = JSON.parse(r.stdout) as { partitiontable: { sectorsize?: number; partitions: { start: number; size: number; name?: string }[] } };
+  const ss = j.partitiontable.sectorsize ?? 512;
+  return j.partitiontable.partitions.map((p) => ({ name: p.name ?? '', offset: p.start * ss, size: p.size * ss }));
+}
+
+export async function partition(img: string, name: 'sb-store' | 'sb-data' | string): Promise<Partition> {
+  const p = (await partitions(img)).find((x) => x.name === name);
+  if (!p) throw new Error(`${img}: no partition named ${name}`);
+  return p;
+}
+
+/** Copies a byte range of a file to a new sparse file (dd conv=sparse). */
+async function copyRange(src: string, dst: string, offset: number, size: number): Promise<void> {
+  const bs = 1 << 20;
+  if (offset % bs || size % bs) throw new Error(`partition not MiB aligned: ${offset}+${size}`);
+  await run('dd', [`if=${src}`, `of=${dst}`, `bs=${bs}`, `skip=${offset / bs}`, `count=${size / bs}`, 'conv=sparse', 'status=none']);
+}
+
+/** e2fsck -E journal_only: replay the journal if needed, nothing else. Exit 0/1 are fine. */
+async function replayJournal(dev: string): Promise<void> {
+  const r = await run('e2fsck', ['-E', 'journal_only', '-y', dev], { reject: false });
+  if (r.exitCode > 1) throw new Error(`e2fsck -E journal_only ${dev} failed (exit ${r.exitCode}): ${r.stderr.trim() || r.stdout.trim()}`);
+}
+
+async function debugfs(dev: string, cmd: string, write = false): Promise<string> {
+  const r = await run('debugfs', [...(write ? ['-w'] : []), '-R', cmd, dev], { reject: false });
+  if (r.exitCode !== 0) throw new Error(`debugfs -R '${cmd}' ${dev}: exit ${r.exitCode}: ${r.stderr.trim()}`);
+  // debugfs prints its banner and errors on stderr; "File not found" style errors too
+  const err = r.stderr.split('\n').filter((l) => l.trim() && !/^debugfs \d/.test(l));
+  if (err.length) throw new Error(`debugfs -R '${cmd}' ${dev}: ${err.join(' | ')}`);
+  return r.stdout;
+}
+
+/**
+ * A read-only view of one ext4 partition of an image as it would be after the journal is
+ * replayed. Call `close()` when done (removes the copy).
+ */
+export class PartView {
+  private constructor(readonly img: string, readonly part: Partition, private readonly copy: string) {}
+
+  static async open(img: string, name: string): Promise<PartView> {
+    const part = await partition(img, name);
+    const copy = `${img}.${name}.view-${process.pid}-${Math.random().toString(36).slice(2, 8)}`;
+    await copyRange(img, copy, part.offset, part.size);
+    await replayJournal(copy);
+    return new PartView(img, part, copy);
+  }
+
+  /** File contents, or null when the path does not exist. */
+  async read(p: string): Promise<string | null> {
+    if (!(await this.exists(p))) return null;
+    return debugfs(this.copy, `cat ${p}`);
+  }
+
+  async exists(p: string): Promise<boolean> {
+    const r = await run('debugfs', ['-R', `stat ${p}`, this.copy], { reject: false });
+    return r.exitCode === 0 && !/File not found|not found by ext2_lookup/.test(r.stderr);
+  }
+
+  /** Names in a directory (without . and ..), or null when it does not exist. */
+  async ls(dir: string): Promise<string[] | null> {
+    if (!(await this.exists(dir))) return null;
+    const out = await debugfs(this.copy, `ls -p ${dir}`);
+    // -p: /inode/mode/uid/gid/name/size/
+    return out
+      .split('\n')
+      .map((l) => l.split('/'))
+      .filter((f) => f.length >= 7)
+      .map((f) => f[5])
+      .filter((n) => n !== '.' && n !== '..');
+  }
+
+  /** Every path below `dir` (files and dirs), relative to it. */
+  async walk(dir: string): Promise<string[]> {
+    const out: string[] = [];
+    const names = await this.ls(dir);
+    for (const n of names ?? []) {
+      const p = `${dir.replace(/\/$/, '')}/${n}`;
+      out.push(n);
+      const st = await run('debugfs', ['-R', `stat ${p}`, this.copy], { reject: false });
+      if (/Type: directory/.test(st.stdout)) for (const c of await this.walk(p)) out.push(`${n}/${c}`);
+    }
+    return out;
+  }
+
+  async close(): Promise<void> {
+    await fs.rm(this.copy, { force: true });
+  }
+}
+
+/** Runs fn on a view of partition `name` of img and closes it. */
+export async function withPart<T>(img: string, name: string, fn: (v: PartView) => Promise<T>): Promise<T> {
+  const v = await PartView.open(img, name);
+  try {
+    return await fn(v);
+  } finally {
+    await v.close();
+  }
+}
+
+export interface EventLine {
+  time: number;
+  event: string;
+  slot: string;
+  stack: string;
+  tries?: number;
+  reason: string;
+  line: string;
+}
+
+/** Events as the node reads them: malformed lines (a truncated last one) are skipped. */
+export function parseEvents(text: string): EventLine[] {
+  const out: EventLine[] = [];
+  for (const line of text.split('\n')) {
+    const m = /^(\d+) ([a-z]+) slot=(\S+) stack=(\S+)(?: tries=(\d+))? reason=(.*)$/.exec(line);
+    if (!m) continue;
+    out.push({ time: Number(m[1]), event: m[2], slot: m[3], stack: m[4], tries: m[5] !== undefined ? Number(m[5]) : undefined, reason: m[6], line });
+  }
+  return out;
+}
+
+export interface StoreSnapshot {
+  storeId: string;
+  /** raw state text (null when missing) */
+  stateText: string | null;
+  /** parsed state; throws in `parseState` are kept as `stateError` */
+  state: BootState | null;
+  stateError?: string;
+  eventsText: string;
+  events: EventLine[];
+  layers: string[];
+  /** names in upper/ (stack ids, leftovers of wipes) */
+  uppers: string[];
+  /** whether state.new is left over */
+  stateNew: boolean;
+}
+
+/** Reads the store partition (label sb-store) of an image. */
+export async function readStore(img: string): Promise<StoreSnapshot> {
+  return withPart(img, 'sb-store', async (v) => {
+    const stateText = await v.read('/state');
+    let state: BootState | null = null;
+    let stateError: string | undefined;
+    if (stateText !== null) {
+      try {
+        state = parseState(stateText);
+      } catch (e) {
+        stateError = (e as Error).message;
+      }
+    } else stateError = 'no state file';
+    const eventsText = (await v.read('/events')) ?? '';
+    return {
+      storeId: ((await v.read('/store-id')) ?? '').trim(),
+      stateText,
+      state,
+      stateError,
+      eventsText,
+      events: parseEvents(eventsText),
+      layers: ((await v.ls('/layers')) ?? []).sort(),
+      uppers: ((await v.ls('/upper')) ?? []).sort(),
+      stateNew: await v.exists('/state.new'),
+    };
+  });
+}
+
+/** Paths under upper/<stack>/data on the store (empty when absent). */
+export async function upperFiles(img: string, stack: string): Promise<string[]> {
+  return withPart(img, 'sb-store', (v) => v.walk(`/upper/${stack}/data`));
+}
+
+/** A file on the data partition (label sb-data), or null. */
+export async function readData(img: string, p: string): Promise<string | null> {
+  return withPart(img, 'sb-data', (v) => v.read(p));
+}
+
+// ---------------------------------------------------------------------------------------
+// Damage between boots
+
+/** Replays the store's journal in place (what the guest's next mount would do). */
+async function settle(img: string, part: Partition): Promise<string> {
+  const dev = `${img}?offset=${part.offset}`;
+  await replayJournal(dev);
+  return dev;
+}
+
+/**
+ * Flips `count` bytes inside a layer file on the store, in place (same size, so only
+ * VERIFY=sha256 or the squashfs mount can notice). Bytes are taken from the middle of
+ * the file's first data block, so the squashfs superblock stays intact.
+ */
+export async function corruptLayer(img: string, digest: string, count = 64): Promise<void> {
+  const part = await partition(img, 'sb-store');
+  const dev = await settle(img, part);
+  const file = `/layers/${digest}.sqfs`;
+  const stat = await debugfs(dev, `stat ${file}`);
+  const bsz = Number(/Blocksize: (\d+)/.exec(await debugfs(dev, 'stats -h'))?.[1] ?? 4096);
+  const size = Number(/Size: (\d+)/.exec(stat)?.[1] ?? NaN);
+  const blocks = (await debugfs(dev, `blocks ${file}`)).trim().split(/\s+/).map(Number).filter((n) => n > 0);
+  if (!blocks.length || !(size > 0)) throw new Error(`corruptLayer: ${file} has no blocks (size ${size})`);
+  // a byte position in the middle of the file, away from the 96-byte superblock
+  const pos = Math.max(256, Math.floor(size / 2) - count);
+  const bi = Math.floor(pos / bsz);
+  const within = pos % bsz;
+  if (bi >= blocks.length || within + count > bsz) throw new Error(`corruptLayer: ${file}: position ${pos} not in one block`);
+  const at = part.offset + blocks[bi] * bsz + within;
+  const fh = await fs.open(img, 'r+');
+  try {
+    const buf = Buffer.alloc(count);
+    await fh.read(buf, 0, count, at);
+    for (let i = 0; i < count; i++) buf[i] ^= 0xff;
+    await fh.write(buf, 0, count, at);
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+}
+
+/** Deletes a layer file from the store. */
+export async function deleteLayer(img: string, digest: string): Promise<void> {
+  const part = await partition(img, 'sb-store');
+  const dev = await settle(img, part);
+  await debugfs(dev, `rm /layers/${digest}.sqfs`, true);
+}
+
+/** Copies an image (sparse). */
+export async function copyImage(src: string, dst: string): Promise<void> {
+  await run('cp', ['--sparse=always', src, dst]);
+}
+
+/** Replaces (or creates) a file on the store with `content`, e.g. to give a clone its own state. */
+export async function writeStoreFile(img: string, p: string, content: string): Promise<void> {
+  const part = await partition(img, 'sb-store');
+  const dev = await settle(img, part);
+  const tmp = `${img}.write-${process.pid}-${Math.random().toString(36).slice(2, 8)}`;
+  const cmds = `${tmp}.cmds`;
+  try {
+    await fs.writeFile(tmp, content);
+    await fs.writeFile(cmds, `rm ${p}\nwrite ${tmp} ${p}\n`);
+    const r = await run('debugfs', ['-w', '-f', cmds, dev], { reject: false });
+    const got = await withPart(img, 'sb-store', (v) => v.read(p));
+    if (got !== content) throw new Error(`debugfs could not write ${p}: ${r.stderr.trim()}`);
+  } finally {
+    await fs.rm(tmp, { force: true });
+    await fs.rm(cmds, { force: true });
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Reading a demo boot's console
+
+export interface DemoBoot {
+  output: string;
+  how: ExitHow;
+  durationMs: number;
+  /** version from `DEMO: running ... (version N)`, undefined when the demo init never ran */
+  version?: string;
+  /** the `/run/stackboot/booted` record as the demo init printed it */
+  booted: Record<string, string>;
+  /** `DEMO: status: ...` lines */
+  status: string[];
+}
+
+/** Reads the DEMO lines of a console. */
+export function parseDemo(output: string): Omit<DemoBoot, 'how' | 'durationMs' | 'output'> {
+  const version = /^DEMO: running .* \(version ([^)]*)\)$/m.exec(output)?.[1];
+  const booted: Record<string, string> = {};
+  for (const m of output.matchAll(/^DEMO: booted ([a-z_]+)=(.*)$/gm)) booted[m[1]] = m[2];
+  const status = [...output.matchAll(/^DEMO: status: (.*)$/gm)].map((m) => m[1]);
+  return { version, booted, status };
+}
+
+/** Boots once (to the guest's poweroff/reboot) and reads the DEMO lines. */
+export async function bootDemo(o: BootOptions): Promise<DemoBoot> {
+  const r = await bootOnce({ timeoutMs: 180_000, ...o });
+  return { output: r.output, how: r.how, durationMs: r.durationMs, ...parseDemo(r.output) };
+}
+
+/** A failure message with the console tail. */
+export function tailOf(b: { output: string }, what: string, lines = 50): string {
+  return `${what}\n----- console tail -----\n${consoleTail(b.output, lines)}\n------------------------`;
+}
