@@ -210,6 +210,8 @@ export async function buildImage(o: ImageOptions): Promise<ImageResult> {
       path.join(boot, 'extlinux', 'extlinux.conf'),
       await renderExtlinux({ name: plan.name, version: plan.version, stackId: plan.stackId, kernel: 'vmlinuz', initrd: 'initrd.img', fdt: o.fdt ? path.basename(o.fdt) : undefined, append: o.append ?? '' }),
     );
+    // mcopy -m keeps the files' mtimes: make them SOURCE_DATE_EPOCH
+    await clampTree(boot, plan.epoch);
     // store and data
     const storeDir = path.join(work, 'store');
     await stageStore(storeDir, { id: plan.storeId, slots: { a: { buildDir: o.buildDir, status: 'good' } }, current: 'a' });
@@ -242,6 +244,16 @@ export async function buildImage(o: ImageOptions): Promise<ImageResult> {
   } finally {
     await fs.rm(work, { recursive: true, force: true });
   }
+}
+
+async function clampTree(dir: string, epoch: number): Promise<void> {
+  const t = new Date(epoch * 1000);
+  for (const e of await fs.readdir(dir, { withFileTypes: true })) {
+    const p = path.join(dir, e.name);
+    if (e.isDirectory()) await clampTree(p, epoch);
+    await fs.utimes(p, t, t);
+  }
+  await fs.utimes(dir, t, t);
 }
 
 /** Reads an `image.json` (ImageSpec) from a recipe folder, or {} when there is none. */
