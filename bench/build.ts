@@ -1,0 +1,189 @@
+/**
+ * Build benchmark on the images/debian base layer (the unpacked mmdebstrap tree that
+ * images/debian/prepare.sh keeps in images/debian/.build/amd64/base):
+ *
+ *   - `stackboot build` of a one-layer recipe (dir source on that tree, zstd level 3, no
+ *     cache), run as the CLI (`node dist/cli/main.js build …`), wall time;
+ *   - plain `gensquashfs -D` on the same tree with the same compressor, level and block
+ *     size (and -x, as stackboot runs it);
+ *   - `mksquashfs` with the same compressor and level, `-processors 2`;
+ *   - plain `tar | tar2sqfs` (the path stackboot takes for a tree with hard links);
+ *   - a no-change rebuild (with the cache) as a share of the full build;
+ *   - the peak RSS of the whole build: the sum of VmRSS over the build's process tree
+ *     (node plus its tar/gensquashfs/tar2sqfs children), sampled every 20 ms, and the
+ *     largest single process (`/usr/bin/time -v`, Maximum resident set size).
+ *
+ * Every figure is the median of `runs` runs, taken side by side (one round runs each
+ * tool once), after a warm-up read of the tree so the page cache is hot for all of them.
+ */
+import { promises as fs } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { run, spawn } from '../src/exec.js';
+import { scanDir } from '../src/sources/dir.js';
+
+export interface Row {
+  metric: string;
+  value: string;
+  goal?: string;
+}
+
+const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+const ARCH = 'amd64';
+const TREE = path.join(REPO, 'images/debian/.build', ARCH, 'base');
+const CLI = path.join(REPO, 'dist/cli/main.js');
+const LEVEL = 3;
+const BLOCK = 131072;
+
+const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+const sec = (ms: number): string => `${(ms / 1000).toFixed(2)} s`;
+const mib = (kb: number): string => `${(kb / 1024).toFixed(1)} MiB`;
+
+/** RSS in kB of every process in the tree below `root` (root included), summed. */
+async function treeRss(root: number): Promise<number> {
+  const parent = new Map<number, number>();
+  for (const n of await fs.readdir('/proc').catch(() => [] as string[])) {
+    if (!/^\d+$/.test(n)) continue;
+    const stat = await fs.readFile(`/proc/${n}/stat`, 'utf8').catch(() => '');
+    const m = /\) \S (\d+)/.exec(stat);
+    if (m) parent.set(Number(n), Number(m[1]));
+  }
+  const inTree = (p: number): boolean => {
+    for (let i = 0, q: number | undefined = p; q !== undefined && i < 64; i++, q = parent.get(q)) if (q === root) return true;
+    return false;
+  };
+  let sum = 0;
+  for (const p of parent.keys()) {
+    if (!inTree(p)) continue;
+    const st = await fs.readFile(`/proc/${p}/status`, 'utf8').catch(() => '');
+    const m = /^VmRSS:\s+(\d+) kB/m.exec(st);
+    if (m) sum += Number(m[1]);
+  }
+  return sum;
+}
+
+interface Timed {
+  ms: number;
+  /** peak of the process tree's summed RSS, kB (sampled) */
+  treeKb: number;
+  /** largest single process (time -v), kB */
+  maxKb: number;
+  stdout: string;
+}
+
+/** Runs a command under /usr/bin/time -v, sampling the RSS of its process tree. */
+async function timed(cmd: string, args: string[], env: Record<string, string> = {}): Promise<Timed> {
+  const t0 = performance.now();
+  const child = spawn('/usr/bin/time', ['-v', cmd, ...args], { env: { ...env } });
+  let out = '';
+  let err = '';
+  child.stdout.on('data', (d: Buffer) => (out += d.toString()));
+  child.stderr.on('data', (d: Buffer) => (err += d.toString()));
+  let peak = 0;
+  let sampling = true;
+  const sampler = (async () => {
+    while (sampling) {
+      if (child.pid) peak = Math.max(peak, await treeRss(child.pid));
+      await new Promise((r) => setTimeout(r, 20));
+    }
+  })();
+  const r = await child.done;
+  const ms = performance.now() - t0;
+  sampling = false;
+  await sampler;
+  if (r.exitCode !== 0) throw new Error(`${cmd} ${args.join(' ')} failed (exit ${r.exitCode ?? r.signal}): ${err.trim().split('\n').slice(-8).join(' | ')}`);
+  const m = /Maximum resident set size \(kbytes\): (\d+)/.exec(err);
+  return { ms, treeKb: peak, maxKb: m ? Number(m[1]) : NaN, stdout: out };
+}
+
+async function exists(p: string): Promise<boolean> {
+  return fs.stat(p).then(() => true, () => false);
+}
+
+export async function benchBuild(runs = 3): Promise<Row[]> {
+  // the Debian base tree (prepare.sh is a no-op when it is up to date)
+  const prep = await run('bash', [path.join(REPO, 'images/debian/prepare.sh'), '--arch', ARCH], { reject: false });
+  if (prep.exitCode === 3) return [{ metric: 'build (images/debian base)', value: 'not available: the Debian mirror is unreachable' }];
+  if (prep.exitCode !== 0) throw new Error(`images/debian/prepare.sh failed: ${prep.stderr.trim().split('\n').slice(-3).join(' | ')}`);
+  if (!(await exists(CLI))) throw new Error(`${CLI} missing: run npm run build`);
+  if (!(await exists('/usr/bin/time'))) throw new Error('/usr/bin/time missing: apt-get install time');
+
+  const work = await fs.mkdtemp(path.join(os.tmpdir(), 'sb-bench-build-'));
+  try {
+    const scan = await scanDir(TREE, { devices: false });
+    const recipeDir = path.join(work, 'recipe');
+    await fs.mkdir(recipeDir);
+    await fs.writeFile(
+      path.join(recipeDir, 'recipe.json'),
+      JSON.stringify({ name: 'bench-debian-base', version: '1', compatible: 'bench', compression: { algorithm: 'zstd', level: LEVEL }, blockSize: BLOCK, layers: [{ name: 'base', source: { type: 'dir', path: TREE } }] }),
+    );
+    const env = { SOURCE_DATE_EPOCH: '0' };
+    const out = (n: string) => path.join(work, n);
+    // warm the page cache (and check the tree is readable)
+    await run('tar', ['-C', TREE, '-cf', '/dev/null', '.']);
+
+    const sb: Timed[] = [];
+    const gen: Timed[] = [];
+    const mk: Timed[] = [];
+    const t2s: Timed[] = [];
+    let builder = '?';
+    for (let i = 0; i < runs; i++) {
+      await fs.rm(out('sb'), { recursive: true, force: true });
+      const s = await timed('node', [CLI, 'build', recipeDir, '--out', out('sb'), '--no-cache', '--json'], env);
+      sb.push(s);
+      try {
+        builder = (JSON.parse(s.stdout) as { layers: { builder: string }[] }).layers[0].builder;
+      } catch {
+        /* keep the last one */
+      }
+      gen.push(await timed('gensquashfs', ['-c', 'zstd', '-b', String(BLOCK), '-X', `level=${LEVEL}`, '-D', TREE, '-x', '-d', 'mode=0755,uid=0,gid=0,mtime=0', '-f', '-q', out('gen.sqfs')], env));
+      mk.push(await timed('mksquashfs', [TREE, out('mk.sqfs'), '-comp', 'zstd', '-Xcompression-level', String(LEVEL), '-b', String(BLOCK), '-processors', '2', '-noappend', '-quiet', '-no-progress'], env));
+      t2s.push(
+        await timed('sh', ['-c', `tar -C "$1" --sort=name --format=posix --xattrs --xattrs-include='*' --numeric-owner --mtime=@0 --pax-option=exthdr.name=%d/PaxHeaders/%f,delete=atime,delete=ctime -cf - . | tar2sqfs -c zstd -b ${BLOCK} -X level=${LEVEL} -d mode=0755,uid=0,gid=0,mtime=0 -s -f -q "$2"`, 'sh', TREE, out('t2s.sqfs')], env),
+      );
+    }
+    // no-change rebuild: one build fills the cache, then the timed rebuilds hit it
+    const cache = out('cache');
+    await timed('node', [CLI, 'build', recipeDir, '--out', out('c0'), '--cache', cache, '--json'], env);
+    const re: Timed[] = [];
+    for (let i = 0; i < runs; i++) {
+      await fs.rm(out('c1'), { recursive: true, force: true });
+      const r = await timed('node', [CLI, 'build', recipeDir, '--out', out('c1'), '--cache', cache, '--json'], env);
+      if (!(JSON.parse(r.stdout) as { layers: { cached: boolean }[] }).layers[0].cached) throw new Error('the no-change rebuild was not served from the cache');
+      re.push(r);
+    }
+
+    const sbMs = median(sb.map((t) => t.ms));
+    const genMs = median(gen.map((t) => t.ms));
+    const mkMs = median(mk.map((t) => t.ms));
+    const t2sMs = median(t2s.map((t) => t.ms));
+    const reMs = median(re.map((t) => t.ms));
+    const sizes = await Promise.all(['gen.sqfs', 'mk.sqfs', 't2s.sqfs'].map((f) => fs.stat(out(f)).then((s) => s.size)));
+    const sbLayer = (await fs.readdir(path.join(out('sb'), 'layers'))).find((f) => f.endsWith('.sqfs'))!;
+    const sbSize = (await fs.stat(path.join(out('sb'), 'layers', sbLayer))).size;
+    const m = (b: number) => `${(b / 1048576).toFixed(1)} MiB`;
+    const tree = `${scan.files} files, ${(scan.bytes / 1048576).toFixed(0)} MiB, ${scan.hardlinks} hard links`;
+    return [
+      { metric: `build: images/debian base tree (${tree}), zstd ${LEVEL}, medians of ${runs}`, value: '' },
+      { metric: `  stackboot build (dir source → ${builder}), no cache`, value: `${sec(sbMs)} (${m(sbSize)})` },
+      { metric: '  gensquashfs -D, same compressor/level', value: `${sec(genMs)} (${m(sizes[0])})` },
+      { metric: '  mksquashfs, same compressor/level, -processors 2', value: `${sec(mkMs)} (${m(sizes[1])})` },
+      { metric: '  GNU tar | tar2sqfs (the hard-link path)', value: `${sec(t2sMs)} (${m(sizes[2])})` },
+      { metric: '  stackboot / gensquashfs', value: `${(sbMs / genMs).toFixed(2)}×`, goal: '≤ 1.05×' },
+      { metric: '  stackboot / (tar | tar2sqfs)', value: `${(sbMs / t2sMs).toFixed(2)}×` },
+      { metric: '  no-change rebuild (cache) / full build', value: `${((100 * reMs) / sbMs).toFixed(1)} % (${sec(reMs)})`, goal: '≤ 5 %' },
+      { metric: '  peak RSS of the build (process tree, summed)', value: mib(Math.max(...sb.map((t) => t.treeKb)) ), goal: '≤ 64 MiB' },
+      { metric: '  peak RSS, largest single process (time -v)', value: mib(Math.max(...sb.map((t) => t.maxKb))) },
+      { metric: '  peak RSS, gensquashfs -D alone (time -v)', value: mib(Math.max(...gen.map((t) => t.maxKb))) },
+    ];
+  } finally {
+    await fs.rm(work, { recursive: true, force: true });
+  }
+}
+
+// run directly: node --import tsx bench/build.ts
+if (process.argv[1] && path.resolve(process.argv[1]) === fileURLToPath(import.meta.url)) {
+  const rows = await benchBuild(Number(process.env.BENCH_RUNS ?? 3));
+  for (const r of rows) process.stdout.write(`${r.metric.padEnd(64)} ${r.value.padEnd(22)} ${r.goal ?? ''}\n`);
+}

@@ -1,0 +1,179 @@
+/**
+ * A real Debian 12 root with systemd as init, booted by the standalone initrd (amd64,
+ * QEMU TCG, 1 GiB): slot b holds the images/debian stack as pending, slot a the demo as
+ * good. systemd must reach multi-user.target, stackboot-health.service must run
+ * `stackboot-node health` and mark the stack good; the host then reads the store.
+ *
+ * A small test-only layer on top adds stackboot-e2e-report.service (after the health
+ * unit): it prints `E2E:` lines (health result, mounts, store state, status) and powers
+ * off. The console also shows what systemd says about the store and the loop devices at
+ * shutdown (DESIGN.md, hard lessons); the test logs those lines.
+ *
+ * The Debian base comes from images/debian/prepare.sh (mmdebstrap; cached after the first
+ * run). The test is skipped only when that script says the Debian mirror is unreachable
+ * (exit code 3); any other failure fails the test.
+ */
+import { describe, it, expect, beforeAll, afterEach } from 'vitest';
+import { promises as fs } from 'node:fs';
+import path from 'node:path';
+import { run } from '../../src/exec.js';
+import { loadRecipe } from '../../src/recipe.js';
+import { buildStack, type BuildResult } from '../../src/stack.js';
+import { REPO, WORK, demoStack, storeDisk, initrd, target, scratch } from './fixtures.js';
+import { bootOnce, useVmCleanup } from './qemu.js';
+import { readStore, tailOf } from './inspect.js';
+
+useVmCleanup(afterEach);
+
+const REPORT_UNIT = `[Unit]
+Description=stackboot e2e: report the boot state, then power off
+After=stackboot-health.service multi-user.target
+
+[Service]
+Type=oneshot
+ExecStart=/usr/local/sbin/stackboot-e2e-report
+StandardOutput=journal+console
+StandardError=journal+console
+`;
+
+const REPORT_SCRIPT = `#!/bin/sh
+# test only: what the host cannot see after poweroff
+say() { echo "E2E: $*"; }
+say "health result=$(systemctl show -p Result --value stackboot-health.service) state=$(systemctl is-active stackboot-health.service)"
+say "pid1=$(cat /proc/1/comm) root=$(findmnt -n -o FSTYPE /)"
+store=$(sed -n 's/^store_mnt=//p' /run/stackboot/booted)
+say "store=$store options=$(findmnt -n -o OPTIONS "$store")"
+say "curl=$(curl --version | head -n 1 | cut -d' ' -f1-2)"
+say "uptime=$(cut -d' ' -f1 /proc/uptime)"
+while IFS= read -r l; do say "state $l"; done <"$store/state"
+stackboot-node status | while IFS= read -r l; do say "status $l"; done
+losetup -n -l -O NAME,BACK-FILE 2>/dev/null | while IFS= read -r l; do say "loop $l"; done
+failed=$(systemctl list-units --state=failed --plain --no-legend --no-pager | cut -d' ' -f1 | tr '\\n' ' ')
+say "failed units: \${failed:-none}"
+say "report done"
+systemctl poweroff --no-block
+`;
+
+/** The test-only layer: the report unit, enabled. */
+async function reportLayer(dir: string): Promise<string> {
+  const root = path.join(dir, 'e2e-layer');
+  await fs.rm(root, { recursive: true, force: true });
+  await fs.mkdir(path.join(root, 'usr/local/sbin'), { recursive: true });
+  await fs.mkdir(path.join(root, 'etc/systemd/system/multi-user.target.wants'), { recursive: true });
+  await fs.writeFile(path.join(root, 'usr/local/sbin/stackboot-e2e-report'), REPORT_SCRIPT, { mode: 0o755 });
+  await fs.writeFile(path.join(root, 'etc/systemd/system/stackboot-e2e-report.service'), REPORT_UNIT, { mode: 0o644 });
+  await fs.symlink('../stackboot-e2e-report.service', path.join(root, 'etc/systemd/system/multi-user.target.wants/stackboot-e2e-report.service'));
+  // stable mtimes, so the layer's cache key does not change between runs
+  for (const p of ['usr/local/sbin/stackboot-e2e-report', 'etc/systemd/system/stackboot-e2e-report.service']) await fs.utimes(path.join(root, p), 0, 0);
+  return root;
+}
+
+/** Runs images/debian/prepare.sh; null when ready, else the reason the mirror cannot be used. */
+async function prepareDebian(): Promise<string | null> {
+  const r = await run('bash', [path.join(REPO, 'images/debian/prepare.sh'), '--arch', 'amd64'], { reject: false });
+  if (r.exitCode === 3) return `the Debian mirror is unreachable, so the Debian base cannot be built: ${r.stderr.trim().split('\n').pop()}`;
+  if (r.exitCode !== 0) throw new Error(`images/debian/prepare.sh failed (exit ${r.exitCode}):\n${(r.stdout + r.stderr).trim().split('\n').slice(-20).join('\n')}`);
+  return null;
+}
+
+let unreachable: string | null = null;
+let debian: BuildResult;
+let demo: BuildResult;
+let dir: string;
+
+beforeAll(async () => {
+  dir = await scratch('debian');
+  unreachable = await prepareDebian();
+  if (unreachable) return;
+  const recipe = await loadRecipe(path.join(REPO, 'images/debian'), { arch: 'amd64' });
+  recipe.layers.push({ name: 'e2e', source: { type: 'dir', path: await reportLayer(dir) }, owner: 'root', devices: false });
+  [debian, demo] = await Promise.all([
+    buildStack(recipe, {
+      outDir: path.join(WORK, 'stacks', 'debian-e2e-amd64'),
+      cacheDir: path.join(WORK, 'layer-cache'),
+      epoch: 0,
+      arch: 'amd64',
+      uid: process.getuid?.(),
+      progress: () => {},
+    }),
+    demoStack('demo'),
+  ]);
+});
+
+describe('a real Debian 12 root with systemd (amd64, QEMU)', () => {
+  it('boots the pending Debian stack, reaches multi-user.target, and the health unit marks it good', async (ctx) => {
+    if (unreachable) ctx.skip(unreachable);
+    const T = await target('amd64');
+    const img = path.join(dir, 'store.img');
+    await storeDisk({
+      file: img,
+      storeMiB: 192,
+      slots: { a: { buildDir: demo.outDir, status: 'good' }, b: { buildDir: debian.outDir, status: 'pending', tries: 3 } },
+      current: 'a',
+    });
+    const ird = await initrd(path.join(dir, 'initrd.img'), { STORES: 'vda', INIT: '/sbin/init', DEVICE_TIMEOUT: '5' });
+
+    const r = await bootOnce({
+      target: T,
+      initrd: ird,
+      disks: [{ file: img, bus: 'virtio' }],
+      memoryMiB: 1024,
+      // kernel messages at warning and above; systemd's status lines stay on
+      append: 'loglevel=4 systemd.show_status=1',
+      timeoutMs: 300_000,
+      name: 'debian',
+    });
+    const out = r.output;
+    const t = (re: RegExp): string => {
+      const m = re.exec(out);
+      return m ? `${m[1]} s` : 'n/a';
+    };
+
+    // the hook chose slot b (pending, one try used) and handed over to systemd
+    expect(out, tailOf(r, 'the hook did not boot slot b')).toMatch(/stackboot: booting slot b /);
+    expect(out, tailOf(r, 'systemd did not start')).toMatch(/Welcome to Debian GNU\/Linux 12 \(bookworm\)/);
+    expect(out, tailOf(r, 'multi-user.target not reached')).toMatch(/Reached target .*multi-user\.target|Reached target .*Multi-User System/);
+    // the health unit ran and succeeded (required checks: overlay root, store mounted ro)
+    expect(out, tailOf(r, 'no health checks ran')).toMatch(/health: required checks passed/);
+    expect(out, tailOf(r, 'health unit did not succeed')).toMatch(/E2E: health result=success state=active$/m);
+    expect(out).toMatch(/E2E: pid1=systemd root=overlay$/m);
+    // the store is read-only after the hook's last write and after mark-good
+    expect(out, tailOf(r, 'store not read-only')).toMatch(/E2E: store=\/run\/sb\/s0 options=ro[,\n]/m);
+    // the app layer (installed with apt over the base) is there
+    expect(out).toMatch(/E2E: curl=curl \d/m);
+    expect(out).toMatch(/E2E: state b good /m);
+    expect(out).toMatch(/E2E: status booted: +slot b, stack \w+ \(good\)/m);
+    expect(out).toMatch(/E2E: report done$/m);
+    expect(r.how, tailOf(r, `VM ended by ${r.how}`)).toBe('poweroff');
+
+    // what systemd says at shutdown about the store, the layers' loop devices and the overlay
+    // (the report unit writes through the journal to the console: its lines carry a
+    // "[ uptime] stackboot-e2e-report[pid]: " prefix)
+    const shutdown = out.slice(out.indexOf('E2E: report done'));
+    const notes = shutdown.split('\n').filter((l) => /unmount|loop|detach|\/run\/sb|remount|Failed/i.test(l));
+    const failedUnits = /E2E: failed units: (.*)$/m.exec(out)?.[1];
+    console.log(
+      [
+        `debian boot: ${Math.round(r.durationMs / 1000)} s in all; health checks started at guest uptime ${t(/\[\s*(\d+\.\d+)\] stackboot-node\[\d+\]: stackboot-node: health \(/)}` +
+          `, report at ${/E2E: uptime=(\S+)/m.exec(out)?.[1] ?? '?'} s; failed units: ${failedUnits}`,
+        'loop devices:',
+        ...out.split('\n').filter((l) => l.includes('E2E: loop ')),
+        'shutdown lines about the store/loops/overlay:',
+        ...(notes.length ? notes : ['(none)']),
+      ].join('\n'),
+    );
+    // a clean poweroff: no panic, no hang, and the node kept the state consistent
+    expect(out).not.toMatch(/Kernel panic/);
+
+    // the host's view: slot b is good and current, slot a is kept as the fallback
+    const s = await readStore(img);
+    expect(s.state, s.stateError).toEqual({
+      current: 'b',
+      slots: { a: { status: 'good', stack: demo.stackId }, b: { status: 'good', stack: debian.stackId } },
+    });
+    const ev = s.events.map((e) => e.event);
+    expect(ev).toEqual(expect.arrayContaining(['try', 'boot', 'good']));
+    expect(s.events.find((e) => e.event === 'good')?.slot).toBe('b');
+    expect(s.stateNew).toBe(false);
+  });
+});
