@@ -10,13 +10,15 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { loadRecipe } from '../src/recipe.js';
 import { buildStack, type BuildResult } from '../src/stack.js';
-import { stageStore, Store } from '../src/store.js';
+import { stageStore } from '../src/store.js';
+import { install } from '../src/install.js';
+import { nodeContext } from '../src/node.js';
+import { bundleStreamFromBuild } from '../src/bundle.js';
+import { signManifestFile, writeKeyPair } from '../src/signature.js';
 import { assembleDisk, findPartition } from '../src/disk.js';
 import { buildInitramfs, makeBootConfig } from '../src/initramfs.js';
 import { loadTarget, archFromNode, type Arch } from '../src/target.js';
 import { withPartitionMounted } from '../src/mount.js';
-import { clearSlot, installTarget, markPending } from '../src/state.js';
-import { stackId } from '../src/manifest.js';
 import { bootOnce } from '../test/e2e/qemu.js';
 
 const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
@@ -54,7 +56,7 @@ async function bootAndTell(n: number, disk: string, initrd: string): Promise<voi
   say(`boot ${n} (${((Date.now() - t0) / 1000).toFixed(1)} s): ${running}`);
   if (slot) say(`    slot ${slot}, ${status}${status === 'pending' ? `, ${tries} tries left` : ''}`);
   for (const f of [...new Set(fallback)].slice(0, 4)) say(`    hook: ${f.replace(/^stackboot: /, '')}`);
-  if (health !== undefined) say(`    health checks: ${health === '0' ? 'passed, marked good' : 'FAILED, marked bad'}`);
+  if (health !== undefined) say(`    health checks: ${health !== '0' ? 'FAILED, marked bad' : status === 'pending' ? 'passed, marked good' : 'passed'}`);
 }
 
 async function main(): Promise<void> {
@@ -87,22 +89,16 @@ async function main(): Promise<void> {
 
   say(`4. install the broken update into the inactive slot (pending, ${TRIES} tries)`);
   const part = await findPartition(disk, 'sb-store');
+  const keys = path.join(WORK, 'keys');
+  const key = await writeKeyPair(path.join(keys, 'release'));
+  await signManifestFile(bad.manifestFile, key.privateKey);
   await withPartitionMounted(disk, part, path.join(WORK, 'mnt'), async (dir) => {
-    const store = await Store.open(dir);
-    let st = await store.readState();
-    const slot = installTarget(st, st.current);
-    st = clearSlot(st, slot);
-    await store.writeState(st);
-    for (const l of bad.manifest.layers) {
-      const dst = store.layerPath(l.digest);
-      if (!(await fs.stat(dst).then(() => true, () => false))) await fs.copyFile(path.join(bad.outDir, 'layers', `${l.digest}.sqfs`), dst);
-    }
-    const text = await fs.readFile(bad.manifestFile, 'utf8');
-    await fs.writeFile(path.join(store.slotDir(slot), 'manifest'), text);
-    st = markPending(st, slot, stackId(text), TRIES);
-    await store.writeState(st);
-    await store.appendEvent('install', { slot, stack: stackId(text), tries: TRIES, reason: 'demo: broken update installed' });
-    say(`  slot ${slot} <- demo 3 (broken), only the layers the store lacked were copied`);
+    // the real installer, as a node runs it, with the store of the disk image
+    const ctx = await nodeContext({ store: dir, bootedSlot: 'a' });
+    const r = await install({ ctx, stream: bundleStreamFromBuild(bad.outDir), label: 'demo-broken', keysDir: keys, tries: TRIES });
+    const p = r.plan!;
+    say(`  signed bundle verified; slot ${p.slot} <- demo 3 (broken), pending with ${TRIES} tries`);
+    say(`  wrote ${p.write.length} layer(s) the store lacked (${p.write.map((l) => l.name).join(', ')}), reused ${p.have.length}`);
   });
 
   say('5. boot again: the update runs, fails its health check, and the node falls back on its own');
