@@ -12,27 +12,12 @@ import { makeBootConfig } from '../../src/initramfs.js';
 import { run } from '../../src/exec.js';
 import { markPending } from '../../src/state.js';
 import { Store } from '../../src/store.js';
-import { mountDevice, umount } from '../../src/mount.js';
+import { withPartition } from './media-util.js';
 import { stackId } from '../../src/manifest.js';
 import { bootOnce, useVmCleanup } from './qemu.js';
 import { CACHE, demoStack, scratch, target } from './fixtures.js';
 
 useVmCleanup(afterEach);
-
-/** Mounts partition `p` of an image file on a loop device (offset), runs fn, cleans up. */
-export async function withPartition<T>(img: string, p: { start: number; size: number }, dir: string, fn: (mnt: string) => Promise<T>): Promise<T> {
-  const dev = (await run('losetup', ['--find', '--show', '-o', String(p.start), '--sizelimit', String(p.size), img])).stdout.trim();
-  try {
-    await mountDevice(dev, dir);
-    try {
-      return await fn(dir);
-    } finally {
-      await umount(dir);
-    }
-  } finally {
-    await run('losetup', ['-d', dev], { reject: false });
-  }
-}
 
 /** Installs a build output into `slot` of the store in the image, pending with tries. */
 export async function installInto(img: string, storePart: { start: number; size: number }, mnt: string, buildDir: string, slot: 'a' | 'b', tries = 3): Promise<void> {
