@@ -3,7 +3,6 @@
  * Output folder: layers/<sha256>.sqfs and manifest. Layers whose inputs did not change
  * come from the cache without being compressed again.
  */
-import { randomBytes } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { StackbootError } from './errors.js';
@@ -12,6 +11,7 @@ import { serializeManifest, stackId, type Manifest } from './manifest.js';
 import type { ProgressSink } from './progress.js';
 import type { Recipe } from './recipe.js';
 import { toolVersion } from './squashfs.js';
+import { writeDurable } from './store.js';
 import { openImage } from './sources/oci.js';
 import { runOverLayers } from './sources/run.js';
 
@@ -34,19 +34,6 @@ export interface BuildResult {
   manifest: Manifest;
   layers: BuiltLayer[];
   outDir: string;
-}
-
-/** Writes a file atomically: temp name, fsync, rename. */
-export async function writeFileAtomic(file: string, data: string | Buffer, mode?: number): Promise<void> {
-  const tmp = `${file}.tmp-${randomBytes(4).toString('hex')}`;
-  const fh = await fs.open(tmp, 'w', mode);
-  try {
-    await fh.writeFile(data);
-    await fh.sync();
-  } finally {
-    await fh.close();
-  }
-  await fs.rename(tmp, file);
 }
 
 export async function buildStack(recipe: Recipe, o: BuildOptions): Promise<BuildResult> {
@@ -118,7 +105,7 @@ export async function buildStack(recipe: Recipe, o: BuildOptions): Promise<Build
   };
   const text = serializeManifest(manifest);
   const manifestFile = path.join(o.outDir, 'manifest');
-  await writeFileAtomic(manifestFile, text);
+  await writeDurable(manifestFile, text);
   // a signature of an older manifest must not sit next to the new one
   const sig = `${manifestFile}.sig`;
   const oldSig = await fs.stat(sig).then(() => true, () => false);
