@@ -1,0 +1,244 @@
+/**
+ * Scenario 9: the initramfs-tools and dracut flavors, built by the real tools and booted.
+ *
+ * For each flavor: a Debian 12 chroot made by mmdebstrap (cached under .cache/chroots,
+ * see chroot.ts) with linux-image-amd64, busybox and initramfs-tools or dracut; the hook
+ * rendered by `buildInitramfs`, installed with the commands of its own INSTALL file; the
+ * initrd made by the real `mkinitramfs` / `dracut` in the chroot for the chroot's kernel;
+ * then that kernel and initrd booted in QEMU (TCG) with a store disk holding the demo
+ * stack, which must come up (`DEMO: running stackboot demo 1`) and power off.
+ *
+ * Speed: mkinitramfs runs with MODULES=list (only what the hooks ask for, so the boot also
+ * proves that the stackboot hook adds every module it needs), and dracut with
+ * --no-hostonly and a short module list; both are the tools' own options.
+ */
+import { describe, it, expect, beforeAll, afterEach } from 'vitest';
+import { promises as fs } from 'node:fs';
+import path from 'node:path';
+import { buildInitramfs, makeBootConfig, type Flavor } from '../../src/initramfs.js';
+import { Vm, useVmCleanup } from './qemu.js';
+import { demoStack, storeDisk, scratch, target } from './fixtures.js';
+import { chroot, chrootKernel, inChroot, type Chroot } from './chroot.js';
+
+useVmCleanup(afterEach);
+
+/** The boot config baked into both hooks: one virtio disk, no settle wait, quick fallback. */
+const SETTINGS: Array<[string, string]> = [
+  ['STORES', 'vda'],
+  ['DEVICE_SETTLE', '0'],
+  ['ON_FAIL_DELAY', '1'],
+];
+
+const CHROOTS = {
+  'initramfs-tools': { name: 'bookworm-initramfs-tools', include: ['linux-image-amd64', 'initramfs-tools', 'busybox'] },
+  dracut: { name: 'bookworm-dracut', include: ['linux-image-amd64', 'dracut', 'busybox', 'mount'] },
+} as const;
+
+type HookFlavor = Exclude<Flavor, 'standalone'>;
+
+/**
+ * The shell commands of the INSTALL file's "Install and rebuild:" block (its indented
+ * lines), split into the install steps and the final rebuild command.
+ */
+function installCommands(install: string): { steps: string[]; rebuild: string } {
+  const lines = install.split('\n');
+  const start = lines.findIndex((l) => l.trim() === 'Install and rebuild:');
+  if (start < 0) throw new Error('INSTALL has no "Install and rebuild:" block');
+  const cmds: string[] = [];
+  for (const l of lines.slice(start + 1)) {
+    if (l.trim() === '') {
+      if (cmds.length) break;
+      continue;
+    }
+    if (!l.startsWith('  ')) break;
+    cmds.push(l.replace(/\s+#.*$/, '').trim());
+  }
+  const rebuild = cmds.pop();
+  if (!rebuild) throw new Error('INSTALL lists no commands');
+  return { steps: cmds, rebuild };
+}
+
+/** Renders the hook, copies it into the chroot and runs INSTALL's install steps there. */
+async function renderAndInstall(flavor: HookFlavor, c: Chroot, work: string): Promise<{ rebuild: string; files: string[] }> {
+  const out = path.join(work, `hook-${flavor}`);
+  const r = await buildInitramfs({ flavor, out, config: makeBootConfig({ set: SETTINGS }) });
+  const { steps, rebuild } = installCommands(await fs.readFile(path.join(out, 'INSTALL'), 'utf8'));
+  // the rendered folder as the admin would have it on the build machine
+  const inside = `/tmp/stackboot-${flavor}`;
+  await fs.rm(path.join(c.root, inside), { recursive: true, force: true });
+  await fs.cp(out, path.join(c.root, inside), { recursive: true });
+  // drop what an earlier run installed, so nothing stale is picked up
+  const stale = flavor === 'dracut' ? ['/usr/lib/dracut/modules.d/90stackboot', '/etc/dracut.conf.d/stackboot.conf'] : ['/usr/share/stackboot', '/etc/initramfs-tools/hooks/stackboot', '/etc/initramfs-tools/scripts/stackboot'];
+  for (const s of stale) await fs.rm(path.join(c.root, s), { recursive: true, force: true });
+  await inChroot(c, ['sh', '-ec', `cd ${inside}\n${steps.join('\n')}`]);
+  return { rebuild, files: r.files };
+}
+
+async function demoDisk(work: string): Promise<string> {
+  const demo = await demoStack('demo', 'amd64');
+  const file = path.join(work, 'store.img');
+  await storeDisk({ file, slots: { a: { buildDir: demo.outDir, status: 'good' } }, current: 'a' });
+  return file;
+}
+
+/** Boots kernel + initrd with the store disk until the demo powers off; returns the console. */
+async function bootDemo(o: { name: string; kernel: string; initrd: string; disk: string; append: string; logFile: string }): Promise<{ out: string; how: string; ms: number }> {
+  const t = await target('amd64');
+  const vm = Vm.start({
+    target: t,
+    kernel: o.kernel,
+    initrd: o.initrd,
+    disks: [{ file: o.disk, bus: 'virtio' }],
+    append: o.append,
+    memoryMiB: 768,
+    timeoutMs: 150_000,
+    logFile: o.logFile,
+    name: o.name,
+  });
+  try {
+    await vm.waitFor(/DEMO: running stackboot demo 1/, { timeoutMs: 140_000 });
+  } catch (e) {
+    throw new Error(`${o.name}: the demo stack did not come up: ${(e as Error).message}`);
+  }
+  const exit = await vm.waitExit(60_000);
+  return { out: exit.output, how: exit.how, ms: exit.durationMs };
+}
+
+function tail(out: string, n = 60): string {
+  return `\n----- console -----\n${out.split('\n').slice(-n).join('\n')}`;
+}
+
+describe('scenario 9: initramfs-tools and dracut hooks, built by the real tools, boot the stack', () => {
+  let disk: string;
+  let work: string;
+  beforeAll(async () => {
+    work = await scratch('hooks');
+    disk = await demoDisk(work);
+  });
+
+  it('initramfs-tools: mkinitramfs with the installed hook; boot=stackboot boots the demo stack', async () => {
+    const c = await chroot(CHROOTS['initramfs-tools']);
+    const k = await chrootKernel(c);
+    const { rebuild } = await renderAndInstall('initramfs-tools', c, work);
+    expect(rebuild).toMatch(/^update-initramfs /);
+
+    // the real mkinitramfs, with the chroot's own config except MODULES=list
+    await inChroot(c, [
+      'sh',
+      '-ec',
+      [
+        'rm -rf /tmp/sb-conf && cp -a /etc/initramfs-tools /tmp/sb-conf',
+        'sed -i "s/^MODULES=.*/MODULES=list/" /tmp/sb-conf/initramfs.conf',
+        `mkinitramfs -d /tmp/sb-conf -o /tmp/sb-initrd.img ${k.kver}`,
+      ].join('\n'),
+    ]);
+    const initrd = path.join(c.root, 'tmp/sb-initrd.img');
+    // what went in: the boot script, the core, the config, busybox, the modules; and the
+    // stack is mounted from mountroot, never from init-bottom (after udev moved /dev)
+    const list = (await inChroot(c, ['lsinitramfs', '/tmp/sb-initrd.img'])).stdout.split('\n');
+    // (merged /usr: the initrd's /lib and /bin are symlinks into usr/)
+    const has = (re: RegExp) => list.some((l) => re.test(l));
+    for (const re of [/^scripts\/stackboot$/, /^(usr\/)?lib\/stackboot\/stackboot\.sh$/, /^(usr\/)?lib\/stackboot\/store\.sh$/, /^etc\/stackboot\/boot\.conf$/, /^(usr\/)?bin\/busybox$/]) {
+      expect(has(re), `${re} missing from the initrd`).toBe(true);
+    }
+    for (const m of ['overlay', 'squashfs', 'loop', 'virtio_blk', 'ext4']) {
+      expect(has(new RegExp(`/${m}\\.ko`)), `module ${m} missing`).toBe(true);
+    }
+    expect(list.filter((l) => /scripts\/init-bottom\/.*stackboot/.test(l))).toEqual([]);
+    expect(await fs.readFile(path.join(c.root, 'etc/initramfs-tools/scripts/stackboot'), 'utf8')).toMatch(/^mountroot\(\)/m);
+
+    const r = await bootDemo({
+      name: 'initramfs-tools',
+      kernel: k.vmlinuz,
+      initrd,
+      disk,
+      append: 'boot=stackboot',
+      logFile: path.join(work, 'initramfs-tools.log'),
+    });
+    const out = r.out;
+    expect(out, 'stackboot did not boot slot a' + tail(out)).toMatch(/stackboot: booting slot a /);
+    expect(out).toMatch(/DEMO: running stackboot demo 1/);
+    // order on the console: mount phase -> stackboot -> init-bottom -> the stack's init
+    const iMount = out.indexOf('Mounting root file system');
+    const iBoot = out.indexOf('stackboot: booting slot a');
+    const iBottom = out.indexOf('Running /scripts/init-bottom');
+    const iDemo = out.indexOf('DEMO: running stackboot demo 1');
+    expect(iMount, 'no "Mounting root file system" from initramfs-tools' + tail(out)).toBeGreaterThanOrEqual(0);
+    expect(iBottom, 'no init-bottom phase' + tail(out)).toBeGreaterThan(0);
+    expect(iMount).toBeLessThan(iBoot);
+    expect(iBoot, 'the stack was mounted after init-bottom').toBeLessThan(iBottom);
+    expect(iBottom).toBeLessThan(iDemo);
+    expect(out).not.toMatch(/Kernel panic|ALERT!|Dropping to a shell/);
+    expect(r.how, `VM ended by ${r.how}` + tail(out)).toBe('poweroff');
+  });
+
+  it('dracut: dracut with modules.d/90stackboot; root=stackboot boots the demo stack, the mount hook is safe twice', async () => {
+    const c = await chroot(CHROOTS.dracut);
+    const k = await chrootKernel(c);
+    const { rebuild } = await renderAndInstall('dracut', c, work);
+    expect(rebuild).toMatch(/^dracut /);
+
+    // a test probe (not part of stackboot): a pre-pivot hook that sources the stackboot
+    // mount hook a second time after it mounted the root, and reports whether that
+    // changed anything (it must not: no new mounts, $NEWROOT unchanged)
+    const probe = path.join(c.root, 'usr/lib/dracut/modules.d/99sbtwice');
+    await fs.rm(probe, { recursive: true, force: true });
+    await fs.mkdir(probe, { recursive: true });
+    await fs.writeFile(
+      path.join(probe, 'module-setup.sh'),
+      '#!/bin/bash\ncheck() { return 255; }\ndepends() { echo stackboot; }\ninstall() { inst_hook pre-pivot 50 "$moddir/twice.sh"; }\n',
+      { mode: 0o755 },
+    );
+    await fs.writeFile(
+      path.join(probe, 'twice.sh'),
+      [
+        '#!/bin/sh',
+        'sbt_before=$(wc -l </proc/mounts)',
+        'for sbt_f in "$hookdir"/mount/*stackboot*.sh; do . "$sbt_f"; done',
+        'sbt_after=$(wc -l </proc/mounts)',
+        'if [ "$sbt_before" = "$sbt_after" ] && ismounted "$NEWROOT"; then',
+        '  echo "SBTWICE: ok mounts=$sbt_after" >/dev/console',
+        'else',
+        '  echo "SBTWICE: changed mounts $sbt_before -> $sbt_after" >/dev/console',
+        'fi',
+        '',
+      ].join('\n'),
+      { mode: 0o755 },
+    );
+
+    await inChroot(c, [
+      'dracut',
+      '--force',
+      '--no-hostonly',
+      '--no-early-microcode',
+      '--kver',
+      k.kver,
+      // dracut's own module selection, kept short for the boot under TCG
+      '--modules',
+      'base stackboot sbtwice',
+      '/tmp/sb-initrd.img',
+    ], { timeout: 300_000 });
+    const initrd = path.join(c.root, 'tmp/sb-initrd.img');
+    const list = (await inChroot(c, ['lsinitrd', '/tmp/sb-initrd.img'])).stdout;
+    expect(list).toMatch(/lib\/dracut\/hooks\/mount\/99-mount-stackboot\.sh/);
+    expect(list).toMatch(/lib\/dracut\/hooks\/cmdline\/30-parse-stackboot\.sh/);
+    expect(list).toMatch(/lib\/stackboot\/stackboot\.sh/);
+    expect(list).toMatch(/etc\/stackboot\/boot\.conf/);
+
+    const r = await bootDemo({
+      name: 'dracut',
+      kernel: k.vmlinuz,
+      initrd,
+      disk,
+      append: 'root=stackboot rd.shell=0 rd.emergency=reboot',
+      logFile: path.join(work, 'dracut.log'),
+    });
+    const out = r.out;
+    expect(out, 'stackboot did not boot slot a' + tail(out)).toMatch(/stackboot: booting slot a /);
+    expect(out).toMatch(/DEMO: running stackboot demo 1/);
+    expect(out, 'the mount hook run twice changed something' + tail(out)).toMatch(/SBTWICE: ok/);
+    expect(out.match(/stackboot: booting slot a /g)?.length, 'the stack was mounted twice').toBe(1);
+    expect(out).not.toMatch(/Kernel panic|Could not boot|Don't know how to handle|emergency/i);
+    expect(r.how, `VM ended by ${r.how}` + tail(out)).toBe('poweroff');
+  });
+});
