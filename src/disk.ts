@@ -109,6 +109,30 @@ export async function makeExt4(file: string, size: number, c: { dir: string; lab
     ['-q', '-F', '-t', 'ext4', '-b', '4096', '-L', c.label, '-U', c.uuid, '-E', `root_owner=0:0,hash_seed=${c.uuid},lazy_itable_init=0,nodiscard`, '-d', c.dir, file, `${Math.floor(size / 1024)}k`],
     { env: { E2FSPROGS_FAKE_TIME: String(c.epoch || 1) } },
   );
+  // mkfs -d copies each file's ctime, which no one can set on the host: set every inode's
+  // times to the epoch with debugfs, so the same tree gives the same bytes
+  await fixExt4Times(file, c.dir, c.epoch);
+}
+
+async function fixExt4Times(file: string, dir: string, epoch: number): Promise<void> {
+  const paths: string[] = ['/'];
+  const walk = async (rel: string): Promise<void> => {
+    for (const e of await fs.readdir(path.join(dir, rel), { withFileTypes: true })) {
+      const r = `${rel}/${e.name}`;
+      paths.push(r);
+      if (e.isDirectory()) await walk(r);
+    }
+  };
+  await walk('');
+  const q = (p: string) => `"${p.replace(/(["\\])/g, '\\$1')}"`;
+  const script = paths.flatMap((p) => ['ctime', 'atime', 'mtime'].map((f) => `sif ${q(p)} ${f} ${epoch}`)).join('\n') + '\n';
+  const scriptFile = `${file}.debugfs`;
+  await fs.writeFile(scriptFile, script);
+  try {
+    await run('debugfs', ['-w', '-f', scriptFile, file]);
+  } finally {
+    await fs.rm(scriptFile, { force: true });
+  }
 }
 
 export async function makeVfat(file: string, size: number, c: { dir: string; label: string; volid: string; epoch: number }): Promise<void> {
