@@ -97,7 +97,10 @@ tar -C "$TMP/devroot" --owner=0 --group=0 --numeric-owner --mtime="@$EPOCH" -rf 
 log "unpacking $OUT/base"
 mkdir "$TMP/base"
 if [ "$(id -u)" -eq 0 ]; then
-  tar -C "$TMP/base" --xattrs --xattrs-include='*' --numeric-owner -xpf "$TMP/base.tar"
+  # POSIX ACLs (systemd puts them on /var/log/journal) are left out: squashfs cannot
+  # store system.* xattrs (the tar source drops them too), and gensquashfs -x and
+  # tar2sqfs refuse a tree that has them
+  tar -C "$TMP/base" --xattrs --xattrs-include='*' --xattrs-exclude='system.*' --numeric-owner -xpf "$TMP/base.tar"
 else
   # rootless: owners cannot be kept on disk; the tar is the layer source anyway
   tar -C "$TMP/base" --no-same-owner -xf "$TMP/base.tar"
