@@ -457,7 +457,7 @@ describe('dracut flavor', () => {
     const hookFile = path.join(tmp, 'mount-hook.sh');
     await writeFile(hookFile, hook.replace(/\/run\/stackboot/g, path.join(tmp, 'dr-run')));
     const trace = path.join(tmp, 'dr-trace');
-    const sh = `root=stackboot; NEWROOT=/sysroot; SB_TRACE=${trace}
+    const sh = `root=stackboot; NEWROOT=/sysroot; SB_TRACE=${trace}; SB_RUN=${path.join(tmp, 'dr-run')}
 getarg() { return 1; }; die() { echo "die $*"; }; ismounted() { return 1; }
 . ${hookFile}; . ${hookFile}; echo done`;
     const res = await run('busybox', ['sh', '-c', sh]);
