@@ -6,13 +6,11 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
-import type { Readable, Writable } from 'node:stream';
 import { sha256File } from './digest.js';
 import { StackbootError, wrap } from './errors.js';
-import { spawn } from './exec.js';
 import type { ProgressSink } from './progress.js';
 import { RateMeter } from './progress.js';
-import { checkSquashfs, gensquashfsDir, tar2sqfs, type SquashOptions } from './squashfs.js';
+import { checkSquashfs, gensquashfsDir, tar2sqfs, tarDirToSquashfs, type SquashOptions } from './squashfs.js';
 import { TarWriter } from './tarfile.js';
 import { emitTar, planTar } from './sources/tar.js';
 import { scanDir } from './sources/dir.js';
@@ -171,37 +169,24 @@ export async function buildDirLayer(ctx: LayerContext, spec: DirLayerSpec): Prom
     const stop = watchFile(tmp, ctx, `compress ${spec.name}`, scan.bytes);
     try {
       if (scan.hardlinks === 0 && !spec.into) {
-        await gensquashfsDir(tmp, spec.dir, { ...ctx.squash, allRoot: spec.owner === 'root' });
-        return 'gensquashfs';
+        try {
+          await gensquashfsDir(tmp, spec.dir, { ...ctx.squash, allRoot: spec.owner === 'root' });
+          return 'gensquashfs';
+        } catch (e) {
+          // gensquashfs -x stops at xattrs squashfs cannot hold (system.* POSIX ACLs,
+          // e.g. on /var/log/journal); the tar path leaves those out and goes on
+          if (!/xattr/i.test(String((e as Error).message) + JSON.stringify((e as StackbootError).details ?? {}))) throw e;
+          ctx.progress({ task: `compress ${spec.name}`, done: 0, note: 'system.* xattrs dropped (squashfs cannot hold them)' });
+        }
       }
-      // gensquashfs 1.2 would turn hard links into copies (and cannot place a tree under a
-      // prefix): pack through GNU tar | tar2sqfs instead.
-      await tar2sqfs(tmp, ctx.squash, (stdin) => gnuTarInto(spec.dir, ctx.squash.epoch, spec.owner, stdin, spec.into));
+      // gensquashfs 1.2 turns hard links into copies and cannot place a tree under a
+      // prefix: pack through GNU tar | tar2sqfs instead.
+      await tarDirToSquashfs(tmp, spec.dir, { ...ctx.squash, owner: spec.owner, into: spec.into });
       return 'tar2sqfs';
     } finally {
       stop();
     }
   });
-}
-
-async function gnuTarInto(dir: string, epoch: number, owner: 'keep' | 'root', stdin: Writable, into?: string): Promise<void> {
-  const args = [
-    '-C', dir, '--sort=name', '--format=posix', '--xattrs', '--xattrs-include=*', '--numeric-owner', `--mtime=@${epoch}`,
-    '--pax-option=exthdr.name=%d/PaxHeaders/%f,delete=atime,delete=ctime', '-cf', '-', '.',
-  ];
-  if (owner === 'root') args.unshift('--owner=0', '--group=0');
-  if (into) args.unshift(`--transform=s,^\\.,./${into},`);
-  const child = spawn('tar', args);
-  let err = '';
-  child.stderr.on('data', (d: Buffer) => (err += d.toString()));
-  await new Promise<void>((resolve, reject) => {
-    (child.stdout as Readable).pipe(stdin);
-    (child.stdout as Readable).on('error', reject);
-    stdin.on('finish', resolve);
-    stdin.on('error', reject);
-  });
-  const r = await child.done;
-  if (r.exitCode !== 0) throw new StackbootError('TOOL', `tar of ${dir} failed: ${err.trim() || r.exitCode}`);
 }
 
 export interface TarLayerSpec {

@@ -38,7 +38,7 @@ export async function mountTmpfs(dir: string, size = '50%'): Promise<void> {
 }
 
 export async function bindMount(src: string, dst: string, readonly = false): Promise<void> {
-  await fs.mkdir(dst, { recursive: true });
+  if (!(await fs.lstat(dst).catch(() => null))) await fs.mkdir(dst, { recursive: true });
   await run('mount', ['--bind', src, dst]);
   if (readonly) await run('mount', ['-o', 'remount,bind,ro', dst]);
 }

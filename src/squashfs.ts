@@ -76,3 +76,22 @@ export async function checkSquashfs(file: string): Promise<{ bytesUsed: number }
     await fh.close();
   }
 }
+
+/**
+ * Builds `out` from a directory through GNU tar | tar2sqfs, one shell pipe (no copy
+ * through Node): sorted, numeric owners, every mtime the epoch, xattrs kept but
+ * `system.*` (POSIX ACLs, which squashfs cannot store). Keeps hard links, and can place
+ * the tree under a prefix (`into`).
+ */
+export async function tarDirToSquashfs(out: string, dir: string, o: SquashOptions & { owner: 'keep' | 'root'; into?: string }): Promise<void> {
+  const tarArgs = [
+    '-C', dir, '--sort=name', '--format=posix', '--xattrs', '--xattrs-include=*', '--xattrs-exclude=system.*', '--numeric-owner',
+    `--mtime=@${o.epoch}`, '--pax-option=exthdr.name=%d/PaxHeaders/%f,delete=atime,delete=ctime',
+  ];
+  if (o.owner === 'root') tarArgs.push('--owner=0', '--group=0');
+  if (o.into) tarArgs.push(`--transform=s,^\\.,./${o.into},`);
+  tarArgs.push('-cf', '-', '.');
+  const sqfsArgs = [...compArgs(o), '-d', `mode=0755,uid=0,gid=0,mtime=${o.epoch}`, '-s', '-f', '-q', out];
+  const script = 'set -o pipefail; n=$1; shift; tar "${@:1:$n}" | tar2sqfs "${@:$((n+1))}"';
+  await run('bash', ['-c', script, 'stackboot', String(tarArgs.length), ...tarArgs, ...sqfsArgs], { env: env(o) });
+}

@@ -260,3 +260,22 @@ describe('build: run sources', () => {
     await expect(runOverLayers({ name: 'pkgs', lowers: [], command: 'true', uid: 1000 })).rejects.toThrow(/needs root/);
   });
 });
+
+describe('build: run sources see the host resolv.conf, and it does not end up in the layer', () => {
+  it('binds /etc/resolv.conf read-only for the command', async () => {
+    const busybox = path.resolve('.cache/targets/amd64/busybox');
+    const d = await tmpdir('sb-resolv-');
+    await fs.mkdir(path.join(d, 'root/bin'), { recursive: true });
+    await fs.mkdir(path.join(d, 'root/etc'), { recursive: true });
+    await fs.symlink('busybox', path.join(d, 'root/bin/sh'));
+    const recipe = await recipeFile(d, [
+      { name: 'busybox', source: { type: 'dir', path: busybox }, owner: 'root' },
+      { name: 'root', source: { type: 'dir', path: 'root' }, owner: 'root' },
+      { name: 'net', source: { type: 'run', command: '/bin/busybox cp /etc/resolv.conf /seen-resolv.conf' } },
+    ]);
+    const r = await build(recipe, path.join(d, 'out'), null);
+    const m = await mountStack(r, path.join(d, 'mnt'));
+    expect(await fs.readFile(path.join(m, 'seen-resolv.conf'), 'utf8')).toBe(await fs.readFile('/etc/resolv.conf', 'utf8'));
+    await expect(fs.lstat(path.join(d, 'mnt/l2/etc/resolv.conf'))).rejects.toThrow(/ENOENT/);
+  });
+});

@@ -62,11 +62,11 @@ export async function scanDir(root: string, o: { devices: boolean }): Promise<Di
           } else inodes.set(id, r);
         }
       }
-      h.update(`${r}\0${s.mode}\0${s.uid}\0${s.gid}\0${s.size}\0${s.mtimeNs}\0${extra}\n`);
+      h.update(`${r}\0${s.mode}\0${s.uid}\0${s.gid}\0${s.size}\0${s.mtimeNs}\0${s.ctimeNs}\0${s.dev}:${s.ino}\0${extra}\n`);
       if (s.isDirectory()) await walk(r);
     }
   };
-  h.update(`.\0${st.mode}\0${st.uid}\0${st.gid}\n`);
+  h.update(`.\0${st.mode}\0${st.uid}\0${st.gid}\0${st.dev}:${st.ino}\n`);
   await walk('');
   return { key: h.digest('hex'), files, entries, bytes, hardlinks };
 }

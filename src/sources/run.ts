@@ -58,6 +58,22 @@ export async function runOverLayers(opts: { name: string; lowers: string[]; comm
       await bindMount(src, target);
       mounted.push(target);
     }
+    // name resolution for package managers: the host's resolv.conf, bound read-only over
+    // the root's (created for the run and removed from the upper after, when it had none)
+    const resolv = path.join(merged, 'etc/resolv.conf');
+    let createdResolv = false;
+    const hostResolv = await fs.stat('/etc/resolv.conf').then((x) => x.isFile(), () => false);
+    const hasEtc = await fs.stat(path.join(merged, 'etc')).then((x) => x.isDirectory(), () => false);
+    if (hostResolv && hasEtc) {
+      const st = await fs.lstat(resolv).catch(() => null);
+      if (!st || st.isSymbolicLink()) {
+        if (st) await fs.rm(resolv);
+        await fs.writeFile(resolv, '');
+        createdResolv = true;
+      }
+      await bindMount('/etc/resolv.conf', resolv, true);
+      mounted.push(resolv);
+    }
     const r = await run('chroot', [merged, '/bin/sh', '-c', opts.command], {
       env: { PATH: '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin', DEBIAN_FRONTEND: 'noninteractive', HOME: '/root', ...(opts.env ?? {}) },
       reject: false,
@@ -68,6 +84,10 @@ export async function runOverLayers(opts: { name: string; lowers: string[]; comm
     // unmount the binds and the overlay; keep the tmpfs with the upper
     await umountAll(mounted.slice(lowerDirs.length + 1));
     mounted.length = lowerDirs.length + 1;
+    if (createdResolv) {
+      // what we created (and any whiteout of a symlink we replaced) is not the command's
+      await fs.rm(path.join(upper, 'etc/resolv.conf'), { force: true });
+    }
     // the work dir is overlay's scratch space, not part of the layer
     await fs.rm(work, { recursive: true, force: true });
     return { upper, cleanup, log: r.stdout + r.stderr };
