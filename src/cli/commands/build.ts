@@ -1,8 +1,6 @@
 import os from 'node:os';
 import path from 'node:path';
 import type { CommandModule } from 'yargs';
-import { loadRecipe } from '../../recipe.js';
-import { buildStack } from '../../stack.js';
 import { fmtBytes, makeOut } from '../output.js';
 import { archFromNode } from '../../target.js';
 
@@ -19,6 +17,8 @@ export const buildCommand: CommandModule<any, any> = {
       .option('jobs', { alias: 'j', type: 'number', describe: 'compressor threads (output does not depend on it)' })
       .example('$0 build images/demo --out out/demo', 'build the demo stack'),
   handler: async (a) => {
+    // loaded here, not at the top: a CLI start stays small for every other command
+    const [{ loadRecipe }, { buildStack }] = await Promise.all([import('../../recipe.js'), import('../../stack.js')]);
     const out = makeOut(a);
     const arch = (a.arch as string | undefined) ?? archFromNode(process.arch) ?? 'amd64';
     const recipe = await loadRecipe(a.recipe, { arch });
