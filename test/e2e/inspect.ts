@@ -16,7 +16,9 @@
 import { promises as fs } from 'node:fs';
 import { run } from '../../src/exec.js';
 import { parseState, type BootState } from '../../src/state.js';
-import { bootOnce, consoleTail, type BootOptions, type ExitHow } from './qemu.js';
+import path from 'node:path';
+import type { Target } from '../../src/target.js';
+import { bootOnce, consoleTail, Vm, type BootOptions, type Disk, type ExitHow } from './qemu.js';
 
 export interface Partition {
   name: string;
@@ -309,4 +311,217 @@ export async function bootDemo(o: BootOptions): Promise<DemoBoot> {
 /** A failure message with the console tail. */
 export function tailOf(b: { output: string }, what: string, lines = 50): string {
   return `${what}\n----- console tail -----\n${consoleTail(b.output, lines)}\n------------------------`;
+}
+
+// ---------------------------------------------------------------------------------------
+// Power cuts (powercut.test.ts and scripts/soak-powercut.ts)
+
+/** A small seeded PRNG (mulberry32): the same seed gives the same kill instants. */
+export function prng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+export interface PowercutSetup {
+  target: Target;
+  initrd: string;
+  /** the pristine image: slot a good (version 1), slot b pending (version 2) */
+  base: string;
+  /** tries of the pending slot in `base` */
+  tries: number;
+  /** stack ids */
+  good: string;
+  pending: string;
+  /** extra kernel command line */
+  append?: string;
+  /** where trial images go */
+  work: string;
+  /** keep failing trials' images and consoles here (default: work) */
+  keepFailures?: boolean;
+}
+
+export interface Calibration {
+  /** ms from QEMU start to each console line */
+  storeFound: number;
+  trying: number;
+  demo: number;
+  good: number;
+  end: number;
+}
+
+/** One undisturbed boot of a copy of the base image, timing the lines that matter. */
+export async function calibrate(s: PowercutSetup, jobs = 1): Promise<Calibration> {
+  if (jobs > 1) {
+    // as many boots at once as the trials will run, so the timing matches their load
+    const all = await Promise.all(Array.from({ length: jobs }, (_, i) => calibrateOne(s, i)));
+    const mean = (k: keyof Calibration) => Math.round(all.reduce((t, c) => t + c[k], 0) / all.length);
+    return { storeFound: mean('storeFound'), trying: mean('trying'), demo: mean('demo'), good: mean('good'), end: mean('end') };
+  }
+  return calibrateOne(s, 0);
+}
+
+async function calibrateOne(s: PowercutSetup, n: number): Promise<Calibration> {
+  const img = path.join(s.work, `calibrate-${n}.img`);
+  await copyImage(s.base, img);
+  const vm = Vm.start({ target: s.target, initrd: s.initrd, disks: [{ file: img, bus: 'virtio' }], append: s.append, timeoutMs: 180_000, name: 'calibrate' });
+  try {
+    const at = async (re: RegExp) => {
+      await vm.waitFor(re, 120_000);
+      return vm.elapsed();
+    };
+    const storeFound = await at(/stackboot: store [0-9a-f]{32} on /);
+    const trying = await at(/stackboot: trying slot b /);
+    const demo = await at(/^DEMO: running /m);
+    const good = await at(/slot b \(\w{12}\) is good and current/);
+    const exit = await vm.waitExit(60_000);
+    if (exit.how !== 'poweroff') throw new Error(vm.failMessage(`calibration boot ended by ${exit.how}`));
+    return { storeFound, trying, demo, good, end: exit.durationMs };
+  } finally {
+    vm.kill();
+    await fs.rm(img, { force: true });
+  }
+}
+
+/** What a trial saw. `problems` is empty when every protocol rule held. */
+export interface TrialResult {
+  trial: number;
+  killMs: number;
+  /** how far the killed boot got, from its console */
+  phase: 'kernel' | 'hook' | 'tried' | 'init' | 'marked' | 'done';
+  /** state after the cut, as the host reads it (journal replayed) */
+  cutState: string;
+  /** what the recovery boot ran: `v1 a good`, `v2 b pending 0`, … */
+  recovered: string;
+  problems: string[];
+  ms: number;
+}
+
+function slotWord(st: BootState | null, slot: 'a' | 'b'): string {
+  const v = st?.slots[slot];
+  if (!v) return 'empty';
+  return v.status === 'pending' ? `pending ${v.tries}` : v.status;
+}
+
+/**
+ * One power cut: boot a fresh copy of the base image, SIGKILL QEMU after killMs, read
+ * the store, boot again undisturbed and check that the node booted what the protocol
+ * allows given the state the cut left:
+ *  - the state file always parses; slot a stays good; the pending slot lost at most one
+ *    try (one started boot);
+ *  - b pending with t>0 tries → the recovery boot runs b with t-1 left;
+ *    b pending with 0 → it is exhausted and a (version 1) boots; b good → b boots good;
+ *  - the recovery boot always reaches the demo init (never an unbootable node), and its
+ *    own health check leaves the store consistent (b good, or b bad and current a).
+ */
+export async function powercutTrial(s: PowercutSetup, trial: number, killMs: number): Promise<TrialResult> {
+  const t0 = Date.now();
+  const img = path.join(s.work, `trial-${trial}.img`);
+  const problems: string[] = [];
+  await copyImage(s.base, img);
+  const disks: Disk[] = [{ file: img, bus: 'virtio' }];
+  const vm = Vm.start({ target: s.target, initrd: s.initrd, disks, append: s.append, timeoutMs: 180_000, name: `cut-${trial}` });
+  vm.killAfter(killMs);
+  let cutOut = '';
+  try {
+    await vm.waitExit(120_000);
+  } finally {
+    vm.kill();
+    cutOut = vm.output();
+  }
+  const phase: TrialResult['phase'] = /reboot: Power down/.test(cutOut)
+    ? 'done'
+    : /is good and current/.test(cutOut)
+      ? 'marked'
+      : /^DEMO: running/m.test(cutOut)
+        ? 'init'
+        : /trying slot b/.test(cutOut)
+          ? 'tried'
+          : /stackboot init:/.test(cutOut)
+            ? 'hook'
+            : 'kernel';
+
+  const cut = await readStore(img);
+  const st = cut.state;
+  if (!st) problems.push(`state after the cut does not parse: ${cut.stateError}: ${JSON.stringify(cut.stateText)}`);
+  const a = st?.slots.a;
+  const b = st?.slots.b;
+  if (st) {
+    if (a?.status !== 'good' || a.stack !== s.good) problems.push(`slot a after the cut: ${slotWord(st, 'a')}`);
+    if (b?.stack !== s.pending) problems.push(`slot b after the cut holds ${b?.stack}`);
+    if (b?.status === 'pending' && !(b.tries! <= s.tries && b.tries! >= s.tries - 1)) problems.push(`tries after one cut boot: ${b.tries} (started with ${s.tries})`);
+    if (b?.status === 'bad') problems.push('slot b bad after a cut (it never failed)');
+    if (b?.status === 'good' && st.current !== 'b') problems.push(`b good but current ${st.current}`);
+    if (b?.status === 'pending' && st.current !== 'a') problems.push(`b pending but current ${st.current}`);
+  }
+  if (cut.events.filter((e) => e.event === 'try').length > 1) problems.push('more than one try event for one boot');
+
+  // recovery boot, undisturbed
+  const r = await bootDemo({ target: s.target, initrd: s.initrd, disks, append: s.append, name: `recover-${trial}` });
+  const recovered = r.version ? `v${r.version} ${r.booted.slot} ${r.booted.status}${r.booted.tries ? ' ' + r.booted.tries : ''}` : `none (${r.how})`;
+  if (!r.version || r.how !== 'poweroff') problems.push(`recovery boot did not boot a stack (${r.how})`);
+  else if (b) {
+    if (b.status === 'pending' && b.tries! > 0) {
+      if (!(r.version === '2' && r.booted.slot === 'b' && r.booted.status === 'pending' && r.booted.tries === String(b.tries! - 1)))
+        problems.push(`cut left b pending ${b.tries}; recovery ran ${recovered}, expected v2 b pending ${b.tries! - 1}`);
+    } else if (b.status === 'pending') {
+      if (!(r.version === '1' && r.booted.slot === 'a' && /no tries left/.test(r.booted.fallback ?? '')))
+        problems.push(`cut left b pending 0; recovery ran ${recovered}, expected v1 a after exhausted`);
+    } else if (b.status === 'good') {
+      if (!(r.version === '2' && r.booted.slot === 'b' && r.booted.status === 'good')) problems.push(`cut left b good; recovery ran ${recovered}`);
+    }
+  }
+  const fin = await readStore(img);
+  if (!fin.state) problems.push(`final state does not parse: ${fin.stateError}`);
+  else if (r.version === '2' && !(fin.state.slots.b?.status === 'good' && fin.state.current === 'b' && fin.state.slots.a?.status === 'good'))
+    problems.push(`after a v2 recovery boot: a ${slotWord(fin.state, 'a')}, b ${slotWord(fin.state, 'b')}, current ${fin.state.current}`);
+  else if (r.version === '1' && !(fin.state.slots.b?.status === 'bad' && fin.state.current === 'a' && fin.events.some((e) => e.event === 'exhausted')))
+    problems.push(`after a v1 recovery boot: b ${slotWord(fin.state, 'b')}, current ${fin.state.current}`);
+  if (fin.events.filter((e) => e.event === 'try').length > 2) problems.push('more try events than started boots');
+
+  if (problems.length && s.keepFailures !== false) {
+    await fs.writeFile(`${img}.cut.log`, cutOut);
+    await fs.writeFile(`${img}.recover.log`, r.output);
+  } else await fs.rm(img, { force: true });
+  return { trial, killMs, phase, cutState: st ? `a ${slotWord(st, 'a')}, b ${slotWord(st, 'b')}, current ${st.current ?? '-'}` : 'unparsable', recovered, problems, ms: Date.now() - t0 };
+}
+
+/** The kill instants for `n` trials: uniform over the window where the hook and mark-good write. */
+export function killInstants(c: Calibration, n: number, seed: number): number[] {
+  const rnd = prng(seed);
+  const lo = Math.max(0, c.storeFound - 500);
+  const hi = c.good + 500;
+  return Array.from({ length: n }, () => Math.round(lo + rnd() * (hi - lo)));
+}
+
+/** Runs the trials, `jobs` at a time (each its own image and QEMU). */
+export async function powercutTrials(s: PowercutSetup, instants: number[], jobs = 1, onResult?: (r: TrialResult) => void): Promise<TrialResult[]> {
+  const results: TrialResult[] = new Array(instants.length);
+  let next = 0;
+  const worker = async () => {
+    while (next < instants.length) {
+      const i = next++;
+      results[i] = await powercutTrial(s, i, instants[i]);
+      onResult?.(results[i]);
+    }
+  };
+  await Promise.all(Array.from({ length: Math.max(1, jobs) }, worker));
+  return results;
+}
+
+/** A text table of trial results by phase and outcome. */
+export function summarize(results: TrialResult[]): string {
+  const rows = new Map<string, number>();
+  for (const r of results) {
+    const k = `${r.phase.padEnd(7)} | ${r.cutState.padEnd(38)} | ${r.recovered.padEnd(18)} | ${r.problems.length ? 'FAIL' : 'ok'}`;
+    rows.set(k, (rows.get(k) ?? 0) + 1);
+  }
+  const head = `${'cut in'.padEnd(7)} | ${'state after the cut'.padEnd(38)} | ${'recovery boot'.padEnd(18)} | rule | trials`;
+  const lines = [...rows.entries()].sort().map(([k, n]) => `${k} | ${n}`);
+  return [head, '-'.repeat(head.length), ...lines].join('\n');
 }
