@@ -20,7 +20,12 @@ sb_sys_losetup() { losetup "$@"; }
 # sb_sys_modprobe MOD: load one kernel module.
 sb_sys_modprobe() { modprobe "$1"; }
 # sb_sys_reboot: reboot now (the initramfs has no init to ask).
-sb_sys_reboot() { sync; reboot -f; }
+sb_sys_reboot() {
+	sync
+	reboot -f 2>/dev/null
+	# no reboot applet (a dracut initrd without busybox): ask the kernel directly
+	[ -w /proc/sysrq-trigger ] && echo b >/proc/sysrq-trigger
+}
 # sb_sys_sleep SECS
 sb_sys_sleep() { sleep "$1"; }
 # sb_sys_now: epoch seconds.
