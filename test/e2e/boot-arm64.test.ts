@@ -1,0 +1,169 @@
+/**
+ * The boot protocol on aarch64 (`qemu-system-aarch64 -M virt -cpu cortex-a57`, TCG):
+ * the same standalone initrd and demo stacks built for arm64, scenarios 1, 2, 3, 4 and 6
+ * of issue 3 (the amd64 file, boot.test.ts, has them all). Fewer boots per scenario than
+ * on amd64: a TCG arm64 boot is slower.
+ */
+import { describe, it, expect, beforeAll, afterEach } from 'vitest';
+import path from 'node:path';
+import { demoStack, storeDisk, initrd, target, scratch } from './fixtures.js';
+import { useVmCleanup, type Disk } from './qemu.js';
+import { bootDemo, readStore, corruptLayer, copyImage, writeStoreFile, tailOf, type DemoBoot } from './inspect.js';
+import type { BuildResult } from '../../src/stack.js';
+import type { Target } from '../../src/target.js';
+import { serializeState } from '../../src/state.js';
+
+useVmCleanup(afterEach);
+
+let T: Target;
+let demo: BuildResult, upd: BuildResult, broken: BuildResult;
+let dir: string;
+const initrds = new Map<string, Promise<string>>();
+
+function rd(settings: Record<string, string>): Promise<string> {
+  const all = { DEVICE_TIMEOUT: '8', ...settings };
+  const key = JSON.stringify(Object.entries(all).sort());
+  let p = initrds.get(key);
+  if (!p) {
+    p = initrd(path.join(dir, `initrd-${initrds.size}.img`), all, 'arm64');
+    initrds.set(key, p);
+  }
+  return p;
+}
+
+const virtio = (file: string): Disk[] => [{ file, bus: 'virtio' }];
+
+function boot(initrdFile: string, disks: Disk[], append = ''): Promise<DemoBoot> {
+  return bootDemo({ target: T, initrd: initrdFile, disks, append: `quiet ${append}`.trim(), name: 'arm64', timeoutMs: 240_000 });
+}
+
+function ran(b: DemoBoot, version: string, slot: string): void {
+  expect(b.version, tailOf(b, `expected version ${version}`)).toBe(version);
+  expect(b.booted.slot, tailOf(b, `expected slot ${slot}`)).toBe(slot);
+  expect(b.how, tailOf(b, `VM ended by ${b.how}`)).toBe('poweroff');
+}
+
+const appLayer = (r: BuildResult): string => r.layers.find((l) => l.name === 'app')!.digest;
+
+beforeAll(async () => {
+  T = await target('arm64');
+  [demo, upd, broken] = await Promise.all([demoStack('demo', 'arm64'), demoStack('demo-update', 'arm64'), demoStack('demo-broken', 'arm64')]);
+  dir = await scratch('boot-arm64');
+});
+
+describe('boot protocol on arm64 (QEMU virt, cortex-a57)', () => {
+  it('1: boots the demo stack, writable root, the tmpfs upper is fresh on the next boot', async () => {
+    const img = path.join(dir, 's1.img');
+    await storeDisk({ file: img, slots: { a: { buildDir: demo.outDir, status: 'good' } } });
+    const ird = await rd({ STORES: 'vda' });
+    const b1 = await boot(ird, virtio(img), 'demo.write=/upper-marker');
+    ran(b1, '1', 'a');
+    expect(b1.booted.stack).toBe(demo.stackId);
+    expect(b1.output, tailOf(b1, 'root not writable')).toMatch(/^DEMO: root is writable$/m);
+    expect(b1.output).toMatch(/^DEMO: wrote \/upper-marker$/m);
+    const b2 = await boot(ird, virtio(img));
+    ran(b2, '1', 'a');
+    expect(b2.booted.upper).toBe('tmpfs');
+    expect(b2.output, tailOf(b2, 'upper kept a file')).toMatch(/^DEMO: upper is fresh$/m);
+  });
+
+  it('2: a pending update that passes its health check becomes good and stays; a is the fallback', async () => {
+    const img = path.join(dir, 's2.img');
+    await storeDisk({ file: img, slots: { a: { buildDir: demo.outDir, status: 'good' }, b: { buildDir: upd.outDir, status: 'pending', tries: 3 } } });
+    const ird = await rd({ STORES: 'vda' });
+    const b1 = await boot(ird, virtio(img));
+    ran(b1, '2', 'b');
+    expect(b1.booted).toMatchObject({ status: 'pending', tries: '2' });
+    expect(b1.output, tailOf(b1, 'health did not pass')).toMatch(/^DEMO: health exit 0$/m);
+    const b2 = await boot(ird, virtio(img));
+    ran(b2, '2', 'b');
+    expect(b2.booted.status).toBe('good');
+    const s = await readStore(img);
+    expect(s.state).toEqual({ current: 'b', slots: { a: { status: 'good', stack: demo.stackId }, b: { status: 'good', stack: upd.stackId } } });
+  });
+
+  it('3a: a pending update failing its health check is marked bad and the old stack boots next', async () => {
+    const img = path.join(dir, 's3a.img');
+    await storeDisk({ file: img, slots: { a: { buildDir: demo.outDir, status: 'good' }, b: { buildDir: broken.outDir, status: 'pending', tries: 3 } } });
+    const ird = await rd({ STORES: 'vda' });
+    const b1 = await boot(ird, virtio(img));
+    ran(b1, '3', 'b');
+    expect(b1.output, tailOf(b1, 'health should fail')).toMatch(/^DEMO: health exit 1$/m);
+    const b2 = await boot(ird, virtio(img));
+    ran(b2, '1', 'a');
+    expect(b2.output).not.toMatch(/trying slot b/);
+    const s = await readStore(img);
+    expect(s.state).toEqual({ current: 'a', slots: { a: { status: 'good', stack: demo.stackId }, b: { status: 'bad', stack: broken.stackId } } });
+    expect(s.events.find((e) => e.event === 'bad')?.reason).toMatch(/health: required checks failed/);
+  });
+
+  it('3b: an update that never marks itself good gets exactly TRIES=2 boots, then exhausted', async () => {
+    const img = path.join(dir, 's3b.img');
+    await storeDisk({ file: img, slots: { a: { buildDir: demo.outDir, status: 'good' }, b: { buildDir: upd.outDir, status: 'pending', tries: 2 } } });
+    const ird = await rd({ STORES: 'vda', TRIES: '2' });
+    const versions: string[] = [];
+    for (let n = 0; n < 4; n++) {
+      const b = await boot(ird, virtio(img), 'demo.nohealth');
+      expect(b.how, tailOf(b, `boot ${n + 1}`)).toBe('poweroff');
+      versions.push(b.version ?? '?');
+      if (b.version === '1') break;
+    }
+    expect(versions).toEqual(['2', '2', '1']);
+    const s = await readStore(img);
+    expect(s.state?.slots.b?.status).toBe('bad');
+    expect(s.events.filter((e) => e.event === 'exhausted').length, s.eventsText).toBe(1);
+  });
+
+  it('4: a corrupt layer (VERIFY=sha256) falls back to the other good slot on the same boot', async () => {
+    const img = path.join(dir, 's4.img');
+    await storeDisk({ file: img, current: 'b', slots: { a: { buildDir: demo.outDir, status: 'good' }, b: { buildDir: upd.outDir, status: 'good' } } });
+    await corruptLayer(img, appLayer(upd));
+    const b = await boot(await rd({ STORES: 'vda', VERIFY: 'sha256' }), virtio(img));
+    ran(b, '1', 'a');
+    expect(b.booted.fallback, tailOf(b, 'no fallback reason')).toMatch(/sha256/);
+    const s = await readStore(img);
+    expect(s.state?.slots.b?.status).toBe('bad');
+    expect(s.events.filter((e) => e.event === 'fail').map((e) => e.slot)).toEqual(['b']);
+  });
+
+  it('4b: a missing layer falls back on the same boot', async () => {
+    const img = path.join(dir, 's4b.img');
+    await storeDisk({ file: img, current: 'b', skipLayers: [appLayer(upd)], slots: { a: { buildDir: demo.outDir, status: 'good' }, b: { buildDir: upd.outDir, status: 'good' } } });
+    const b = await boot(await rd({ STORES: 'vda' }), virtio(img));
+    ran(b, '1', 'a');
+    expect(b.booted.fallback, tailOf(b, 'no fallback reason')).toMatch(/missing/);
+    const s = await readStore(img);
+    expect(s.events.filter((e) => e.event === 'fail').map((e) => e.slot)).toEqual(['b']);
+  });
+
+  describe('6: NVMe and SD stores', () => {
+    const cfg = { STORES: 'nvme0n1 mmcblk0' };
+
+    it('the NVMe store missing every layer: boots the SD store, the NVMe events say why', async () => {
+      const n = path.join(dir, 's6a-nvme.img');
+      const c = path.join(dir, 's6a-sd.img');
+      await storeDisk({ file: n, skipLayers: upd.layers.map((l) => l.digest), slots: { a: { buildDir: upd.outDir, status: 'good' } } });
+      await storeDisk({ file: c, diskMiB: 128, slots: { a: { buildDir: demo.outDir, status: 'good' } } });
+      const b = await boot(await rd(cfg), [{ file: n, bus: 'nvme' }, { file: c, bus: 'sd' }]);
+      ran(b, '1', 'a');
+      expect(b.booted.store_dev).toBe('/dev/mmcblk0p1');
+      const ns = await readStore(n);
+      expect(ns.events.filter((e) => e.event === 'fail').map((e) => e.reason).join('\n')).toMatch(/missing/);
+      expect((await readStore(c)).events.map((e) => e.event)).toEqual(['boot']);
+    });
+
+    it('a clone of the SD on the NVMe with its own state: the NVMe boots, duplicate store-id warned, events on the NVMe', async () => {
+      const c = path.join(dir, 's6b-sd.img');
+      const n = path.join(dir, 's6b-nvme.img');
+      await storeDisk({ file: c, diskMiB: 128, current: 'a', slots: { a: { buildDir: demo.outDir, status: 'good' }, b: { buildDir: upd.outDir, status: 'good' } } });
+      await copyImage(c, n);
+      await writeStoreFile(n, '/state', serializeState({ current: 'b', slots: { a: { status: 'good', stack: demo.stackId }, b: { status: 'good', stack: upd.stackId } } }));
+      const b = await boot(await rd(cfg), [{ file: n, bus: 'nvme' }, { file: c, bus: 'sd' }]);
+      ran(b, '2', 'b');
+      expect(b.booted.store_dev).toBe('/dev/nvme0n1p1');
+      expect(b.output, tailOf(b, 'no duplicate warning')).toMatch(/store-id [0-9a-f]{32} is on both \/dev\/nvme0n1p1 and \/dev\/mmcblk0p1/);
+      expect((await readStore(n)).events.map((e) => e.event)).toEqual(['boot']);
+      expect((await readStore(c)).events).toEqual([]);
+    });
+  });
+});
