@@ -40,14 +40,14 @@ async function main(): Promise<number> {
   const setup = { target: T, initrd: ird, base, tries, good: demo.stackId, pending: upd.stackId, append: 'quiet', work };
   const cal = await calibrate(setup, jobs);
   console.log(`soak: ${trials} trials, seed ${seed}, ${jobs} at a time, pending tries ${tries}; work ${work}`);
-  console.log(`calibration (ms from QEMU start): store ${cal.storeFound}, trying b ${cal.trying}, demo ${cal.demo}, good ${cal.good}, end ${cal.end}`);
+  console.log(`calibration (ms from QEMU start): init ${cal.anchor}, store ${cal.storeFound}, trying b ${cal.trying}, demo ${cal.demo}, good ${cal.good}, end ${cal.end}`);
   const instants = killInstants(cal, trials, seed);
   let done = 0;
   let failed = 0;
   const results = await powercutTrials(setup, instants, jobs, (r) => {
     done++;
     if (r.problems.length) failed++;
-    const line = `[${String(done).padStart(String(trials).length)}/${trials}] trial ${r.trial} kill ${r.killMs} ms: ${r.phase}; ${r.cutState} -> ${r.recovered}`;
+    const line = `[${String(done).padStart(String(trials).length)}/${trials}] trial ${r.trial} kill ${r.killMs} ms after init: ${r.phase}; ${r.cutState} -> ${r.recovered}`;
     console.log(r.problems.length ? `${line}  FAIL: ${r.problems.join('; ')}` : line);
   });
   console.log(`\n${summarize(results)}\n`);

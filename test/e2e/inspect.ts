@@ -346,8 +346,16 @@ export interface PowercutSetup {
   keepFailures?: boolean;
 }
 
+/**
+ * The console line kill instants are measured from: the initrd's /init starting. Timing
+ * from there, not from QEMU's start, keeps the cuts among the hook's writes even when a
+ * loaded host makes the kernel boot twice as slow.
+ */
+export const ANCHOR = /stackboot: stackboot init: loading modules/;
+
 export interface Calibration {
   /** ms from QEMU start to each console line */
+  anchor: number;
   storeFound: number;
   trying: number;
   demo: number;
@@ -361,7 +369,7 @@ export async function calibrate(s: PowercutSetup, jobs = 1): Promise<Calibration
     // as many boots at once as the trials will run, so the timing matches their load
     const all = await Promise.all(Array.from({ length: jobs }, (_, i) => calibrateOne(s, i)));
     const mean = (k: keyof Calibration) => Math.round(all.reduce((t, c) => t + c[k], 0) / all.length);
-    return { storeFound: mean('storeFound'), trying: mean('trying'), demo: mean('demo'), good: mean('good'), end: mean('end') };
+    return { anchor: mean('anchor'), storeFound: mean('storeFound'), trying: mean('trying'), demo: mean('demo'), good: mean('good'), end: mean('end') };
   }
   return calibrateOne(s, 0);
 }
@@ -375,13 +383,14 @@ async function calibrateOne(s: PowercutSetup, n: number): Promise<Calibration> {
       await vm.waitFor(re, 120_000);
       return vm.elapsed();
     };
+    const anchor = await at(ANCHOR);
     const storeFound = await at(/stackboot: store [0-9a-f]{32} on /);
     const trying = await at(/stackboot: trying slot b /);
     const demo = await at(/^DEMO: running /m);
     const good = await at(/slot b \(\w{12}\) is good and current/);
     const exit = await vm.waitExit(60_000);
     if (exit.how !== 'poweroff') throw new Error(vm.failMessage(`calibration boot ended by ${exit.how}`));
-    return { storeFound, trying, demo, good, end: exit.durationMs };
+    return { anchor, storeFound, trying, demo, good, end: exit.durationMs };
   } finally {
     vm.kill();
     await fs.rm(img, { force: true });
@@ -391,6 +400,7 @@ async function calibrateOne(s: PowercutSetup, n: number): Promise<Calibration> {
 /** What a trial saw. `problems` is empty when every protocol rule held. */
 export interface TrialResult {
   trial: number;
+  /** ms after the ANCHOR line */
   killMs: number;
   /** how far the killed boot got, from its console */
   phase: 'kernel' | 'hook' | 'tried' | 'init' | 'marked' | 'done';
@@ -409,7 +419,8 @@ function slotWord(st: BootState | null, slot: 'a' | 'b'): string {
 }
 
 /**
- * One power cut: boot a fresh copy of the base image, SIGKILL QEMU after killMs, read
+ * One power cut: boot a fresh copy of the base image, SIGKILL QEMU killMs after the
+ * ANCHOR line, read
  * the store, boot again undisturbed and check that the node booted what the protocol
  * allows given the state the cut left:
  *  - the state file always parses; slot a stays good; the pending slot lost at most one
@@ -426,10 +437,9 @@ export async function powercutTrial(s: PowercutSetup, trial: number, killMs: num
   await copyImage(s.base, img);
   const disks: Disk[] = [{ file: img, bus: 'virtio' }];
   const vm = Vm.start({ target: s.target, initrd: s.initrd, disks, append: s.append, timeoutMs: 180_000, name: `cut-${trial}` });
-  vm.killAfter(killMs);
   let cutOut = '';
   try {
-    await vm.waitExit(120_000);
+    await vm.killWhen(ANCHOR, { timeoutMs: 120_000, delayMs: killMs });
   } finally {
     vm.kill();
     cutOut = vm.output();
@@ -491,11 +501,15 @@ export async function powercutTrial(s: PowercutSetup, trial: number, killMs: num
   return { trial, killMs, phase, cutState: st ? `a ${slotWord(st, 'a')}, b ${slotWord(st, 'b')}, current ${st.current ?? '-'}` : 'unparsable', recovered, problems, ms: Date.now() - t0 };
 }
 
-/** The kill instants for `n` trials: uniform over the window where the hook and mark-good write. */
+/**
+ * The kill delays (ms after ANCHOR) for `n` trials: uniform over the window where the hook
+ * and mark-good write (from 0.5 s before the store is found to just after mark-good).
+ */
 export function killInstants(c: Calibration, n: number, seed: number): number[] {
   const rnd = prng(seed);
-  const lo = Math.max(0, c.storeFound - 500);
-  const hi = c.good + 500;
+  const lo = Math.max(0, c.storeFound - c.anchor - 500);
+  // a little past mark-good, but not much past the poweroff (a cut after it tests nothing)
+  const hi = c.good - c.anchor + Math.min(500, Math.max(100, Math.round((c.end - c.good) / 2)));
   return Array.from({ length: n }, () => Math.round(lo + rnd() * (hi - lo)));
 }
 

@@ -4,8 +4,9 @@
  * The node: slot a good (version 1), slot b pending (version 2) with 1 try, so a cut can
  * land before the try is written (b keeps its try), after it (b is exhausted on the next
  * boot and a runs) or after mark-good (b is good). A calibration boot times the console
- * lines; each trial then kills QEMU (SIGKILL, `vm.killAfter`) at an instant drawn from a
- * seeded PRNG over the window from the store being found to the mark-good line (±0.5 s),
+ * lines; each trial then kills QEMU (SIGKILL, `vm.killWhen`) at a delay after the
+ * initrd's /init starts, drawn from a seeded PRNG over the window from the store being
+ * found to the mark-good line (±0.5 s),
  * reads the store from the host, boots again undisturbed and checks that the node booted
  * what the protocol allows for the state the cut left (powercutTrial in inspect.ts).
  *
