@@ -15,6 +15,11 @@ sb_event() {
 	[ -n "$tries" ] && line="$line tries=$tries"
 	line="$line reason=$(sb_oneline "$*")"
 	sb_store_rw "$dir" || return 1
+	# a power cut can leave the last line unfinished: never glue a new event onto it
+	if [ -s "$dir/events" ] && [ "$(tail -c 1 "$dir/events" 2>/dev/null | od -An -tx1 | tr -d ' \n')" != 0a ]; then
+		line="
+$line"
+	fi
 	if printf '%s\n' "$line" >>"$dir/events" 2>/dev/null; then
 		sb_sys_fsync "$dir/events"
 	else
