@@ -1,13 +1,20 @@
 # demo-node: `demo.install=/dev/vdb` on the kernel command line installs the bundle on
 # that disk with the real `stackboot install` (sourced by the demo init: `say` exists).
+# The --json event lines are printed as they come (the power-cut tests time their kills
+# from them).
 sb_install_dev=
 for w in $(cat /proc/cmdline); do
 	case "$w" in demo.install=*) sb_install_dev=${w#demo.install=} ;; esac
 done
 if [ -n "$sb_install_dev" ]; then
 	say "install from $sb_install_dev: start"
-	stackboot install "$sb_install_dev" --json </dev/null >/tmp/install.out 2>&1
-	sb_install_rc=$?
-	while IFS= read -r l; do say "install: $l"; done </tmp/install.out
-	say "install from $sb_install_dev: exit $sb_install_rc"
+	{
+		stackboot install "$sb_install_dev" --json </dev/null 2>&1
+		echo "rc=$?"
+	} | while IFS= read -r l; do
+		case "$l" in
+		rc=*) say "install from $sb_install_dev: exit ${l#rc=}" ;;
+		*) say "install: $l" ;;
+		esac
+	done
 fi
