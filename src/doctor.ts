@@ -30,6 +30,8 @@ export interface DoctorOptions {
   runDir?: string;
   /** hash every layer (slow) */
   full?: boolean;
+  /** why there is no ctx (shown in the report) */
+  storeError?: string;
   /** warn below this many free bytes on the store (default 64 MiB) */
   lowSpace?: number;
 }
@@ -85,7 +87,7 @@ export async function doctor(o: DoctorOptions): Promise<DoctorReport> {
 
   const ctx = o.ctx;
   if (!ctx) {
-    add('store', 'fail', 'no store (not booted by stackboot, and no --store)');
+    add('store', 'fail', `no store: ${o.storeError ?? 'not booted by stackboot, and no --store'}`);
     return { findings: f, ok: !f.some((x) => x.level === 'fail') };
   }
   const store = ctx.store;

@@ -61,6 +61,6 @@ describe('doctor', () => {
     const m3 = r3.findings.map((f) => `${f.level} ${f.check} ${f.message}`);
     expect(m3).toContainEqual(expect.stringMatching(/^fail keys no keys directory/));
     expect(m3).toContainEqual(expect.stringMatching(/^warn config no .*boot.conf/));
-    expect(m3).toContainEqual(expect.stringMatching(/^fail store no store/));
+    expect(m3).toContainEqual(expect.stringMatching(/^fail store no store: not booted/));
   });
 });

@@ -106,12 +106,17 @@ export const gcCommand: CommandModule<any, any> = {
 export const doctorCommand: CommandModule<any, any> = {
   command: 'doctor',
   describe: 'report what is wrong on a node: modules, keys, space, config, stacks',
-  builder: (y) => nodeOptions(y).option('full', { type: 'boolean', describe: 'sha256 every layer' }),
+  builder: (y) => nodeOptions(y).option('full', { type: 'boolean', describe: 'sha256 every layer' }).option('keys', { type: 'string', describe: 'public keys folder (default: KEYS_DIR of the config)' }),
   handler: async (a) => {
     const out = makeOut(a);
     const cfg = await loadNodeConfig(a.config);
-    const ctx = await ctxOf(a).catch(() => null);
-    const r = await doctor({ ctx, config: cfg, full: a.full, runDir: a.runDir });
+    if (a.keys) cfg.node.KEYS_DIR = a.keys;
+    let storeError: string | undefined;
+    const ctx = await ctxOf(a).catch((e: Error) => {
+      storeError = e.message;
+      return null;
+    });
+    const r = await doctor({ ctx, config: cfg, full: a.full, runDir: a.runDir, storeError });
     out.result(r);
     for (const x of r.findings) out.line(`${x.level.padEnd(4)} ${x.check.padEnd(7)} ${x.message}`);
     if (!r.ok) throw new StackbootError('STORE', `doctor found ${r.findings.filter((x) => x.level === 'fail').length} problem(s)`);
