@@ -7,11 +7,13 @@
  *   npx tsx scripts/soak-powercut.ts [--trials 200] [--seed N] [--jobs 2] [--tries 1]
  *
  * Needs root-free tools only (QEMU, e2fsprogs) and the setup targets (npm run setup).
- * Failing trials keep their image and both consoles under .cache/e2e/runs/soak-*.
+ * Failing trials keep their image and both consoles under .cache/e2e/runs/soak-*
+ * (a clean run removes its folder).
  * Exit code 1 when any trial broke a rule. See test/e2e/powercut.test.ts for the cache
  * mode and what a SIGKILL does and does not model.
  */
 import path from 'node:path';
+import { rm } from 'node:fs/promises';
 import { parseArgs } from 'node:util';
 import { demoStack, storeDisk, initrd, target, scratch } from '../test/e2e/fixtures.js';
 import { killAllVms } from '../test/e2e/qemu.js';
@@ -52,6 +54,7 @@ async function main(): Promise<number> {
   });
   console.log(`\n${summarize(results)}\n`);
   console.log(`${trials - failed}/${trials} trials kept every rule (${Math.round((Date.now() - t0) / 1000)} s)`);
+  if (!failed) await rm(work, { recursive: true, force: true });
   return failed ? 1 : 0;
 }
 

@@ -4,7 +4,8 @@
  * of issue 3 (the amd64 file, boot.test.ts, has them all). Fewer boots per scenario than
  * on amd64: a TCG arm64 boot is slower.
  */
-import { describe, it, expect, beforeAll, afterEach } from 'vitest';
+import { describe, it, expect, beforeAll, afterAll, afterEach } from 'vitest';
+import { rm } from 'node:fs/promises';
 import path from 'node:path';
 import { demoStack, storeDisk, initrd, target, scratch } from './fixtures.js';
 import { useVmCleanup, type Disk } from './qemu.js';
@@ -49,6 +50,11 @@ beforeAll(async () => {
   T = await target('arm64');
   [demo, upd, broken] = await Promise.all([demoStack('demo', 'arm64'), demoStack('demo-update', 'arm64'), demoStack('demo-broken', 'arm64')]);
   dir = await scratch('boot-arm64');
+});
+
+// the images are sparse but add up: removed unless SB_KEEP_E2E is set (to look at them)
+afterAll(async () => {
+  if (dir && !process.env.SB_KEEP_E2E) await rm(dir, { recursive: true, force: true });
 });
 
 describe('boot protocol on arm64 (QEMU virt, cortex-a57)', () => {

@@ -5,7 +5,8 @@
  * Every scenario builds its own disk images; the host reads the store afterwards with
  * debugfs (inspect.ts). Issue 3, scenarios 1–6 and 8 (7, power cuts: powercut.test.ts).
  */
-import { describe, it, expect, beforeAll, afterEach } from 'vitest';
+import { describe, it, expect, beforeAll, afterAll, afterEach } from 'vitest';
+import { rm } from 'node:fs/promises';
 import path from 'node:path';
 import { demoStack, storeDisk, initrd, target, scratch } from './fixtures.js';
 import { useVmCleanup, Vm, type Disk } from './qemu.js';
@@ -52,6 +53,11 @@ beforeAll(async () => {
   T = await target('amd64');
   [demo, upd, broken] = await Promise.all([demoStack('demo'), demoStack('demo-update'), demoStack('demo-broken')]);
   dir = await scratch('boot-amd64');
+});
+
+// the images are sparse but add up: removed unless SB_KEEP_E2E is set (to look at them)
+afterAll(async () => {
+  if (dir && !process.env.SB_KEEP_E2E) await rm(dir, { recursive: true, force: true });
 });
 
 describe('boot protocol on amd64 (QEMU)', () => {

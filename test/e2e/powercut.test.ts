@@ -20,7 +20,8 @@
  * flushed writes; `writeback` is also the fastest. Trials: SB_POWERCUT_TRIALS (default 20),
  * seed SB_POWERCUT_SEED, QEMUs at once SB_POWERCUT_JOBS (default 2). The long run is scripts/soak-powercut.ts.
  */
-import { describe, it, expect, beforeAll, afterEach } from 'vitest';
+import { describe, it, expect, beforeAll, afterAll, afterEach } from 'vitest';
+import { rm } from 'node:fs/promises';
 import path from 'node:path';
 import { demoStack, storeDisk, initrd, target, scratch } from './fixtures.js';
 import { useVmCleanup } from './qemu.js';
@@ -34,6 +35,7 @@ const SEED = Number(process.env.SB_POWERCUT_SEED ?? 20261122);
 const JOBS = Number(process.env.SB_POWERCUT_JOBS ?? 2);
 
 let setup: PowercutSetup;
+let failed = true;
 
 beforeAll(async () => {
   const [T, demo, upd] = await Promise.all([target('amd64'), demoStack('demo'), demoStack('demo-update')]);
@@ -42,6 +44,11 @@ beforeAll(async () => {
   await storeDisk({ file: base, slots: { a: { buildDir: demo.outDir, status: 'good' }, b: { buildDir: upd.outDir, status: 'pending', tries: 1 } } });
   const ird = await initrd(path.join(work, 'initrd.img'), { STORES: 'vda', DEVICE_TIMEOUT: '5' });
   setup = { target: T, initrd: ird, base, tries: 1, good: demo.stackId, pending: upd.stackId, append: 'quiet', work };
+});
+
+// failing trials keep their image and consoles (in setup.work); a clean run leaves nothing
+afterAll(async () => {
+  if (setup && !failed && !process.env.SB_KEEP_E2E) await rm(setup.work, { recursive: true, force: true });
 });
 
 describe('power cuts during the boot of a pending stack (amd64)', () => {
@@ -56,5 +63,6 @@ describe('power cuts during the boot of a pending stack (amd64)', () => {
     expect(bad.map((r) => `trial ${r.trial} (kill at ${r.killMs} ms, ${r.phase}): ${r.problems.join('; ')}`), table).toEqual([]);
     // the cuts did land among the writes: some after the try was persisted
     expect(results.some((r) => r.cutState !== 'a good, b pending 1, current a'), table).toBe(true);
+    failed = false;
   });
 });
