@@ -17,7 +17,9 @@ import { rm } from 'node:fs/promises';
 import { parseArgs } from 'node:util';
 import { demoStack, storeDisk, initrd, target, scratch } from '../test/e2e/fixtures.js';
 import { killAllVms } from '../test/e2e/qemu.js';
-import { calibrate, killInstants, powercutTrials, summarize } from '../test/e2e/inspect.js';
+import { calibrate, killInstants, powercutTrials, summarize, type TrialResult } from '../test/e2e/inspect.js';
+
+const BATCH = 20;
 
 const { values } = parseArgs({
   options: {
@@ -40,18 +42,24 @@ async function main(): Promise<number> {
   await storeDisk({ file: base, slots: { a: { buildDir: demo.outDir, status: 'good' }, b: { buildDir: upd.outDir, status: 'pending', tries } } });
   const ird = await initrd(path.join(work, 'initrd.img'), { STORES: 'vda', DEVICE_TIMEOUT: '5' });
   const setup = { target: T, initrd: ird, base, tries, good: demo.stackId, pending: upd.stackId, append: 'quiet', work };
-  const cal = await calibrate(setup, jobs);
   console.log(`soak: ${trials} trials, seed ${seed}, ${jobs} at a time, pending tries ${tries}; work ${work}`);
-  console.log(`calibration (ms from QEMU start): init ${cal.anchor}, store ${cal.storeFound}, trying b ${cal.trying}, demo ${cal.demo}, good ${cal.good}, end ${cal.end}`);
-  const instants = killInstants(cal, trials, seed);
   let done = 0;
   let failed = 0;
-  const results = await powercutTrials(setup, instants, jobs, (r) => {
-    done++;
-    if (r.problems.length) failed++;
-    const line = `[${String(done).padStart(String(trials).length)}/${trials}] trial ${r.trial} kill ${r.killMs} ms after init: ${r.phase}; ${r.cutState} -> ${r.recovered}`;
-    console.log(r.problems.length ? `${line}  FAIL: ${r.problems.join('; ')}` : line);
-  });
+  const results: TrialResult[] = [];
+  // the host's load drifts over a long soak: calibrate again before every batch
+  for (let first = 0; first < trials; first += BATCH) {
+    const n = Math.min(BATCH, trials - first);
+    const cal = await calibrate(setup, jobs);
+    console.log(`calibration (ms from QEMU start): init ${cal.anchor}, store ${cal.storeFound}, trying b ${cal.trying}, demo ${cal.demo}, good ${cal.good}, end ${cal.end}`);
+    const instants = killInstants(cal, n, seed + first);
+    const batch = await powercutTrials(setup, instants, jobs, (r) => {
+      done++;
+      if (r.problems.length) failed++;
+      const line = `[${String(done).padStart(String(trials).length)}/${trials}] trial ${r.trial} kill ${r.killMs} ms after init: ${r.phase}; ${r.cutState} -> ${r.recovered}`;
+      console.log(r.problems.length ? `${line}  FAIL (trial-${r.trial}.img): ${r.problems.join('; ')}` : line);
+    }, first);
+    results.push(...batch);
+  }
   console.log(`\n${summarize(results)}\n`);
   console.log(`${trials - failed}/${trials} trials kept every rule (${Math.round((Date.now() - t0) / 1000)} s)`);
   if (!failed) await rm(work, { recursive: true, force: true });

@@ -514,13 +514,13 @@ export function killInstants(c: Calibration, n: number, seed: number): number[] 
 }
 
 /** Runs the trials, `jobs` at a time (each its own image and QEMU). */
-export async function powercutTrials(s: PowercutSetup, instants: number[], jobs = 1, onResult?: (r: TrialResult) => void): Promise<TrialResult[]> {
+export async function powercutTrials(s: PowercutSetup, instants: number[], jobs = 1, onResult?: (r: TrialResult) => void, firstTrial = 0): Promise<TrialResult[]> {
   const results: TrialResult[] = new Array(instants.length);
   let next = 0;
   const worker = async () => {
     while (next < instants.length) {
       const i = next++;
-      results[i] = await powercutTrial(s, i, instants[i]);
+      results[i] = await powercutTrial(s, firstTrial + i, instants[i]);
       onResult?.(results[i]);
     }
   };
