@@ -12,7 +12,7 @@ import path from 'node:path';
 import { baseLayers, writeBundleFile } from '../src/bundle.js';
 import { initrd, scratch, storeDisk, target } from '../test/e2e/fixtures.js';
 import { nodeStack } from '../test/e2e/node-fixtures.js';
-import { calibrateInstall, cutInstants, installCutTrial, summarizeCuts, type CutResult } from '../test/e2e/install-powercut.js';
+import { calibrateInstall, cutInstants, runCuts, summarizeCuts } from '../test/e2e/install-powercut.js';
 import { killAllVms } from '../test/e2e/qemu.js';
 
 const trials = Number(process.argv[2] ?? 200);
@@ -34,14 +34,12 @@ const setup = {
   work: dir,
 };
 process.on('SIGINT', () => void killAllVms().then(() => process.exit(130)));
-const cal = await calibrateInstall(setup);
-console.log(`work ${dir}, seed ${seed}; calibration: plan at ${cal.plan} ms, install done at ${cal.done} ms`);
-const results: CutResult[] = [];
-for (const [i, ms] of cutInstants(cal, trials, seed).entries()) {
-  const r = await installCutTrial(setup, i, ms, i % 10 === 0);
-  results.push(r);
-  console.log(`trial ${i} +${ms} ms: ${r.outcome}${r.booted ? `, booted ${r.booted}` : ''}${r.partials ? `, ${r.partials} .part` : ''}${r.problems.length ? `  PROBLEMS: ${r.problems.join('; ')}` : ''}`);
-}
+const jobs = Number(process.env.SB_INSTALL_JOBS ?? 2);
+const cal = await calibrateInstall(setup, jobs);
+console.log(`work ${dir}, seed ${seed}, ${jobs} VMs at a time; calibration: plan at ${cal.plan} ms, install done at ${cal.done} ms`);
+const results = await runCuts(setup, cutInstants(cal, trials, seed), jobs, 10, (r) =>
+  console.log(`trial ${r.trial} +${r.killAfterMs} ms: ${r.outcome}${r.booted ? `, booted ${r.booted}` : ''}${r.partials ? `, ${r.partials} .part` : ''}${r.problems.length ? `  PROBLEMS: ${r.problems.join('; ')}` : ''}`),
+);
 console.log(summarizeCuts(results));
 await killAllVms();
 process.exit(results.some((r) => r.problems.length) ? 1 : 0);

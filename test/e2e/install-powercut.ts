@@ -1,0 +1,213 @@
+/**
+ * Power cuts during the real `stackboot install` inside a QEMU node (used by
+ * install-powercut.test.ts and scripts/soak-install.ts).
+ *
+ * Each trial boots a fresh copy of a node image (slot a good = demo-node v1) with the big
+ * delta bundle on /dev/vdb and `demo.install=/dev/vdb`, waits for the install's `plan`
+ * event, then SIGKILLs QEMU at a random instant in the install's write window (a bit past
+ * its end, so some trials cut after it finished). The host then reads the store (a copy,
+ * journal replayed by the mount) and checks:
+ *  - every `layers/<sha256>.sqfs` hashes to its name (no corrupt layer, ever);
+ *  - slot a is still good and current (never touched);
+ *  - slot b is either empty (the install had not finished: the node boots a), or pending
+ *    with the full tries, its manifest hashing to the stack id and every layer present
+ *    (the install finished: the node boots b as pending). Nothing else.
+ * Some trials also boot the cut image undisturbed and check the node booted what the
+ * check predicted.
+ *
+ * QEMU cache mode: the harness default, cache=writeback. A SIGKILL of QEMU loses what the
+ * guest had not yet written to its disk (its page cache, the write-back of the ext4
+ * journal and of un-fsynced data), and keeps what QEMU had already handed to the host
+ * (it sits in the host page cache, which outlives QEMU). That is a power cut for a disk
+ * whose own cache is non-volatile, and it is exactly what the install's ordering (write,
+ * fsync, rename, fsync dir; state last) must survive. A disk that reorders or drops
+ * acknowledged writes (a volatile cache ignoring flushes) is not modelled: cache=unsafe
+ * would not model it either under a QEMU kill, since the host page cache survives.
+ */
+import { promises as fs } from 'node:fs';
+import path from 'node:path';
+import { createHash } from 'node:crypto';
+import { parseManifest, stackId } from '../../src/manifest.js';
+import { candidates, parseState } from '../../src/state.js';
+import type { Target } from '../../src/target.js';
+import { copyImage, prng } from './inspect.js';
+import { withStoreMounted } from './node-fixtures.js';
+import { Vm } from './qemu.js';
+
+export interface InstallCutSetup {
+  target: Target;
+  initrd: string;
+  /** pristine node image: slot a good (v1) */
+  base: string;
+  /** the bundle disk (raw tar) */
+  bundle: string;
+  v1: string;
+  /** the stack the bundle installs */
+  next: string;
+  tries: number;
+  work: string;
+}
+
+export interface InstallCalibration {
+  /** ms from QEMU start to the plan event and to the install's exit line */
+  plan: number;
+  done: number;
+}
+
+const PLAN = /^DEMO: install: \{"event":"plan"/m;
+const EXIT = /^DEMO: install from \/dev\/vdb: exit (\d+)/m;
+
+function vmFor(s: InstallCutSetup, img: string, append: string, name: string): Vm {
+  return Vm.start({
+    target: s.target,
+    initrd: s.initrd,
+    disks: [{ file: img, bus: 'virtio' }, { file: s.bundle, bus: 'virtio', readonly: true }],
+    append: `quiet ${append}`,
+    memoryMiB: 768,
+    timeoutMs: 240_000,
+    name,
+  });
+}
+
+/** One undisturbed install, timing the plan event and the end. */
+export async function calibrateInstall(s: InstallCutSetup, jobs = 1): Promise<InstallCalibration> {
+  // as many at once as the trials will run, so the timing matches their load
+  const all = await Promise.all(Array.from({ length: jobs }, (_, i) => calibrateOne(s, i)));
+  return { plan: Math.round(all.reduce((t, c) => t + c.plan, 0) / jobs), done: Math.round(all.reduce((t, c) => t + c.done, 0) / jobs) };
+}
+
+async function calibrateOne(s: InstallCutSetup, n: number): Promise<InstallCalibration> {
+  const img = path.join(s.work, `calibrate-${n}.img`);
+  await copyImage(s.base, img);
+  const vm = vmFor(s, img, 'demo.install=/dev/vdb demo.nohealth demo.then=poweroff', 'calibrate');
+  try {
+    await vm.waitFor(PLAN, 180_000);
+    const plan = vm.elapsed();
+    const m = await vm.waitFor(EXIT, 180_000);
+    const done = vm.elapsed();
+    if (m[1] !== '0') throw new Error(vm.failMessage(`calibration install exited ${m[1]}`));
+    return { plan, done };
+  } finally {
+    vm.kill();
+    await fs.rm(img, { force: true });
+  }
+}
+
+export interface CutResult {
+  trial: number;
+  /** ms after the plan event */
+  killAfterMs: number;
+  outcome: 'old' | 'new' | 'broken';
+  partials: number;
+  problems: string[];
+  /** what the verification boot ran (when one was done) */
+  booted?: string;
+}
+
+function sha(buf: Buffer): string {
+  return createHash('sha256').update(buf).digest('hex');
+}
+
+/** The host's verdict on a cut image. */
+export async function checkCut(s: InstallCutSetup, img: string): Promise<{ outcome: CutResult['outcome']; partials: number; problems: string[] }> {
+  return withStoreMounted(img, async (dir) => {
+    const problems: string[] = [];
+    const names = await fs.readdir(path.join(dir, 'layers'));
+    let partials = 0;
+    for (const n of names) {
+      if (/^[0-9a-f]{64}\.sqfs$/.test(n)) {
+        const got = sha(await fs.readFile(path.join(dir, 'layers', n)));
+        if (got !== n.slice(0, 64)) problems.push(`layer ${n.slice(0, 12)} is corrupt (sha256 ${got.slice(0, 12)})`);
+      } else if (n.endsWith('.part')) partials++;
+      else problems.push(`unexpected file layers/${n}`);
+    }
+    let outcome: CutResult['outcome'] = 'broken';
+    try {
+      const st = parseState(await fs.readFile(path.join(dir, 'state'), 'utf8'));
+      if (st.current !== 'a' || st.slots.a?.status !== 'good' || st.slots.a.stack !== s.v1) problems.push(`slot a changed: ${JSON.stringify(st)}`);
+      const b = st.slots.b;
+      if (!b) outcome = 'old';
+      else if (b.status === 'pending' && b.stack === s.next && b.tries === s.tries) {
+        const text = await fs.readFile(path.join(dir, 'slots', 'b', 'manifest'), 'utf8').catch(() => '');
+        if (stackId(text) !== s.next) problems.push('slot b is pending but its manifest does not match');
+        else {
+          for (const l of parseManifest(text).layers) {
+            const st2 = await fs.stat(path.join(dir, 'layers', `${l.digest}.sqfs`)).catch(() => null);
+            if (!st2 || st2.size !== l.size) problems.push(`slot b is pending but layer ${l.name} is ${st2 ? 'the wrong size' : 'missing'}`);
+          }
+          outcome = 'new';
+        }
+      } else problems.push(`slot b is ${JSON.stringify(b)}`);
+      const first = candidates(st)[0];
+      if (outcome === 'old' && first?.slot !== 'a') problems.push(`the hook would try ${first?.slot} first`);
+      if (outcome === 'new' && first?.slot !== 'b') problems.push(`the hook would try ${first?.slot} first`);
+    } catch (e) {
+      problems.push(`state unreadable: ${(e as Error).message}`);
+    }
+    if (outcome === 'broken' && problems.length === 0) problems.push('neither the old nor the new stack');
+    return { outcome, partials, problems };
+  });
+}
+
+/** One trial: boot, kill `killAfterMs` after the plan event, check; optionally boot again. */
+export async function installCutTrial(s: InstallCutSetup, trial: number, killAfterMs: number, verifyBoot: boolean): Promise<CutResult> {
+  const img = path.join(s.work, `trial-${trial}.img`);
+  await copyImage(s.base, img);
+  const vm = vmFor(s, img, 'demo.install=/dev/vdb demo.nohealth demo.then=poweroff', `cut-${trial}`);
+  try {
+    await vm.waitFor(PLAN, 180_000);
+    await new Promise((r) => setTimeout(r, killAfterMs));
+  } finally {
+    vm.kill();
+    await vm.waitExit(30_000).catch(() => {});
+  }
+  const c = await checkCut(s, img);
+  const r: CutResult = { trial, killAfterMs, ...c };
+  if (verifyBoot && c.outcome !== 'broken') {
+    const v = Vm.start({ target: s.target, initrd: s.initrd, disks: [{ file: img, bus: 'virtio' }], append: 'quiet demo.nohealth demo.then=poweroff', memoryMiB: 768, timeoutMs: 240_000, name: `verify-${trial}` });
+    try {
+      const m = await v.waitFor(/^DEMO: booted slot=([ab])$/m, 180_000);
+      const st = await v.waitFor(/^DEMO: booted status=(\w+)$/m, 30_000);
+      r.booted = `${m[1]} ${st[1]}`;
+      const want = c.outcome === 'new' ? 'b pending' : 'a good';
+      if (r.booted !== want) r.problems.push(`the node booted ${r.booted}, expected ${want}`);
+    } catch (e) {
+      r.problems.push(`verification boot: ${(e as Error).message.split('\n')[0]}`);
+    } finally {
+      v.kill();
+      await v.waitExit(30_000).catch(() => {});
+    }
+  }
+  if (r.problems.length) await copyImage(img, path.join(s.work, `failed-${trial}.img`)).catch(() => {});
+  await fs.rm(img, { force: true });
+  return r;
+}
+
+/** Kill instants (ms after the plan event) spread over the write window and a bit past it. */
+export function cutInstants(c: InstallCalibration, n: number, seed: number): number[] {
+  const rnd = prng(seed);
+  const span = Math.max(500, c.done - c.plan) * 1.3;
+  return Array.from({ length: n }, (_, i) => Math.round(((i + rnd()) / n) * span));
+}
+
+/** Runs the trials, `jobs` VMs at a time (results in trial order). */
+export async function runCuts(s: InstallCutSetup, instants: number[], jobs: number, verifyEvery: number, onResult?: (r: CutResult) => void): Promise<CutResult[]> {
+  const results: CutResult[] = new Array(instants.length);
+  let next = 0;
+  const worker = async () => {
+    while (next < instants.length) {
+      const i = next++;
+      results[i] = await installCutTrial(s, i, instants[i], i % verifyEvery === 0);
+      onResult?.(results[i]);
+    }
+  };
+  await Promise.all(Array.from({ length: Math.max(1, jobs) }, worker));
+  return results;
+}
+
+export function summarizeCuts(rs: CutResult[]): string {
+  const old = rs.filter((r) => r.outcome === 'old').length;
+  const neu = rs.filter((r) => r.outcome === 'new').length;
+  const bad = rs.filter((r) => r.problems.length).length;
+  return `${rs.length} cuts: ${old} old stack, ${neu} new stack pending, ${bad} with problems; ${rs.reduce((a, r) => a + r.partials, 0)} leftover .part files (gc removes them)`;
+}
