@@ -141,6 +141,7 @@ sb_boot_finish() {
 	sb_event "$store" boot "$slot" "$stack" "$(sb_slot_tries "$slot")" \
 		"$(sb_slot_status "$slot") on $(sb_store_get "$i" DEV)${SB_FALLBACK:+ after fallback: $SB_FALLBACK}"
 	sb_booted_write "$i" "$slot"
+	sb_stores_record "$i"
 	# other stores: unmount (flushing what we wrote there)
 	for j in $SB_STORE_ORDER; do
 		[ "$j" = "$i" ] && continue
@@ -152,6 +153,28 @@ sb_boot_finish() {
 	fi
 	sb_log "booting slot $slot ($(sb_short "$stack"), $(sb_slot_status "$slot")) from $(sb_store_get "$i" DEV)"
 	return 0
+}
+
+# sb_stores_record BOOTED: $SB_RUN/stackboot/stores, one line per store found at boot
+# (in boot order), so status can name the fallback stores after they are unmounted:
+#   dev=/dev/mmcblk0p2 id=<store-id> booted=0 current=a a=good:<id12> b=-:-
+sb_stores_record() {
+	local f j mnt
+	f="$SB_RUN/stackboot/stores"
+	mkdir -p "$SB_RUN/stackboot" 2>/dev/null
+	: >"$f.new" || return 1
+	for j in $SB_STORE_ORDER; do
+		mnt=$(sb_store_get "$j" MNT)
+		(
+			sb_state_read "$mnt" >/dev/null 2>&1
+			ida=- idb=-
+			[ -n "$SB_ST_a_STACK" ] && ida=$(sb_short "$SB_ST_a_STACK")
+			[ -n "$SB_ST_b_STACK" ] && idb=$(sb_short "$SB_ST_b_STACK")
+			printf 'dev=%s id=%s booted=%s current=%s a=%s:%s b=%s:%s\n' "$(sb_store_get "$j" DEV)" "$(sb_store_get "$j" ID)" \
+				"$([ "$j" = "$1" ] && echo 1 || echo 0)" "$SB_ST_CURRENT" "${SB_ST_a:--}" "$ida" "${SB_ST_b:--}" "$idb"
+		) >>"$f.new"
+	done
+	mv -f "$f.new" "$f"
 }
 
 # sb_boot NEWROOT: find the stores, choose a candidate per the protocol, mount it on

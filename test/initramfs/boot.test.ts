@@ -1,3 +1,4 @@
+import { readFileSync } from 'node:fs';
 import { afterEach, describe, expect, it } from 'vitest';
 import { existsSync, mkdirSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -238,6 +239,11 @@ describe('sb_boot across stores and devices', () => {
     expect(readEvents(sd).map((e) => e.event)).toEqual(['boot']);
     // the store not booted is unmounted
     expect(r.calls()).toContain(`umount ${r.dir}/run/sb/s0`);
+    // ...but recorded, so status can name it as the fallback store
+    const stores = readFileSync(join(r.runDir, 'stackboot/stores'), 'utf8').trim().split('\n');
+    expect(stores).toHaveLength(2);
+    expect(stores[0]).toMatch(new RegExp(`^dev=${r.dir}/dev/nvme0n1p1 id=${nv.id} booted=0 current=. a=bad:`));
+    expect(stores[1]).toMatch(new RegExp(`^dev=${r.dir}/dev/vda2 id=${sd.id} booted=1 current=a a=good:[0-9a-f]{12} b=-:-$`));
   });
 
   it('same store-id on two devices: both tried by device, warning logged', async () => {

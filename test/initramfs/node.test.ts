@@ -68,6 +68,16 @@ describe('stackboot-node', () => {
     expect(readEvents(store).at(-1)).toMatchObject({ event: 'bad', slot: 'a' });
   });
 
+  it('status names the fallback stores the hook found at boot', async () => {
+    const { node, r } = await booted({ current: 'a', a: { status: 'good' } });
+    const f = join(r.runDir, 'stackboot/stores');
+    writeFileSync(f, readFileSync(f, 'utf8') + `dev=/dev/mmcblk0p2 id=${'5'.repeat(32)} booted=0 current=a a=good:0123456789ab b=-:-\n`);
+    const j = JSON.parse((await node('status', '--json')).out);
+    expect(j.stores).toHaveLength(2);
+    expect(j.stores[1]).toEqual({ dev: '/dev/mmcblk0p2', id: '5'.repeat(32), role: 'fallback', current: 'a', a: 'good:0123456789ab', b: '-:-' });
+    expect((await node('status')).out).toMatch(/store: +\/dev\/mmcblk0p2 5+ \(fallback\): current a, a good:0123456789ab/);
+  });
+
   it('mark-good refuses when the booted slot was rewritten since boot', async () => {
     const { store, node } = await booted({ current: 'a', a: { status: 'good' }, b: { status: 'pending', tries: 3 } });
     writeFileSync(join(store.dir, 'state'), readState(store).replace(store.stack.b!, 'e'.repeat(64)));
@@ -95,6 +105,8 @@ describe('stackboot-node', () => {
     expect(j.pending).toEqual([]);
     expect(j.bad).toEqual([{ slot: 'b', stack: store.stack.b }]);
     expect(j.last_fallback).toEqual({ time: 1700000000, event: 'fail', slot: 'b', stack: 'abc', reason: 'quote " back \\ tab\there' });
+    // the booted store and the fallback store (the SD after a migration), as the hook recorded them
+    expect(j.stores.map((x: { role: string }) => x.role)).toEqual(['booted']);
     const human = await node('status');
     expect(human.out).toMatch(/booted: +slot a/);
     expect(human.out).toMatch(/last fallback: fail slot b/);
