@@ -57,6 +57,10 @@ describe('migrate SD → NVMe', () => {
     const sdId = /DEMO: booted store_id=(\w+)/.exec(ex.output)![1];
     const nvId = /DEMO: booted store_id=(\w+)/.exec(b.output)![1];
     expect(nvId).not.toBe(sdId);
+    // after the first good NVMe boot, status shows the NVMe store good and the SD as the fallback
+    expect(b.output).toMatch(/DEMO: status: slot a: +good /);
+    expect(b.output).toMatch(new RegExp(`DEMO: status: store: +/dev/nvme0n1p2 ${nvId} \\(booted\\)`));
+    expect(b.output).toMatch(new RegExp(`DEMO: status: store: +/dev/mmcblk0p2 ${sdId} \\(fallback\\): current a, a good:`));
 
     // 3: break the NVMe store (remove a layer from the host): back on the SD
     const parts = JSON.parse((await run('sfdisk', ['--json', nvme])).stdout).partitiontable.partitions as { start: number; size: number; name: string }[];
