@@ -39,10 +39,51 @@ function table(rows: Row[]): string {
   return [line(head), `|${w.map((n) => '-'.repeat(n + 2)).join('|')}|`, ...body.map(line)].join('\n');
 }
 
+/**
+ * The delta benchmark's inputs: images/debian as it is, and the same stack with a change
+ * to its app layer (one more package), built into .cache/bench/debian-{old,new}.
+ */
+async function prepareDebianDelta(): Promise<void> {
+  if (only.length && !only.includes('delta')) return;
+  const { loadRecipe } = await import('../src/recipe.js');
+  const { buildStack } = await import('../src/stack.js');
+  const { run } = await import('../src/exec.js');
+  const repo = path.resolve(here, '..');
+  const prep = await run('bash', [path.join(repo, 'images/debian/prepare.sh')], { reject: false });
+  if (prep.exitCode !== 0) {
+    process.stderr.write(`bench: images/debian cannot be prepared (${prep.stderr.trim().split('\n').pop()}); the delta row uses the demo\n`);
+    return;
+  }
+  const arch = 'amd64';
+  for (const [name, extra] of [['debian-old', ''], ['debian-new', ' less']] as const) {
+    const recipe = await loadRecipe(path.join(repo, 'images/debian'), { arch });
+    const app = recipe.layers.find((l) => l.name === 'app');
+    if (app?.source.type === 'run' && extra) app.source.command = app.source.command.replace('busybox curl', `busybox curl${extra}`);
+    process.stderr.write(`bench: building ${name}…\n`);
+    await buildStack(recipe, { outDir: path.join(repo, '.cache/bench', name), cacheDir: path.join(repo, '.cache/bench/layer-cache'), epoch: 0, arch, uid: process.getuid?.(), progress: () => {} });
+  }
+}
+
+async function flashRows(): Promise<Row[]> {
+  if (only.length && !only.includes('flash')) return [];
+  if (!existsSync(path.join(here, 'flash.ts'))) return [{ metric: 'flash', value: 'not available' }];
+  process.stderr.write('bench: flash…\n');
+  const { benchFlash } = await import('./flash.js');
+  const r = await benchFlash({ runs: 3 });
+  const mb = (n: number) => `${(n / 1e6).toFixed(1)} MB`;
+  return [
+    { metric: 'flash: 512 MiB image, ~20 % used: bytes written, stackboot vs dd', value: `${mb(r.bytesFlashed)} vs ${mb(r.ddBytes)}` },
+    { metric: 'flash: wall time (write + sync), stackboot vs dd of the whole image', value: `${r.flashMs.toFixed(0)} ms vs ${r.ddMs.toFixed(0)} ms` },
+    { metric: 'flash: read-back verify (sha256 per range)', value: `${r.verifyMs.toFixed(0)} ms` },
+  ];
+}
+
+await prepareDebianDelta().catch((e) => process.stderr.write(`bench: delta inputs: ${(e as Error).message}\n`));
+
 const rows: Row[] = [
   ...(await part('build', 'build.ts', 'benchBuild')),
   ...(await part('boot', 'boot.ts', 'benchBoot')),
-  ...(await part('flash', 'flash.ts', 'benchFlash')),
+  ...(await flashRows()),
   ...(await part('delta', 'delta.ts', 'benchDeltaRows')),
 ];
 process.stdout.write(table(rows) + '\n');
