@@ -10,10 +10,10 @@ import { sha256File } from './digest.js';
 import { StackbootError, wrap } from './errors.js';
 import type { ProgressSink } from './progress.js';
 import { RateMeter } from './progress.js';
-import { checkSquashfs, gensquashfsDir, tar2sqfs, tarDirToSquashfs, type SquashOptions } from './squashfs.js';
+import { checkSquashfs, gensquashfsDir, gensquashfsPack, tar2sqfs, tarDirToSquashfs, treeHasXattrs, type SquashOptions } from './squashfs.js';
 import { TarWriter } from './tarfile.js';
 import { emitTar, planTar } from './sources/tar.js';
-import { scanDir } from './sources/dir.js';
+import { packFile, scanDir } from './sources/dir.js';
 
 export const BUILDER_VERSION = 'stackboot-layer-1';
 
@@ -179,8 +179,14 @@ export async function buildDirLayer(ctx: LayerContext, spec: DirLayerSpec): Prom
           ctx.progress({ task: `compress ${spec.name}`, done: 0, note: 'system.* xattrs dropped (squashfs cannot hold them)' });
         }
       }
-      // gensquashfs 1.2 turns hard links into copies and cannot place a tree under a
-      // prefix: pack through GNU tar | tar2sqfs instead.
+      // gensquashfs -D turns hard links into copies and cannot place a tree under a
+      // prefix: a pack file from the walk keeps both, as fast, when the tree has no xattrs
+      // (gensquashfs 1.2 ignores xattrs with -F); else GNU tar | tar2sqfs keeps everything.
+      const pack = packFile(scan, spec.dir, { into: spec.into, owner: spec.owner });
+      if (pack && !(await treeHasXattrs(spec.dir))) {
+        await gensquashfsPack(tmp, pack, ctx.squash);
+        return 'gensquashfs';
+      }
       await tarDirToSquashfs(tmp, spec.dir, { ...ctx.squash, owner: spec.owner, into: spec.into });
       return 'tar2sqfs';
     } finally {

@@ -95,3 +95,21 @@ export async function tarDirToSquashfs(out: string, dir: string, o: SquashOption
   const script = 'set -o pipefail; n=$1; shift; tar "${@:1:$n}" | tar2sqfs "${@:$((n+1))}"';
   await run('bash', ['-c', script, 'stackboot', String(tarArgs.length), ...tarArgs, ...sqfsArgs], { env: env(o) });
 }
+
+/** Builds `out` from a gensquashfs pack file (owners, modes, hard links, devices; no xattrs). */
+export async function gensquashfsPack(out: string, pack: string, o: SquashOptions): Promise<void> {
+  const packPath = `${out}.pack`;
+  await fs.writeFile(packPath, pack);
+  try {
+    await run('gensquashfs', [...compArgs(o), '-F', packPath, '-d', `mode=0755,uid=0,gid=0,mtime=${o.epoch}`, '-f', '-q', out], { env: env(o) });
+  } finally {
+    await fs.rm(packPath, { force: true });
+  }
+}
+
+/** True when any entry of the tree has an xattr that squashfs can store (getfattr, from attr). */
+export async function treeHasXattrs(dir: string): Promise<boolean> {
+  const r = await run('getfattr', ['-R', '-P', '-d', '-m', '^(user|trusted|security)\\.', '--absolute-names', dir], { reject: false }).catch(() => null);
+  if (!r) return true; // no getfattr: assume there are
+  return /^# file: /m.test(r.stdout);
+}

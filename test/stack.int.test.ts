@@ -279,3 +279,32 @@ describe('build: run sources see the host resolv.conf, and it does not end up in
     await expect(fs.lstat(path.join(d, 'mnt/l2/etc/resolv.conf'))).rejects.toThrow(/ENOENT/);
   });
 });
+
+describe('build: trees with hard links and no xattrs go through a gensquashfs pack file', () => {
+  it('keeps hard links, owners and modes, and can place the tree under a prefix', async () => {
+    const d = await tmpdir('sb-pack-');
+    await fs.mkdir(path.join(d, 't/bin'), { recursive: true });
+    await fs.writeFile(path.join(d, 't/bin/perl'), 'perl\n');
+    await fs.chmod(path.join(d, 't/bin/perl'), 0o755);
+    await fs.link(path.join(d, 't/bin/perl'), path.join(d, 't/bin/perl5.36'));
+    await fs.writeFile(path.join(d, 't/bin/with space'), 'x');
+    await fs.chown(path.join(d, 't/bin/with space'), 7, 8);
+    await fs.symlink('perl', path.join(d, 't/bin/p'));
+    const recipe = await recipeFile(d, [
+      { name: 'plain', source: { type: 'dir', path: 't' } },
+      { name: 'under', source: { type: 'dir', path: 't', into: 'opt/x' }, owner: 'root' },
+    ]);
+    const r = await build(recipe, path.join(d, 'out'), null);
+    expect(r.layers.map((l) => l.builder)).toEqual(['gensquashfs', 'gensquashfs']);
+    const m = await mountStack(r, path.join(d, 'mnt'));
+    const a = await fs.stat(path.join(d, 'mnt/l0/bin/perl'));
+    const b = await fs.stat(path.join(d, 'mnt/l0/bin/perl5.36'));
+    expect([a.ino === b.ino, a.nlink, a.mode & 0o777]).toEqual([true, 2, 0o755]);
+    const sp = await fs.stat(path.join(m, 'bin/with space'));
+    expect([sp.uid, sp.gid]).toEqual([7, 8]);
+    expect(await fs.readlink(path.join(m, 'bin/p'))).toBe('perl');
+    const u = await fs.stat(path.join(m, 'opt/x/bin/with space'));
+    expect([u.uid, u.gid]).toEqual([0, 0]);
+    expect((await fs.stat(path.join(d, 'mnt/l1/opt/x/bin/perl5.36'))).nlink).toBe(2);
+  });
+});
