@@ -10,7 +10,6 @@ import { gunzipSync } from 'node:zlib';
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { writeCpio } from '../src/cpio.js';
-import { DEFAULT_MODULES } from '../src/initramfs.js';
 import { buildStack } from '../src/stack.js';
 import { parseRecipe } from '../src/recipe.js';
 import { bootOnce } from '../test/e2e/qemu.js';
@@ -56,10 +55,15 @@ export async function benchBoot(runs = 3): Promise<Row[]> {
   // the hand-written minimal init: same busybox and modules (the stackboot initrd,
   // uncompressed, with its /init replaced by an appended cpio), mounting the same two layers by hand
   const [l0, l1] = stack.manifest.layers.map((l) => `${l.digest}.sqfs`);
+  // the same modules, in the same order, as the stackboot /init loads
+  const sbCpio = gunzipSync(await fs.readFile(sbInitrd)).toString('latin1');
+  const modLine = /^sb_load_modules (.*)$/m.exec(sbCpio);
+  if (!modLine) throw new Error('cannot find the module list in the stackboot /init');
+  const modules = modLine[1].replace(/'/g, '').trim();
   const minInit = `#!/bin/sh
 mount -t proc proc /proc; mount -t sysfs sysfs /sys; mount -t devtmpfs devtmpfs /dev; mount -t tmpfs tmpfs /run
 echo "<6>MIN: start" >/dev/kmsg
-for m in ${DEFAULT_MODULES.join(' ')}; do modprobe $m 2>/dev/null; done
+for m in ${modules}; do modprobe $m 2>/dev/null; done
 i=0; while [ ! -b /dev/vda1 ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
 mkdir -p /run/s /run/l0 /run/l1 /run/up /root
 mount -o ro /dev/vda1 /run/s
