@@ -136,8 +136,11 @@ async function fixExt4Times(file: string, dir: string, epoch: number): Promise<v
 }
 
 export async function makeVfat(file: string, size: number, c: { dir: string; label: string; volid: string; epoch: number }): Promise<void> {
+  await clampTimes(c.dir, c.epoch);
   await fs.rm(file, { force: true });
-  await run('mkfs.vfat', ['-C', '-F', '32', '-n', c.label.toUpperCase().slice(0, 11), '-i', c.volid, file, String(Math.floor(size / 1024))], { env: { SOURCE_DATE_EPOCH: String(c.epoch) } });
+  // --invariant: no time-based values (the volume label entry's time); mcopy -m keeps the
+  // clamped times of the files and folders copied in
+  await run('mkfs.vfat', ['--invariant', '-C', '-F', '32', '-n', c.label.toUpperCase().slice(0, 11), '-i', c.volid, file, String(Math.floor(size / 1024))], { env: { SOURCE_DATE_EPOCH: String(c.epoch) } });
   const entries = await fs.readdir(c.dir);
   if (entries.length) {
     await run('mcopy', ['-s', '-p', '-m', '-i', file, ...entries.map((e) => path.join(c.dir, e)), '::/'], { env: { SOURCE_DATE_EPOCH: String(c.epoch), MTOOLS_SKIP_CHECK: '1' } });

@@ -41,11 +41,12 @@ describe('stackboot image', () => {
     const ra = await buildImage({ buildDir, out: a, layout: 'sd', cacheRoot: CACHE, append: 'console=ttyS0' });
     const rb = await buildImage({ buildDir, out: b, layout: 'sd', cacheRoot: CACHE, append: 'console=ttyS0' });
     expect(rb.partitions).toEqual(ra.partitions);
-    // the ext4 partitions (store, data) are byte-identical; the vfat boot partition is not
-    // yet (mtools stamps the directories it creates with the current time)
+    // byte-identical: every partition, and the whole image
     const partHash = async (img: string, p: { start: number; size: number }) =>
       (await run('sh', ['-c', `dd if=${img} bs=1M skip=${p.start / 1048576} count=${p.size / 1048576} status=none | sha256sum`])).stdout.split(' ')[0];
-    for (const i of [1, 2]) expect(await partHash(b, rb.partitions[i])).toBe(await partHash(a, ra.partitions[i]));
+    for (const i of [0, 1, 2]) expect(await partHash(b, rb.partitions[i]), `partition ${i + 1}`).toBe(await partHash(a, ra.partitions[i]));
+    const whole = async (img: string) => (await run('sha256sum', [img])).stdout.split(' ')[0];
+    expect(await whole(b)).toBe(await whole(a));
     expect(rb.storeId).toBe(ra.storeId);
     expect((await run('sfdisk', ['--dump', a])).stdout).toBe((await run('sfdisk', ['--dump', b])).stdout.replaceAll(b, a));
     const st = await stat(a);
