@@ -1,15 +1,15 @@
 /**
  * The boot protocol on aarch64 (`qemu-system-aarch64 -M virt -cpu cortex-a57`, TCG):
- * the same standalone initrd and demo stacks built for arm64, scenarios 1, 2, 3, 4 and 6
- * of issue 3 (the amd64 file, boot.test.ts, has them all). Fewer boots per scenario than
+ * the same standalone initrd and demo stacks built for arm64, scenarios 1-6 and 8 of
+ * issue 3 (7, the power cuts, is powercut.test.ts, for both arches). Fewer boots per scenario than
  * on amd64: a TCG arm64 boot is slower.
  */
 import { describe, it, expect, beforeAll, afterAll, afterEach } from 'vitest';
 import { rm } from 'node:fs/promises';
 import path from 'node:path';
 import { demoStack, storeDisk, initrd, target, scratch } from './fixtures.js';
-import { useVmCleanup, type Disk } from './qemu.js';
-import { bootDemo, readStore, corruptLayer, copyImage, writeStoreFile, tailOf, type DemoBoot } from './inspect.js';
+import { useVmCleanup, Vm, type Disk } from './qemu.js';
+import { bootDemo, readStore, corruptLayer, copyImage, writeStoreFile, tailOf, upperFiles, readData, type DemoBoot } from './inspect.js';
 import type { BuildResult } from '../../src/stack.js';
 import type { Target } from '../../src/target.js';
 import { serializeState } from '../../src/state.js';
@@ -170,6 +170,65 @@ describe('boot protocol on arm64 (QEMU virt, cortex-a57)', () => {
       expect(b.output, tailOf(b, 'no duplicate warning')).toMatch(/store-id [0-9a-f]{32} is on both \/dev\/nvme0n1p1 and \/dev\/mmcblk0p1/);
       expect((await readStore(n)).events.map((e) => e.event)).toEqual(['boot']);
       expect((await readStore(c)).events).toEqual([]);
+    });
+  });
+
+  it('5: UPPER=disk: the upper of a failed update is wiped, files under PERSIST survive on the data partition', async () => {
+    const img = path.join(dir, 's5.img');
+    await storeDisk({ file: img, slots: { a: { buildDir: demo.outDir, status: 'good' }, b: { buildDir: upd.outDir, status: 'pending', tries: 1 } } });
+    const ird = await rd({ STORES: 'vda', UPPER: 'disk', PERSIST: '/var/lib/demo' });
+
+    const b1 = await boot(ird, virtio(img), 'demo.nohealth demo.write=/upper-marker demo.write=/var/lib/demo/keep');
+    ran(b1, '2', 'b');
+    expect(b1.booted.upper).toBe('disk');
+    expect(b1.output, tailOf(b1, 'writes failed')).toMatch(/^DEMO: wrote \/upper-marker$/m);
+    expect(b1.output).toMatch(/^DEMO: wrote \/var\/lib\/demo\/keep$/m);
+    expect(b1.output).toMatch(/persistent \/var\/lib\/demo bound from the data partition/);
+    // the upper lives on the store, the persistent file on the data partition
+    expect(await upperFiles(img, upd.stackId)).toContain('upper-marker');
+    expect(await upperFiles(img, upd.stackId)).not.toContain('var/lib/demo/keep');
+    expect(await readData(img, '/var/lib/demo/keep')).toBe('written by 2\n');
+
+    // the update never marked itself good and has no tries left: the old stack boots
+    const b2 = await boot(ird, virtio(img));
+    ran(b2, '1', 'a');
+    expect(b2.output, tailOf(b2, 'upper not fresh')).toMatch(/^DEMO: upper is fresh$/m);
+    expect(b2.output).not.toMatch(/upper still holds/);
+    const s = await readStore(img);
+    expect(s.state?.slots.b?.status).toBe('bad');
+    expect(await upperFiles(img, upd.stackId), 'the failed stack upper was not wiped').not.toContain('upper-marker');
+    expect(s.events.some((e) => e.event === 'wipe' && e.slot === 'b'), s.eventsText).toBe(true);
+    expect(await readData(img, '/var/lib/demo/keep')).toBe('written by 2\n');
+  });
+
+  describe('8: every candidate bad', () => {
+    it('ON_FAIL=reboot: says every candidate failed, records allfailed, reboots', async () => {
+      const img = path.join(dir, 's8a.img');
+      await storeDisk({ file: img, skipLayers: [appLayer(upd)], slots: { a: { buildDir: upd.outDir, status: 'good' }, b: { buildDir: broken.outDir, status: 'bad' } } });
+      const b = await boot(await rd({ STORES: 'vda', ON_FAIL: 'reboot', ON_FAIL_DELAY: '1' }), virtio(img));
+      expect(b.version).toBeUndefined();
+      expect(b.output, tailOf(b, 'no all-failed line')).toMatch(/stackboot: .*every candidate failed/);
+      expect(b.output).toMatch(/ON_FAIL=reboot: rebooting in 1s/);
+      expect(b.how, tailOf(b, `VM ended by ${b.how}`)).toBe('reboot');
+      const s = await readStore(img);
+      expect(s.events.map((e) => e.event)).toEqual(['fail', 'allfailed']);
+      expect(s.state?.slots.a?.status).toBe('bad');
+      expect(s.state?.current).toBeNull();
+    });
+
+    it('ON_FAIL=shell: a shell prompt on the console that runs commands', async () => {
+      const img = path.join(dir, 's8b.img');
+      await storeDisk({ file: img, skipLayers: [appLayer(upd)], slots: { a: { buildDir: upd.outDir, status: 'good' } } });
+      const vm = Vm.start({ target: T, initrd: await rd({ STORES: 'vda', ON_FAIL: 'shell' }), disks: virtio(img), append: 'quiet', timeoutMs: 180_000, name: 'arm64' });
+      await vm.waitFor(/every candidate failed/, 120_000);
+      await vm.waitFor(/ON_FAIL=shell: starting an emergency shell/, 30_000);
+      // the prompt has no newline: look at the unfinished line
+      await vm.waitFor(/[#$] $/, { timeoutMs: 30_000, partial: true });
+      const from = vm.mark();
+      vm.send('echo SHELL-$((40+2))-OK\n');
+      await vm.waitFor(/^SHELL-42-OK$/m, { timeoutMs: 30_000, from });
+      vm.kill();
+      await vm.waitExit(10_000);
     });
   });
 });

@@ -25,6 +25,7 @@ import { rm } from 'node:fs/promises';
 import path from 'node:path';
 import { demoStack, storeDisk, initrd, target, scratch } from './fixtures.js';
 import { useVmCleanup } from './qemu.js';
+import type { Arch } from '../../src/target.js';
 import { calibrate, killInstants, powercutTrials, summarize, type PowercutSetup } from './inspect.js';
 
 useVmCleanup(afterEach);
@@ -34,31 +35,37 @@ const SEED = Number(process.env.SB_POWERCUT_SEED ?? 20261122);
 // two QEMUs at a time (one vCPU each) keep the run near 2 minutes on a 2-core machine
 const JOBS = Number(process.env.SB_POWERCUT_JOBS ?? 2);
 
-let setup: PowercutSetup;
-let failed = true;
+// amd64 gets the full count; arm64 (the users' nodes) a shorter run of the same trials
+const RUNS: { arch: Arch; trials: number }[] = [
+  { arch: 'amd64', trials: TRIALS },
+  { arch: 'arm64', trials: Number(process.env.SB_POWERCUT_TRIALS_ARM64 ?? Math.max(1, Math.round(TRIALS / 2))) },
+];
 
-beforeAll(async () => {
-  const [T, demo, upd] = await Promise.all([target('amd64'), demoStack('demo'), demoStack('demo-update')]);
-  const work = await scratch('powercut');
-  const base = path.join(work, 'base.img');
-  await storeDisk({ file: base, slots: { a: { buildDir: demo.outDir, status: 'good' }, b: { buildDir: upd.outDir, status: 'pending', tries: 1 } } });
-  const ird = await initrd(path.join(work, 'initrd.img'), { STORES: 'vda', DEVICE_TIMEOUT: '5' });
-  setup = { target: T, initrd: ird, base, tries: 1, good: demo.stackId, pending: upd.stackId, append: 'quiet', work };
-});
+describe.each(RUNS)('power cuts during the boot of a pending stack ($arch)', ({ arch, trials }) => {
+  let setup: PowercutSetup;
+  let failed = true;
 
-// failing trials keep their image and consoles (in setup.work); a clean run leaves nothing
-afterAll(async () => {
-  if (setup && !failed && !process.env.SB_KEEP_E2E) await rm(setup.work, { recursive: true, force: true });
-});
+  beforeAll(async () => {
+    const [T, demo, upd] = await Promise.all([target(arch), demoStack('demo', arch), demoStack('demo-update', arch)]);
+    const work = await scratch(`powercut-${arch}`);
+    const base = path.join(work, 'base.img');
+    await storeDisk({ file: base, slots: { a: { buildDir: demo.outDir, status: 'good' }, b: { buildDir: upd.outDir, status: 'pending', tries: 1 } } });
+    const ird = await initrd(path.join(work, 'initrd.img'), { STORES: 'vda', DEVICE_TIMEOUT: '5' }, arch);
+    setup = { target: T, initrd: ird, base, tries: 1, good: demo.stackId, pending: upd.stackId, append: 'quiet', work };
+  });
 
-describe('power cuts during the boot of a pending stack (amd64)', () => {
-  it(`${TRIALS} random cuts: the state always parses and the next boot runs what the protocol allows`, async () => {
+  // failing trials keep their image and consoles (in setup.work); a clean run leaves nothing
+  afterAll(async () => {
+    if (setup && !failed && !process.env.SB_KEEP_E2E) await rm(setup.work, { recursive: true, force: true });
+  });
+
+  it(`${trials} random cuts: the state always parses and the next boot runs what the protocol allows`, async () => {
     const cal = await calibrate(setup, JOBS);
     expect(cal.trying).toBeGreaterThan(cal.storeFound - 1);
-    const instants = killInstants(cal, TRIALS, SEED);
+    const instants = killInstants(cal, trials, SEED);
     const results = await powercutTrials(setup, instants, JOBS);
     const table = summarize(results);
-    console.log(`calibration: ${JSON.stringify(cal)}\n${table}`);
+    console.log(`${arch} calibration: ${JSON.stringify(cal)}\n${table}`);
     const bad = results.filter((r) => r.problems.length);
     expect(bad.map((r) => `trial ${r.trial} (kill at ${r.killMs} ms, ${r.phase}): ${r.problems.join('; ')}`), table).toEqual([]);
     // the cuts did land among the writes: some after the try was persisted
