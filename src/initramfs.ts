@@ -703,13 +703,19 @@ async function checkedModules(opts: InitramfsOptions): Promise<{ modules: string
 
 const SHARE_DIR = '/usr/share/stackboot';
 
-/** initramfs-tools: hooks/stackboot, scripts/stackboot, conf-hooks.d/stackboot, the core and boot.conf, INSTALL. */
-export async function buildInitramfsTools(opts: InitramfsOptions): Promise<InitramfsResult> {
+/** What the hook flavors share: the validated config, the checked modules, the core. */
+async function hookInputs(opts: InitramfsOptions) {
   const hostBusybox = opts.hostBusybox ?? 'busybox';
   const templatesDir = opts.templatesDir ?? TEMPLATES_DIR;
   const cfg = validateBootConfig(opts.config ?? defaultBootConfig());
   const mods = await checkedModules(opts);
   const core = await readCore(opts.coreDir ?? CORE_DIR, hostBusybox);
+  return { hostBusybox, templatesDir, cfg, mods, core };
+}
+
+/** initramfs-tools: hooks/stackboot, scripts/stackboot, conf-hooks.d/stackboot, the core and boot.conf, INSTALL. */
+export async function buildInitramfsTools(opts: InitramfsOptions): Promise<InitramfsResult> {
+  const { hostBusybox, templatesDir, cfg, mods, core } = await hookInputs(opts);
   const ctx = {
     sbLib: SB_LIB,
     bootConf: BOOT_CONF,
@@ -733,11 +739,7 @@ export async function buildInitramfsTools(opts: InitramfsOptions): Promise<Initr
 
 /** dracut: modules.d/90stackboot/ (module-setup.sh, the hooks, the core, boot.conf), dracut.conf.d/stackboot.conf, INSTALL. */
 export async function buildDracut(opts: InitramfsOptions): Promise<InitramfsResult> {
-  const hostBusybox = opts.hostBusybox ?? 'busybox';
-  const templatesDir = opts.templatesDir ?? TEMPLATES_DIR;
-  const cfg = validateBootConfig(opts.config ?? defaultBootConfig());
-  const mods = await checkedModules(opts);
-  const core = await readCore(opts.coreDir ?? CORE_DIR, hostBusybox);
+  const { hostBusybox, templatesDir, cfg, mods, core } = await hookInputs(opts);
   const ctx = {
     sbLib: SB_LIB,
     bootConf: BOOT_CONF,
