@@ -121,7 +121,16 @@ export interface WalkOptions {
  */
 export async function walkTar(file: string, opts: WalkOptions): Promise<number> {
   const { stream, done } = await openTar(file);
-  return walkTarStream(stream, opts, file, done);
+  try {
+    return await walkTarStream(stream, opts, file, done);
+  } catch (e) {
+    // a decompressor that failed explains more than the tar parser that starved
+    const decompressor = await done.then(
+      () => null,
+      (d: unknown) => d,
+    );
+    throw decompressor ?? e;
+  }
 }
 
 /**

@@ -308,3 +308,25 @@ describe('build: trees with hard links and no xattrs go through a gensquashfs pa
     expect((await fs.stat(path.join(d, 'mnt/l1/opt/x/bin/perl5.36'))).nlink).toBe(2);
   });
 });
+
+describe('build: tar sources in every compression', () => {
+  it.each(['plain', 'gz', 'xz', 'zst'])('reads a %s tar', async (kind) => {
+    const d = await tmpdir(`sb-tar-${kind}-`);
+    await writeTar(path.join(d, 'l.tar'), [{ path: 'etc/motd', data: `hello ${kind}\n` }]);
+    let file = 'l.tar';
+    if (kind === 'gz') await run('gzip', ['-k', path.join(d, 'l.tar')]), (file = 'l.tar.gz');
+    if (kind === 'xz') await run('xz', ['-k', path.join(d, 'l.tar')]), (file = 'l.tar.xz');
+    if (kind === 'zst') await run('zstd', ['-q', path.join(d, 'l.tar')]), (file = 'l.tar.zst');
+    const recipe = await recipeFile(d, [{ name: 'l', source: { type: 'tar', path: file } }]);
+    const r = await build(recipe, path.join(d, 'out'), null);
+    const m = await mountStack(r, path.join(d, 'mnt'));
+    expect(await fs.readFile(path.join(m, 'etc/motd'), 'utf8')).toBe(`hello ${kind}\n`);
+  });
+
+  it('says so when a compressed tar is corrupt', async () => {
+    const d = await tmpdir('sb-tar-bad-');
+    await fs.writeFile(path.join(d, 'l.tar.xz'), Buffer.concat([Buffer.from([0xfd, 0x37, 0x7a, 0x58, 0x5a, 0x00]), Buffer.alloc(100, 7)]));
+    const recipe = await recipeFile(d, [{ name: 'l', source: { type: 'tar', path: 'l.tar.xz' } }]);
+    await expect(build(recipe, path.join(d, 'out'), null)).rejects.toThrow(/xz could not decompress|invalid tar/);
+  });
+});
