@@ -8,12 +8,8 @@
  * install-powercut.ts for the checks and the QEMU cache mode. Soak: scripts/soak-install.ts.
  */
 import { describe, it, expect, beforeAll, afterEach } from 'vitest';
-import path from 'node:path';
-import { baseLayers, writeBundleFile } from '../../src/bundle.js';
-import type { BuildResult } from '../../src/stack.js';
-import { initrd, scratch, storeDisk, target } from './fixtures.js';
-import { nodeStack } from './node-fixtures.js';
-import { calibrateInstall, cutInstants, runCuts, summarizeCuts, type InstallCutSetup } from './install-powercut.js';
+import { scratch } from './fixtures.js';
+import { calibrateInstall, cutInstants, makeInstallSetup, runCuts, summarizeCuts, type InstallCutSetup } from './install-powercut.js';
 import { useVmCleanup } from './qemu.js';
 
 useVmCleanup(afterEach);
@@ -23,25 +19,10 @@ const SEED = Number(process.env.SB_INSTALL_SEED ?? 20261122);
 // two VMs at a time: a trial is ~25 s of boot (Node.js starting under TCG) for a ~2 s install
 const JOBS = Number(process.env.SB_INSTALL_JOBS ?? 2);
 let setup: InstallCutSetup;
-let v1: BuildResult, big: BuildResult;
 
 beforeAll(async () => {
   const dir = await scratch('install-powercut');
-  [v1, big] = await Promise.all([nodeStack('recipe'), nodeStack('big')]);
-  const base = path.join(dir, 'base.img');
-  await storeDisk({ file: base, slots: { a: { buildDir: v1.outDir, status: 'good' } }, storeMiB: 256 });
-  const bundle = path.join(dir, 'big.stackbundle');
-  await writeBundleFile({ buildDir: big.outDir, file: bundle, baseDigests: (await baseLayers(v1.outDir)).digests });
-  setup = {
-    target: await target('amd64'),
-    initrd: await initrd(path.join(dir, 'initrd.img'), { STORES: 'vda', DEVICE_TIMEOUT: '5', TRIES: '3' }),
-    base,
-    bundle,
-    v1: v1.stackId,
-    next: big.stackId,
-    tries: 3,
-    work: dir,
-  };
+  setup = await makeInstallSetup(dir);
 });
 
 describe('power cuts during stackboot install (QEMU)', () => {

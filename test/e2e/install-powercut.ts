@@ -31,7 +31,9 @@ import { parseManifest, stackId } from '../../src/manifest.js';
 import { candidates, parseState } from '../../src/state.js';
 import type { Target } from '../../src/target.js';
 import { copyImage, prng } from './inspect.js';
-import { withStoreMounted } from './node-fixtures.js';
+import { nodeStack, withStoreMounted } from './node-fixtures.js';
+import { baseLayers, writeBundleFile } from '../../src/bundle.js';
+import { initrd, storeDisk, target } from './fixtures.js';
 import { Vm } from './qemu.js';
 
 export interface InstallCutSetup {
@@ -46,6 +48,28 @@ export interface InstallCutSetup {
   next: string;
   tries: number;
   work: string;
+}
+
+/**
+ * The trial setup shared by the test and the soak script: a store with the demo-node stack
+ * good in slot a, and a delta bundle of the bigger stack to install (in `dir`).
+ */
+export async function makeInstallSetup(dir: string): Promise<InstallCutSetup> {
+  const [v1, big] = await Promise.all([nodeStack('recipe'), nodeStack('big')]);
+  const base = path.join(dir, 'base.img');
+  await storeDisk({ file: base, slots: { a: { buildDir: v1.outDir, status: 'good' } }, storeMiB: 256 });
+  const bundle = path.join(dir, 'big.stackbundle');
+  await writeBundleFile({ buildDir: big.outDir, file: bundle, baseDigests: (await baseLayers(v1.outDir)).digests });
+  return {
+    target: await target('amd64'),
+    initrd: await initrd(path.join(dir, 'initrd.img'), { STORES: 'vda', DEVICE_TIMEOUT: '5', TRIES: '3' }),
+    base,
+    bundle,
+    v1: v1.stackId,
+    next: big.stackId,
+    tries: 3,
+    work: dir,
+  };
 }
 
 export interface InstallCalibration {
