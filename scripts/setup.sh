@@ -222,7 +222,13 @@ done
 if [ -f package-lock.json ]; then
   if [ ! -d node_modules ] || [ node_modules -ot package-lock.json ]; then
     log "npm ci"
-    CI=true npm ci --no-audit --no-fund --loglevel=error </dev/null
+    if ! CI=true npm ci --no-audit --no-fund --loglevel=error </dev/null; then
+      # The lock names packages this registry cannot serve (a mirror that lags the public
+      # registry, as rollup's platform packages did once). Resolve again rather than fail
+      # the whole set-up; the log above says which packages.
+      log "npm ci failed; falling back to npm install (package-lock.json may be refreshed)"
+      CI=true npm install --no-audit --no-fund --loglevel=error </dev/null
+    fi
     touch node_modules
   fi
 elif [ ! -d node_modules ] || [ node_modules -ot package.json ]; then
