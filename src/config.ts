@@ -13,8 +13,8 @@ import { promises as fs } from 'node:fs';
 import { StackbootError } from './errors.js';
 import { BOOT_CONFIG_KEYS, makeBootConfig, parseBootConfigText, type BootConfig, type BootConfigKey } from './initramfs.js';
 
-export const NODE_CONFIG = '/etc/stackboot/config';
-export const DEFAULT_KEYS_DIR = '/etc/stackboot/keys';
+import { DEFAULT_KEYS_DIR, NODE_CONFIG } from './paths.js';
+export { DEFAULT_KEYS_DIR, NODE_CONFIG };
 
 export interface NodeOnly {
   KEYS_DIR: string;

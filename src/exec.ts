@@ -19,6 +19,8 @@ export interface RunOptions {
   reject?: boolean;
   /** Return stdout as a Buffer instead of a string. */
   binary?: boolean;
+  /** Kills the tool when aborted (the call then fails). */
+  signal?: AbortSignal;
 }
 
 export interface RunResult {
@@ -42,6 +44,7 @@ export async function run(cmd: string, args: readonly string[], opts: RunOptions
       input: opts.input,
       inputFile: opts.inputFile,
       timeout: opts.timeout,
+      cancelSignal: opts.signal,
       reject: false,
       encoding: opts.binary ? 'buffer' : 'utf8',
       stripFinalNewline: false,

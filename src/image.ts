@@ -23,20 +23,11 @@ import type { ProgressSink } from './progress.js';
 import { DATA_LABEL, STORE_LABEL, stageStore } from './store.js';
 import { loadTarget, type Arch } from './target.js';
 import { writeBmapFor, type Bmap } from './bmap.js';
+import { IMAGE_LAYOUTS, LAYOUT_DEFAULTS, type ImageLayout } from './layout.js';
 
-export type ImageLayout = 'sd' | 'nvme' | 'custom';
-export const IMAGE_LAYOUTS: readonly ImageLayout[] = ['sd', 'nvme', 'custom'];
+export { IMAGE_LAYOUTS, LAYOUT_DEFAULTS, type ImageLayout };
+
 export const BOOT_LABEL = 'sb-boot';
-
-/** Sizes per layout (MiB). `store: 0` means: fit the stack with room for an update. */
-export const LAYOUT_DEFAULTS: Record<ImageLayout, { bootMiB: number; storeMiB: number; dataMiB: number; pow2: boolean }> = {
-  // SD: small, and the whole image rounded up to a power of two (SD cards are, and QEMU's
-  // sd-card model insists); the data partition takes the rounding.
-  sd: { bootMiB: 64, storeMiB: 0, dataMiB: 64, pow2: true },
-  // NVMe: a roomier boot partition (several kernels on Jetson) and store.
-  nvme: { bootMiB: 256, storeMiB: 0, dataMiB: 256, pow2: false },
-  custom: { bootMiB: 64, storeMiB: 0, dataMiB: 64, pow2: false },
-};
 
 /** Optional `image.json` beside a recipe: layout and sizes for `stackboot image --recipe`. */
 export interface ImageSpec {

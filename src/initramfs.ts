@@ -22,6 +22,7 @@ import { writeCpio, sourceDateEpoch, type CpioEntry } from './cpio.js';
 import { loadModuleIndex, resolveModules, renderModulesDep, moduleNameFromPath, normalizeModuleName, type ModuleIndex, type ModuleInfo } from './kernel.js';
 import { archFromNode, isArch, loadTarget, type Arch } from './target.js';
 import { noProgress, type ProgressSink } from './progress.js';
+import { FLAVORS, type Compression, type Flavor } from './flavor.js';
 
 // ---------------------------------------------------------------------------------------
 // Boot config
@@ -357,9 +358,7 @@ const ITOOLS_COPY_EXEC = ['blkid', 'losetup'];
 // ---------------------------------------------------------------------------------------
 // Building
 
-export type Flavor = 'standalone' | 'initramfs-tools' | 'dracut';
-export const FLAVORS: readonly Flavor[] = ['standalone', 'initramfs-tools', 'dracut'];
-export type Compression = 'gzip' | 'zstd';
+export { FLAVORS, type Flavor, type Compression };
 
 export interface InitramfsOptions {
   flavor: Flavor;

@@ -11,9 +11,7 @@ import { StackbootError, wrap } from './errors.js';
 import type { ProgressSink } from './progress.js';
 import { RateMeter } from './progress.js';
 import { checkSquashfs, gensquashfsDir, gensquashfsPack, tar2sqfs, tarDirToSquashfs, treeHasXattrs, type SquashOptions } from './squashfs.js';
-import { TarWriter } from './tarfile.js';
-import { emitTar, planTar } from './sources/tar.js';
-import { packFile, scanDir } from './sources/dir.js';
+import { packFile, scanDir, type DirScan } from './sources/dir.js';
 
 export const BUILDER_VERSION = 'stackboot-layer-1';
 
@@ -23,8 +21,8 @@ export interface LayerContext {
   /** cache folder, or null for no cache */
   cacheDir: string | null;
   squash: SquashOptions;
-  /** squashfs-tools-ng version (part of the key) */
-  toolVersion: string;
+  /** squashfs-tools-ng version (part of the key; a promise, so it is asked while a source is walked) */
+  toolVersion: string | Promise<string>;
   progress: ProgressSink;
 }
 
@@ -86,13 +84,13 @@ async function cacheStore(ctx: LayerContext, key: string, digest: string, file: 
  * The shared frame of every layer build: cache, temp file, digest, final rename.
  * `make` writes a squashfs to the temp path and says which builder it used.
  */
-function fullKey(ctx: LayerContext, keyParts: Record<string, unknown>): string {
-  return layerKey({ v: BUILDER_VERSION, tool: ctx.toolVersion, squash: { ...ctx.squash, jobs: undefined }, ...keyParts });
+async function fullKey(ctx: LayerContext, keyParts: Record<string, unknown>): Promise<string> {
+  return layerKey({ v: BUILDER_VERSION, tool: await ctx.toolVersion, squash: { ...ctx.squash, jobs: undefined }, ...keyParts });
 }
 
 /** The cached layer for these inputs, placed in the output folder; null on a miss. */
 export async function cachedLayer(ctx: LayerContext, name: string, keyParts: Record<string, unknown>): Promise<BuiltLayer | null> {
-  const key = fullKey(ctx, keyParts);
+  const key = await fullKey(ctx, keyParts);
   const layersDir = path.join(ctx.outDir, 'layers');
   await fs.mkdir(layersDir, { recursive: true });
   const hit = await cacheLookup(ctx, key);
@@ -106,7 +104,7 @@ export async function cachedLayer(ctx: LayerContext, name: string, keyParts: Rec
 
 /** Files an already built layer under another key (e.g. a run source's command). */
 export async function rememberLayer(ctx: LayerContext, keyParts: Record<string, unknown>, layer: BuiltLayer): Promise<void> {
-  await cacheStore(ctx, fullKey(ctx, keyParts), layer.digest, layer.file);
+  await cacheStore(ctx, await fullKey(ctx, keyParts), layer.digest, layer.file);
 }
 
 export async function produceLayer(
@@ -115,7 +113,7 @@ export async function produceLayer(
   keyParts: Record<string, unknown>,
   make: (tmpFile: string) => Promise<'gensquashfs' | 'tar2sqfs'>,
 ): Promise<BuiltLayer> {
-  const key = fullKey(ctx, keyParts);
+  const key = await fullKey(ctx, keyParts);
   const layersDir = path.join(ctx.outDir, 'layers');
   await fs.mkdir(layersDir, { recursive: true });
   const hit = await cacheLookup(ctx, key);
@@ -164,7 +162,31 @@ export interface DirLayerSpec {
 }
 
 export async function buildDirLayer(ctx: LayerContext, spec: DirLayerSpec): Promise<BuiltLayer> {
-  const scan = await scanDir(spec.dir, { devices: spec.devices });
+  // getfattr (another process, so another core) runs while this process walks the tree;
+  // only the pack-file path needs its answer, so it is stopped as soon as it is not needed
+  const stop = new AbortController();
+  let xattrs: Promise<boolean> | undefined = treeHasXattrs(spec.dir, stop.signal);
+  xattrs.catch(() => {});
+  const hasXattrs = () => (xattrs ??= treeHasXattrs(spec.dir));
+  let scan: DirScan;
+  try {
+    scan = await scanDir(spec.dir, { devices: spec.devices });
+  } catch (e) {
+    stop.abort();
+    throw e;
+  }
+  if (scan.hardlinks === 0 && !spec.into) {
+    stop.abort();
+    xattrs = undefined;
+  }
+  try {
+    return await dirLayer(ctx, spec, scan, hasXattrs);
+  } finally {
+    stop.abort();
+  }
+}
+
+function dirLayer(ctx: LayerContext, spec: DirLayerSpec, scan: DirScan, hasXattrs: () => Promise<boolean>): Promise<BuiltLayer> {
   return produceLayer(ctx, spec.name, { source: 'dir', tree: scan.key, owner: spec.owner, devices: spec.devices, into: spec.into ?? '' }, async (tmp) => {
     const stop = watchFile(tmp, ctx, `compress ${spec.name}`, scan.bytes);
     try {
@@ -183,7 +205,7 @@ export async function buildDirLayer(ctx: LayerContext, spec: DirLayerSpec): Prom
       // prefix: a pack file from the walk keeps both, as fast, when the tree has no xattrs
       // (gensquashfs 1.2 ignores xattrs with -F); else GNU tar | tar2sqfs keeps everything.
       const pack = packFile(scan, spec.dir, { into: spec.into, owner: spec.owner });
-      if (pack && !(await treeHasXattrs(spec.dir))) {
+      if (pack && !(await hasXattrs())) {
         await gensquashfsPack(tmp, pack, ctx.squash);
         return 'gensquashfs';
       }
@@ -212,6 +234,7 @@ export async function buildTarLayer(ctx: LayerContext, spec: TarLayerSpec): Prom
   if (!st.isFile()) throw new StackbootError('SOURCE', `layer ${spec.name}: ${spec.file} is not a file`);
   const content = spec.contentDigest ?? (await sha256File(spec.file));
   return produceLayer(ctx, spec.name, { source: 'tar', content, whiteouts: spec.whiteouts, owner: spec.owner, devices: spec.devices }, async (tmp) => {
+    const [{ emitTar, planTar }, { TarWriter }] = await Promise.all([import('./sources/tar.js'), import('./tarfile.js')]);
     const plan = await planTar(spec.file, { whiteouts: spec.whiteouts, devices: spec.devices, owner: spec.owner, epoch: ctx.squash.epoch });
     const meter = new RateMeter(ctx.progress, `compress ${spec.name}`, plan.dataBytes, 'bytes');
     await tar2sqfs(tmp, ctx.squash, async (stdin) => {

@@ -108,8 +108,8 @@ export async function gensquashfsPack(out: string, pack: string, o: SquashOption
 }
 
 /** True when any entry of the tree has an xattr that squashfs can store (getfattr, from attr). */
-export async function treeHasXattrs(dir: string): Promise<boolean> {
-  const r = await run('getfattr', ['-R', '-P', '-d', '-m', '^(user|trusted|security)\\.', '--absolute-names', dir], { reject: false }).catch(() => null);
+export async function treeHasXattrs(dir: string, signal?: AbortSignal): Promise<boolean> {
+  const r = await run('getfattr', ['-R', '-P', '-d', '-m', '^(user|trusted|security)\\.', '--absolute-names', dir], { reject: false, signal }).catch(() => null);
   if (!r) return true; // no getfattr: assume there are
   return /^# file: /m.test(r.stdout);
 }

@@ -12,8 +12,6 @@ import type { ProgressSink } from './progress.js';
 import type { Recipe } from './recipe.js';
 import { toolVersion } from './squashfs.js';
 import { writeDurable } from './store.js';
-import { openImage } from './sources/oci.js';
-import { runOverLayers } from './sources/run.js';
 
 export interface BuildOptions {
   outDir: string;
@@ -42,7 +40,8 @@ export async function buildStack(recipe: Recipe, o: BuildOptions): Promise<Build
     outDir: o.outDir,
     cacheDir: o.cacheDir,
     squash: { compression: recipe.compression, blockSize: recipe.blockSize, epoch: o.epoch, jobs: o.jobs },
-    toolVersion: await toolVersion(),
+    // asked once, while the first layer's source is walked
+    toolVersion: toolVersion(),
     progress: o.progress,
   };
   const built: BuiltLayer[] = [];
@@ -56,6 +55,7 @@ export async function buildStack(recipe: Recipe, o: BuildOptions): Promise<Build
         built.push(await buildTarLayer(ctx, { name: spec.name, file: src.path, whiteouts: 'none', owner: spec.owner, devices: spec.devices }));
         break;
       case 'oci': {
+        const { openImage } = await import('./sources/oci.js');
         const img = await openImage(src.path, o.arch);
         try {
           for (let i = 0; i < img.layers.length; i++) {
@@ -82,6 +82,7 @@ export async function buildStack(recipe: Recipe, o: BuildOptions): Promise<Build
         const runKey = { source: 'run', lowers: built.map((l) => l.digest), command: src.command, env: src.env ?? {}, owner: spec.owner };
         let result = await cachedLayer(ctx, spec.name, runKey);
         if (!result) {
+          const { runOverLayers } = await import('./sources/run.js');
           const cap = await runOverLayers({ name: spec.name, lowers: built.map((l) => l.file), command: src.command, env: src.env, uid: o.uid });
           try {
             result = await buildDirLayer(ctx, { name: spec.name, dir: cap.upper, owner: spec.owner, devices: true });

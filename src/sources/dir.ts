@@ -7,7 +7,7 @@
  * and else goes through GNU tar | tar2sqfs (1.2 ignores xattrs with -F).
  */
 import { createHash } from 'node:crypto';
-import { promises as fs } from 'node:fs';
+import { lstatSync, readdirSync, readlinkSync, type BigIntStats } from 'node:fs';
 import path from 'node:path';
 import { StackbootError } from '../errors.js';
 
@@ -32,7 +32,7 @@ export type PackEntry =
   | { kind: 'link'; rel: string; to: string };
 
 function q(p: string): string {
-  return `"${p.replace(/(["\\])/g, '\\$1')}"`;
+  return p.includes('"') || p.includes('\\') ? `"${p.replace(/(["\\])/g, '\\$1')}"` : `"${p}"`;
 }
 
 /**
@@ -51,6 +51,8 @@ export function packFile(scan: DirScan, root: string, o: { into?: string; owner:
     for (let i = 1; i < parts.length; i++) lines.push(`dir ${q('/' + parts.slice(0, i).join('/'))} 0755 0 0`);
     lines.push(`dir ${q(pre)} ${(scan.rootMode & 0o7777).toString(8)} 0 0`);
   }
+  // data paths: the root as given (absolute, normalised) and the walk's relative paths
+  const base = path.resolve(root) + (path.resolve(root) === '/' ? '' : '/');
   const own = (e: { uid: number; gid: number }) => (o.owner === 'root' ? '0 0' : `${e.uid} ${e.gid}`);
   const links: string[] = [];
   for (const e of scan.pack) {
@@ -61,7 +63,7 @@ export function packFile(scan: DirScan, root: string, o: { into?: string; owner:
     }
     const m = (e.mode & 0o7777).toString(8).padStart(4, '0');
     // the last field (data location, link target) is the rest of the line, unquoted
-    if (e.kind === 'file') lines.push(`file ${p} ${m} ${own(e)} ${path.join(root, e.rel)}`);
+    if (e.kind === 'file') lines.push(`file ${p} ${m} ${own(e)} ${base}${e.rel}`);
     else if (e.kind === 'slink') lines.push(`slink ${p} ${m} ${own(e)} ${e.target}`);
     else if (e.kind === 'nod') lines.push(`nod ${p} ${m} ${own(e)} ${e.type} ${e.major} ${e.minor}`);
     else lines.push(`${e.kind} ${p} ${m} ${own(e)}`);
@@ -69,11 +71,21 @@ export function packFile(scan: DirScan, root: string, o: { into?: string; owner:
   return [...lines, ...links].join('\n') + '\n';
 }
 
+/**
+ * Walks the tree once. The walk is synchronous on purpose: one lstat per entry through
+ * the promise API costs ~4× more (a promise, a thread-pool hop and a microtask each), and
+ * for a 10k-entry root that was 0.3 s of every build and of every no-change rebuild.
+ */
 export async function scanDir(root: string, o: { devices: boolean }): Promise<DirScan> {
-  const st = await fs.lstat(root).catch((e) => {
+  const lstat = (p: string): BigIntStats => lstatSync(p, { bigint: true });
+  let st: BigIntStats;
+  try {
+    st = lstat(root);
+  } catch (e) {
     throw new StackbootError('SOURCE', `source directory ${root} does not exist`, { cause: e });
-  });
+  }
   if (!st.isDirectory()) throw new StackbootError('SOURCE', `source ${root} is not a directory`);
+  const top = root.endsWith('/') ? root : `${root}/`;
   const h = createHash('sha256');
   const inodes = new Map<string, string>();
   let files = 0;
@@ -81,29 +93,34 @@ export async function scanDir(root: string, o: { devices: boolean }): Promise<Di
   let bytes = 0;
   let hardlinks = 0;
   const pack: PackEntry[] = [];
-  const walk = async (rel: string): Promise<void> => {
-    const abs = rel ? path.join(root, rel) : root;
+  const walk = (rel: string): void => {
+    // plain concatenation: path.join normalises every string, garbage that costs memory
+    const abs = rel ? `${top}${rel}` : root;
     let names: string[];
     try {
-      names = await fs.readdir(abs);
+      names = readdirSync(abs);
     } catch (e) {
       throw new StackbootError('SOURCE', `cannot read directory ${abs}`, { cause: e });
     }
     names.sort();
-    const stats = await Promise.all(names.map((n) => fs.lstat(path.join(abs, n), { bigint: true })));
-    for (let i = 0; i < names.length; i++) {
-      const n = names[i];
-      const s = stats[i];
+    for (const n of names) {
+      const full = `${top}${rel ? `${rel}/` : ''}${n}`;
+      let s: BigIntStats;
+      try {
+        s = lstat(full);
+      } catch (e) {
+        throw new StackbootError('SOURCE', `cannot read ${full}`, { cause: e });
+      }
       const r = rel ? `${rel}/${n}` : n;
       entries++;
       let extra = '';
       const own = { mode: Number(s.mode), uid: Number(s.uid), gid: Number(s.gid) };
       if (s.isSymbolicLink()) {
-        extra = await fs.readlink(path.join(abs, n));
+        extra = readlinkSync(full);
         pack.push({ kind: 'slink', rel: r, ...own, target: extra });
       } else if (s.isCharacterDevice() || s.isBlockDevice()) {
         const whiteout = s.isCharacterDevice() && s.rdev === 0n;
-        if (!whiteout && !o.devices) throw new StackbootError('UNSAFE_ENTRY', `${path.join(abs, n)}: device node in a layer that does not allow devices (set "devices": true)`);
+        if (!whiteout && !o.devices) throw new StackbootError('UNSAFE_ENTRY', `${full}: device node in a layer that does not allow devices (set "devices": true)`);
         extra = String(s.rdev);
         const rdev = Number(s.rdev);
         pack.push({ kind: 'nod', rel: r, ...own, type: s.isCharacterDevice() ? 'c' : 'b', major: (rdev >> 8) & 0xfff, minor: (rdev & 0xff) | ((rdev >> 12) & 0xfff00) });
@@ -124,10 +141,10 @@ export async function scanDir(root: string, o: { devices: boolean }): Promise<Di
       else if (s.isFIFO()) pack.push({ kind: 'pipe', rel: r, ...own });
       else if (s.isSocket()) pack.push({ kind: 'sock', rel: r, ...own });
       h.update(`${r}\0${s.mode}\0${s.uid}\0${s.gid}\0${s.size}\0${s.mtimeNs}\0${s.ctimeNs}\0${s.dev}:${s.ino}\0${extra}\n`);
-      if (s.isDirectory()) await walk(r);
+      if (s.isDirectory()) walk(r);
     }
   };
   h.update(`.\0${st.mode}\0${st.uid}\0${st.gid}\0${st.dev}:${st.ino}\n`);
-  await walk('');
+  walk('');
   return { key: h.digest('hex'), files, entries, bytes, hardlinks, pack, rootMode: Number(st.mode) };
 }

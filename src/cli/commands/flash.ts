@@ -1,7 +1,7 @@
 /** `stackboot flash <image|build-output> <device-or-file>`: guarded, sparse, verified write. */
 import type { CommandModule } from 'yargs';
-import { flash } from '../../flash.js';
 import { archFromNode, type Arch } from '../../target.js';
+import { IMAGE_LAYOUTS } from '../../layout.js';
 import { fmtBytes, makeOut } from '../output.js';
 
 export const flashCommand: CommandModule<any, any> = {
@@ -14,12 +14,13 @@ export const flashCommand: CommandModule<any, any> = {
       .option('force', { type: 'boolean', describe: 'flash even a mounted, busy, root-holding or too small device' })
       .option('bmap', { type: 'string', describe: 'block map file (default <image>.bmap, else one is built)' })
       .option('no-verify', { type: 'boolean', describe: 'skip the read-back check' })
-      .option('layout', { choices: ['sd', 'nvme', 'custom'], describe: 'for a build output: the image layout' })
+      .option('layout', { choices: IMAGE_LAYOUTS as string[], describe: 'for a build output: the image layout' })
       .option('size', { type: 'number', describe: 'for a build output: whole image MiB' })
       .option('arch', { choices: ['amd64', 'arm64'], describe: 'for a build output: target arch' })
       .option('cache-root', { type: 'string', default: '.cache' })
       .example('$0 flash node.img /dev/mmcblk0', 'flash an SD card'),
   handler: async (a) => {
+    const { flash } = await import('../../flash.js');
     const out = makeOut(a);
     const r = await flash({
       image: a.image,

@@ -1,9 +1,8 @@
 /** `stackboot image <build-output> -o node.img`: a GPT node disk image (boot, store, data), no root. */
 import path from 'node:path';
 import type { CommandModule } from 'yargs';
-import { buildImage, IMAGE_LAYOUTS, loadImageSpec, planImage, type ImageLayout, type ImageOptions } from '../../image.js';
-import { makeBootConfig } from '../../initramfs.js';
-import { loadRecipe } from '../../recipe.js';
+import type { ImageOptions } from '../../image.js';
+import { IMAGE_LAYOUTS, type ImageLayout } from '../../layout.js';
 import { archFromNode, type Arch } from '../../target.js';
 import { fmtBytes, makeOut } from '../output.js';
 
@@ -32,6 +31,7 @@ export const imageCommand: CommandModule<any, any> = {
       .option('cache-root', { type: 'string', default: '.cache', describe: 'where `npm run setup` put the targets' })
       .example('$0 image out/demo -o node.img --layout sd', 'an SD card image of the demo stack'),
   handler: async (a) => {
+    const [{ buildImage, loadImageSpec, planImage }, { makeBootConfig }, { loadRecipe }] = await Promise.all([import('../../image.js'), import('../../initramfs.js'), import('../../recipe.js')]);
     const out = makeOut(a);
     const spec = a.recipe ? await loadImageSpec(path.resolve(a.recipe)) : {};
     const arch = (a.arch as Arch | undefined) ?? archFromNode(process.arch) ?? 'amd64';

@@ -2,7 +2,7 @@
 import type { CommandModule } from 'yargs';
 import { readFile } from 'node:fs/promises';
 import { StackbootError } from '../../errors.js';
-import { buildInitramfs, makeBootConfig, FLAVORS, type Compression, type Flavor } from '../../initramfs.js';
+import { COMPRESSIONS, FLAVORS, type Compression, type Flavor } from '../../flavor.js';
 import type { Arch } from '../../target.js';
 import type { GlobalArgs } from '../main.js';
 import { makeOut } from '../output.js';
@@ -32,8 +32,9 @@ export const initramfsCommand: CommandModule<GlobalArgs, Args> = {
       .option('config', { type: 'string', describe: 'boot.conf to start from (KEY=value)' })
       .option('set', { type: 'string', array: true, describe: 'boot config KEY=VALUE (repeatable)' })
       .option('module', { alias: 'm', type: 'string', array: true, describe: 'extra kernel module (repeatable)' })
-      .option('compress', { choices: ['gzip', 'zstd'] as Compression[], default: 'gzip' as Compression, describe: 'initrd compression (standalone)' }) as never,
+      .option('compress', { choices: COMPRESSIONS as Compression[], default: 'gzip' as Compression, describe: 'initrd compression (standalone)' }) as never,
   handler: async (argv) => {
+    const { buildInitramfs, makeBootConfig } = await import('../../initramfs.js');
     const out = makeOut(argv);
     let text: string | undefined;
     if (argv.config) {

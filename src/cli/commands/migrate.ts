@@ -1,6 +1,5 @@
 /** `stackboot migrate --to <nvme>`: move a node booted from SD onto an NVMe (the SD stays the rescue store). */
 import type { CommandModule } from 'yargs';
-import { migrate, planMigrate } from '../../migrate.js';
 import { fmtBytes, makeOut } from '../output.js';
 
 export const migrateCommand: CommandModule<any, any> = {
@@ -15,6 +14,7 @@ export const migrateCommand: CommandModule<any, any> = {
       .option('force', { type: 'boolean', describe: 'migrate even to a mounted or busy disk' })
       .example('$0 migrate --to /dev/nvme0n1 --dry-run', 'show the plan'),
   handler: async (a) => {
+    const { migrate, planMigrate } = await import('../../migrate.js');
     const out = makeOut(a);
     const plan = await planMigrate({ to: a.to, tries: a.tries, dataMiB: a.dataSize, bootFilesDir: a.bootFiles, force: a.force, progress: out.progress });
     if (a.dryRun) {

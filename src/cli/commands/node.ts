@@ -3,15 +3,9 @@ import { createReadStream } from 'node:fs';
 import { stat } from 'node:fs/promises';
 import type { Readable } from 'node:stream';
 import type { Argv, CommandModule } from 'yargs';
-import { bundleStreamFromBuild } from '../../bundle.js';
-import { loadNodeConfig, NODE_CONFIG } from '../../config.js';
-import { doctor } from '../../doctor.js';
-import { download, isUrl } from '../../download.js';
 import { StackbootError } from '../../errors.js';
-import { gc } from '../../gc.js';
-import { install, type InstallEvent } from '../../install.js';
-import { nodeContext } from '../../node.js';
-import { markBootedBad, markBootedGood, nodeStatus, rollback } from '../../rollback.js';
+import type { InstallEvent } from '../../install.js';
+import { NODE_CONFIG } from '../../paths.js';
 import { fmtBytes, makeOut } from '../output.js';
 
 function nodeOptions<T>(y: Argv<T>) {
@@ -22,12 +16,18 @@ function nodeOptions<T>(y: Argv<T>) {
     .option('run-dir', { type: 'string', describe: 'default /run', hidden: true });
 }
 
-function ctxOf(a: any) {
+// the library modules are loaded by the command that needs them, so a start stays small
+const loadConfig = async (file?: string) => (await import('../../config.js')).loadNodeConfig(file);
+const rollbackLib = () => import('../../rollback.js');
+
+async function ctxOf(a: any) {
+  const { nodeContext } = await import('../../node.js');
   return nodeContext({ store: a.store, bootedSlot: a.bootedSlot, runDir: a.runDir });
 }
 
 async function openSource(src: string, onRetry: (s: string) => void): Promise<{ stream: Readable; label: string }> {
   if (src === '-') return { stream: process.stdin, label: 'stdin' };
+  const [{ download, isUrl }, { bundleStreamFromBuild }] = await Promise.all([import('../../download.js'), import('../../bundle.js')]);
   if (isUrl(src)) return { stream: download(src, { onRetry: (r) => onRetry(`download interrupted at byte ${r.received} (${r.reason}); resuming (try ${r.attempt})`) }), label: src };
   const st = await stat(src).catch((e) => {
     throw new StackbootError('USAGE', `${src}: no such bundle file, build output or URL`, { cause: e });
@@ -47,8 +47,9 @@ export const installCommand: CommandModule<any, any> = {
       .option('dry-run', { type: 'boolean', describe: 'plan and check only' })
       .example('$0 install https://updates.example/node-2.stackbundle', ''),
   handler: async (a) => {
+    const { install } = await import('../../install.js');
     const out = makeOut(a);
-    const cfg = await loadNodeConfig(a.config);
+    const cfg = await loadConfig(a.config);
     const ctx = await ctxOf(a);
     const jsonLine = (o: unknown) => process.stdout.write(JSON.stringify(o) + '\n');
     const { stream, label } = await openSource(a.source, (s) => (a.json ? jsonLine({ event: 'retry', note: s }) : process.stderr.write(`stackboot: ${s}\n`)));
@@ -85,6 +86,7 @@ export const rollbackCommand: CommandModule<any, any> = {
   builder: (y) => nodeOptions(y).option('dry-run', { type: 'boolean' }),
   handler: async (a) => {
     const out = makeOut(a);
+    const { rollback } = await rollbackLib();
     const r = await rollback(await ctxOf(a), { dryRun: a.dryRun });
     out.result({ to: r.to, dropped: r.dropped ?? null, dryRun: r.dryRun });
     out.line(`${r.dryRun ? 'would boot' : 'next boot:'} slot ${r.to}${r.dropped ? ` (pending slot ${r.dropped} marked bad)` : ''}`);
@@ -97,6 +99,7 @@ export const gcCommand: CommandModule<any, any> = {
   builder: (y) => nodeOptions(y).option('dry-run', { type: 'boolean' }),
   handler: async (a) => {
     const out = makeOut(a);
+    const { gc } = await import('../../gc.js');
     const r = await gc(await ctxOf(a), { dryRun: a.dryRun });
     out.result(r);
     out.line(`${r.dryRun ? 'would remove' : 'removed'} ${r.removed.length} layer(s), ${fmtBytes(r.freed)}${r.partials.length ? ` and ${r.partials.length} partial file(s)` : ''}; ${r.kept} referenced`);
@@ -109,7 +112,8 @@ export const doctorCommand: CommandModule<any, any> = {
   builder: (y) => nodeOptions(y).option('full', { type: 'boolean', describe: 'sha256 every layer' }).option('keys', { type: 'string', describe: 'public keys folder (default: KEYS_DIR of the config)' }),
   handler: async (a) => {
     const out = makeOut(a);
-    const cfg = await loadNodeConfig(a.config);
+    const { doctor } = await import('../../doctor.js');
+    const cfg = await loadConfig(a.config);
     if (a.keys) cfg.node.KEYS_DIR = a.keys;
     let storeError: string | undefined;
     const ctx = await ctxOf(a).catch((e: Error) => {
@@ -129,6 +133,7 @@ export const statusCommand: CommandModule<any, any> = {
   builder: (y) => nodeOptions(y),
   handler: async (a) => {
     const out = makeOut(a);
+    const { nodeStatus } = await rollbackLib();
     const s = await nodeStatus(await ctxOf(a));
     out.result(s);
     out.line(`store ${s.store} (${s.storeId})`);
@@ -144,6 +149,7 @@ export const markGoodCommand: CommandModule<any, any> = {
   builder: (y) => nodeOptions(y),
   handler: async (a) => {
     const out = makeOut(a);
+    const { markBootedGood } = await rollbackLib();
     const r = await markBootedGood(await ctxOf(a));
     out.result(r);
     out.line(`slot ${r.slot} (${r.stack.slice(0, 12)}) is good and current (was ${r.was})`);
@@ -156,6 +162,7 @@ export const markBadCommand: CommandModule<any, any> = {
   builder: (y) => nodeOptions(y),
   handler: async (a) => {
     const out = makeOut(a);
+    const { markBootedBad } = await rollbackLib();
     const r = await markBootedBad(await ctxOf(a));
     out.result(r);
     out.line(`slot ${r.slot} (${r.stack.slice(0, 12)}) is bad (was ${r.was})`);

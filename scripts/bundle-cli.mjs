@@ -1,0 +1,25 @@
+// Bundles the CLI (dist/ from tsc) and its runtime dependencies into one ES module,
+// dist/stackboot.mjs, with esbuild. Node 20 loads one file several times faster than the
+// ~400 module files of yargs, execa, tar and handlebars (0.1 s instead of 0.3 s to start,
+// ~10 MiB less memory), which every command pays, under QEMU TCG on a node most of all.
+// Lazily imported command modules stay lazily evaluated inside the bundle.
+import { build } from 'esbuild';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const repo = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+await build({
+  absWorkingDir: repo,
+  entryPoints: ['dist/cli/main.js'],
+  outfile: 'dist/stackboot.mjs',
+  bundle: true,
+  platform: 'node',
+  format: 'esm',
+  target: 'node20',
+  // CommonJS dependencies (cross-spawn, handlebars) call require() for Node built-ins
+  banner: { js: "import { createRequire as __sbRequire } from 'node:module';\nconst require = __sbRequire(import.meta.url);" },
+  legalComments: 'none',
+  logLevel: 'warning',
+  // handlebars' index.js registers a require.extensions hook we never use
+  logOverride: { 'unsupported-require-call': 'silent' },
+});
