@@ -3,6 +3,10 @@
 // ~400 module files of yargs, execa, tar and handlebars (0.1 s instead of 0.3 s to start,
 // ~10 MiB less memory), which every command pays, under QEMU TCG on a node most of all.
 // Lazily imported command modules stay lazily evaluated inside the bundle.
+//
+//   node scripts/bundle-cli.mjs [ENTRY [OUTFILE]]
+// defaults: dist/cli/main.js (tsc's output) -> dist/stackboot.mjs. esbuild also takes the
+// TypeScript entry src/cli/main.ts directly (scripts/guest-node-tree.sh does).
 import { build } from 'esbuild';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -10,8 +14,8 @@ import { fileURLToPath } from 'node:url';
 const repo = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 await build({
   absWorkingDir: repo,
-  entryPoints: ['dist/cli/main.js'],
-  outfile: 'dist/stackboot.mjs',
+  entryPoints: [process.argv[2] ?? 'dist/cli/main.js'],
+  outfile: process.argv[3] ?? 'dist/stackboot.mjs',
   bundle: true,
   platform: 'node',
   format: 'esm',

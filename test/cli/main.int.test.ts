@@ -1,0 +1,88 @@
+/**
+ * The CLI as users run it: the bundled single-module `stackboot` (scripts/bundle-cli.mjs),
+ * bundled here from src/ so the test always runs the current sources, then started as a
+ * separate node process. Exit codes, one-line errors, --verbose, --json, and a real build
+ * (gensquashfs) served from the cache the second time.
+ */
+import { createHash } from 'node:crypto';
+import { promises as fs } from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { run } from '../../src/exec.js';
+import { tmpdir } from '../sources/tarfixture.js';
+
+const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
+let work: string;
+let cli: string;
+
+const sb = (args: string[], env: Record<string, string> = {}) => run('node', [cli, ...args], { reject: false, env: { SOURCE_DATE_EPOCH: '0', ...env } });
+
+beforeAll(async () => {
+  work = await tmpdir('sb-cli-');
+  // placed where the repo's dist/ would be relative to templates/ and initramfs/
+  await fs.mkdir(path.join(work, 'dist'), { recursive: true });
+  cli = path.join(work, 'dist', 'stackboot.mjs');
+  await run('node', [path.join(REPO, 'scripts', 'bundle-cli.mjs'), path.join(REPO, 'src', 'cli', 'main.ts'), cli], { cwd: REPO });
+}, 60_000);
+
+describe('the bundled CLI', () => {
+  it('is one module that needs no node_modules, and prints its version', async () => {
+    const text = await fs.readFile(cli, 'utf8');
+    expect(text.startsWith('#!/usr/bin/env node\n')).toBe(true);
+    // every dependency is inside: no bare import of a package is left
+    expect(text).not.toMatch(/from\s+["'](?:yargs|execa|tar|handlebars)["']/);
+    const pkg = JSON.parse(await fs.readFile(path.join(REPO, 'package.json'), 'utf8')) as { version: string };
+    const r = await sb(['--version']);
+    expect(r.exitCode).toBe(0);
+    expect(r.stdout.trim()).toBe(pkg.version);
+  });
+
+  it('turns bad input into a one-line error and its exit code; --verbose adds the cause', async () => {
+    const unknown = await sb(['frobnicate']);
+    expect(unknown.exitCode).toBe(2); // USAGE
+    expect(unknown.stderr.split('\n')[0]).toMatch(/^stackboot: \[USAGE\] Unknown argument: frobnicate/);
+
+    const missing = path.join(work, 'no-such-recipe');
+    const r = await sb(['build', missing, '--out', path.join(work, 'x')]);
+    expect(r.exitCode).toBe(3); // RECIPE
+    const lines = r.stderr.trim().split('\n');
+    expect(lines[0]).toMatch(new RegExp(`^stackboot: .*${missing}`));
+    expect(lines[1]).toBe('  (run with --verbose for the cause)');
+    const v = await sb(['build', missing, '--out', path.join(work, 'x'), '--verbose']);
+    expect(v.exitCode).toBe(3);
+    expect(v.stderr).toMatch(/caused by: .*ENOENT/);
+  });
+
+  it('builds a stack with the real tools, then serves it from the cache', async () => {
+    const tree = path.join(work, 'tree');
+    await fs.mkdir(path.join(tree, 'etc'), { recursive: true });
+    await fs.writeFile(path.join(tree, 'etc', 'hello'), 'hello\n');
+    await fs.link(path.join(tree, 'etc', 'hello'), path.join(tree, 'etc', 'hello-again'));
+    const recipe = path.join(work, 'recipe');
+    await fs.mkdir(recipe);
+    await fs.writeFile(path.join(recipe, 'recipe.json'), JSON.stringify({ name: 'cli-test', version: '1', compatible: 'test', layers: [{ name: 'base', source: { type: 'dir', path: tree } }] }));
+    const cache = path.join(work, 'cache');
+    const build = async (out: string) => {
+      const r = await sb(['build', recipe, '--out', out, '--cache', cache, '--json']);
+      expect(r.exitCode, r.stderr).toBe(0);
+      return JSON.parse(r.stdout) as { stack: string; layers: { name: string; digest: string; size: number; cached: boolean; builder: string }[] };
+    };
+    const first = await build(path.join(work, 'o1'));
+    expect(first.layers).toHaveLength(1);
+    expect(first.layers[0]).toMatchObject({ name: 'base', cached: false, builder: 'gensquashfs' });
+    const file = path.join(work, 'o1', 'layers', `${first.layers[0].digest}.sqfs`);
+    const bytes = await fs.readFile(file);
+    expect(createHash('sha256').update(bytes).digest('hex')).toBe(first.layers[0].digest);
+    expect(bytes.length).toBe(first.layers[0].size);
+    expect(bytes.readUInt32LE(0)).toBe(0x73717368); // "hsqs"
+    // the hard link survived (the pack-file path), as rdsquashfs lists it
+    const ls = await run('rdsquashfs', ['-l', '/etc', file]);
+    expect(ls.stdout).toMatch(/hello/);
+
+    const second = await build(path.join(work, 'o2'));
+    expect(second.stack).toBe(first.stack);
+    expect(second.layers[0]).toMatchObject({ digest: first.layers[0].digest, cached: true, builder: 'cache' });
+    expect(await fs.readFile(path.join(work, 'o2', 'manifest'), 'utf8')).toBe(await fs.readFile(path.join(work, 'o1', 'manifest'), 'utf8'));
+  });
+});
