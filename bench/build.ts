@@ -3,7 +3,8 @@
  * images/debian/prepare.sh keeps in images/debian/.build/amd64/base):
  *
  *   - `stackboot build` of a one-layer recipe (dir source on that tree, zstd level 3, no
- *     cache), run as the CLI users run (`node dist/stackboot.mjs build …`, the bundle), wall time;
+ *     cache), run as users run it (`bin/stackboot build …`: the bundle, with the V8 flags
+ *     of bin/stackboot), wall time;
  *   - plain `gensquashfs -D` on the same tree with the same compressor, level and block
  *     size (and -x, as stackboot runs it);
  *   - `mksquashfs` with the same compressor and level, `-processors 2`;
@@ -32,7 +33,8 @@ export interface Row {
 const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const ARCH = 'amd64';
 const TREE = path.join(REPO, 'images/debian/.build', ARCH, 'base');
-const CLI = path.join(REPO, 'dist/stackboot.mjs');
+const CLI = path.join(REPO, 'bin/stackboot');
+const BUNDLE = path.join(REPO, 'dist/stackboot.mjs');
 const LEVEL = 3;
 const BLOCK = 131072;
 
@@ -112,7 +114,7 @@ export async function benchBuild(runs = 3): Promise<Row[]> {
   const prep = await run('bash', [path.join(REPO, 'images/debian/prepare.sh'), '--arch', ARCH], { reject: false });
   if (prep.exitCode === 3) return [{ metric: 'build (images/debian base)', value: 'not available: the Debian mirror is unreachable' }];
   if (prep.exitCode !== 0) throw new Error(`images/debian/prepare.sh failed: ${prep.stderr.trim().split('\n').slice(-3).join(' | ')}`);
-  if (!(await exists(CLI))) throw new Error(`${CLI} missing: run npm run build`);
+  if (!(await exists(BUNDLE))) throw new Error(`${BUNDLE} missing: run npm run build`);
   HAVE_TIME = await exists('/usr/bin/time');
 
   const work = await fs.mkdtemp(path.join(os.tmpdir(), 'sb-bench-build-'));
@@ -136,7 +138,7 @@ export async function benchBuild(runs = 3): Promise<Row[]> {
     let builder = '?';
     for (let i = 0; i < runs; i++) {
       await fs.rm(out('sb'), { recursive: true, force: true });
-      const s = await timed('node', [CLI, 'build', recipeDir, '--out', out('sb'), '--no-cache', '--json'], env, true);
+      const s = await timed(CLI, ['build', recipeDir, '--out', out('sb'), '--no-cache', '--json'], env, true);
       sb.push(s);
       try {
         builder = (JSON.parse(s.stdout) as { layers: { builder: string }[] }).layers[0].builder;
@@ -151,18 +153,18 @@ export async function benchBuild(runs = 3): Promise<Row[]> {
     }
     // no-change rebuild: one build fills the cache, then the timed rebuilds hit it
     const cache = out('cache');
-    await timed('node', [CLI, 'build', recipeDir, '--out', out('c0'), '--cache', cache, '--json'], env);
+    await timed(CLI, ['build', recipeDir, '--out', out('c0'), '--cache', cache, '--json'], env);
     const re: Timed[] = [];
     for (let i = 0; i < runs; i++) {
       await fs.rm(out('c1'), { recursive: true, force: true });
-      const r = await timed('node', [CLI, 'build', recipeDir, '--out', out('c1'), '--cache', cache, '--json'], env);
+      const r = await timed(CLI, ['build', recipeDir, '--out', out('c1'), '--cache', cache, '--json'], env);
       if (!(JSON.parse(r.stdout) as { layers: { cached: boolean }[] }).layers[0].cached) throw new Error('the no-change rebuild was not served from the cache');
       re.push(r);
     }
 
     // what every CLI build pays before any work: node start-up and module loading
     const start: Timed[] = [];
-    for (let i = 0; i < runs; i++) start.push(await timed('node', [CLI, '--version']));
+    for (let i = 0; i < runs; i++) start.push(await timed(CLI, ['--version']));
     // and what Node.js itself costs, the floor under any Node CLI
     const bare: Timed[] = [];
     for (let i = 0; i < runs; i++) bare.push(await timed('node', ['-e', '0']));

@@ -38,6 +38,18 @@ describe('the bundled CLI', () => {
     expect(r.stdout.trim()).toBe(pkg.version);
   });
 
+  it('starts through bin/stackboot, also from a symlink on the PATH (npm link)', async () => {
+    await fs.mkdir(path.join(work, 'bin'), { recursive: true });
+    await fs.copyFile(path.join(REPO, 'bin', 'stackboot'), path.join(work, 'bin', 'stackboot'));
+    await fs.chmod(path.join(work, 'bin', 'stackboot'), 0o755);
+    await fs.mkdir(path.join(work, 'path'), { recursive: true });
+    await fs.symlink(path.join(work, 'bin', 'stackboot'), path.join(work, 'path', 'stackboot'));
+    const r = await run('stackboot', ['--version'], { reject: false, env: { PATH: `${path.join(work, 'path')}:${process.env.PATH}` } });
+    expect(r.exitCode, r.stderr).toBe(0);
+    expect(r.stdout.trim()).toMatch(/^\d+\.\d+\.\d+/);
+    expect(r.stderr).toBe(''); // the V8 flags print no warnings
+  });
+
   it('turns bad input into a one-line error and its exit code; --verbose adds the cause', async () => {
     const unknown = await sb(['frobnicate']);
     expect(unknown.exitCode).toBe(2); // USAGE
