@@ -8,10 +8,12 @@
 // defaults: dist/cli/main.js (tsc's output) -> dist/stackboot.mjs. esbuild also takes the
 // TypeScript entry src/cli/main.ts directly (scripts/guest-node-tree.sh does).
 import { build } from 'esbuild';
+import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const repo = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+const { version } = JSON.parse(readFileSync(path.join(repo, 'package.json'), 'utf8'));
 await build({
   absWorkingDir: repo,
   entryPoints: [process.argv[2] ?? 'dist/cli/main.js'],
@@ -20,6 +22,7 @@ await build({
   platform: 'node',
   format: 'esm',
   target: 'node20',
+  define: { __STACKBOOT_VERSION__: JSON.stringify(version) },
   // CommonJS dependencies (cross-spawn, handlebars) call require() for Node built-ins
   banner: { js: "import { createRequire as __sbRequire } from 'node:module';\nconst require = __sbRequire(import.meta.url);" },
   legalComments: 'none',

@@ -4,6 +4,7 @@
  * thin module in ./commands that maps argv to one library call; errors become a one-line
  * message and the error's exit code, and --verbose prints the cause chain.
  */
+import { readFileSync } from 'node:fs';
 import yargs, { type Argv } from 'yargs';
 import { hideBin } from 'yargs/helpers';
 import { causeChain, exitCodeOf, StackbootError } from '../errors.js';
@@ -16,10 +17,25 @@ export interface GlobalArgs {
   quiet?: boolean;
 }
 
+/** Set by scripts/bundle-cli.mjs in the bundle. */
+declare const __STACKBOOT_VERSION__: string | undefined;
+
+/** The package version, wherever the CLI runs from (yargs would look in the working folder). */
+function version(): string {
+  if (typeof __STACKBOOT_VERSION__ === 'string') return __STACKBOOT_VERSION__;
+  try {
+    // tsc's dist/cli/main.js and tsx's src/cli/main.ts: package.json is two folders up
+    return (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version;
+  } catch {
+    return 'unknown';
+  }
+}
+
 async function main(argv: string[]): Promise<void> {
   let failed: unknown;
   const parser: Argv = yargs(argv)
     .scriptName('stackboot')
+    .version(version())
     .option('json', { type: 'boolean', describe: 'print the result as JSON (progress as JSON lines on stderr)' })
     .option('verbose', { alias: 'v', type: 'boolean', describe: 'show the cause chain of errors' })
     .option('quiet', { alias: 'q', type: 'boolean', describe: 'no progress output' })
