@@ -49,7 +49,7 @@ export function packFile(scan: DirScan, root: string, o: { into?: string; owner:
   if (o.into) {
     const parts = o.into.split('/');
     for (let i = 1; i < parts.length; i++) lines.push(`dir ${q('/' + parts.slice(0, i).join('/'))} 0755 0 0`);
-    lines.push(`dir ${q(pre)} ${(scan.rootMode & 0o7777).toString(8)} 0 0`);
+    lines.push(`dir ${q(pre)} ${(scan.rootMode & 0o7777).toString(8).padStart(4, '0')} 0 0`);
   }
   // data paths: the root as given (absolute, normalised) and the walk's relative paths
   const base = path.resolve(root) + (path.resolve(root) === '/' ? '' : '/');
