@@ -130,11 +130,17 @@ const QEMU_MACHINE: Record<Arch, { console: string; args: string[] }> = {
   arm64: { console: 'ttyAMA0', args: ['-machine', 'virt', '-cpu', 'cortex-a57'] },
 };
 
-/** The kernel command line the harness passes: `append` plus console= and panic=-1 when absent. */
+/**
+ * The kernel command line the harness passes: `append` plus console= and panic=-1 when
+ * absent, and on x86 no_timer_check: on a loaded host TCG can miss the kernel's early
+ * IO-APIC timer check and the boot panics ("IO-APIC + timer doesn't work"), which says
+ * nothing about stackboot (seen in the power-cut runs).
+ */
 export function kernelCmdline(arch: Arch, append = ''): string {
   const parts = append.trim() === '' ? [] : [append.trim()];
   if (!/(^|\s)console=/.test(append)) parts.push(`console=${QEMU_MACHINE[arch].console}`);
   if (!/(^|\s)panic=/.test(append)) parts.push('panic=-1');
+  if (arch === 'amd64' && !/(^|\s)no_timer_check(\s|$)/.test(append)) parts.push('no_timer_check');
   return parts.join(' ');
 }
 
