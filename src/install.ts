@@ -7,14 +7,18 @@
  *   checks  signature against the keys dir; compatible; every missing layer is carried by
  *           the bundle (a delta needs its base: else MISSING_LAYERS, listing them, and
  *           nothing changes); free space (statfs).
- *   steps   1. state with the target slot cleared (durable), its old manifest removed;
- *           2. each missing layer: `layers/<sha>.sqfs.part`, fsync, sha256 and size
- *              checked, rename, fsync the dir;
+ *   steps   1. each missing layer: `layers/<sha>.sqfs.part`, fsync, sha256 and size
+ *              checked, rename, fsync the dir (new files only: no slot changes);
+ *           2. once every layer is in and verified: state with the target slot cleared
+ *              (durable), its old manifest removed;
  *           3. the manifest (+ sig) into the slot, durably;
  *           4. LAST: the slot pending with tries (durable), event `install`.
  *
- * A power cut at any point leaves the booted and the good slot as they were; before step
- * 4 the target slot is simply empty (not bootable), after it the new stack is pending.
+ * A power cut at any point leaves the booted and the good slot as they were. A bundle
+ * that turns out tampered, truncated or too big while its layers stream in fails before
+ * step 2, so whatever the target slot held (often the previous good stack, the second
+ * fallback) is still there. Between steps 2 and 4 the target slot is simply empty (not
+ * bootable); after step 4 the new stack is pending.
  */
 import { createHash } from 'node:crypto';
 import { promises as fs } from 'node:fs';
@@ -104,7 +108,7 @@ export async function install(o: InstallOptions): Promise<InstallResult> {
   let already: InstallResult['already'];
   let state: BootState | null = null;
   let remounted = false;
-  let stepStarted = false;
+  let slotCleared = false;
   const written = new Set<string>();
   const meterTotal = { n: 0 };
   let meter: RateMeter | null = null;
@@ -170,12 +174,6 @@ export async function install(o: InstallOptions): Promise<InstallResult> {
       await remount(store.dir, 'rw');
       remounted = true;
     }
-    stepStarted = true;
-    emit({ event: 'step', step: `clear slot ${slot}` });
-    await store.writeState(clearSlot(state, slot));
-    for (const f of ['manifest', 'manifest.sig']) await fs.rm(path.join(store.slotDir(slot), f), { force: true });
-    await fs.mkdir(store.slotDir(slot), { recursive: true });
-    await fsyncPath(store.slotDir(slot));
     meterTotal.n = bytes;
     meter = new RateMeter(o.progress ?? noProgress, `install ${h.manifest.name} ${h.manifest.version}`, bytes);
     return new Set(write.map((l) => l.digest));
@@ -233,6 +231,13 @@ export async function install(o: InstallOptions): Promise<InstallResult> {
     if (notWritten.length) throw new StackbootError('SOURCE', `${o.label} ended before these layers: ${notWritten.map((l) => l.name).join(', ')} (truncated bundle?)`);
     const bad = await store.checkLayers(head.manifest);
     if (bad.length) throw new StackbootError('STORE', `after the install, layers are wrong: ${bad.map((b) => `${b.name}: ${b.problem}`).join(', ')}`);
+    // every layer is in and verified: only now does the target slot lose what it held
+    emit({ event: 'step', step: `clear slot ${p.slot}` });
+    slotCleared = true;
+    await store.writeState(clearSlot(await store.readState(), p.slot));
+    for (const f of ['manifest', 'manifest.sig']) await fs.rm(path.join(store.slotDir(p.slot), f), { force: true });
+    await fs.mkdir(store.slotDir(p.slot), { recursive: true });
+    await fsyncPath(store.slotDir(p.slot));
     emit({ event: 'step', step: `manifest into slot ${p.slot}` });
     if (head.sig) await writeDurable(path.join(store.slotDir(p.slot), 'manifest.sig'), head.sig);
     await writeDurable(path.join(store.slotDir(p.slot), 'manifest'), head.manifestText);
@@ -246,7 +251,7 @@ export async function install(o: InstallOptions): Promise<InstallResult> {
   } catch (e) {
     for (const l of plan ? (plan as InstallPlan).write : []) await fs.rm(`${store.layerPath(l.digest)}.part`, { force: true }).catch(() => {});
     if (e instanceof StackbootError) {
-      if (stepStarted && e.code !== 'INTERNAL') throw new StackbootError(e.code, `${e.message} (slot ${(plan as InstallPlan | null)?.slot} was cleared; the booted and good stacks are untouched)`, { cause: e.cause, details: e.details });
+      if (slotCleared && e.code !== 'INTERNAL') throw new StackbootError(e.code, `${e.message} (slot ${(plan as InstallPlan | null)?.slot} was cleared; the booted and good stacks are untouched)`, { cause: e.cause, details: e.details });
       throw e;
     }
     throw new StackbootError('IO', `install from ${o.label} failed: ${(e as Error).message}`, { cause: e });
