@@ -109,7 +109,7 @@ async function exists(p: string): Promise<boolean> {
 
 let HAVE_TIME = false;
 
-export async function benchBuild(runs = 3): Promise<Row[]> {
+export async function benchBuild(runs = 5): Promise<Row[]> {
   // the Debian base tree (prepare.sh is a no-op when it is up to date)
   const prep = await run('bash', [path.join(REPO, 'images/debian/prepare.sh'), '--arch', ARCH], { reject: false });
   if (prep.exitCode === 3) return [{ metric: 'build (images/debian base)', value: 'not available: the Debian mirror is unreachable' }];
