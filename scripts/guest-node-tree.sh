@@ -28,13 +28,13 @@ done
 # the CLI: one bundled module (execa, tar, yargs and handlebars inside), no node_modules;
 # it starts several times faster than ~400 module files, which counts under QEMU TCG
 cli="$tmp/usr/lib/stackboot-cli"
-(cd "$repo" && node scripts/bundle-cli.mjs src/cli/main.ts "$cli/dist/stackboot.mjs")
+(cd "$repo" && node scripts/bundle-cli.mjs src/cli/main.ts "$cli/dist/stackboot.cjs")
 # the boot core is found next to dist/ (initramfs.ts reads it lazily)
 cp -a "$repo/initramfs" "$cli/initramfs"
 
 cat >"$tmp/usr/bin/stackboot" <<'SH'
 #!/bin/sh
-exec /usr/bin/node /usr/lib/stackboot-cli/dist/stackboot.mjs "$@"
+exec /usr/bin/node /usr/lib/stackboot-cli/dist/stackboot.cjs "$@"
 SH
 chmod 0755 "$tmp/usr/bin/stackboot"
 find "$tmp" -name '*.map' -delete

@@ -170,7 +170,7 @@ export async function buildDirLayer(ctx: LayerContext, spec: DirLayerSpec): Prom
   const hasXattrs = () => (xattrs ??= treeHasXattrs(spec.dir));
   let scan: DirScan;
   try {
-    scan = await scanDir(spec.dir, { devices: spec.devices });
+    scan = await scanDir(spec.dir, { devices: spec.devices, owner: spec.owner, into: spec.into });
   } catch (e) {
     stop.abort();
     throw e;
@@ -204,7 +204,7 @@ function dirLayer(ctx: LayerContext, spec: DirLayerSpec, scan: DirScan, hasXattr
       // gensquashfs -D turns hard links into copies and cannot place a tree under a
       // prefix: a pack file from the walk keeps both, as fast, when the tree has no xattrs
       // (gensquashfs 1.2 ignores xattrs with -F); else GNU tar | tar2sqfs keeps everything.
-      const pack = packFile(scan, spec.dir, { into: spec.into, owner: spec.owner });
+      const pack = packFile(scan);
       if (pack && !(await hasXattrs())) {
         await gensquashfsPack(tmp, pack, ctx.squash);
         return 'gensquashfs';
