@@ -21,6 +21,8 @@ export interface RunOptions {
   binary?: boolean;
   /** Kills the tool when aborted (the call then fails). */
   signal?: AbortSignal;
+  /** Called with the tool's pid once it has started (to watch it, e.g. its /proc/<pid>/io). */
+  onSpawn?: (pid: number) => void;
 }
 
 export interface RunResult {
@@ -37,7 +39,7 @@ function describe(cmd: string, args: readonly string[]): string {
 /** Runs a tool to completion and returns its output. Throws StackbootError('TOOL') on failure. */
 export async function run(cmd: string, args: readonly string[], opts: RunOptions = {}): Promise<RunResult> {
   try {
-    const r = await execa(cmd, args, {
+    const sub = execa(cmd, args, {
       cwd: opts.cwd,
       env: opts.env,
       extendEnv: true,
@@ -50,6 +52,8 @@ export async function run(cmd: string, args: readonly string[], opts: RunOptions
       stripFinalNewline: false,
       maxBuffer: 1024 * 1024 * 1024,
     });
+    if (sub.pid !== undefined) opts.onSpawn?.(sub.pid);
+    const r = await sub;
     const stdoutBuffer = opts.binary ? Buffer.from(r.stdout as unknown as Uint8Array) : undefined;
     const stdout = opts.binary ? '' : String(r.stdout ?? '');
     const stderr = typeof r.stderr === 'string' ? r.stderr : Buffer.from((r.stderr ?? new Uint8Array()) as Uint8Array).toString('utf8');

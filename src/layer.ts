@@ -140,18 +140,6 @@ export async function produceLayer(
   }
 }
 
-/** Polls a growing output file so long compressions show progress. */
-function watchFile(file: string, ctx: LayerContext, task: string, total?: number): () => void {
-  const meter = new RateMeter(ctx.progress, task, total, 'bytes');
-  const t = setInterval(() => {
-    fs.stat(file).then(
-      (s) => meter.update(s.size),
-      () => {},
-    );
-  }, 500);
-  return () => clearInterval(t);
-}
-
 export interface DirLayerSpec {
   name: string;
   dir: string;
@@ -188,32 +176,34 @@ export async function buildDirLayer(ctx: LayerContext, spec: DirLayerSpec): Prom
 
 function dirLayer(ctx: LayerContext, spec: DirLayerSpec, scan: DirScan, hasXattrs: () => Promise<boolean>): Promise<BuiltLayer> {
   return produceLayer(ctx, spec.name, { source: 'dir', tree: scan.key, owner: spec.owner, devices: spec.devices, into: spec.into ?? '' }, async (tmp) => {
-    const stop = watchFile(tmp, ctx, `compress ${spec.name}`, scan.bytes);
-    try {
-      if (scan.hardlinks === 0 && !spec.into) {
-        try {
-          await gensquashfsDir(tmp, spec.dir, { ...ctx.squash, allRoot: spec.owner === 'root' });
-          return 'gensquashfs';
-        } catch (e) {
-          // gensquashfs -x stops at xattrs squashfs cannot hold (system.* POSIX ACLs,
-          // e.g. on /var/log/journal); the tar path leaves those out and goes on
-          if (!/xattr/i.test(String((e as Error).message) + JSON.stringify((e as StackbootError).details ?? {}))) throw e;
-          ctx.progress({ task: `compress ${spec.name}`, done: 0, note: 'system.* xattrs dropped (squashfs cannot hold them)' });
-        }
+    // progress: the bytes the tools have read of the tree's scan.bytes
+    const meter = new RateMeter(ctx.progress, `compress ${spec.name}`, scan.bytes, 'bytes');
+    const onRead = (n: number) => meter.update(Math.min(n, scan.bytes));
+    const done = <T>(builder: T): T => {
+      meter.update(scan.bytes, true);
+      return builder;
+    };
+    if (scan.hardlinks === 0 && !spec.into) {
+      try {
+        await gensquashfsDir(tmp, spec.dir, { ...ctx.squash, allRoot: spec.owner === 'root' }, onRead);
+        return done('gensquashfs');
+      } catch (e) {
+        // gensquashfs -x stops at xattrs squashfs cannot hold (system.* POSIX ACLs,
+        // e.g. on /var/log/journal); the tar path leaves those out and goes on
+        if (!/xattr/i.test(String((e as Error).message) + JSON.stringify((e as StackbootError).details ?? {}))) throw e;
+        ctx.progress({ task: `compress ${spec.name}`, done: 0, note: 'system.* xattrs dropped (squashfs cannot hold them)' });
       }
-      // gensquashfs -D turns hard links into copies and cannot place a tree under a
-      // prefix: a pack file from the walk keeps both, as fast, when the tree has no xattrs
-      // (gensquashfs 1.2 ignores xattrs with -F); else GNU tar | tar2sqfs keeps everything.
-      const pack = packFile(scan);
-      if (pack && !(await hasXattrs())) {
-        await gensquashfsPack(tmp, pack, ctx.squash);
-        return 'gensquashfs';
-      }
-      await tarDirToSquashfs(tmp, spec.dir, { ...ctx.squash, owner: spec.owner, into: spec.into });
-      return 'tar2sqfs';
-    } finally {
-      stop();
     }
+    // gensquashfs -D turns hard links into copies and cannot place a tree under a
+    // prefix: a pack file from the walk keeps both, as fast, when the tree has no xattrs
+    // (gensquashfs 1.2 ignores xattrs with -F); else GNU tar | tar2sqfs keeps everything.
+    const pack = packFile(scan);
+    if (pack && !(await hasXattrs())) {
+      await gensquashfsPack(tmp, pack, ctx.squash, onRead);
+      return done('gensquashfs');
+    }
+    await tarDirToSquashfs(tmp, spec.dir, { ...ctx.squash, owner: spec.owner, into: spec.into }, onRead);
+    return done('tar2sqfs');
   });
 }
 

@@ -17,6 +17,55 @@ export interface SquashOptions {
   jobs?: number;
 }
 
+/** Progress of a compression: bytes of input the tools have read so far. */
+export type OnRead = (bytes: number) => void;
+
+/**
+ * Bytes read so far by `pid` and the processes below it: the largest `rchar` of
+ * /proc/<pid>/io among them (gensquashfs reads the files itself; in a tar | tar2sqfs pipe
+ * tar2sqfs reads the whole stream). Linux counts every read(), so this is the input side
+ * of the compression, where the size of the growing output says little (it is compressed).
+ * null when /proc cannot tell (another user's process, no procfs).
+ */
+async function bytesRead(pid: number): Promise<number | null> {
+  let best: number | null = null;
+  const seen = new Set<number>();
+  const visit = async (p: number): Promise<void> => {
+    if (seen.has(p)) return;
+    seen.add(p);
+    const io = await fs.readFile(`/proc/${p}/io`, 'utf8').catch(() => '');
+    const m = /^rchar: (\d+)$/m.exec(io);
+    if (m) best = Math.max(best ?? 0, Number(m[1]));
+    for (const t of await fs.readdir(`/proc/${p}/task`).catch(() => [] as string[])) {
+      const kids = await fs.readFile(`/proc/${p}/task/${t}/children`, 'utf8').catch(() => '');
+      for (const k of kids.split(' ').filter(Boolean)) await visit(Number(k));
+    }
+  };
+  await visit(pid);
+  return best;
+}
+
+/** Runs a tool, reporting the bytes it has read every 250 ms to `onRead`. */
+async function runWatched(cmd: string, args: string[], env: Record<string, string>, onRead?: OnRead): Promise<void> {
+  if (!onRead) {
+    await run(cmd, args, { env });
+    return;
+  }
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    await run(cmd, args, {
+      env,
+      onSpawn: (pid) => {
+        timer = setInterval(() => {
+          bytesRead(pid).then((n) => n !== null && onRead(n), () => {});
+        }, 250);
+      },
+    });
+  } finally {
+    clearInterval(timer);
+  }
+}
+
 function compArgs(o: SquashOptions): string[] {
   const a = ['-c', o.compression.algorithm, '-b', String(o.blockSize)];
   if (o.compression.level !== undefined) a.push('-X', `level=${o.compression.level}`);
@@ -58,10 +107,10 @@ export async function tar2sqfs(out: string, o: SquashOptions, feed: (stdin: Writ
 }
 
 /** Builds `out` from a directory with gensquashfs -D. */
-export async function gensquashfsDir(out: string, dir: string, o: SquashOptions & { allRoot: boolean }): Promise<void> {
+export async function gensquashfsDir(out: string, dir: string, o: SquashOptions & { allRoot: boolean }, onRead?: OnRead): Promise<void> {
   const args = [...compArgs(o), '-D', dir, '-x', '-d', `mode=0755,uid=0,gid=0,mtime=${o.epoch}`, '-f', '-q', out];
   if (o.allRoot) args.splice(args.length - 1, 0, '--all-root');
-  await run('gensquashfs', args, { env: env(o) });
+  await runWatched('gensquashfs', args, env(o), onRead);
 }
 
 /** A squashfs file's superblock facts, checked before a layer is accepted. */
@@ -83,7 +132,7 @@ export async function checkSquashfs(file: string): Promise<{ bytesUsed: number }
  * `system.*` (POSIX ACLs, which squashfs cannot store). Keeps hard links, and can place
  * the tree under a prefix (`into`).
  */
-export async function tarDirToSquashfs(out: string, dir: string, o: SquashOptions & { owner: 'keep' | 'root'; into?: string }): Promise<void> {
+export async function tarDirToSquashfs(out: string, dir: string, o: SquashOptions & { owner: 'keep' | 'root'; into?: string }, onRead?: OnRead): Promise<void> {
   const tarArgs = [
     '-C', dir, '--sort=name', '--format=posix', '--xattrs', '--xattrs-include=*', '--xattrs-exclude=system.*', '--numeric-owner',
     `--mtime=@${o.epoch}`, '--pax-option=exthdr.name=%d/PaxHeaders/%f,delete=atime,delete=ctime',
@@ -93,15 +142,18 @@ export async function tarDirToSquashfs(out: string, dir: string, o: SquashOption
   tarArgs.push('-cf', '-', '.');
   const sqfsArgs = [...compArgs(o), '-d', `mode=0755,uid=0,gid=0,mtime=${o.epoch}`, '-s', '-f', '-q', out];
   const script = 'set -o pipefail; n=$1; shift; tar "${@:1:$n}" | tar2sqfs "${@:$((n+1))}"';
-  await run('bash', ['-c', script, 'stackboot', String(tarArgs.length), ...tarArgs, ...sqfsArgs], { env: env(o) });
+  await runWatched('bash', ['-c', script, 'stackboot', String(tarArgs.length), ...tarArgs, ...sqfsArgs], env(o), onRead);
 }
 
 /** Builds `out` from a gensquashfs pack file (owners, modes, hard links, devices; no xattrs). */
-export async function gensquashfsPack(out: string, pack: string, o: SquashOptions): Promise<void> {
+export async function gensquashfsPack(out: string, pack: string, o: SquashOptions, onRead?: OnRead): Promise<void> {
   const packPath = `${out}.pack`;
   await fs.writeFile(packPath, pack);
   try {
-    await run('gensquashfs', [...compArgs(o), '-F', packPath, '-d', `mode=0755,uid=0,gid=0,mtime=${o.epoch}`, '-f', '-q', out], { env: env(o) });
+    // gensquashfs reads the pack file first: its bytes are not layer data
+    const packBytes = Buffer.byteLength(pack);
+    const data = onRead && ((n: number) => onRead(Math.max(0, n - packBytes)));
+    await runWatched('gensquashfs', [...compArgs(o), '-F', packPath, '-d', `mode=0755,uid=0,gid=0,mtime=${o.epoch}`, '-f', '-q', out], env(o), data);
   } finally {
     await fs.rm(packPath, { force: true });
   }

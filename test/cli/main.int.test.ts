@@ -77,13 +77,19 @@ describe('the bundled CLI', () => {
     await fs.mkdir(recipe);
     await fs.writeFile(path.join(recipe, 'recipe.json'), JSON.stringify({ name: 'cli-test', version: '1', compatible: 'test', layers: [{ name: 'base', source: { type: 'dir', path: tree } }] }));
     const cache = path.join(work, 'cache');
+    let progress: { task: string; done: number; total?: number; final?: boolean }[] = [];
     const build = async (out: string) => {
       const r = await sb(['build', recipe, '--out', out, '--cache', cache, '--json']);
       expect(r.exitCode, r.stderr).toBe(0);
+      progress = r.stderr.trim().split('\n').filter(Boolean).map((l) => (JSON.parse(l) as { progress: (typeof progress)[number] }).progress);
       return JSON.parse(r.stdout) as { stack: string; layers: { name: string; digest: string; size: number; cached: boolean; builder: string }[] };
     };
     const first = await build(path.join(work, 'o1'));
     expect(first.layers).toHaveLength(1);
+    // progress (JSON lines on stderr): the compression ends with a final event at 100 %
+    // of the tree's bytes, so a terminal's bar is finished before the result is printed
+    const compress = progress.filter((p) => p.task === 'compress base');
+    expect(compress.at(-1)).toMatchObject({ done: 12, total: 12, final: true });
     expect(first.layers[0]).toMatchObject({ name: 'base', cached: false, builder: 'gensquashfs' });
     const file = path.join(work, 'o1', 'layers', `${first.layers[0].digest}.sqfs`);
     const bytes = await fs.readFile(file);

@@ -1,0 +1,63 @@
+/**
+ * squashfs-tools-ng through src/squashfs.ts: the progress of a compression, read from the
+ * tools' /proc/<pid>/io while they run. Real gensquashfs, tar and tar2sqfs on a tree made
+ * here: 32 MiB of random bytes at zstd level 19 keep the tools busy for about a second.
+ */
+import { randomBytes } from 'node:crypto';
+import { promises as fs } from 'node:fs';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { gensquashfsDir, gensquashfsPack, tarDirToSquashfs, type SquashOptions } from '../src/squashfs.js';
+import { packFile, scanDir } from '../src/sources/dir.js';
+import { tmpdir } from './sources/tarfixture.js';
+
+const SIZE = 32 << 20;
+const opts: SquashOptions = { compression: { algorithm: 'zstd', level: 19 }, blockSize: 131072, epoch: 0 };
+let work: string;
+let tree: string;
+
+beforeAll(async () => {
+  work = await tmpdir('sb-sqfs-');
+  tree = path.join(work, 'tree');
+  await fs.mkdir(path.join(tree, 'data'), { recursive: true });
+  await fs.writeFile(path.join(tree, 'data', 'random'), randomBytes(SIZE));
+  await fs.writeFile(path.join(tree, 'small'), 'x\n');
+});
+afterAll(async () => {
+  await fs.rm(work, { recursive: true, force: true });
+});
+
+/** The onRead values of one compression: they climb, and some fall between 0 and the end. */
+function expectProgress(seen: number[], total: number): void {
+  expect(seen.length, 'progress reported while the tool ran').toBeGreaterThan(0);
+  for (let i = 1; i < seen.length; i++) expect(seen[i]).toBeGreaterThanOrEqual(seen[i - 1]);
+  expect(seen.some((n) => n > 0 && n < total), `some value between 0 and ${total}: ${seen.join(', ')}`).toBe(true);
+  // the bytes read are the input: never far above the tree's data (tar headers at most)
+  expect(Math.max(...seen)).toBeLessThan(total + (1 << 20));
+}
+
+describe('compression progress (bytes the tools have read)', () => {
+  it('gensquashfs -D', async () => {
+    const seen: number[] = [];
+    await gensquashfsDir(path.join(work, 'd.sqfs'), tree, { ...opts, allRoot: true }, (n) => seen.push(n));
+    expectProgress(seen, SIZE + 2);
+  });
+
+  it('gensquashfs -F, without the pack file it reads first', async () => {
+    const scan = await scanDir(tree, { devices: false, owner: 'root' });
+    const seen: number[] = [];
+    await gensquashfsPack(path.join(work, 'f.sqfs'), packFile(scan)!, opts, (n) => seen.push(n));
+    expectProgress(seen, scan.bytes);
+  });
+
+  it('GNU tar | tar2sqfs (the largest reader of the pipe)', async () => {
+    const seen: number[] = [];
+    await tarDirToSquashfs(path.join(work, 't.sqfs'), tree, { ...opts, owner: 'root' }, (n) => seen.push(n));
+    expectProgress(seen, SIZE + 2);
+  });
+
+  it('the same bytes with and without a progress watcher', async () => {
+    await gensquashfsDir(path.join(work, 'quiet.sqfs'), tree, { ...opts, allRoot: true });
+    expect(Buffer.compare(await fs.readFile(path.join(work, 'quiet.sqfs')), await fs.readFile(path.join(work, 'd.sqfs')))).toBe(0);
+  });
+});
