@@ -9,6 +9,7 @@ import yargs, { type Argv } from 'yargs';
 import { hideBin } from 'yargs/helpers';
 import { causeChain, exitCodeOf, StackbootError } from '../errors.js';
 import { commands } from './commands/index.js';
+import { endProgressLine } from './output.js';
 
 export interface GlobalArgs {
   json?: boolean;
@@ -53,6 +54,7 @@ async function main(argv: string[]): Promise<void> {
     failed = e;
   }
   if (failed) {
+    endProgressLine();
     const verbose = argv.includes('--verbose') || argv.includes('-v');
     const chain = causeChain(failed);
     process.stderr.write(`stackboot: ${chain[0] ?? 'failed'}\n`);

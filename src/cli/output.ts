@@ -23,10 +23,22 @@ function fmtBytes(n: number): string {
   return `${v.toFixed(i === 0 ? 0 : 1)} ${u[i]}`;
 }
 
+/** Length of an unfinished progress line on a TTY's stderr (its bar, no newline yet). */
+let lastLen = 0;
+
+/**
+ * Erases an unfinished progress line, so what is printed next (a result line on stdout,
+ * an error on stderr) starts at the left edge instead of after the bar.
+ */
+export function endProgressLine(): void {
+  if (lastLen === 0) return;
+  process.stderr.write('\r' + ' '.repeat(lastLen) + '\r');
+  lastLen = 0;
+}
+
 export function makeOut(opts: { json?: boolean; verbose?: boolean; quiet?: boolean; [k: string]: unknown }): Out {
   const json = !!opts.json;
   const tty = process.stderr.isTTY && !json;
-  let lastLen = 0;
   let lastPlain = 0;
   const progress: ProgressSink = (ev: ProgressEvent) => {
     if (opts.quiet) return;
@@ -61,7 +73,9 @@ export function makeOut(opts: { json?: boolean; verbose?: boolean; quiet?: boole
     json,
     verbose: !!opts.verbose,
     line: (t) => {
-      if (!json && !opts.quiet) process.stdout.write(t + '\n');
+      if (json || opts.quiet) return;
+      endProgressLine();
+      process.stdout.write(t + '\n');
     },
     result: (obj) => {
       if (json) process.stdout.write(JSON.stringify(obj, null, 2) + '\n');
