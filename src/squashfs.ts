@@ -52,12 +52,22 @@ async function runWatched(cmd: string, args: string[], env: Record<string, strin
     return;
   }
   let timer: NodeJS.Timeout | undefined;
+  let busy = false;
+  let most = 0;
   try {
     await run(cmd, args, {
       env,
       onSpawn: (pid) => {
         timer = setInterval(() => {
-          bytesRead(pid).then((n) => n !== null && onRead(n), () => {});
+          if (busy) return; // a slow /proc read: skip a tick rather than overlap
+          busy = true;
+          bytesRead(pid)
+            .then((n) => {
+              // a counter only grows (a pipe's reader can briefly lag its writer)
+              if (n !== null && n > most) onRead((most = n));
+            })
+            .catch(() => {})
+            .finally(() => (busy = false));
         }, 250);
       },
     });
