@@ -7,7 +7,9 @@
  * A small test-only layer on top adds stackboot-e2e-report.service (after the health
  * unit): it prints `E2E:` lines (health result, mounts, store state, status) and powers
  * off. The console also shows what systemd says about the store and the loop devices at
- * shutdown (DESIGN.md, hard lessons); the test logs those lines.
+ * shutdown (DESIGN.md, hard lessons); the test logs those lines. systemd cannot release
+ * them itself; it hands the last unmounts back to the initramfs's shutdown.sh
+ * (/run/initramfs/shutdown), which must report everything released.
  *
  * The Debian base comes from images/debian/prepare.sh (mmdebstrap; cached after the first
  * run). The test is skipped only when that script says the Debian mirror is unreachable
@@ -160,10 +162,17 @@ describe('a real Debian 12 root with systemd (amd64, QEMU)', () => {
         ...out.split('\n').filter((l) => l.includes('E2E: loop ')),
         'shutdown lines about the store/loops/overlay:',
         ...(notes.length ? notes : ['(none)']),
+        'the hand-back:',
+        ...out.split('\n').filter((l) => l.includes('stackboot: shutdown')),
       ].join('\n'),
     );
     // a clean poweroff: no panic, no hang, and the node kept the state consistent
     expect(out).not.toMatch(/Kernel panic/);
+    // the hook left systemd a way back (handback.sh): systemd-shutdown pivoted into
+    // /run/initramfs and shutdown.sh took the old root down, loops and store included
+    expect(out, tailOf(r, 'no hand-back prepared')).toMatch(/stackboot: shutdown hand-back ready \(\/run\/initramfs\/shutdown\)/);
+    expect(out, tailOf(r, 'the hand-back did not run')).toMatch(/stackboot: shutdown: old root detached/);
+    expect(out, tailOf(r, 'the hand-back left mounts or loops held')).toMatch(/stackboot: shutdown: clean: every mount released, \d+ loop device\(s\) detached here; poweroff/);
 
     // the host's view: slot b is good and current, slot a is kept as the fallback
     const s = await readStore(img);

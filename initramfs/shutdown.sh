@@ -1,0 +1,62 @@
+#!/bin/sh
+# stackboot: the shutdown hand-back, run by systemd-shutdown as /run/initramfs/shutdown
+# VERB once it has pivoted into /run/initramfs (the old root at /oldroot; see handback.sh).
+# Not part of the sourced core: sb_handback_prepare copies it there at boot.
+#
+# The old root cannot be unmounted path by path: the overlay at /oldroot uses the layer
+# mounts and the upper under /oldroot/run/sb, and those are mounted on the overlay. So the
+# whole tree is detached at once (umount -l); the kernel frees each mount as its last user
+# goes: the overlay, then the layers and their loop devices (autoclear), then the store
+# once no loop device holds a file on it. Loop devices still bound are released here.
+# Never set -e: every step is tried, and the machine always goes down.
+export PATH=/bin
+SB_LIB=/lib/stackboot
+SB_LOG_PREFIX="stackboot: shutdown"
+[ -w /dev/console ] && exec </dev/console >/dev/console 2>&1
+if ! . "$SB_LIB/log.sh" 2>/dev/null; then
+	sb_log() { echo "stackboot: shutdown: $*"; }
+	sb_warn() { echo "stackboot: shutdown: warning: $*"; }
+fi
+verb="${1:-reboot}"
+
+if umount -l /oldroot 2>/dev/null; then
+	sb_log "old root detached"
+else
+	sb_warn "cannot detach /oldroot"
+fi
+sync
+
+# loop devices still bound to a file
+n=0
+busy=
+for b in /sys/block/loop*; do
+	[ -r "$b/loop/backing_file" ] || continue
+	if losetup -d "/dev/${b##*/}" 2>/dev/null; then
+		n=$((n + 1))
+	else
+		busy="$busy ${b##*/}"
+	fi
+done
+# ext4 filesystems the kernel still holds (the store, a disk upper, the data partition)
+held=
+for f in /sys/fs/ext4/*; do
+	[ -d "$f" ] || continue
+	case "${f##*/}" in features) continue ;; esac
+	held="$held ${f##*/}"
+done
+sync
+if [ -z "$busy" ] && [ -z "$held" ]; then
+	sb_log "clean: every mount released, $n loop device(s) detached here; $verb"
+else
+	sb_warn "still held:${busy:+ loop$busy}${held:+ ext4$held}; $verb anyway"
+fi
+
+case "$verb" in
+poweroff | halt) "$verb" -f ;;
+*) reboot -f ;;
+esac
+# only reached when that failed: keep trying, never return to systemd-shutdown
+while :; do
+	sleep 5
+	reboot -f
+done

@@ -1,0 +1,70 @@
+/**
+ * The shutdown hand-back (initramfs/handback.sh) on the host, under busybox sh with a fake
+ * root: which roots get it, and what /run/initramfs holds. shutdown.sh itself detaches
+ * /oldroot and reboots, so it runs only in QEMU (test/e2e/debian.test.ts, systemd
+ * shutting a real Debian root down through it).
+ */
+import { afterEach, describe, expect, it } from 'vitest';
+import { existsSync, lstatSync, mkdirSync, readFileSync, readlinkSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { FakeRoot, LIB } from './harness.js';
+
+let roots: FakeRoot[] = [];
+afterEach(() => {
+  for (const r of roots) r.cleanup();
+  roots = [];
+});
+
+function root(): FakeRoot {
+  const r = new FakeRoot();
+  roots.push(r);
+  return r;
+}
+
+describe('sb_handback_wanted', () => {
+  it('is true for a systemd init (Debian links /sbin/init to it), false for others', async () => {
+    const r = root();
+    const nr = r.newRoot;
+    mkdirSync(join(nr, 'sbin'), { recursive: true });
+    mkdirSync(join(nr, 'lib/systemd'), { recursive: true });
+    writeFileSync(join(nr, 'lib/systemd/systemd'), '');
+    symlinkSync('/lib/systemd/systemd', join(nr, 'sbin/init'));
+    const want = async (init: string) => (await r.sh(`SB_INIT=${init}; sb_handback_wanted "$SB_T/root" && echo YES || echo NO`)).out.trim();
+    expect(await want('/sbin/init')).toBe('YES');
+    expect(await want('/lib/systemd/systemd')).toBe('YES');
+    // busybox init (the demo) and a plain file
+    symlinkSync('../bin/busybox', join(nr, 'sbin/bbinit'));
+    writeFileSync(join(nr, 'sbin/myinit'), '#!/bin/sh\n');
+    expect(await want('/sbin/bbinit')).toBe('NO');
+    expect(await want('/sbin/myinit')).toBe('NO');
+    expect(await want('/sbin/missing')).toBe('NO');
+  });
+});
+
+describe('sb_handback_prepare', () => {
+  it('fills RUN/initramfs: busybox, its applets, log.sh, the mount points, an executable shutdown', async () => {
+    const r = root();
+    const bb = join(r.dir, 'busybox');
+    writeFileSync(bb, 'not really busybox');
+    const res = await r.sh(`sb_handback_prepare "$SB_T/run" "$SB_T/busybox"; echo RC=$?`);
+    expect(res.out).toContain('RC=0');
+    const dir = join(r.runDir, 'initramfs');
+    expect(readFileSync(join(dir, 'bin/busybox'), 'utf8')).toBe('not really busybox');
+    expect(statSync(join(dir, 'bin/busybox')).mode & 0o111).toBe(0o111);
+    for (const a of ['sh', 'umount', 'losetup', 'reboot', 'poweroff', 'halt', 'sync']) expect(readlinkSync(join(dir, 'bin', a))).toBe('busybox');
+    for (const d of ['dev', 'proc', 'sys', 'run', 'oldroot']) expect(lstatSync(join(dir, d)).isDirectory()).toBe(true);
+    expect(readFileSync(join(dir, 'lib/stackboot/log.sh'), 'utf8')).toBe(readFileSync(join(LIB, 'log.sh'), 'utf8'));
+    const shutdown = join(dir, 'shutdown');
+    expect(readFileSync(shutdown, 'utf8')).toBe(readFileSync(join(LIB, 'shutdown.sh'), 'utf8'));
+    expect(statSync(shutdown).mode & 0o755).toBe(0o755);
+    expect(res.err).toMatch(/shutdown hand-back ready/);
+  });
+
+  it('leaves nothing half made when it cannot copy (no busybox): a warning, no /run/initramfs', async () => {
+    const r = root();
+    const res = await r.sh(`sb_handback_prepare "$SB_T/run" "$SB_T/no-busybox"; echo RC=$?`);
+    expect(res.out).toContain('RC=1');
+    expect(res.err).toMatch(/warning: no shutdown hand-back/);
+    expect(existsSync(join(r.runDir, 'initramfs'))).toBe(false);
+  });
+});
