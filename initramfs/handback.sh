@@ -39,6 +39,22 @@ sb_handback_prepare() {
 			return 1
 		}
 	done
+	sb_handback_utab "$1"
 	sb_log "shutdown hand-back ready ($dir/shutdown)"
+	return 0
+}
+
+# sb_handback_utab RUN: marks every mount under $SB_RUN/sb x-initrd.mount in
+# RUN/mount/utab (libmount's user options, which systemd reads with the mount table), so
+# systemd leaves them to the hand-back instead of trying to unmount them at shutdown and
+# failing on the store ("Failed unmounting run-sb-s0.mount"). A failure only costs that.
+sb_handback_utab() {
+	local utab="$1/mount/utab" src mp rest
+	mkdir -p "$1/mount" 2>/dev/null || return 0
+	[ -r "$SB_PROC_MOUNTS" ] || return 0
+	while read -r src mp rest; do
+		case "$mp" in "$SB_RUN/sb/"*) ;; *) continue ;; esac
+		echo "SRC=$src TARGET=$mp ROOT=/ OPTS=x-initrd.mount"
+	done <"$SB_PROC_MOUNTS" >>"$utab" 2>/dev/null
 	return 0
 }

@@ -60,6 +60,29 @@ describe('sb_handback_prepare', () => {
     expect(res.err).toMatch(/shutdown hand-back ready/);
   });
 
+  it('marks the /run/sb mounts x-initrd.mount in RUN/mount/utab, so systemd leaves them to it', async () => {
+    const r = root();
+    writeFileSync(join(r.dir, 'busybox'), 'bb');
+    writeFileSync(
+      join(r.dir, 'mounts'),
+      [
+        'proc /proc proc rw,nosuid 0 0',
+        `/dev/vda1 ${r.runDir}/sb/s0 ext4 ro,relatime 0 0`,
+        `/dev/loop0 ${r.runDir}/sb/l0 squashfs ro 0 0`,
+        `tmpfs ${r.runDir}/sb/up tmpfs rw 0 0`,
+        `overlay ${r.newRoot} overlay rw,lowerdir=x 0 0`,
+        '',
+      ].join('\n'),
+    );
+    const res = await r.sh(`sb_handback_prepare "$SB_T/run" "$SB_T/busybox"; echo RC=$?`);
+    expect(res.out).toContain('RC=0');
+    expect(readFileSync(join(r.runDir, 'mount/utab'), 'utf8').trim().split('\n')).toEqual([
+      `SRC=/dev/vda1 TARGET=${r.runDir}/sb/s0 ROOT=/ OPTS=x-initrd.mount`,
+      `SRC=/dev/loop0 TARGET=${r.runDir}/sb/l0 ROOT=/ OPTS=x-initrd.mount`,
+      `SRC=tmpfs TARGET=${r.runDir}/sb/up ROOT=/ OPTS=x-initrd.mount`,
+    ]);
+  });
+
   it('leaves nothing half made when it cannot copy (no busybox): a warning, no /run/initramfs', async () => {
     const r = root();
     const res = await r.sh(`sb_handback_prepare "$SB_T/run" "$SB_T/no-busybox"; echo RC=$?`);
