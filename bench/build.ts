@@ -28,6 +28,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { run, spawn } from '../src/exec.js';
+import { processTree, procField } from '../src/proc.js';
 import { scanDir } from '../src/sources/dir.js';
 
 export interface Row {
@@ -52,28 +53,17 @@ const mib = (kb: number): string => (Number.isFinite(kb) ? `${(kb / 1024).toFixe
  * RSS in kB of the processes in the tree below `root` (and root, if asked), summed, and
  * the private part of it (RssAnon: the rest, RssFile, is clean pages of the executables
  * and libraries, shared with every other process that runs them and dropped by the
- * kernel under pressure; for node that is ~37 MiB of its 94 MiB binary). Walks
- * /proc/<pid>/task/<tid>/children, so a sample costs a few reads, not a scan of /proc
- * (a heavy sampler would steal CPU from the build it measures on a 2-core machine).
+ * kernel under pressure; for node that is ~37 MiB of its 94 MiB binary). A sample costs
+ * a few reads per process (src/proc.ts), not a scan of /proc: a heavy sampler would steal
+ * CPU from the build it measures on a 2-core machine.
  */
 async function treeRss(root: number, includeRoot: boolean): Promise<{ rss: number; anon: number }> {
   const sum = { rss: 0, anon: 0 };
-  const seen = new Set<number>();
-  const visit = async (pid: number, count: boolean): Promise<void> => {
-    if (seen.has(pid)) return;
-    seen.add(pid);
-    if (count) {
-      const st = await fs.readFile(`/proc/${pid}/status`, 'utf8').catch(() => '');
-      sum.rss += Number(/^VmRSS:\s+(\d+) kB/m.exec(st)?.[1] ?? 0);
-      sum.anon += Number(/^RssAnon:\s+(\d+) kB/m.exec(st)?.[1] ?? 0);
-    }
-    const tasks = await fs.readdir(`/proc/${pid}/task`).catch(() => [] as string[]);
-    for (const t of tasks) {
-      const kids = await fs.readFile(`/proc/${pid}/task/${t}/children`, 'utf8').catch(() => '');
-      for (const k of kids.split(' ').filter(Boolean)) await visit(Number(k), true);
-    }
-  };
-  await visit(root, includeRoot);
+  for (const pid of await processTree(root)) {
+    if (pid === root && !includeRoot) continue;
+    sum.rss += (await procField(pid, 'status', 'VmRSS')) ?? 0;
+    sum.anon += (await procField(pid, 'status', 'RssAnon')) ?? 0;
+  }
   return sum;
 }
 

@@ -5,6 +5,7 @@
 import { promises as fs } from 'node:fs';
 import type { Writable } from 'node:stream';
 import { run, spawn } from './exec.js';
+import { processTree, procField } from './proc.js';
 import { StackbootError } from './errors.js';
 import type { Compression } from './recipe.js';
 
@@ -29,19 +30,10 @@ export type OnRead = (bytes: number) => void;
  */
 async function bytesRead(pid: number): Promise<number | null> {
   let best: number | null = null;
-  const seen = new Set<number>();
-  const visit = async (p: number): Promise<void> => {
-    if (seen.has(p)) return;
-    seen.add(p);
-    const io = await fs.readFile(`/proc/${p}/io`, 'utf8').catch(() => '');
-    const m = /^rchar: (\d+)$/m.exec(io);
-    if (m) best = Math.max(best ?? 0, Number(m[1]));
-    for (const t of await fs.readdir(`/proc/${p}/task`).catch(() => [] as string[])) {
-      const kids = await fs.readFile(`/proc/${p}/task/${t}/children`, 'utf8').catch(() => '');
-      for (const k of kids.split(' ').filter(Boolean)) await visit(Number(k));
-    }
-  };
-  await visit(pid);
+  for (const p of await processTree(pid)) {
+    const n = await procField(p, 'io', 'rchar');
+    if (n !== null) best = Math.max(best ?? 0, n);
+  }
   return best;
 }
 
