@@ -25,7 +25,6 @@ export interface DirScan {
    * null when a name cannot be written in a pack file (see packFile).
    */
   pack: { head: string[]; lines: string[]; links: string[] } | null;
-  rootMode: number;
 }
 
 export interface ScanOptions {
@@ -151,5 +150,5 @@ export async function scanDir(root: string, o: ScanOptions): Promise<DirScan> {
     for (let i = 1; i < parts.length; i++) head.push(`dir ${q('/' + parts.slice(0, i).join('/'))} 0755 0 0`);
     head.push(`dir ${q(pre)} ${octal(st.mode)} 0 0`);
   }
-  return { key: h.digest('hex'), files, entries, bytes, hardlinks, pack: packable ? { head, lines, links } : null, rootMode: st.mode };
+  return { key: h.digest('hex'), files, entries, bytes, hardlinks, pack: packable ? { head, lines, links } : null };
 }
