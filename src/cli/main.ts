@@ -44,8 +44,10 @@ async function main(argv: string[]): Promise<void> {
     .demandCommand(1, 'name a command (see --help)')
     .recommendCommands()
     .wrap(Math.min(110, process.stdout.columns || 100))
+    // yargs goes on to run the command when this returns: it must throw (a bad option
+    // must never reach a handler that installs or flashes)
     .fail((msg, err) => {
-      failed = err ?? new StackbootError('USAGE', msg);
+      throw err ?? new StackbootError('USAGE', msg);
     });
   for (const c of commands) parser.command(c as never);
   try {

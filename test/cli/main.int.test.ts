@@ -68,6 +68,28 @@ describe('the bundled CLI', () => {
     expect(v.stderr).toMatch(/caused by: .*ENOENT/);
   });
 
+  it('never runs a command whose options fail validation (unknown option, missing argument)', async () => {
+    // a recipe that would build: only the bad option stands in the way
+    const tree = path.join(work, 'v-tree');
+    await fs.mkdir(tree, { recursive: true });
+    await fs.writeFile(path.join(tree, 'f'), 'x');
+    const recipe = path.join(work, 'v-recipe.json');
+    await fs.writeFile(recipe, JSON.stringify({ name: 'v', version: '1', compatible: 'test', layers: [{ name: 'base', source: { type: 'dir', path: tree } }] }));
+    const out = path.join(work, 'v-out');
+    const unknown = await sb(['build', recipe, '--out', out, '--no-cache', '--frobnicate=1']);
+    expect(unknown.exitCode).toBe(2);
+    expect(unknown.stderr.split('\n')[0]).toBe('stackboot: [USAGE] Unknown argument: frobnicate');
+    // the command's own help follows a parse error
+    expect(unknown.stderr).toMatch(/^stackboot build <recipe>$/m);
+    expect(await fs.stat(out).catch(() => null)).toBeNull();
+    const noOut = await sb(['build', recipe, '--no-cache']);
+    expect(noOut.exitCode).toBe(2);
+    expect(noOut.stderr.split('\n')[0]).toBe('stackboot: [USAGE] Missing required argument: out');
+    const noRecipe = await sb(['build']);
+    expect(noRecipe.exitCode).toBe(2);
+    expect(noRecipe.stderr.split('\n')[0]).toMatch(/^stackboot: \[USAGE\] Not enough non-option arguments/);
+  });
+
   it('builds a stack with the real tools, then serves it from the cache', async () => {
     const tree = path.join(work, 'tree');
     await fs.mkdir(path.join(tree, 'etc'), { recursive: true });
