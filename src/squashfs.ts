@@ -148,12 +148,12 @@ export async function tarDirToSquashfs(out: string, dir: string, o: SquashOption
 }
 
 /** Builds `out` from a gensquashfs pack file (owners, modes, hard links, devices; no xattrs). */
-export async function gensquashfsPack(out: string, pack: string, o: SquashOptions, onRead?: OnRead): Promise<void> {
+export async function gensquashfsPack(out: string, pack: readonly Buffer[], o: SquashOptions, onRead?: OnRead): Promise<void> {
   const packPath = `${out}.pack`;
   await fs.writeFile(packPath, pack);
   try {
     // gensquashfs reads the pack file first: its bytes are not layer data
-    const packBytes = Buffer.byteLength(pack);
+    const packBytes = pack.reduce((n, b) => n + b.length, 0);
     const data = onRead && ((n: number) => onRead(Math.max(0, n - packBytes)));
     await runWatched('gensquashfs', [...compArgs(o), '-F', packPath, '-d', `mode=0755,uid=0,gid=0,mtime=${o.epoch}`, '-f', '-q', out], env(o), data);
   } finally {

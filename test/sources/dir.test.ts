@@ -37,11 +37,12 @@ describe('scanDir', () => {
     expect(s.bytes).toBe(4 + 10 + 10);
     expect(s.entries).toBe(8);
     // pack lines in walk order (sorted, parents first), the hard link apart
-    const rels = s.pack!.lines.map((l) => /^\w+ "\/([^"]*)"/.exec(l)![1]);
+    const lines = Buffer.concat(s.pack!.lines).toString().trimEnd().split('\n');
+    const rels = lines.map((l) => /^\w+ "\/([^"]*)"/.exec(l)![1]);
     expect(rels).toEqual(['etc', 'etc/app', 'etc/app/conf', 'etc/tool', 'usr', 'usr/bin', 'usr/bin/tool']);
-    expect(s.pack!.links).toEqual(['link "/usr/bin/tool-alias" 0777 0 0 /usr/bin/tool']);
-    expect(s.pack!.lines).toContain('slink "/etc/tool" 0777 0 0 ../usr/bin/tool'.replace(' 0 0 ', ` ${process.getuid!()} ${process.getgid!()} `));
-    expect(s.pack!.lines.find((l) => l.startsWith('file "/usr/bin/tool" '))).toMatch(/^file "\/usr\/bin\/tool" 0755 /);
+    expect(Buffer.concat(s.pack!.links).toString()).toBe('link "/usr/bin/tool-alias" 0777 0 0 /usr/bin/tool\n');
+    expect(lines).toContain('slink "/etc/tool" 0777 0 0 ../usr/bin/tool'.replace(' 0 0 ', ` ${process.getuid!()} ${process.getgid!()} `));
+    expect(lines.find((l) => l.startsWith('file "/usr/bin/tool" '))).toMatch(/^file "\/usr\/bin\/tool" 0755 /);
   });
 
   it('gives the same key for the same tree, and a new key for any change a layer would show', async () => {
@@ -79,7 +80,7 @@ describe('packFile', () => {
   it('describes every entry with owners and modes, hard links last, data read from the tree', async () => {
     const root = await tree();
     const s = await scanDir(root, { devices: false, owner: 'root' });
-    const text = packFile(s)!;
+    const text = Buffer.concat(packFile(s)!).toString();
     const lines = text.trimEnd().split('\n');
     expect(lines[0]).toBe('dir "/etc" 0755 0 0');
     expect(lines).toContain(`file "/usr/bin/tool" 0755 0 0 ${path.resolve(root)}/usr/bin/tool`);
@@ -90,7 +91,7 @@ describe('packFile', () => {
   it('places the tree under a prefix, making its parents', async () => {
     const root = await tree();
     const s = await scanDir(root, { devices: false, owner: 'root', into: 'opt/app' });
-    const lines = packFile(s)!.split('\n');
+    const lines = Buffer.concat(packFile(s)!).toString().split('\n');
     expect(lines.slice(0, 3)).toEqual(['dir "/opt" 0755 0 0', expect.stringMatching(/^dir "\/opt\/app" 0\d{3} 0 0$/), 'dir "/opt/app/etc" 0755 0 0']);
     expect(lines).toContain('link "/opt/app/usr/bin/tool-alias" 0777 0 0 /opt/app/usr/bin/tool');
   });
@@ -100,7 +101,7 @@ describe('packFile', () => {
     await fs.mkdir(root);
     await fs.writeFile(path.join(root, 'say "hi"\\now'), 'x');
     const s = await scanDir(root, { devices: false, owner: 'root' });
-    expect(packFile(s)).toContain('file "/say \\"hi\\"\\\\now" 0644 0 0 ');
+    expect(Buffer.concat(packFile(s)!).toString()).toContain('file "/say \\"hi\\"\\\\now" 0644 0 0 ');
     await fs.writeFile(path.join(root, 'two\nlines'), 'x');
     expect(packFile(await scanDir(root, { devices: false, owner: 'root' }))).toBeNull();
   });
