@@ -1,15 +1,21 @@
-// Bundles the CLI (dist/ from tsc) and its runtime dependencies into one CommonJS file,
-// dist/stackboot.cjs, with esbuild. Node 20 loads one file several times faster than the
-// ~400 module files of yargs, execa, tar and handlebars (0.15 s instead of 0.3 s to start,
-// ~15 MiB less memory), which every command pays, under QEMU TCG on a node most of all.
+// Bundles the CLI (dist/ from tsc) and its runtime dependencies into CommonJS files,
+// with esbuild: dist/stackboot.cjs, and beside it stackboot-handlebars.cjs and
+// stackboot-tar.cjs. Node 20 loads one file several times faster than the ~400 module
+// files of yargs, execa, tar and handlebars (0.15 s instead of 0.3 s to start, ~15 MiB
+// less memory), which every command pays, under QEMU TCG on a node most of all.
 // CommonJS rather than an ES module: in a CommonJS bundle the modules a command imports
 // lazily (and the Node built-ins they need, such as zlib for tar) are loaded only when
 // the command runs, where an ES module bundle hoists every built-in import to its top
 // (measured: `--version` 0.18 s / 49 MiB against 0.23 s / 53 MiB).
+// handlebars (with source-map) and node-tar are a third of the code, and only
+// `initramfs`/`image` and tar/OCI sources use them: in files of their own they are read
+// and parsed when first required, not by every command (V8 scans the whole of a script
+// it compiles: ~1 MiB less memory for a build).
 //
 //   node scripts/bundle-cli.mjs [ENTRY [OUTFILE]]
-// defaults: dist/cli/main.js (tsc's output) -> dist/stackboot.cjs. esbuild also takes the
-// TypeScript entry src/cli/main.ts directly (scripts/guest-node-tree.sh does).
+// defaults: dist/cli/main.js (tsc's output) -> dist/stackboot.cjs (the two parts go next
+// to OUTFILE). esbuild also takes the TypeScript entry src/cli/main.ts directly
+// (scripts/guest-node-tree.sh does).
 import { build } from 'esbuild';
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
@@ -17,20 +23,51 @@ import { fileURLToPath } from 'node:url';
 
 const repo = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const { version } = JSON.parse(readFileSync(path.join(repo, 'package.json'), 'utf8'));
-await build({
+const outfile = process.argv[3] ?? 'dist/stackboot.cjs';
+const outDir = path.dirname(path.resolve(repo, outfile));
+/** packages bundled apart, each in stackboot-<name>.cjs next to the CLI */
+const PARTS = ['handlebars', 'tar'];
+const common = {
   absWorkingDir: repo,
-  entryPoints: [process.argv[2] ?? 'dist/cli/main.js'],
-  outfile: process.argv[3] ?? 'dist/stackboot.cjs',
   bundle: true,
   platform: 'node',
   format: 'cjs',
   target: 'node20',
-  // the sources are ES modules: import.meta.url (templates are found next to the
-  // bundle, yargs' createRequire) becomes the bundle's own file URL
-  define: { __STACKBOOT_VERSION__: JSON.stringify(version), 'import.meta.url': '__sbModuleUrl' },
-  banner: { js: "const __sbModuleUrl = require('node:url').pathToFileURL(__filename).href;" },
   legalComments: 'none',
   logLevel: 'warning',
   // handlebars' index.js registers a require.extensions hook we never use
   logOverride: { 'unsupported-require-call': 'silent' },
+};
+await build({
+  ...common,
+  entryPoints: [process.argv[2] ?? 'dist/cli/main.js'],
+  outfile,
+  // the parts are required from the CLI's own folder (a relative require resolves there)
+  plugins: [
+    {
+      name: 'parts',
+      setup(b) {
+        b.onResolve({ filter: new RegExp(`^(${PARTS.join('|')})$`) }, (a) => ({ path: `./stackboot-${a.path}.cjs`, external: true }));
+      },
+    },
+  ],
+  // the sources are ES modules: import.meta.url (templates are found next to the
+  // bundle, yargs' createRequire) becomes the bundle's own file URL.
+  // string-width (yargs' help layout) makes an Intl.Segmenter when it loads, which maps
+  // ICU's break-iterator data: ~1.4 MiB of every command's memory for a help text that
+  // most runs never print. The bundle's Segmenter is made on its first use instead.
+  define: { __STACKBOOT_VERSION__: JSON.stringify(version), 'import.meta.url': '__sbModuleUrl', 'Intl.Segmenter': '__sbLazySegmenter' },
+  banner: {
+    js: [
+      "const __sbModuleUrl = require('node:url').pathToFileURL(__filename).href;",
+      'class __sbLazySegmenter { constructor(...a) { this.a = a; } segment(s) { return (this.s ??= new Intl.Segmenter(...this.a)).segment(s); } }',
+    ].join('\n'),
+  },
 });
+for (const name of PARTS) {
+  await build({
+    ...common,
+    stdin: { contents: `module.exports = require(${JSON.stringify(name)});`, resolveDir: repo, loader: 'js' },
+    outfile: path.join(outDir, `stackboot-${name}.cjs`),
+  });
+}

@@ -1,7 +1,7 @@
 #!/bin/bash
 # Builds the tree of a guest layer that runs the real `stackboot` CLI: the host's Node.js
 # binary with its shared libraries (from ldd), the CLI bundled from src/ into one module
-# (bundled here into the tree, not the repo's dist/), and /usr/bin/stackboot.
+# (bundled here into the tree, not the repo's dist/), bin/stackboot, and /usr/bin/stackboot.
 #
 #   scripts/guest-node-tree.sh OUT_DIR
 #
@@ -25,18 +25,16 @@ ldd "$node" | awk '/=> \//{print $3} /^[ \t]*\/.*ld-linux/{print $1}' | sort -u 
 	install -m 0755 "$real" "$tmp$lib"
 done
 
-# the CLI: one bundled module (execa, tar, yargs and handlebars inside), no node_modules;
-# it starts several times faster than ~400 module files, which counts under QEMU TCG
+# the CLI: one bundled module (execa, yargs inside; tar and handlebars in two parts
+# beside it), no node_modules; it starts several times faster than ~400 module files,
+# which counts under QEMU TCG. It starts through bin/stackboot, as on a host (its V8 and
+# malloc settings).
 cli="$tmp/usr/lib/stackboot-cli"
 (cd "$repo" && node scripts/bundle-cli.mjs src/cli/main.ts "$cli/dist/stackboot.cjs")
 # the boot core is found next to dist/ (initramfs.ts reads it lazily)
 cp -a "$repo/initramfs" "$cli/initramfs"
-
-cat >"$tmp/usr/bin/stackboot" <<'SH'
-#!/bin/sh
-exec /usr/bin/node /usr/lib/stackboot-cli/dist/stackboot.cjs "$@"
-SH
-chmod 0755 "$tmp/usr/bin/stackboot"
+install -D -m 0755 "$repo/bin/stackboot" "$cli/bin/stackboot"
+ln -s ../lib/stackboot-cli/bin/stackboot "$tmp/usr/bin/stackboot"
 find "$tmp" -name '*.map' -delete
 rm -rf "$out"
 mv "$tmp" "$out"

@@ -11,7 +11,7 @@ import { StackbootError, wrap } from './errors.js';
 import type { ProgressSink } from './progress.js';
 import { RateMeter } from './progress.js';
 import { checkSquashfs, gensquashfsDir, gensquashfsPack, tar2sqfs, tarDirToSquashfs, treeHasXattrs, type SquashOptions } from './squashfs.js';
-import { packFile, scanDir, type DirScan } from './sources/dir.js';
+import { scanDir, type DirScan } from './sources/dir.js';
 
 export const BUILDER_VERSION = 'stackboot-layer-1';
 
@@ -156,21 +156,20 @@ export async function buildDirLayer(ctx: LayerContext, spec: DirLayerSpec): Prom
   let xattrs: Promise<boolean> | undefined = treeHasXattrs(spec.dir, stop.signal);
   xattrs.catch(() => {});
   const hasXattrs = () => (xattrs ??= treeHasXattrs(spec.dir));
-  let scan: DirScan;
+  // the walk writes the pack file as it goes (a few ms; removed when not needed)
+  const layersDir = path.join(ctx.outDir, 'layers');
+  const packTo = path.join(layersDir, `.tmp-${spec.name}-${randomBytes(6).toString('hex')}.pack`);
   try {
-    scan = await scanDir(spec.dir, { devices: spec.devices, owner: spec.owner, into: spec.into });
-  } catch (e) {
-    stop.abort();
-    throw e;
-  }
-  if (scan.hardlinks === 0 && !spec.into) {
-    stop.abort();
-    xattrs = undefined;
-  }
-  try {
+    await fs.mkdir(layersDir, { recursive: true });
+    const scan = await scanDir(spec.dir, { devices: spec.devices, owner: spec.owner, into: spec.into, packTo });
+    if (scan.hardlinks === 0 && !spec.into) {
+      stop.abort();
+      xattrs = undefined;
+    }
     return await dirLayer(ctx, spec, scan, hasXattrs);
   } finally {
     stop.abort();
+    await fs.rm(packTo, { force: true });
   }
 }
 
@@ -197,9 +196,8 @@ function dirLayer(ctx: LayerContext, spec: DirLayerSpec, scan: DirScan, hasXattr
     // gensquashfs -D turns hard links into copies and cannot place a tree under a
     // prefix: a pack file from the walk keeps both, as fast, when the tree has no xattrs
     // (gensquashfs 1.2 ignores xattrs with -F); else GNU tar | tar2sqfs keeps everything.
-    const pack = packFile(scan);
-    if (pack && !(await hasXattrs())) {
-      await gensquashfsPack(tmp, pack, ctx.squash, onRead);
+    if (scan.pack && !(await hasXattrs())) {
+      await gensquashfsPack(tmp, scan.pack, ctx.squash, onRead);
       return done('gensquashfs');
     }
     await tarDirToSquashfs(tmp, spec.dir, { ...ctx.squash, owner: spec.owner, into: spec.into }, onRead);

@@ -147,18 +147,13 @@ export async function tarDirToSquashfs(out: string, dir: string, o: SquashOption
   await runWatched('bash', ['-c', script, 'stackboot', String(tarArgs.length), ...tarArgs, ...sqfsArgs], env(o), onRead);
 }
 
-/** Builds `out` from a gensquashfs pack file (owners, modes, hard links, devices; no xattrs). */
-export async function gensquashfsPack(out: string, pack: readonly Buffer[], o: SquashOptions, onRead?: OnRead): Promise<void> {
-  const packPath = `${out}.pack`;
-  await fs.writeFile(packPath, pack);
-  try {
-    // gensquashfs reads the pack file first: its bytes are not layer data
-    const packBytes = pack.reduce((n, b) => n + b.length, 0);
-    const data = onRead && ((n: number) => onRead(Math.max(0, n - packBytes)));
-    await runWatched('gensquashfs', [...compArgs(o), '-F', packPath, '-d', `mode=0755,uid=0,gid=0,mtime=${o.epoch}`, '-f', '-q', out], env(o), data);
-  } finally {
-    await fs.rm(packPath, { force: true });
-  }
+/**
+ * Builds `out` from a gensquashfs pack file (owners, modes, hard links, devices; no
+ * xattrs) of `bytes` bytes, which gensquashfs reads before any layer data.
+ */
+export async function gensquashfsPack(out: string, pack: { path: string; bytes: number }, o: SquashOptions, onRead?: OnRead): Promise<void> {
+  const data = onRead && ((n: number) => onRead(Math.max(0, n - pack.bytes)));
+  await runWatched('gensquashfs', [...compArgs(o), '-F', pack.path, '-d', `mode=0755,uid=0,gid=0,mtime=${o.epoch}`, '-f', '-q', out], env(o), data);
 }
 
 /** True when any entry of the tree has an xattr that squashfs can store (getfattr, from attr). */

@@ -8,7 +8,7 @@ import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { gensquashfsDir, gensquashfsPack, tarDirToSquashfs, type SquashOptions } from '../src/squashfs.js';
-import { packFile, scanDir } from '../src/sources/dir.js';
+import { scanDir } from '../src/sources/dir.js';
 import { tmpdir } from './sources/tarfixture.js';
 
 const SIZE = 32 << 20;
@@ -44,9 +44,9 @@ describe('compression progress (bytes the tools have read)', () => {
   });
 
   it('gensquashfs -F, without the pack file it reads first', async () => {
-    const scan = await scanDir(tree, { devices: false, owner: 'root' });
+    const scan = await scanDir(tree, { devices: false, owner: 'root', packTo: path.join(work, 'f.pack') });
     const seen: number[] = [];
-    await gensquashfsPack(path.join(work, 'f.sqfs'), packFile(scan)!, opts, (n) => seen.push(n));
+    await gensquashfsPack(path.join(work, 'f.sqfs'), scan.pack!, opts, (n) => seen.push(n));
     expectProgress(seen, scan.bytes);
   });
 

@@ -32,8 +32,35 @@ function version(): string {
   }
 }
 
+/**
+ * yargs renders the whole help text into a cache as each command starts, for a failure
+ * that may follow: ~20 ms and ~2 MiB (string widths through ICU) on every run, on a node's
+ * boot-time health check too. This CLI prints help only for a failed parse, which renders
+ * it then, so the cache is switched off. (yargs 18 keeps one usage object per parser.)
+ */
+function skipHelpCache(parser: Argv): void {
+  const internal = parser as unknown as { getInternalMethods?: () => { getUsageInstance?: () => { cacheHelpMessage?: () => void } } };
+  const usage = internal.getInternalMethods?.().getUsageInstance?.();
+  if (usage && typeof usage.cacheHelpMessage === 'function') usage.cacheHelpMessage = () => {};
+}
+
+/** The command named on the command line (for a pointer to its help). */
+function commandName(argv: string[]): string | undefined {
+  const first = argv.find((a) => !a.startsWith('-'));
+  return first && commands.some((c) => String(c.command).split(' ')[0] === first) ? first : undefined;
+}
+
+/** bin/stackboot's malloc setting is for this process, not for the tools it starts. */
+function dropOwnTunables(env: NodeJS.ProcessEnv): void {
+  const own = env.STACKBOOT_GLIBC_TUNABLES;
+  if (own === undefined) return;
+  if (env.GLIBC_TUNABLES === own) delete env.GLIBC_TUNABLES;
+  delete env.STACKBOOT_GLIBC_TUNABLES;
+}
+
 async function main(argv: string[]): Promise<void> {
   let failed: unknown;
+  let parseFailed = false;
   const parser: Argv = yargs(argv)
     .scriptName('stackboot')
     .version(version())
@@ -47,9 +74,12 @@ async function main(argv: string[]): Promise<void> {
     // yargs goes on to run the command when this returns: it must throw (a bad option
     // must never reach a handler that installs or flashes)
     .fail((msg, err) => {
-      throw err ?? new StackbootError('USAGE', msg);
+      if (err) throw err;
+      parseFailed = true;
+      throw new StackbootError('USAGE', msg);
     });
   for (const c of commands) parser.command(c as never);
+  skipHelpCache(parser);
   try {
     await parser.parseAsync();
   } catch (e) {
@@ -67,9 +97,15 @@ async function main(argv: string[]): Promise<void> {
     } else if (chain.length > 1) {
       process.stderr.write(`  (run with --verbose for the cause)\n`);
     }
-    if (failed instanceof StackbootError && failed.code === 'USAGE') parser.showHelp((s) => process.stderr.write(s + '\n'));
+    // a failed parse shows the command's help; a command that refuses its input points to it
+    if (parseFailed) parser.showHelp((s) => process.stderr.write(s + '\n'));
+    else if (failed instanceof StackbootError && failed.code === 'USAGE') {
+      const cmd = commandName(argv);
+      process.stderr.write(`  (see: stackboot ${cmd ? `${cmd} ` : ''}--help)\n`);
+    }
     process.exitCode = exitCodeOf(failed);
   }
 }
 
+dropOwnTunables(process.env);
 void main(hideBin(process.argv));

@@ -7,7 +7,7 @@
  * and else goes through GNU tar | tar2sqfs (1.2 ignores xattrs with -F).
  */
 import { createHash } from 'node:crypto';
-import { lstatSync, readdirSync, readlinkSync, type Stats } from 'node:fs';
+import { closeSync, lstatSync, openSync, readdirSync, readlinkSync, unlinkSync, writeSync, type Stats } from 'node:fs';
 import path from 'node:path';
 import { StackbootError } from '../errors.js';
 
@@ -19,14 +19,10 @@ export interface DirScan {
   bytes: number;
   hardlinks: number;
   /**
-   * The tree as gensquashfs pack-file lines, rendered during the walk (a second pass over
-   * per-entry objects cost ~50 ms and ~5 MiB on a 10k-entry root) straight into bytes (a
-   * line kept as a JS string is a rope of ~6 heap objects: ~4 MiB of heap on an 8k-entry
-   * root, held while gensquashfs runs): the prefix's folders, the entries in walk order,
-   * and hard links apart (they go last, after their targets). null when a name cannot be
-   * written in a pack file (see packFile).
+   * The gensquashfs pack file the walk wrote (ScanOptions.packTo) and its size, or null
+   * when none was asked for, or a name cannot be written in one (see ScanOptions.packTo).
    */
-  pack: { head: Buffer[]; lines: Buffer[]; links: Buffer[] } | null;
+  pack: { path: string; bytes: number } | null;
 }
 
 export interface ScanOptions {
@@ -36,6 +32,16 @@ export interface ScanOptions {
   owner?: 'keep' | 'root';
   /** the pack file places the tree under this path (e.g. usr/lib/app) */
   into?: string;
+  /**
+   * Write the tree's gensquashfs pack file here during the walk: the prefix's folders, the
+   * entries in walk order, hard links last (after their targets); owners and prefix as
+   * above, file data read from the tree. It is written as the walk goes, through one
+   * 64 KiB buffer: rendering the lines in a second pass over per-entry objects cost ~50 ms
+   * and ~5 MiB on a 10k-entry root, and holding them ~1 MiB more while gensquashfs ran.
+   * No file is left when a name, data path or link target has a newline or edge
+   * whitespace, which a pack line cannot hold (DirScan.pack is then null).
+   */
+  packTo?: string;
 }
 
 function q(p: string): string {
@@ -47,40 +53,41 @@ const odd = (x: string): boolean => x.includes('\n') || x !== x.trim();
 
 const octal = (mode: number): string => (mode & 0o7777).toString(8).padStart(4, '0');
 
-/**
- * The gensquashfs pack file of a scanned tree, as the buffers that hold it in order
- * (owners and prefix as given to scanDir, file data read from the tree), or null when a
- * name, data path or link target has a newline or edge whitespace, which a pack line
- * cannot hold.
- */
-export function packFile(scan: DirScan): Buffer[] | null {
-  if (!scan.pack) return null;
-  return [...scan.pack.head, ...scan.pack.lines, ...scan.pack.links];
-}
-
-/**
- * Lines written as UTF-8 into 64 KiB chunks: a line's string is garbage at once, and a
- * full chunk is kept as it is (growing one buffer by doubling left ~2 MiB of dead buffers
- * that only a full GC returns).
- */
-class LineBytes {
-  private static readonly CHUNK = 64 * 1024;
-  private done: Buffer[] = [];
+/** Lines written as UTF-8 through one buffer, to a file descriptor or kept in memory. */
+class LineSink {
+  private static readonly SIZE = 64 * 1024;
   private buf = Buffer.alloc(0);
   private len = 0;
+  private kept: Buffer[] = [];
+  /** bytes flushed so far */
+  written = 0;
+  /** `fd`: flush full buffers there; null: keep them (a few lines, e.g. hard links) */
+  constructor(private readonly fd: number | null) {}
   push(line: string): void {
     const most = line.length * 3 + 1;
     if (this.len + most > this.buf.length) {
-      if (this.len > 0) this.done.push(this.buf.subarray(0, this.len));
-      this.buf = Buffer.allocUnsafe(Math.max(most, LineBytes.CHUNK));
-      this.len = 0;
+      this.flush();
+      if (this.buf.length < most || this.fd === null) this.buf = Buffer.allocUnsafe(Math.max(most, LineSink.SIZE));
     }
     this.len += this.buf.write(line, this.len, 'utf8');
     this.buf[this.len++] = 0x0a;
   }
-  chunks(): Buffer[] {
-    return this.len > 0 ? [...this.done, this.buf.subarray(0, this.len)] : [...this.done];
+  flush(): void {
+    if (this.len === 0) return;
+    if (this.fd === null) this.kept.push(this.buf.subarray(0, this.len));
+    else writeAll(this.fd, this.buf.subarray(0, this.len));
+    this.written += this.len;
+    this.len = 0;
   }
+  /** the kept lines (fd null) */
+  chunks(): Buffer[] {
+    this.flush();
+    return this.kept;
+  }
+}
+
+function writeAll(fd: number, b: Buffer): void {
+  for (let off = 0; off < b.length; ) off += writeSync(fd, b, off, b.length - off);
 }
 
 /**
@@ -111,9 +118,22 @@ export async function scanDir(root: string, o: ScanOptions): Promise<DirScan> {
   const abs = path.resolve(root);
   const base = abs === '/' ? '/' : `${abs}/`;
   const rootOwner = o.owner === 'root';
-  let packable = !odd(abs);
-  const lines = new LineBytes();
-  const links = new LineBytes();
+  let packable = o.packTo !== undefined && !odd(abs);
+  let fd: number | null = null;
+  if (o.packTo !== undefined) {
+    try {
+      fd = openSync(o.packTo, 'w', 0o600);
+    } catch (e) {
+      throw new StackbootError('IO', `cannot write ${o.packTo}`, { cause: e });
+    }
+  }
+  const lines = new LineSink(fd);
+  const links = new LineSink(null);
+  if (o.into) {
+    const parts = o.into.split('/');
+    for (let i = 1; i < parts.length; i++) lines.push(`dir ${q('/' + parts.slice(0, i).join('/'))} 0755 0 0`);
+    lines.push(`dir ${q(pre)} ${octal(st.mode)} 0 0`);
+  }
   const walk = (rel: string): void => {
     // plain concatenation: path.join normalises every string, garbage that costs memory
     const dir = rel ? `${top}${rel}` : root;
@@ -135,20 +155,21 @@ export async function scanDir(root: string, o: ScanOptions): Promise<DirScan> {
       const r = rel ? `${rel}/${n}` : n;
       entries++;
       if (packable && odd(r)) packable = false;
-      const p = q(`${pre}/${r}`);
-      const head = `${p} ${octal(s.mode)} ${rootOwner ? '0 0' : `${s.uid} ${s.gid}`}`;
+      // the pack line's path and fields (only rendered while a pack file is being written)
+      const p = packable ? q(`${pre}/${r}`) : '';
+      const head = packable ? `${p} ${octal(s.mode)} ${rootOwner ? '0 0' : `${s.uid} ${s.gid}`}` : '';
       let extra = '';
       if (s.isSymbolicLink()) {
         extra = readlinkSync(full);
         if (packable && odd(extra)) packable = false;
-        lines.push(`slink ${head} ${extra}`);
+        if (packable) lines.push(`slink ${head} ${extra}`);
       } else if (s.isCharacterDevice() || s.isBlockDevice()) {
         const whiteout = s.isCharacterDevice() && s.rdev === 0;
         if (!whiteout && !o.devices) throw new StackbootError('UNSAFE_ENTRY', `${full}: device node in a layer that does not allow devices (set "devices": true)`);
         extra = String(s.rdev);
         const major = (s.rdev >> 8) & 0xfff;
         const minor = (s.rdev & 0xff) | ((s.rdev >> 12) & 0xfff00);
-        lines.push(`nod ${head} ${s.isCharacterDevice() ? 'c' : 'b'} ${major} ${minor}`);
+        if (packable) lines.push(`nod ${head} ${s.isCharacterDevice() ? 'c' : 'b'} ${major} ${minor}`);
       } else if (s.isFile()) {
         files++;
         bytes += s.size;
@@ -161,22 +182,36 @@ export async function scanDir(root: string, o: ScanOptions): Promise<DirScan> {
             extra = `=${first}`;
           } else inodes.set(id, r);
         }
-        if (first) links.push(`link ${p} 0777 0 0 ${pre}/${first}`);
-        else lines.push(`file ${head} ${base}${r}`);
-      } else if (s.isDirectory()) lines.push(`dir ${head}`);
-      else if (s.isFIFO()) lines.push(`pipe ${head}`);
-      else if (s.isSocket()) lines.push(`sock ${head}`);
+        if (packable) {
+          if (first) links.push(`link ${p} 0777 0 0 ${pre}/${first}`);
+          else lines.push(`file ${head} ${base}${r}`);
+        }
+      } else if (packable) {
+        if (s.isDirectory()) lines.push(`dir ${head}`);
+        else if (s.isFIFO()) lines.push(`pipe ${head}`);
+        else if (s.isSocket()) lines.push(`sock ${head}`);
+      }
       h.update(`${r}\0${s.mode}\0${s.uid}\0${s.gid}\0${s.size}\0${s.mtimeMs}\0${s.ctimeMs}\0${s.dev}:${s.ino}\0${extra}\n`);
       if (s.isDirectory()) walk(r);
     }
   };
   h.update(`.\0${st.mode}\0${st.uid}\0${st.gid}\0${st.dev}:${st.ino}\n`);
-  walk('');
-  const head = new LineBytes();
-  if (o.into) {
-    const parts = o.into.split('/');
-    for (let i = 1; i < parts.length; i++) head.push(`dir ${q('/' + parts.slice(0, i).join('/'))} 0755 0 0`);
-    head.push(`dir ${q(pre)} ${octal(st.mode)} 0 0`);
+  let pack: DirScan['pack'] = null;
+  try {
+    walk('');
+    if (fd !== null && packable) {
+      lines.flush();
+      for (const b of links.chunks()) writeAll(fd, b);
+      pack = { path: o.packTo!, bytes: lines.written + links.written };
+    }
+  } catch (e) {
+    if (e instanceof StackbootError) throw e;
+    throw new StackbootError('IO', `cannot write ${o.packTo}`, { cause: e });
+  } finally {
+    if (fd !== null) {
+      closeSync(fd);
+      if (!pack) unlinkSync(o.packTo!);
+    }
   }
-  return { key: h.digest('hex'), files, entries, bytes, hardlinks, pack: packable ? { head: head.chunks(), lines: lines.chunks(), links: links.chunks() } : null };
+  return { key: h.digest('hex'), files, entries, bytes, hardlinks, pack };
 }

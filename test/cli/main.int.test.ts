@@ -10,7 +10,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { run } from '../../src/exec.js';
-import { tmpdir } from '../sources/tarfixture.js';
+import { tmpdir, writeTar } from '../sources/tarfixture.js';
 
 const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 let work: string;
@@ -28,11 +28,17 @@ beforeAll(async () => {
 }, 60_000);
 
 describe('the bundled CLI', () => {
-  it('is one module that needs no node_modules, and prints its version', async () => {
+  it('is one module and two parts it loads lazily, needs no node_modules, and prints its version', async () => {
     const text = await fs.readFile(cli, 'utf8');
     expect(text.startsWith('#!/usr/bin/env node\n')).toBe(true);
     // every dependency is inside: no bare import of a package is left
     expect(text).not.toMatch(/(?:from\s+|require\()["'](?:yargs|execa|tar|handlebars)["']/);
+    // handlebars and node-tar are required from their own files, next to the CLI
+    for (const part of ['handlebars', 'tar']) {
+      expect(text).toContain(`require("./stackboot-${part}.cjs")`);
+      const partText = await fs.readFile(path.join(path.dirname(cli), `stackboot-${part}.cjs`), 'utf8');
+      expect(partText).not.toMatch(/(?:from\s+|require\()["'](?:yargs|execa|tar|handlebars)["']/);
+    }
     const pkg = JSON.parse(await fs.readFile(path.join(REPO, 'package.json'), 'utf8')) as { version: string };
     const r = await sb(['--version']);
     expect(r.exitCode).toBe(0);
@@ -50,6 +56,34 @@ describe('the bundled CLI', () => {
     const pkg = JSON.parse(await fs.readFile(path.join(REPO, 'package.json'), 'utf8')) as { version: string };
     expect(r.stdout.trim()).toBe(pkg.version);
     expect(r.stderr).toBe(''); // the V8 flags print no warnings
+  });
+
+  it("runs node with bin/stackboot's malloc setting, and the tools it starts without it", async () => {
+    const bin = path.join(work, 'bin', 'stackboot');
+    expect(await fs.stat(bin).catch(() => null), 'the test above installs bin/stackboot').not.toBeNull();
+    // a probe in front of the real gensquashfs records its environment and its parent's (node's)
+    const probe = path.join(work, 'probe');
+    await fs.mkdir(probe, { recursive: true });
+    await fs.writeFile(path.join(probe, 'gensquashfs'), '#!/bin/sh\nenv >"$PROBE_OUT.tool"\ntr "\\0" "\\n" </proc/$PPID/environ >"$PROBE_OUT.node"\nexec /usr/bin/gensquashfs "$@"\n', { mode: 0o755 });
+    const tree = path.join(work, 'env-tree');
+    await fs.mkdir(tree, { recursive: true });
+    await fs.writeFile(path.join(tree, 'f'), 'x');
+    const recipe = path.join(work, 'env-recipe.json');
+    await fs.writeFile(recipe, JSON.stringify({ name: 'env', version: '1', compatible: 'test', layers: [{ name: 'base', source: { type: 'dir', path: tree } }] }));
+    const probeOut = path.join(work, 'probe-out');
+    const build = async (env: Record<string, string>) => {
+      const r = await run(bin, ['build', recipe, '--out', path.join(work, 'env-out'), '--no-cache', '--quiet'], { reject: false, cwd: work, env: { PATH: `${probe}:${process.env.PATH}`, PROBE_OUT: probeOut, ...env } });
+      expect(r.exitCode, r.stderr).toBe(0);
+      const read = async (which: string) => (await fs.readFile(`${probeOut}.${which}`, 'utf8')).split('\n').filter((l) => /TUNABLES=/.test(l));
+      return { node: await read('node'), tool: await read('tool') };
+    };
+    const own = await build({});
+    expect(own.node).toContain('GLIBC_TUNABLES=glibc.malloc.trim_threshold=131072');
+    expect(own.tool).toEqual([]);
+    // a caller's own setting is left alone, for node and the tools alike
+    const caller = await build({ GLIBC_TUNABLES: 'glibc.malloc.arena_max=2' });
+    expect(caller.node).toEqual(['GLIBC_TUNABLES=glibc.malloc.arena_max=2']);
+    expect(caller.tool).toEqual(['GLIBC_TUNABLES=glibc.malloc.arena_max=2']);
   });
 
   it('turns bad input into a one-line error and its exit code; --verbose adds the cause', async () => {
@@ -88,6 +122,22 @@ describe('the bundled CLI', () => {
     const noRecipe = await sb(['build']);
     expect(noRecipe.exitCode).toBe(2);
     expect(noRecipe.stderr.split('\n')[0]).toMatch(/^stackboot: \[USAGE\] Not enough non-option arguments/);
+  });
+
+  it('loads its lazy parts when a command needs them: a tar source (node-tar), a dracut module (handlebars)', async () => {
+    const tar = path.join(work, 'part.tar');
+    await writeTar(tar, [{ path: 'etc' }, { path: 'etc/from-tar', data: 'tar\n' }]);
+    const recipe = path.join(work, 'part-recipe.json');
+    await fs.writeFile(recipe, JSON.stringify({ name: 'parts', version: '1', compatible: 'test', layers: [{ name: 'base', source: { type: 'tar', path: tar } }] }));
+    const b = await sb(['build', recipe, '--out', path.join(work, 'part-out'), '--no-cache', '--json']);
+    expect(b.exitCode, b.stderr).toBe(0);
+    expect((JSON.parse(b.stdout) as { layers: { builder: string }[] }).layers[0].builder).toBe('tar2sqfs');
+    // templates/ and initramfs/ sit next to dist/ as in the repo
+    for (const d of ['templates', 'initramfs']) await fs.symlink(path.join(REPO, d), path.join(work, d));
+    const out = path.join(work, 'dracut');
+    const d = await sb(['initramfs', '--flavor', 'dracut', '--out', out, '--json']);
+    expect(d.exitCode, d.stderr).toBe(0);
+    expect(await fs.readFile(path.join(out, 'modules.d', '90stackboot', 'module-setup.sh'), 'utf8')).toMatch(/^#!\/bin\/bash/);
   });
 
   it('builds a stack with the real tools, then serves it from the cache', async () => {

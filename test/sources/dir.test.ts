@@ -5,7 +5,7 @@
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { packFile, scanDir } from '../../src/sources/dir.js';
+import { scanDir, type ScanOptions } from '../../src/sources/dir.js';
 import { tmpdir } from './tarfixture.js';
 
 let base: string;
@@ -17,6 +17,17 @@ afterAll(async () => {
 });
 
 let n = 0;
+
+/** Scans with a pack file; returns the scan and the pack file's text (null: none left). */
+async function scanPack(root: string, o: Omit<ScanOptions, 'packTo'>): Promise<{ scan: Awaited<ReturnType<typeof scanDir>>; text: string | null }> {
+  const packTo = path.join(base, `p${n++}.pack`);
+  const scan = await scanDir(root, { ...o, packTo });
+  const text = await fs.readFile(packTo, 'utf8').catch(() => null);
+  if (scan.pack) expect(scan.pack).toEqual({ path: packTo, bytes: Buffer.byteLength(text ?? '') });
+  else expect(text, 'no pack file is left behind').toBeNull();
+  return { scan, text };
+}
+
 async function tree(): Promise<string> {
   const root = path.join(base, `t${n++}`);
   await fs.mkdir(path.join(root, 'etc', 'app'), { recursive: true });
@@ -31,18 +42,27 @@ async function tree(): Promise<string> {
 describe('scanDir', () => {
   it('counts files, bytes and hard links, and lists entries sorted, parents first', async () => {
     const root = await tree();
-    const s = await scanDir(root, { devices: false });
+    const { scan: s, text } = await scanPack(root, { devices: false });
     expect(s.files).toBe(3);
     expect(s.hardlinks).toBe(1);
     expect(s.bytes).toBe(4 + 10 + 10);
     expect(s.entries).toBe(8);
-    // pack lines in walk order (sorted, parents first), the hard link apart
-    const lines = Buffer.concat(s.pack!.lines).toString().trimEnd().split('\n');
-    const rels = lines.map((l) => /^\w+ "\/([^"]*)"/.exec(l)![1]);
+    // pack lines in walk order (sorted, parents first), the hard link last
+    const lines = text!.trimEnd().split('\n');
+    const rels = lines.slice(0, -1).map((l) => /^\w+ "\/([^"]*)"/.exec(l)![1]);
     expect(rels).toEqual(['etc', 'etc/app', 'etc/app/conf', 'etc/tool', 'usr', 'usr/bin', 'usr/bin/tool']);
-    expect(Buffer.concat(s.pack!.links).toString()).toBe('link "/usr/bin/tool-alias" 0777 0 0 /usr/bin/tool\n');
+    expect(lines.at(-1)).toBe('link "/usr/bin/tool-alias" 0777 0 0 /usr/bin/tool');
     expect(lines).toContain('slink "/etc/tool" 0777 0 0 ../usr/bin/tool'.replace(' 0 0 ', ` ${process.getuid!()} ${process.getgid!()} `));
     expect(lines.find((l) => l.startsWith('file "/usr/bin/tool" '))).toMatch(/^file "\/usr\/bin\/tool" 0755 /);
+  });
+
+  it('writes no pack file unless asked to', async () => {
+    const s = await scanDir(await tree(), { devices: false });
+    expect(s.pack).toBeNull();
+  });
+
+  it('refuses a pack file it cannot write, with the path', async () => {
+    await expect(scanDir(await tree(), { devices: false, packTo: path.join(base, 'no-such-dir', 'x.pack') })).rejects.toThrow(/cannot write .*no-such-dir\/x\.pack/);
   });
 
   it('gives the same key for the same tree, and a new key for any change a layer would show', async () => {
@@ -76,12 +96,11 @@ describe('scanDir', () => {
   });
 });
 
-describe('packFile', () => {
+describe('the pack file', () => {
   it('describes every entry with owners and modes, hard links last, data read from the tree', async () => {
     const root = await tree();
-    const s = await scanDir(root, { devices: false, owner: 'root' });
-    const text = Buffer.concat(packFile(s)!).toString();
-    const lines = text.trimEnd().split('\n');
+    const { text } = await scanPack(root, { devices: false, owner: 'root' });
+    const lines = text!.trimEnd().split('\n');
     expect(lines[0]).toBe('dir "/etc" 0755 0 0');
     expect(lines).toContain(`file "/usr/bin/tool" 0755 0 0 ${path.resolve(root)}/usr/bin/tool`);
     expect(lines).toContain('slink "/etc/tool" 0777 0 0 ../usr/bin/tool');
@@ -90,8 +109,8 @@ describe('packFile', () => {
 
   it('places the tree under a prefix, making its parents', async () => {
     const root = await tree();
-    const s = await scanDir(root, { devices: false, owner: 'root', into: 'opt/app' });
-    const lines = Buffer.concat(packFile(s)!).toString().split('\n');
+    const { text } = await scanPack(root, { devices: false, owner: 'root', into: 'opt/app' });
+    const lines = text!.split('\n');
     expect(lines.slice(0, 3)).toEqual(['dir "/opt" 0755 0 0', expect.stringMatching(/^dir "\/opt\/app" 0\d{3} 0 0$/), 'dir "/opt/app/etc" 0755 0 0']);
     expect(lines).toContain('link "/opt/app/usr/bin/tool-alias" 0777 0 0 /opt/app/usr/bin/tool');
   });
@@ -100,9 +119,10 @@ describe('packFile', () => {
     const root = path.join(base, 'odd');
     await fs.mkdir(root);
     await fs.writeFile(path.join(root, 'say "hi"\\now'), 'x');
-    const s = await scanDir(root, { devices: false, owner: 'root' });
-    expect(Buffer.concat(packFile(s)!).toString()).toContain('file "/say \\"hi\\"\\\\now" 0644 0 0 ');
+    expect((await scanPack(root, { devices: false, owner: 'root' })).text).toContain('file "/say \\"hi\\"\\\\now" 0644 0 0 ');
     await fs.writeFile(path.join(root, 'two\nlines'), 'x');
-    expect(packFile(await scanDir(root, { devices: false, owner: 'root' }))).toBeNull();
+    const odd = await scanPack(root, { devices: false, owner: 'root' });
+    expect(odd.scan.pack).toBeNull();
+    expect(odd.scan.entries).toBe(2); // the walk itself goes on: the key does not need the pack
   });
 });
