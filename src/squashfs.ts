@@ -156,9 +156,13 @@ export async function gensquashfsPack(out: string, pack: { path: string; bytes: 
   await runWatched('gensquashfs', [...compArgs(o), '-F', pack.path, '-d', `mode=0755,uid=0,gid=0,mtime=${o.epoch}`, '-f', '-q', out], env(o), data);
 }
 
-/** True when any entry of the tree has an xattr that squashfs can store (getfattr, from attr). */
+/**
+ * True when any entry of the tree has an xattr that squashfs can store (getfattr, from
+ * attr). Symlinks are not followed (-h): a link's target may lie outside the tree, on the
+ * build host (an absolute link in a root file system).
+ */
 export async function treeHasXattrs(dir: string, signal?: AbortSignal): Promise<boolean> {
-  const r = await run('getfattr', ['-R', '-P', '-d', '-m', '^(user|trusted|security)\\.', '--absolute-names', dir], { reject: false, signal }).catch(() => null);
+  const r = await run('getfattr', ['-R', '-P', '-h', '-d', '-m', '^(user|trusted|security)\\.', '--absolute-names', dir], { reject: false, signal }).catch(() => null);
   if (!r) return true; // no getfattr: assume there are
   return /^# file: /m.test(r.stdout);
 }

@@ -7,7 +7,8 @@ import { randomBytes } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { gensquashfsDir, gensquashfsPack, tarDirToSquashfs, type SquashOptions } from '../src/squashfs.js';
+import { gensquashfsDir, gensquashfsPack, tarDirToSquashfs, treeHasXattrs, type SquashOptions } from '../src/squashfs.js';
+import { run } from '../src/exec.js';
 import { scanDir } from '../src/sources/dir.js';
 import { tmpdir } from './sources/tarfixture.js';
 
@@ -59,5 +60,21 @@ describe('compression progress (bytes the tools have read)', () => {
   it('the same bytes with and without a progress watcher', async () => {
     await gensquashfsDir(path.join(work, 'quiet.sqfs'), tree, { ...opts, allRoot: true });
     expect(Buffer.compare(await fs.readFile(path.join(work, 'quiet.sqfs')), await fs.readFile(path.join(work, 'd.sqfs')))).toBe(0);
+  });
+});
+
+describe('treeHasXattrs', () => {
+  it("sees the tree's own xattrs, not those of a symlink's target outside it", async () => {
+    const outside = path.join(work, 'host-file');
+    await fs.writeFile(outside, 'host\n');
+    await run('setfattr', ['-n', 'user.host', '-v', '1', outside]);
+    const t = path.join(work, 'xa-tree');
+    await fs.mkdir(t);
+    await fs.writeFile(path.join(t, 'plain'), 'x');
+    await fs.symlink(outside, path.join(t, 'to-host'));
+    await fs.symlink('/nonexistent/target', path.join(t, 'dangling'));
+    expect(await treeHasXattrs(t)).toBe(false);
+    await run('setfattr', ['-n', 'user.mine', '-v', '1', path.join(t, 'plain')]);
+    expect(await treeHasXattrs(t)).toBe(true);
   });
 });
