@@ -84,6 +84,11 @@ async function main(argv: string[]): Promise<void> {
     await parser.parseAsync();
   } catch (e) {
     failed = e;
+    // yargs' own errors (an option's coerce check, src/cli/args.ts, comes back as one)
+    if (e instanceof Error && e.name === 'YError') {
+      failed = new StackbootError('USAGE', e.message);
+      parseFailed = true;
+    }
   }
   if (failed) {
     endProgressLine();

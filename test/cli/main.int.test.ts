@@ -119,6 +119,10 @@ describe('the bundled CLI', () => {
     const noOut = await sb(['build', recipe, '--no-cache']);
     expect(noOut.exitCode).toBe(2);
     expect(noOut.stderr.split('\n')[0]).toBe('stackboot: [USAGE] Missing required argument: out');
+    const badJobs = await sb(['build', recipe, '--out', out, '--no-cache', '--jobs', '-1']);
+    expect(badJobs.exitCode).toBe(2);
+    expect(badJobs.stderr.split('\n')[0]).toBe('stackboot: [USAGE] --jobs must be a whole number from 1 to 1024, got -1');
+    expect(await fs.stat(out).catch(() => null)).toBeNull();
     const noRecipe = await sb(['build']);
     expect(noRecipe.exitCode).toBe(2);
     expect(noRecipe.stderr.split('\n')[0]).toMatch(/^stackboot: \[USAGE\] Not enough non-option arguments/);

@@ -3,6 +3,7 @@ import path from 'node:path';
 import type { CommandModule } from 'yargs';
 import { fmtBytes, makeOut } from '../output.js';
 import { archFromNode } from '../../target.js';
+import { wholeNumber } from '../args.js';
 
 export const buildCommand: CommandModule<any, any> = {
   command: 'build <recipe>',
@@ -14,7 +15,7 @@ export const buildCommand: CommandModule<any, any> = {
       .option('arch', { type: 'string', choices: ['amd64', 'arm64'], describe: 'target architecture (default: this machine)' })
       .option('cache', { type: 'string', describe: 'layer cache folder (default: $XDG_CACHE_HOME/stackboot or ~/.cache/stackboot)' })
       .option('no-cache', { type: 'boolean', describe: 'build every layer, do not read or write the cache' })
-      .option('jobs', { alias: 'j', type: 'number', describe: 'compressor threads (output does not depend on it)' })
+      .option('jobs', { alias: 'j', type: 'number', coerce: wholeNumber('jobs', 1, 1024), describe: 'compressor threads (output does not depend on it)' })
       .example('$0 build images/demo --out out/demo', 'build the demo stack'),
   handler: async (a) => {
     // loaded here, not at the top: a CLI start stays small for every other command

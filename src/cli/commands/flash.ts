@@ -3,6 +3,7 @@ import type { CommandModule } from 'yargs';
 import { archFromNode, type Arch } from '../../target.js';
 import { IMAGE_LAYOUTS } from '../../layout.js';
 import { fmtBytes, makeOut } from '../output.js';
+import { wholeNumber } from '../args.js';
 
 export const flashCommand: CommandModule<any, any> = {
   command: 'flash <image> <target>',
@@ -15,7 +16,7 @@ export const flashCommand: CommandModule<any, any> = {
       .option('bmap', { type: 'string', describe: 'block map file (default <image>.bmap, else one is built)' })
       .option('no-verify', { type: 'boolean', describe: 'skip the read-back check' })
       .option('layout', { choices: IMAGE_LAYOUTS as string[], describe: 'for a build output: the image layout' })
-      .option('size', { type: 'number', describe: 'for a build output: whole image MiB' })
+      .option('size', { type: 'number', coerce: wholeNumber('size', 1), describe: 'for a build output: whole image MiB' })
       .option('arch', { choices: ['amd64', 'arm64'], describe: 'for a build output: target arch' })
       .option('cache-root', { type: 'string', default: '.cache' })
       .example('$0 flash node.img /dev/mmcblk0', 'flash an SD card'),

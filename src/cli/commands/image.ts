@@ -5,6 +5,7 @@ import type { ImageOptions } from '../../image.js';
 import { IMAGE_LAYOUTS, type ImageLayout } from '../../layout.js';
 import { archFromNode, type Arch } from '../../target.js';
 import { fmtBytes, makeOut } from '../output.js';
+import { wholeNumber } from '../args.js';
 
 export const imageCommand: CommandModule<any, any> = {
   command: 'image <build>',
@@ -15,10 +16,10 @@ export const imageCommand: CommandModule<any, any> = {
       .option('out', { alias: 'o', type: 'string', demandOption: true, describe: 'image file (a block map is written to <out>.bmap)' })
       .option('layout', { choices: IMAGE_LAYOUTS as ImageLayout[], describe: 'sd (power-of-two size), nvme, or custom (default: recipe image.json, else sd)' })
       .option('recipe', { type: 'string', describe: 'recipe folder: its `boot` settings go into the initrd, its image.json gives layout and sizes' })
-      .option('boot-size', { type: 'number', describe: 'boot partition MiB' })
-      .option('store-size', { type: 'number', describe: 'store partition MiB (default: twice the stack, for an update)' })
-      .option('data-size', { type: 'number', describe: 'data partition MiB' })
-      .option('size', { type: 'number', describe: 'whole image MiB (the data partition takes the rest)' })
+      .option('boot-size', { type: 'number', coerce: wholeNumber('boot-size', 1), describe: 'boot partition MiB' })
+      .option('store-size', { type: 'number', coerce: wholeNumber('store-size', 1), describe: 'store partition MiB (default: twice the stack, for an update)' })
+      .option('data-size', { type: 'number', coerce: wholeNumber('data-size', 1), describe: 'data partition MiB' })
+      .option('size', { type: 'number', coerce: wholeNumber('size', 1), describe: 'whole image MiB (the data partition takes the rest)' })
       .option('arch', { choices: ['amd64', 'arm64'], describe: 'target arch (default: this machine)' })
       .option('kernel', { type: 'string', describe: 'kernel image (default: the setup target)' })
       .option('fdt', { type: 'string', describe: 'device tree blob for extlinux.conf' })

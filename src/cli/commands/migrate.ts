@@ -1,6 +1,7 @@
 /** `stackboot migrate --to <nvme>`: move a node booted from SD onto an NVMe (the SD stays the rescue store). */
 import type { CommandModule } from 'yargs';
 import { fmtBytes, makeOut } from '../output.js';
+import { wholeNumber } from '../args.js';
 
 export const migrateCommand: CommandModule<any, any> = {
   command: 'migrate',
@@ -8,8 +9,8 @@ export const migrateCommand: CommandModule<any, any> = {
   builder: (y) =>
     y
       .option('to', { type: 'string', demandOption: true, describe: 'the NVMe disk, e.g. /dev/nvme0n1 (whole disk; it is wiped)' })
-      .option('tries', { type: 'number', default: 3, describe: 'boot tries for the stack on the NVMe' })
-      .option('data-size', { type: 'number', describe: 'data partition MiB (default: a quarter of the disk)' })
+      .option('tries', { type: 'number', default: 3, coerce: wholeNumber('tries', 1, 1000), describe: 'boot tries for the stack on the NVMe' })
+      .option('data-size', { type: 'number', coerce: wholeNumber('data-size', 1), describe: 'data partition MiB (default: a quarter of the disk)' })
       .option('boot-files', { type: 'string', describe: 'folder whose files (kernel, initrd, extlinux/) go into the new boot partition' })
       .option('force', { type: 'boolean', describe: 'migrate even to a mounted or busy disk' })
       .example('$0 migrate --to /dev/nvme0n1 --dry-run', 'show the plan'),

@@ -7,6 +7,7 @@ import { StackbootError } from '../../errors.js';
 import type { InstallEvent } from '../../install.js';
 import { NODE_CONFIG } from '../../paths.js';
 import { fmtBytes, makeOut } from '../output.js';
+import { wholeNumber } from '../args.js';
 
 function nodeOptions<T>(y: Argv<T>) {
   return y
@@ -43,7 +44,7 @@ export const installCommand: CommandModule<any, any> = {
     nodeOptions(y)
       .positional('source', { type: 'string', demandOption: true })
       .option('keys', { type: 'string', describe: 'public keys folder (default: KEYS_DIR of the config, /etc/stackboot/keys)' })
-      .option('tries', { type: 'number', describe: 'tries of the new pending stack (default: TRIES of the config)' })
+      .option('tries', { type: 'number', coerce: wholeNumber('tries', 1, 1000), describe: 'tries of the new pending stack (default: TRIES of the config)' })
       .option('dry-run', { type: 'boolean', describe: 'plan and check only' })
       .example('$0 install https://updates.example/node-2.stackbundle', ''),
   handler: async (a) => {
