@@ -24,6 +24,7 @@ import { DATA_LABEL, STORE_LABEL, stageStore } from './store.js';
 import { loadTarget, type Arch } from './target.js';
 import { writeBmapFor, type Bmap } from './bmap.js';
 import { IMAGE_LAYOUTS, LAYOUT_DEFAULTS, type ImageLayout } from './layout.js';
+import { makeDir } from './dirs.js';
 
 export { IMAGE_LAYOUTS, LAYOUT_DEFAULTS, type ImageLayout };
 
@@ -184,7 +185,7 @@ export async function buildImage(o: ImageOptions): Promise<ImageResult> {
   try {
     // boot partition contents
     const boot = path.join(work, 'boot');
-    await fs.mkdir(path.join(boot, 'extlinux'), { recursive: true });
+    await makeDir(path.join(boot, 'extlinux'));
     let kernel = o.kernel;
     if (!kernel) {
       const t = await loadTarget(o.arch ?? 'amd64', o.cacheRoot ?? '.cache');
@@ -221,7 +222,7 @@ export async function buildImage(o: ImageOptions): Promise<ImageResult> {
       { name: sp.name, type: 'linux', size: sp.sizeMiB * MiB, content: { kind: 'ext4', dir: storeDir, label: sp.label } },
       { name: dp.name, type: 'linux', size: dp.sizeMiB * MiB, content: { kind: 'ext4', dir: dataDir, label: dp.label } },
     ];
-    await fs.mkdir(path.dirname(path.resolve(o.out)), { recursive: true });
+    await makeDir(path.dirname(path.resolve(o.out)));
     const partitions = await assembleDisk(o.out, { seed: plan.seed, epoch: plan.epoch, parts }, o.progress);
     const bytes = (await fs.stat(o.out)).size;
     if (bytes !== plan.totalMiB * MiB) throw new StackbootError('INTERNAL', `image is ${bytes} bytes, planned ${plan.totalMiB} MiB`);

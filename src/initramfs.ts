@@ -12,7 +12,7 @@
  * The boot config (`boot.conf`) is the "Boot config" of docs/PROTOCOL.md.
  */
 import Handlebars from 'handlebars';
-import { readFile, writeFile, readdir, mkdir, rename, rm, stat, chmod } from 'node:fs/promises';
+import { readFile, writeFile, readdir, rename, rm, stat, chmod } from 'node:fs/promises';
 import { fileURLToPath } from 'node:url';
 import path from 'node:path';
 import zlib from 'node:zlib';
@@ -23,6 +23,7 @@ import { loadModuleIndex, resolveModules, renderModulesDep, moduleNameFromPath, 
 import { archFromNode, isArch, loadTarget, type Arch } from './target.js';
 import { noProgress, type ProgressSink } from './progress.js';
 import { FLAVORS, type Compression, type Flavor } from './flavor.js';
+import { makeDir } from './dirs.js';
 
 // ---------------------------------------------------------------------------------------
 // Boot config
@@ -493,7 +494,7 @@ async function readOptional(p: string): Promise<string | undefined> {
 }
 
 async function writeAtomic(file: string, data: Buffer | string, mode = 0o644): Promise<void> {
-  await mkdir(path.dirname(file), { recursive: true });
+  await makeDir(path.dirname(file));
   const tmp = `${file}.tmp-${process.pid}`;
   try {
     await writeFile(tmp, data, { mode });

@@ -33,6 +33,7 @@ import { RateMeter, noProgress, type ProgressSink } from './progress.js';
 import { verifyWithKeyDir } from './signature.js';
 import { clearSlot, installTarget, markPending, type BootState, type SlotName } from './state.js';
 import { fsyncPath, writeDurable } from './store.js';
+import { makeDir } from './dirs.js';
 
 export interface InstallOptions {
   ctx: NodeContext;
@@ -236,7 +237,7 @@ export async function install(o: InstallOptions): Promise<InstallResult> {
     slotCleared = true;
     await store.writeState(clearSlot(await store.readState(), p.slot));
     for (const f of ['manifest', 'manifest.sig']) await fs.rm(path.join(store.slotDir(p.slot), f), { force: true });
-    await fs.mkdir(store.slotDir(p.slot), { recursive: true });
+    await makeDir(store.slotDir(p.slot));
     await fsyncPath(store.slotDir(p.slot));
     emit({ event: 'step', step: `manifest into slot ${p.slot}` });
     if (head.sig) await writeDurable(path.join(store.slotDir(p.slot), 'manifest.sig'), head.sig);

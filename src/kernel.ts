@@ -6,11 +6,12 @@
  * Names are normalized the way kmod does it: the file's basename without `.ko[.xz|.zst|.gz]`,
  * with `-` turned into `_`.
  */
-import { readFile, readdir, stat, mkdtemp, symlink, copyFile, rm, mkdir } from 'node:fs/promises';
+import { readFile, readdir, stat, mkdtemp, symlink, copyFile, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { StackbootError } from './errors.js';
 import { run } from './exec.js';
+import { makeDir } from './dirs.js';
 
 export interface ModuleInfo {
   /** Normalized name, e.g. `virtio_blk`. */
@@ -264,7 +265,7 @@ async function depmodInto(modulesDir: string, kver: string): Promise<{ dep: stri
   const base = await mkdtemp(path.join(os.tmpdir(), 'sb-depmod-'));
   try {
     const kd = path.join(base, 'lib', 'modules', kver);
-    await mkdir(kd, { recursive: true });
+    await makeDir(kd);
     for (const e of await readdir(modulesDir)) {
       // depmod rewrites the modules.* files: copy those, link the module trees
       if (e.startsWith('modules.')) {

@@ -12,6 +12,7 @@ import type { ProgressSink } from './progress.js';
 import { RateMeter } from './progress.js';
 import { checkSquashfs, gensquashfsDir, gensquashfsPack, tar2sqfs, tarDirToSquashfs, treeHasXattrs, type SquashOptions } from './squashfs.js';
 import { scanDir, type DirScan } from './sources/dir.js';
+import { makeDir } from './dirs.js';
 
 export const BUILDER_VERSION = 'stackboot-layer-1';
 
@@ -71,8 +72,8 @@ async function cacheLookup(ctx: LayerContext, key: string): Promise<{ digest: st
 
 async function cacheStore(ctx: LayerContext, key: string, digest: string, file: string): Promise<void> {
   if (!ctx.cacheDir) return;
-  await fs.mkdir(path.join(ctx.cacheDir, 'keys'), { recursive: true });
-  await fs.mkdir(path.join(ctx.cacheDir, 'layers'), { recursive: true });
+  await makeDir(path.join(ctx.cacheDir, 'keys'));
+  await makeDir(path.join(ctx.cacheDir, 'layers'));
   const target = path.join(ctx.cacheDir, 'layers', `${digest}.sqfs`);
   if (!(await exists(target))) await linkOrCopy(file, target);
   const tmp = path.join(ctx.cacheDir, 'keys', `.${key}.tmp-${randomBytes(4).toString('hex')}`);
@@ -92,7 +93,7 @@ async function fullKey(ctx: LayerContext, keyParts: Record<string, unknown>): Pr
 export async function cachedLayer(ctx: LayerContext, name: string, keyParts: Record<string, unknown>): Promise<BuiltLayer | null> {
   const key = await fullKey(ctx, keyParts);
   const layersDir = path.join(ctx.outDir, 'layers');
-  await fs.mkdir(layersDir, { recursive: true });
+  await makeDir(layersDir);
   const hit = await cacheLookup(ctx, key);
   if (!hit) return null;
   const dst = path.join(layersDir, `${hit.digest}.sqfs`);
@@ -115,7 +116,7 @@ export async function produceLayer(
 ): Promise<BuiltLayer> {
   const key = await fullKey(ctx, keyParts);
   const layersDir = path.join(ctx.outDir, 'layers');
-  await fs.mkdir(layersDir, { recursive: true });
+  await makeDir(layersDir);
   const hit = await cacheLookup(ctx, key);
   if (hit) {
     const dst = path.join(layersDir, `${hit.digest}.sqfs`);
@@ -160,7 +161,7 @@ export async function buildDirLayer(ctx: LayerContext, spec: DirLayerSpec): Prom
   const layersDir = path.join(ctx.outDir, 'layers');
   const packTo = path.join(layersDir, `.tmp-${spec.name}-${randomBytes(6).toString('hex')}.pack`);
   try {
-    await fs.mkdir(layersDir, { recursive: true });
+    await makeDir(layersDir);
     const scan = await scanDir(spec.dir, { devices: spec.devices, owner: spec.owner, into: spec.into, packTo });
     if (scan.hardlinks === 0 && !spec.into) {
       stop.abort();

@@ -5,20 +5,21 @@
 import { promises as fs } from 'node:fs';
 import { run } from './exec.js';
 import { StackbootError } from './errors.js';
+import { makeDir } from './dirs.js';
 
 export function isRoot(uid: number | undefined): boolean {
   return uid === 0;
 }
 
 export async function mountSquashfs(file: string, dir: string): Promise<void> {
-  await fs.mkdir(dir, { recursive: true });
+  await makeDir(dir);
   await run('mount', ['-t', 'squashfs', '-o', 'loop,ro', file, dir]);
 }
 
 /** Overlay with `lowers` given top first (as overlayfs wants). Read-only when no upper. */
 export async function mountOverlay(target: string, lowers: string[], upper?: { upper: string; work: string }, extra: string[] = []): Promise<void> {
   if (lowers.length === 0) throw new StackbootError('INTERNAL', 'overlay needs at least one lower');
-  await fs.mkdir(target, { recursive: true });
+  await makeDir(target);
   const opts = [`lowerdir=${lowers.join(':')}`];
   if (upper) opts.push(`upperdir=${upper.upper}`, `workdir=${upper.work}`);
   opts.push(...extra);
@@ -33,18 +34,18 @@ export async function mountOverlay(target: string, lowers: string[], upper?: { u
 }
 
 export async function mountTmpfs(dir: string, size = '50%'): Promise<void> {
-  await fs.mkdir(dir, { recursive: true });
+  await makeDir(dir);
   await run('mount', ['-t', 'tmpfs', '-o', `size=${size},mode=0755`, 'tmpfs', dir]);
 }
 
 export async function bindMount(src: string, dst: string, readonly = false): Promise<void> {
-  if (!(await fs.lstat(dst).catch(() => null))) await fs.mkdir(dst, { recursive: true });
+  if (!(await fs.lstat(dst).catch(() => null))) await makeDir(dst);
   await run('mount', ['--bind', src, dst]);
   if (readonly) await run('mount', ['-o', 'remount,bind,ro', dst]);
 }
 
 export async function mountDevice(dev: string, dir: string, opts: string[] = []): Promise<void> {
-  await fs.mkdir(dir, { recursive: true });
+  await makeDir(dir);
   await run('mount', [...(opts.length ? ['-o', opts.join(',')] : []), dev, dir]);
 }
 

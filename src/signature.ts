@@ -6,6 +6,7 @@ import { createPrivateKey, createPublicKey, generateKeyPairSync, sign, verify, t
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { StackbootError } from './errors.js';
+import { makeDir } from './dirs.js';
 
 export interface KeyPairFiles {
   privateKey: string;
@@ -25,7 +26,7 @@ export async function writeKeyPair(base: string): Promise<KeyPairFiles> {
   const { privatePem, publicPem } = generateKeyPair();
   const priv = `${base}.key`;
   const pub = `${base}.pub`;
-  await fs.mkdir(path.dirname(path.resolve(priv)), { recursive: true });
+  await makeDir(path.dirname(path.resolve(priv)));
   try {
     await fs.writeFile(priv, privatePem, { mode: 0o600, flag: 'wx' });
   } catch (e) {

@@ -12,6 +12,7 @@ import type { ProgressSink } from './progress.js';
 import type { Recipe } from './recipe.js';
 import { toolVersion } from './squashfs.js';
 import { writeDurable } from './store.js';
+import { makeDir } from './dirs.js';
 
 export interface BuildOptions {
   outDir: string;
@@ -35,7 +36,7 @@ export interface BuildResult {
 }
 
 export async function buildStack(recipe: Recipe, o: BuildOptions): Promise<BuildResult> {
-  await fs.mkdir(path.join(o.outDir, 'layers'), { recursive: true });
+  await makeDir(path.join(o.outDir, 'layers'));
   const ctx: LayerContext = {
     outDir: o.outDir,
     cacheDir: o.cacheDir,

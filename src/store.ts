@@ -10,6 +10,7 @@ import { sha256File } from './digest.js';
 import { StackbootError } from './errors.js';
 import { parseManifest, stackId, type Manifest } from './manifest.js';
 import { emptyState, parseState, serializeState, type BootState, type SlotName } from './state.js';
+import { makeDir } from './dirs.js';
 
 export const STORE_LABEL = 'sb-store';
 export const DATA_LABEL = 'sb-data';
@@ -55,10 +56,10 @@ export class Store {
   /** Creates an empty store (store-id, layers/, slots/, state, events). */
   static async create(dir: string, id = newStoreId()): Promise<Store> {
     if (!/^[0-9a-f]{32}$/.test(id)) throw new StackbootError('STORE', `store id must be 32 hex chars`);
-    await fs.mkdir(path.join(dir, 'layers'), { recursive: true });
-    await fs.mkdir(path.join(dir, 'slots', 'a'), { recursive: true });
-    await fs.mkdir(path.join(dir, 'slots', 'b'), { recursive: true });
-    await fs.mkdir(path.join(dir, 'upper'), { recursive: true });
+    await makeDir(path.join(dir, 'layers'));
+    await makeDir(path.join(dir, 'slots', 'a'));
+    await makeDir(path.join(dir, 'slots', 'b'));
+    await makeDir(path.join(dir, 'upper'));
     const s = new Store(dir);
     await fs.writeFile(path.join(dir, 'store-id'), id + '\n');
     await fs.writeFile(path.join(dir, 'events'), '');

@@ -123,6 +123,11 @@ describe('the bundled CLI', () => {
     expect(badJobs.exitCode).toBe(2);
     expect(badJobs.stderr.split('\n')[0]).toBe('stackboot: [USAGE] --jobs must be a whole number from 1 to 1024, got -1');
     expect(await fs.stat(out).catch(() => null)).toBeNull();
+    // an output folder that cannot be made is an error, not a hang (Node's recursive mkdir
+    // spins forever under /proc)
+    const procOut = await sb(['build', recipe, '--out', '/proc/stackboot-test/out', '--no-cache']);
+    expect(procOut.exitCode).toBe(11); // IO
+    expect(procOut.stderr.split('\n')[0]).toBe('stackboot: [IO] cannot create folder /proc/stackboot-test/out/layers');
     const noRecipe = await sb(['build']);
     expect(noRecipe.exitCode).toBe(2);
     expect(noRecipe.stderr.split('\n')[0]).toMatch(/^stackboot: \[USAGE\] Not enough non-option arguments/);
