@@ -17,7 +17,7 @@ import { PassThrough, type Readable, type Writable } from 'node:stream';
 import { StackbootError } from './errors.js';
 import { parseManifest, stackId, type LayerRef, type Manifest } from './manifest.js';
 import { RateMeter, noProgress, type ProgressSink } from './progress.js';
-import { signBytes } from './signature.js';
+import { parseSignature, signBytes } from './signature.js';
 import { TarWriter, walkTarStream, type TarEntryMeta } from './tarfile.js';
 
 export const MAX_MANIFEST_BYTES = 1 << 20;
@@ -93,6 +93,13 @@ export async function writeBundle(o: WriteBundleOptions): Promise<WriteBundleRes
     sig = await fs.readFile(path.join(o.buildDir, 'manifest.sig'), 'utf8').catch((e) => {
       throw new StackbootError('SIGNATURE', `${o.buildDir}/manifest.sig is missing: sign the build (stackboot sign) or pass --key`, { cause: e });
     });
+    // no public key here to verify it with, but a damaged one must not ship: every node
+    // would refuse the bundle, after downloading it
+    try {
+      parseSignature(sig);
+    } catch (e) {
+      throw new StackbootError('SIGNATURE', `${o.buildDir}/manifest.sig is not a signature: sign the build again (stackboot sign) or pass --key`, { cause: e });
+    }
   }
   const carried = manifest.layers.filter((l) => !o.baseDigests?.has(l.digest));
   const skipped = manifest.layers.filter((l) => o.baseDigests?.has(l.digest));

@@ -58,6 +58,13 @@ describe('bundle', () => {
     expect(r.stackId).toBe(u.id);
   });
 
+  it('refuses a damaged manifest.sig instead of shipping it', async () => {
+    const d = await fakeBuild(path.join(tmp, 'damaged'), { version: '8', layers: [{ name: 'x', data: layerBytes(1000, 'x') }] });
+    await fs.writeFile(path.join(d.dir, 'manifest.sig'), 'junk\n');
+    await expect(writeBundleFile({ buildDir: d.dir, file: path.join(tmp, 'd.sb') })).rejects.toThrow(/manifest\.sig is not a signature/);
+    expect(await fs.stat(path.join(tmp, 'd.sb')).catch(() => null)).toBeNull();
+  });
+
   it('streams through a pipe: the reader sees the head before any layer, and each layer body', async () => {
     const pt = new PassThrough({ highWaterMark: 16 * 1024 });
     const w = writeBundle({ buildDir: v1.dir, out: pt });
