@@ -129,7 +129,7 @@ export async function scanDir(root: string, o: ScanOptions): Promise<DirScan> {
   }
   const lines = new LineSink(fd);
   const links = new LineSink(null);
-  if (o.into) {
+  if (o.into && packable) {
     const parts = o.into.split('/');
     for (let i = 1; i < parts.length; i++) lines.push(`dir ${q('/' + parts.slice(0, i).join('/'))} 0755 0 0`);
     lines.push(`dir ${q(pre)} ${octal(st.mode)} 0 0`);
