@@ -10,7 +10,7 @@ import path from 'node:path';
 import { diffBootConfig, type NodeConfig } from './config.js';
 import { makeBootConfig } from './initramfs.js';
 import type { NodeContext } from './node.js';
-import { listPublicKeys, verifyWithKeyDir } from './signature.js';
+import { checkPublicKey, listPublicKeys, verifyWithKeyDir } from './signature.js';
 import { SLOTS } from './state.js';
 
 export type Level = 'ok' | 'warn' | 'fail';
@@ -69,7 +69,12 @@ export async function doctor(o: DoctorOptions): Promise<DoctorReport> {
   const keys = await listPublicKeys(keysDir).catch(() => null);
   if (keys === null) add('keys', o.config.node.ALLOW_UNSIGNED ? 'warn' : 'fail', `no keys directory ${keysDir}: installs will be refused`);
   else if (keys.length === 0) add('keys', o.config.node.ALLOW_UNSIGNED ? 'warn' : 'fail', `no public keys (*.pub) in ${keysDir}: installs will be refused`);
-  else add('keys', 'ok', `${keys.length} public key(s) in ${keysDir}`);
+  else {
+    const bad: string[] = [];
+    for (const k of keys) await checkPublicKey(k).catch((e: Error) => bad.push(e.message));
+    for (const b of bad) add('keys', 'fail', b);
+    if (bad.length < keys.length) add('keys', 'ok', `${keys.length - bad.length} public key(s) in ${keysDir}`);
+  }
 
   // config against the initramfs's copy
   const initrdConf = await readText(path.join(run, 'stackboot', 'boot.conf'));
@@ -132,8 +137,11 @@ export async function doctor(o: DoctorOptions): Promise<DoctorReport> {
     const sig = await readText(path.join(store.slotDir(s), 'manifest.sig'));
     if (sig === null) add('stack', 'warn', `${label}: no manifest.sig`);
     else if (keys && keys.length) {
-      const okSig = await verifyWithKeyDir(Buffer.from(m.text), sig, keysDir).then(() => true, () => false);
-      if (!okSig) add('stack', 'fail', `${label}: bad signature (no key in ${keysDir} matches)`);
+      const why = await verifyWithKeyDir(Buffer.from(m.text), sig, keysDir).then(
+        () => null,
+        (e: Error) => e.message,
+      );
+      if (why !== null) add('stack', 'fail', `${label}: bad signature (${why})`);
     }
     if (!bad.length) add('stack', 'ok', `${label}: ${m.manifest.name} ${m.manifest.version}, ${m.manifest.layers.length} layers ${o.full ? 'verified (sha256)' : 'present'}`);
   }

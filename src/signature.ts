@@ -48,6 +48,11 @@ async function readKey(file: string, kind: 'private' | 'public'): Promise<KeyObj
   } catch (e) {
     throw new StackbootError('SIGNATURE', `cannot read ${kind} key ${file}`, { cause: e });
   }
+  // node:crypto would take a private key where a public one is asked for (it derives the
+  // public half): on a node that means the fleet's signing key sits on every node
+  if (kind === 'public' && /-----BEGIN [A-Z ]*PRIVATE KEY-----/.test(pem)) {
+    throw new StackbootError('SIGNATURE', `${file} holds a private key: verifying needs only the public half (<name>.pub from stackboot keygen), and a signing key must stay off the nodes`);
+  }
   try {
     const k = kind === 'private' ? createPrivateKey(pem) : createPublicKey(pem);
     if (k.asymmetricKeyType !== 'ed25519') throw new Error(`key type is ${k.asymmetricKeyType}, not ed25519`);
@@ -68,6 +73,11 @@ export function parseSignature(sigText: string): Buffer {
   const b = Buffer.from(t, 'base64');
   if (b.length !== 64) throw new StackbootError('SIGNATURE', `signature must be 64 bytes, got ${b.length}`);
   return b;
+}
+
+/** Throws unless `file` holds an ed25519 public key (and not a private one). */
+export async function checkPublicKey(file: string): Promise<void> {
+  await readKey(file, 'public');
 }
 
 /** True when `sigText` is a valid signature of `data` by the key in `publicKeyFile`. */

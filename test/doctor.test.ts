@@ -57,6 +57,13 @@ describe('doctor', () => {
     await fs.writeFile(path.join(store, 'slots', 'a', 'manifest.sig'), (await fs.readFile(path.join(broken.dir, 'manifest.sig'), 'utf8')));
     const r2 = await doctor({ ctx: await nodeContext({ store }), config, procDir: proc, runDir: run });
     expect(r2.findings.map((f) => f.message)).toContainEqual(expect.stringMatching(/slot a .*bad signature/));
+    // a private key among the public ones: the fleet's signing key on a node
+    await fs.copyFile(k.key, path.join(k.keysDir, 'leaked.pub'));
+    const rp = await doctor({ ctx: await nodeContext({ store }), config, procDir: proc, runDir: run });
+    const mp = rp.findings.map((f) => `${f.level} ${f.check} ${f.message}`);
+    expect(mp).toContainEqual(expect.stringMatching(/^fail keys .*leaked\.pub holds a private key/));
+    expect(mp).toContainEqual(expect.stringMatching(/^ok keys 1 public key/));
+    await fs.rm(path.join(k.keysDir, 'leaked.pub'));
     const r3 = await doctor({ ctx: null, config: parseNodeConfig(`KEYS_DIR=${path.join(tmp, 'nokeys')}\n`), procDir: proc, runDir: path.join(tmp, 'norun') });
     const m3 = r3.findings.map((f) => `${f.level} ${f.check} ${f.message}`);
     expect(m3).toContainEqual(expect.stringMatching(/^fail keys no keys directory/));

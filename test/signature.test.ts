@@ -53,4 +53,17 @@ describe('signature (ed25519)', () => {
     await expect(verifyManifestFile(man, path.join(d, 'bad.pub'))).rejects.toThrow(/not an ed25519 public key/);
     await expect(writeKeyPair(path.join(d, 'k'))).rejects.toThrow(/exists already/);
   });
+
+  it('refuses a private key where a public one belongs (node:crypto would derive the public half)', async () => {
+    const d = await tmp();
+    const k = await writeKeyPair(path.join(d, 'k'));
+    const man = path.join(d, 'manifest');
+    await fs.writeFile(man, 'data');
+    await signManifestFile(man, k.privateKey);
+    await expect(verifyManifestFile(man, k.privateKey)).rejects.toThrow(/holds a private key/);
+    const keys = path.join(d, 'keys');
+    await fs.mkdir(keys);
+    await fs.copyFile(k.privateKey, path.join(keys, 'release.pub'));
+    await expect(verifyWithKeyDir(Buffer.from('data'), await fs.readFile(`${man}.sig`, 'utf8'), keys)).rejects.toThrow(/release\.pub holds a private key/);
+  });
 });
