@@ -20,13 +20,14 @@
  * same code path, guards and verify, no image file left behind.
  */
 import { createHash } from 'node:crypto';
-import { constants as C, promises as fs } from 'node:fs';
+import { constants as C, promises as fs, type Stats } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { buildBmap, mappedBytes, rangeLength, rangeOffset, readBmapFor, type Bmap } from './bmap.js';
 import { StackbootError } from './errors.js';
 import { run } from './exec.js';
-import { buildImage, type ImageOptions } from './image.js';
+import { buildImage, planImage, type ImageOptions } from './image.js';
+import { MiB } from './disk.js';
 import { RateMeter, type ProgressSink } from './progress.js';
 
 export interface FlashHooks {
@@ -146,10 +147,13 @@ export async function flash(o: FlashOptions & { imageOptions?: Omit<ImageOptions
     throw new StackbootError('USAGE', `${o.image} does not exist`, { cause: e });
   });
   if (st.isDirectory()) {
-    // a build output: assemble to a temporary sparse image, flash it, delete it
+    // a build output: assemble to a temporary sparse image, flash it, delete it; the
+    // target is checked first, with the planned image size (assembling takes a while)
     const dir = await fs.mkdtemp(path.join(o.tmpDir ?? os.tmpdir(), 'sb-flash-'));
     try {
       const img = path.join(dir, 'node.img');
+      const plan = await planImage({ ...(o.imageOptions ?? {}), buildDir: o.image, out: img });
+      await checkTarget(o, plan.totalMiB * MiB);
       await buildImage({ ...(o.imageOptions ?? {}), buildDir: o.image, out: img, progress: o.progress });
       const r = await flashImage({ ...o, image: img, bmapFile: `${img}.bmap` });
       return { ...r, image: o.image };
@@ -160,24 +164,34 @@ export async function flash(o: FlashOptions & { imageOptions?: Omit<ImageOptions
   return flashImage(o);
 }
 
-export async function flashImage(o: FlashOptions): Promise<FlashResult> {
-  const progress = o.progress ?? (() => {});
-  const imgStat = await fs.stat(o.image);
-  const bmap: Bmap = (o.bmapFile ? await readBmapFor(o.image, o.bmapFile) : await readBmapFor(o.image)) ?? (await buildBmap(o.image));
-  if (bmap.imageSize !== imgStat.size) throw new StackbootError('VERIFY', `block map is for ${bmap.imageSize} bytes, the image has ${imgStat.size}`);
+/**
+ * What kind of target this is, and the problems --force overrode; throws when it must not
+ * be written: not a block device or a regular file, the image itself, or a device that is
+ * mounted, held, or smaller than `imageSize` (unless forced).
+ */
+async function checkTarget(o: FlashOptions, imageSize: number, imgStat?: Stats): Promise<{ kind: 'block' | 'file'; forced: string[] }> {
   const tst = await fs.stat(o.target).catch(() => null);
   const kind: 'block' | 'file' = tst?.isBlockDevice() ? 'block' : 'file';
   if (tst && !tst.isBlockDevice() && !tst.isFile()) throw new StackbootError('DEVICE', `${o.target} is neither a block device nor a regular file`);
-  if (tst && tst.ino === imgStat.ino && tst.dev === imgStat.dev) throw new StackbootError('DEVICE', `${o.target} is the image itself`);
+  if (tst && imgStat && tst.ino === imgStat.ino && tst.dev === imgStat.dev) throw new StackbootError('DEVICE', `${o.target} is the image itself`);
   const forced: string[] = [];
   if (kind === 'block') {
     const info = await deviceInfo(o.target, o.sysRoot);
-    const problems = await deviceProblems(info, bmap.imageSize, { procRoot: o.procRoot });
+    const problems = await deviceProblems(info, imageSize, { procRoot: o.procRoot });
     if (problems.length && !o.force) {
       throw new StackbootError('DEVICE', `refusing to flash ${o.target}: ${problems.join('; ')} (use --force to override)`, { details: { problems } });
     }
     forced.push(...problems);
   }
+  return { kind, forced };
+}
+
+export async function flashImage(o: FlashOptions): Promise<FlashResult> {
+  const progress = o.progress ?? (() => {});
+  const imgStat = await fs.stat(o.image);
+  const bmap: Bmap = (o.bmapFile ? await readBmapFor(o.image, o.bmapFile) : await readBmapFor(o.image)) ?? (await buildBmap(o.image));
+  if (bmap.imageSize !== imgStat.size) throw new StackbootError('VERIFY', `block map is for ${bmap.imageSize} bytes, the image has ${imgStat.size}`);
+  const { kind, forced } = await checkTarget(o, bmap.imageSize, imgStat);
   let fh: fs.FileHandle;
   try {
     fh = kind === 'block' ? await fs.open(o.target, C.O_WRONLY | C.O_EXCL) : await fs.open(o.target, C.O_WRONLY | C.O_CREAT, 0o644);

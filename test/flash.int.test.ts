@@ -12,6 +12,7 @@ import { writeBmapFor, mappedBytes, type Bmap } from '../src/bmap.js';
 import { flash } from '../src/flash.js';
 import { run } from '../src/exec.js';
 import { attachLoop, detachLoop, mountDevice, umount } from '../src/mount.js';
+import { fakeBuild, layerBytes } from './update-fixtures.js';
 
 let tmp: string;
 let img: string;
@@ -146,5 +147,11 @@ describe('flash to a loop device', () => {
     await fh.close();
     const dev = await loopOf(back);
     await expect(flash({ image: img, target: dev })).rejects.toMatchObject({ code: 'DEVICE', message: expect.stringMatching(/too small: 16777216 bytes, the image needs/) });
+    // a build output: the target is refused before any image is assembled
+    const build = await fakeBuild(path.join(tmp, 'build'), { version: '1', layers: [{ name: 'base', data: layerBytes(4096, 'b') }] });
+    const events: unknown[] = [];
+    await expect(flash({ image: build.dir, target: dev, progress: (e) => events.push(e) })).rejects.toMatchObject({ code: 'DEVICE', message: expect.stringMatching(/too small: 16777216 bytes, the image needs \d+/) });
+    expect(events).toEqual([]);
+    await expect(flash({ image: build.dir, target: tmp })).rejects.toMatchObject({ code: 'DEVICE', message: expect.stringMatching(/neither a block device nor a regular file/) });
   });
 });
