@@ -185,5 +185,12 @@ describe('the bundled CLI', () => {
     expect(second.stack).toBe(first.stack);
     expect(second.layers[0]).toMatchObject({ digest: first.layers[0].digest, cached: true, builder: 'cache' });
     expect(await fs.readFile(path.join(work, 'o2', 'manifest'), 'utf8')).toBe(await fs.readFile(path.join(work, 'o1', 'manifest'), 'utf8'));
+
+    // a plan through the CLI: image --dry-run prints the layout and writes nothing
+    const img = path.join(work, 'o1.img');
+    const plan = await sb(['image', path.join(work, 'o1'), '--out', img, '--dry-run']);
+    expect(plan.exitCode, plan.stderr).toBe(0);
+    expect(plan.stdout).toMatch(/^would write .*o1\.img: sd layout, \d+ MiB, stack /);
+    expect(await fs.stat(img).catch(() => null)).toBeNull();
   });
 });

@@ -29,6 +29,7 @@ export const imageCommand: CommandModule<any, any> = {
       .option('store-id', { type: 'string', describe: 'store id, 32 hex (default: derived from the stack id)' })
       .option('seed', { type: 'string', describe: 'seed for all UUIDs (default: the stack id)' })
       .option('no-bmap', { type: 'boolean', describe: 'do not write <out>.bmap' })
+      .option('dry-run', { type: 'boolean', describe: 'print the plan (layout, sizes, ids) and write nothing' })
       .option('cache-root', { type: 'string', default: '.cache', describe: 'where `npm run setup` put the targets' })
       .example('$0 image out/demo -o node.img --layout sd', 'an SD card image of the demo stack'),
   handler: async (a) => {

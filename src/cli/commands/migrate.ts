@@ -13,6 +13,7 @@ export const migrateCommand: CommandModule<any, any> = {
       .option('data-size', { type: 'number', coerce: wholeNumber('data-size', 1), describe: 'data partition MiB (default: a quarter of the disk)' })
       .option('boot-files', { type: 'string', describe: 'folder whose files (kernel, initrd, extlinux/) go into the new boot partition' })
       .option('force', { type: 'boolean', describe: 'migrate even to a mounted or busy disk' })
+      .option('dry-run', { type: 'boolean', describe: 'print the plan and change nothing' })
       .example('$0 migrate --to /dev/nvme0n1 --dry-run', 'show the plan'),
   handler: async (a) => {
     const { migrate, planMigrate } = await import('../../migrate.js');
