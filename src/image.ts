@@ -188,7 +188,7 @@ export async function buildImage(o: ImageOptions): Promise<ImageResult> {
     await makeDir(path.join(boot, 'extlinux'));
     let kernel = o.kernel;
     if (!kernel) {
-      const t = await loadTarget(o.arch ?? 'amd64', o.cacheRoot ?? '.cache');
+      const t = await loadTarget(o.arch ?? 'amd64', o.cacheRoot);
       kernel = t.kernel;
     }
     await fs.copyFile(kernel, path.join(boot, 'vmlinuz'));

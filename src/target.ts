@@ -16,7 +16,14 @@
 import { readFile, access } from 'node:fs/promises';
 import { constants } from 'node:fs';
 import path from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { StackbootError } from './errors.js';
+
+/**
+ * The package's `.cache` (next to src/ and dist/, as templates/ is), where
+ * scripts/setup.sh puts the targets: the default wherever the CLI is started from.
+ */
+export const DEFAULT_CACHE_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '.cache');
 
 export type Arch = 'amd64' | 'arm64';
 
@@ -86,10 +93,10 @@ async function exists(p: string, mode = constants.F_OK): Promise<boolean> {
 
 /**
  * Loads the test target for `arch` from `<cacheRoot>/targets/<arch>/target.env`, where
- * `cacheRoot` is the repo's `.cache` directory. Throws StackbootError('TOOL') when setup
+ * `cacheRoot` is the repo's `.cache` directory (DEFAULT_CACHE_ROOT). Throws StackbootError('TOOL') when setup
  * has not been run or its files are gone.
  */
-export async function loadTarget(arch: Arch, cacheRoot: string): Promise<Target> {
+export async function loadTarget(arch: Arch, cacheRoot: string = DEFAULT_CACHE_ROOT): Promise<Target> {
   if (!isArch(arch)) throw new StackbootError('USAGE', `unknown target arch ${String(arch)} (amd64 or arm64)`);
   const file = targetEnvPath(arch, cacheRoot);
   const missing = (what: string, cause?: unknown) =>

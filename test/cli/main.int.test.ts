@@ -192,5 +192,14 @@ describe('the bundled CLI', () => {
     expect(plan.exitCode, plan.stderr).toBe(0);
     expect(plan.stdout).toMatch(/^would write .*o1\.img: sd layout, \d+ MiB, stack /);
     expect(await fs.stat(img).catch(() => null)).toBeNull();
-  });
+
+    // and for real, from another folder: the kernel comes from the package's .cache (next
+    // to dist/, as in the repo), not from the working folder's
+    await fs.symlink(path.join(REPO, '.cache'), path.join(work, '.cache')).catch(() => {});
+    const elsewhere = path.join(work, 'elsewhere');
+    await fs.mkdir(elsewhere, { recursive: true });
+    const real = await run('node', [cli, 'image', path.join(work, 'o1'), '--out', img, '--arch', 'amd64'], { reject: false, cwd: elsewhere, env: { SOURCE_DATE_EPOCH: '0' } });
+    expect(real.exitCode, real.stderr).toBe(0);
+    expect((await fs.stat(img)).size).toBeGreaterThan(0);
+  }, 120_000);
 });

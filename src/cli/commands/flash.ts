@@ -18,7 +18,7 @@ export const flashCommand: CommandModule<any, any> = {
       .option('layout', { choices: IMAGE_LAYOUTS as string[], describe: 'for a build output: the image layout' })
       .option('size', { type: 'number', coerce: wholeNumber('size', 1), describe: 'for a build output: whole image MiB' })
       .option('arch', { choices: ['amd64', 'arm64'], describe: 'for a build output: target arch' })
-      .option('cache-root', { type: 'string', default: '.cache' })
+      .option('cache-root', { type: 'string', describe: 'where `npm run setup` put the targets (default: the package\'s .cache)' })
       .example('$0 flash node.img /dev/mmcblk0', 'flash an SD card'),
   handler: async (a) => {
     const { flash } = await import('../../flash.js');

@@ -30,7 +30,7 @@ export const imageCommand: CommandModule<any, any> = {
       .option('seed', { type: 'string', describe: 'seed for all UUIDs (default: the stack id)' })
       .option('no-bmap', { type: 'boolean', describe: 'do not write <out>.bmap' })
       .option('dry-run', { type: 'boolean', describe: 'print the plan (layout, sizes, ids) and write nothing' })
-      .option('cache-root', { type: 'string', default: '.cache', describe: 'where `npm run setup` put the targets' })
+      .option('cache-root', { type: 'string', describe: 'where `npm run setup` put the targets (default: the package\'s .cache)' })
       .example('$0 image out/demo -o node.img --layout sd', 'an SD card image of the demo stack'),
   handler: async (a) => {
     const [{ buildImage, loadImageSpec, planImage }, { makeBootConfig }, { loadRecipe }] = await Promise.all([import('../../image.js'), import('../../initramfs.js'), import('../../recipe.js')]);
