@@ -19,6 +19,16 @@ let cli: string;
 // run from the scratch folder, not the repo: nothing may depend on the working folder
 const sb = (args: string[], env: Record<string, string> = {}) => run('node', [cli, ...args], { reject: false, cwd: work, env: { SOURCE_DATE_EPOCH: '0', ...env } });
 
+/** A recipe file `<name>-recipe.json` with one dir layer of one small file (no hard links). */
+async function oneFileRecipe(name: string): Promise<string> {
+  const tree = path.join(work, `${name}-tree`);
+  await fs.mkdir(tree, { recursive: true });
+  await fs.writeFile(path.join(tree, 'f'), 'x');
+  const recipe = path.join(work, `${name}-recipe.json`);
+  await fs.writeFile(recipe, JSON.stringify({ name, version: '1', compatible: 'test', layers: [{ name: 'base', source: { type: 'dir', path: tree } }] }));
+  return recipe;
+}
+
 beforeAll(async () => {
   work = await tmpdir('sb-cli-');
   // placed where the repo's dist/ would be relative to templates/ and initramfs/
@@ -65,11 +75,7 @@ describe('the bundled CLI', () => {
     const probe = path.join(work, 'probe');
     await fs.mkdir(probe, { recursive: true });
     await fs.writeFile(path.join(probe, 'gensquashfs'), '#!/bin/sh\nenv >"$PROBE_OUT.tool"\ntr "\\0" "\\n" </proc/$PPID/environ >"$PROBE_OUT.node"\nexec /usr/bin/gensquashfs "$@"\n', { mode: 0o755 });
-    const tree = path.join(work, 'env-tree');
-    await fs.mkdir(tree, { recursive: true });
-    await fs.writeFile(path.join(tree, 'f'), 'x');
-    const recipe = path.join(work, 'env-recipe.json');
-    await fs.writeFile(recipe, JSON.stringify({ name: 'env', version: '1', compatible: 'test', layers: [{ name: 'base', source: { type: 'dir', path: tree } }] }));
+    const recipe = await oneFileRecipe('env');
     const probeOut = path.join(work, 'probe-out');
     const build = async (env: Record<string, string>) => {
       const r = await run(bin, ['build', recipe, '--out', path.join(work, 'env-out'), '--no-cache', '--quiet'], { reject: false, cwd: work, env: { PATH: `${probe}:${process.env.PATH}`, PROBE_OUT: probeOut, ...env } });
@@ -104,11 +110,7 @@ describe('the bundled CLI', () => {
 
   it('never runs a command whose options fail validation (unknown option, missing argument)', async () => {
     // a recipe that would build: only the bad option stands in the way
-    const tree = path.join(work, 'v-tree');
-    await fs.mkdir(tree, { recursive: true });
-    await fs.writeFile(path.join(tree, 'f'), 'x');
-    const recipe = path.join(work, 'v-recipe.json');
-    await fs.writeFile(recipe, JSON.stringify({ name: 'v', version: '1', compatible: 'test', layers: [{ name: 'base', source: { type: 'dir', path: tree } }] }));
+    const recipe = await oneFileRecipe('v');
     const out = path.join(work, 'v-out');
     const unknown = await sb(['build', recipe, '--out', out, '--no-cache', '--frobnicate=1']);
     expect(unknown.exitCode).toBe(2);
