@@ -57,3 +57,20 @@ export async function procField(pid: number, file: 'io' | 'status', key: string)
   const m = new RegExp(`^${key}:\\s+(\\d+)`, 'm').exec(readProc(`/proc/${pid}/${file}`));
   return m ? Number(m[1]) : null;
 }
+
+/**
+ * Bytes read so far (`rchar` of /proc/<pid>/io) by the process named `name` (its comm)
+ * at or below `root`: the largest, if there are several; null when none is running.
+ * Only the named reader counts: Linux adds a child's counters to its parent's when the
+ * parent reaps it, so a shell that ran `tar | tar2sqfs` reports the bytes of both (twice
+ * the input) between reaping them and exiting.
+ */
+export async function bytesReadBy(root: number, name: string): Promise<number | null> {
+  let best: number | null = null;
+  for (const p of await processTree(root)) {
+    if (readProc(`/proc/${p}/comm`).trim() !== name) continue;
+    const n = await procField(p, 'io', 'rchar');
+    if (n !== null) best = Math.max(best ?? 0, n);
+  }
+  return best;
+}

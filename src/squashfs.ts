@@ -5,7 +5,7 @@
 import { promises as fs } from 'node:fs';
 import type { Writable } from 'node:stream';
 import { run, spawn } from './exec.js';
-import { processTree, procField } from './proc.js';
+import { bytesReadBy } from './proc.js';
 import { StackbootError } from './errors.js';
 import type { Compression } from './recipe.js';
 
@@ -22,23 +22,13 @@ export interface SquashOptions {
 export type OnRead = (bytes: number) => void;
 
 /**
- * Bytes read so far by `pid` and the processes below it: the largest `rchar` of
- * /proc/<pid>/io among them (gensquashfs reads the files itself; in a tar | tar2sqfs pipe
- * tar2sqfs reads the whole stream). Linux counts every read(), so this is the input side
- * of the compression, where the size of the growing output says little (it is compressed).
- * null when /proc cannot tell (another user's process, no procfs).
+ * Runs a tool, reporting every 250 ms to `onRead` the bytes that `reader` (the process
+ * at or below it that reads the whole input: gensquashfs reads the files itself, in a
+ * tar | tar2sqfs pipe tar2sqfs reads the whole stream) has read. Linux counts every
+ * read(), so this is the input side of the compression, where the size of the growing
+ * output says little (it is compressed).
  */
-async function bytesRead(pid: number): Promise<number | null> {
-  let best: number | null = null;
-  for (const p of await processTree(pid)) {
-    const n = await procField(p, 'io', 'rchar');
-    if (n !== null) best = Math.max(best ?? 0, n);
-  }
-  return best;
-}
-
-/** Runs a tool, reporting the bytes it has read every 250 ms to `onRead`. */
-async function runWatched(cmd: string, args: string[], env: Record<string, string>, onRead?: OnRead): Promise<void> {
+async function runWatched(cmd: string, args: string[], env: Record<string, string>, reader: string, onRead?: OnRead): Promise<void> {
   if (!onRead) {
     await run(cmd, args, { env });
     return;
@@ -53,7 +43,7 @@ async function runWatched(cmd: string, args: string[], env: Record<string, strin
         timer = setInterval(() => {
           if (busy) return; // a slow /proc read: skip a tick rather than overlap
           busy = true;
-          bytesRead(pid)
+          bytesReadBy(pid, reader)
             .then((n) => {
               // a counter only grows (a pipe's reader can briefly lag its writer)
               if (n !== null && n > most) onRead((most = n));
@@ -112,7 +102,7 @@ export async function tar2sqfs(out: string, o: SquashOptions, feed: (stdin: Writ
 export async function gensquashfsDir(out: string, dir: string, o: SquashOptions & { allRoot: boolean }, onRead?: OnRead): Promise<void> {
   const args = [...compArgs(o), '-D', dir, '-x', '-d', `mode=0755,uid=0,gid=0,mtime=${o.epoch}`, '-f', '-q', out];
   if (o.allRoot) args.splice(args.length - 1, 0, '--all-root');
-  await runWatched('gensquashfs', args, env(o), onRead);
+  await runWatched('gensquashfs', args, env(o), 'gensquashfs', onRead);
 }
 
 /** A squashfs file's superblock facts, checked before a layer is accepted. */
@@ -144,7 +134,7 @@ export async function tarDirToSquashfs(out: string, dir: string, o: SquashOption
   tarArgs.push('-cf', '-', '.');
   const sqfsArgs = [...compArgs(o), '-d', `mode=0755,uid=0,gid=0,mtime=${o.epoch}`, '-s', '-f', '-q', out];
   const script = 'set -o pipefail; n=$1; shift; tar "${@:1:$n}" | tar2sqfs "${@:$((n+1))}"';
-  await runWatched('bash', ['-c', script, 'stackboot', String(tarArgs.length), ...tarArgs, ...sqfsArgs], env(o), onRead);
+  await runWatched('bash', ['-c', script, 'stackboot', String(tarArgs.length), ...tarArgs, ...sqfsArgs], env(o), 'tar2sqfs', onRead);
 }
 
 /**
@@ -153,7 +143,7 @@ export async function tarDirToSquashfs(out: string, dir: string, o: SquashOption
  */
 export async function gensquashfsPack(out: string, pack: { path: string; bytes: number }, o: SquashOptions, onRead?: OnRead): Promise<void> {
   const data = onRead && ((n: number) => onRead(Math.max(0, n - pack.bytes)));
-  await runWatched('gensquashfs', [...compArgs(o), '-F', pack.path, '-d', `mode=0755,uid=0,gid=0,mtime=${o.epoch}`, '-f', '-q', out], env(o), data);
+  await runWatched('gensquashfs', [...compArgs(o), '-F', pack.path, '-d', `mode=0755,uid=0,gid=0,mtime=${o.epoch}`, '-f', '-q', out], env(o), 'gensquashfs', data);
 }
 
 /**

@@ -3,7 +3,7 @@
  */
 import { describe, expect, it } from 'vitest';
 import { spawn } from '../src/exec.js';
-import { processTree, procField } from '../src/proc.js';
+import { bytesReadBy, processTree, procField } from '../src/proc.js';
 
 describe('processTree / procField', () => {
   it('finds a process and the ones below it, and reads their /proc fields', async () => {
@@ -27,5 +27,30 @@ describe('processTree / procField', () => {
     // a process that is gone: just itself, no fields
     expect(await processTree(sh.pid!)).toEqual([sh.pid]);
     expect(await procField(sh.pid!, 'status', 'VmRSS')).toBeNull();
+  });
+
+  it("counts the named reader's bytes, not its parent's (which gains a reaped child's)", async () => {
+    const n = 4 << 20;
+    // head and cat read 4 MiB each and are reaped; then a cat that has read nothing yet
+    // (not exec'd: exec would keep the shell's counters)
+    const sh = spawn('sh', ['-c', `head -c ${n} /dev/zero | cat >/dev/null; echo half; sleep 30 | cat`]);
+    let tree: number[] = [];
+    try {
+      await new Promise<void>((resolve) => sh.stdout.once('data', () => resolve()));
+      for (let i = 0; i < 100 && tree.length < 3; i++) {
+        await new Promise((r) => setTimeout(r, 20));
+        tree = await processTree(sh.pid!);
+      }
+      // the shell has reaped head and cat: their bytes are the shell's now
+      expect(await procField(sh.pid!, 'io', 'rchar')).toBeGreaterThanOrEqual(2 * n);
+      const byCat = await bytesReadBy(sh.pid!, 'cat');
+      expect(byCat).not.toBeNull();
+      expect(byCat!).toBeLessThan(n);
+      expect(await bytesReadBy(sh.pid!, 'nosuchtool')).toBeNull();
+    } finally {
+      for (const p of tree.slice(1)) process.kill(p, 'SIGKILL');
+      sh.kill('SIGKILL');
+      await sh.done;
+    }
   });
 });
