@@ -1,5 +1,5 @@
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
-import { mkdtemp, mkdir, writeFile, readFile, rm, stat, readlink, lstat } from 'node:fs/promises';
+import { mkdtemp, mkdir, writeFile, readFile, rm, stat, readlink, lstat, copyFile } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -398,6 +398,8 @@ describe('standalone initrd (fake kernel)', () => {
 describe('initramfs-tools flavor', () => {
   it('writes hook, boot script, conf hook, core, boot.conf and INSTALL; the hook runs', async () => {
     const coreDir = await makeFakeCore(path.join(tmp, 'core-it'), true);
+    // the hook sources the real handback.sh at mkinitramfs time (sb_handback_libs)
+    await copyFile(path.join(REPO, 'initramfs', 'handback.sh'), path.join(coreDir, 'handback.sh'));
     const out = path.join(tmp, 'it');
     const r = await buildInitramfs({ flavor: 'initramfs-tools', out, coreDir, modules: ['btrfs'] });
     expect(r.files).toEqual(expect.arrayContaining(['hooks/stackboot', 'scripts/stackboot', 'conf-hooks.d/stackboot', 'boot.conf', 'lib/stackboot.sh', 'INSTALL']));
@@ -412,7 +414,9 @@ describe('initramfs-tools flavor', () => {
     expect(script).toContain('maybe_break stackboot');
     expect(await readFile(path.join(out, 'INSTALL'), 'utf8')).toContain('/etc/initramfs-tools/hooks/stackboot');
 
-    // run the hook under busybox sh with stand-in hook-functions
+    // run the hook under the host's sh (mkinitramfs runs hooks with /bin/sh: dash on
+    // Debian; busybox sh would answer `command -v` with its own applets) with stand-in
+    // hook-functions
     const fns = path.join(tmp, 'hook-functions');
     await writeFile(fns, 'manual_add_modules() { echo "mods $*" >>"$DESTDIR/.trace"; }\ncopy_exec() { echo "exec $1" >>"$DESTDIR/.trace"; }\n');
     const hookTest = path.join(tmp, 'hook.sh');
@@ -420,10 +424,20 @@ describe('initramfs-tools flavor', () => {
     expect((await run('busybox', ['sh', hookTest, 'prereqs'])).stdout).toBe('\n');
     const dest = path.join(tmp, 'destdir');
     await mkdir(dest);
-    await run('busybox', ['sh', hookTest], { env: { DESTDIR: dest, STACKBOOT_SHARE: out, version: KVER } });
+    await run('sh', [hookTest], { env: { DESTDIR: dest, STACKBOOT_SHARE: out, version: KVER } });
     expect(await readFile(path.join(dest, 'lib/stackboot/stackboot.sh'), 'utf8')).toContain('sb_boot');
     expect(await readFile(path.join(dest, 'etc/stackboot/boot.conf'), 'utf8')).toMatch(/^STORES=/m);
     expect(await readFile(path.join(dest, '.trace'), 'utf8')).toMatch(/^mods overlay squashfs loop ext4 /m);
+    // busybox for the shutdown hand-back, and its libraries (none: the host's is static)
+    expect(await readFile(path.join(dest, '.trace'), 'utf8')).toContain(`exec ${await hostBusybox()}`);
+    expect(await readFile(path.join(dest, 'etc/stackboot/handback.libs'), 'utf8')).toBe('');
+    // a share folder without the hand-back part is refused by name
+    const partial = path.join(tmp, 'it-partial');
+    await mkdir(path.join(partial, 'lib'), { recursive: true });
+    await copyFile(path.join(out, 'lib/stackboot.sh'), path.join(partial, 'lib/stackboot.sh'));
+    const refused = await run('sh', [hookTest], { env: { DESTDIR: dest, STACKBOOT_SHARE: partial, version: KVER }, reject: false });
+    expect(refused.exitCode).toBe(1);
+    expect(refused.stderr).toMatch(/E: stackboot: .*it-partial\/lib\/handback\.sh is missing/);
 
     // the boot script's mountroot with stand-ins for /scripts/functions
     const trace = path.join(tmp, 'it-trace');

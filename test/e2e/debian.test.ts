@@ -11,6 +11,11 @@
  * them itself; it hands the last unmounts back to the initramfs's shutdown.sh
  * (/run/initramfs/shutdown), which must report everything released.
  *
+ * The same root booted by initramfs-tools instead (the real mkinitramfs in a Debian chroot,
+ * with the stackboot hook installed from its INSTALL file): there /run is noexec, so the
+ * hook puts a tmpfs of its own on /run/initramfs and ships a dynamic busybox with its
+ * libraries; the hand-back must still run at poweroff and release everything.
+ *
  * The Debian base comes from images/debian/prepare.sh (mmdebstrap; cached after the first
  * run). The test is skipped only when that script says the Debian mirror is unreachable
  * (exit code 3); any other failure fails the test.
@@ -24,6 +29,8 @@ import { buildStack, type BuildResult } from '../../src/stack.js';
 import { REPO, WORK, demoStack, storeDisk, initrd, target, scratch } from './fixtures.js';
 import { bootOnce, useVmCleanup } from './qemu.js';
 import { readStore, tailOf } from './inspect.js';
+import { chroot, chrootKernel } from './chroot.js';
+import { HOOK_CHROOTS, mkinitramfs, renderAndInstall } from './hookinstall.js';
 
 useVmCleanup(afterEach);
 
@@ -186,5 +193,47 @@ describe('a real Debian 12 root with systemd (amd64, QEMU)', () => {
     expect(ev).toEqual(expect.arrayContaining(['try', 'boot', 'good']));
     expect(s.events.find((e) => e.event === 'good')?.slot).toBe('b');
     expect(s.stateNew).toBe(false);
+  });
+
+  it('initramfs-tools: the root booted by mkinitramfs\'s initrd; the hand-back runs at poweroff though /run is noexec', async (ctx) => {
+    if (unreachable) ctx.skip(unreachable);
+    const T = await target('amd64');
+    const c = await chroot(HOOK_CHROOTS['initramfs-tools']);
+    const k = await chrootKernel(c);
+    await renderAndInstall('initramfs-tools', c, dir, [
+      ['STORES', 'vda'],
+      ['DEVICE_SETTLE', '0'],
+      ['ON_FAIL_DELAY', '1'],
+      ['INIT', '/sbin/init'],
+    ]);
+    const ird = path.join(c.root, await mkinitramfs(c, k.kver));
+    const img = path.join(dir, 'store-itools.img');
+    await storeDisk({ file: img, storeMiB: 192, slots: { a: { buildDir: debian.outDir, status: 'good' } }, current: 'a' });
+
+    const r = await bootOnce({
+      target: T,
+      kernel: k.vmlinuz,
+      initrd: ird,
+      disks: [{ file: img, bus: 'virtio' }],
+      memoryMiB: 1024,
+      append: 'boot=stackboot loglevel=4 systemd.show_status=1',
+      timeoutMs: 300_000,
+      name: 'debian-initramfs-tools',
+    });
+    const out = r.output;
+    console.log(['initramfs-tools boot, the hand-back:', ...out.split('\n').filter((l) => /stackboot: (shutdown|.*hand-back|.*noexec)/.test(l))].join('\n'));
+    expect(out, tailOf(r, 'the hook did not boot slot a')).toMatch(/stackboot: booting slot a /);
+    expect(out, tailOf(r, 'systemd did not start')).toMatch(/E2E: pid1=systemd root=overlay$/m);
+    expect(out, tailOf(r, 'the report did not run')).toMatch(/E2E: report done$/m);
+    // initramfs-tools' /run is noexec: the hook gave /run/initramfs a tmpfs of its own
+    expect(out, tailOf(r, 'no tmpfs for /run/initramfs')).toMatch(/stackboot: \/run is noexec: \/run\/initramfs is a tmpfs of its own/);
+    expect(out, tailOf(r, 'no hand-back prepared')).toMatch(/stackboot: shutdown hand-back ready \(\/run\/initramfs\/shutdown\)/);
+    // systemd-shutdown ran it (Debian's dynamic busybox, with the libraries the hook listed)
+    expect(out, tailOf(r, 'the hand-back did not run')).toMatch(/stackboot: shutdown: old root detached/);
+    expect(out, tailOf(r, 'the hand-back left mounts or loops held')).toMatch(/stackboot: shutdown: clean: every mount released, \d+ loop device\(s\) detached here; poweroff/);
+    const shutdown = out.slice(out.indexOf('E2E: report done'));
+    expect(shutdown).not.toMatch(/Failed unmounting .*run-sb|Failed to unmount \/run\/sb|Could not detach loopback/);
+    expect(out).not.toMatch(/Kernel panic/);
+    expect(r.how, tailOf(r, `VM ended by ${r.how}`)).toBe('poweroff');
   });
 });

@@ -15,10 +15,10 @@
 import { describe, it, expect, beforeAll, afterAll, afterEach } from 'vitest';
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
-import { buildInitramfs, makeBootConfig, type Flavor } from '../../src/initramfs.js';
 import { Vm, useVmCleanup } from './qemu.js';
 import { demoStack, storeDisk, scratch, target } from './fixtures.js';
-import { chroot, chrootKernel, inChroot, type Chroot } from './chroot.js';
+import { chroot, chrootKernel, inChroot } from './chroot.js';
+import { HOOK_CHROOTS, mkinitramfs, renderAndInstall } from './hookinstall.js';
 
 useVmCleanup(afterEach);
 
@@ -28,51 +28,6 @@ const SETTINGS: Array<[string, string]> = [
   ['DEVICE_SETTLE', '0'],
   ['ON_FAIL_DELAY', '1'],
 ];
-
-const CHROOTS = {
-  'initramfs-tools': { name: 'bookworm-initramfs-tools', include: ['linux-image-amd64', 'initramfs-tools', 'busybox'] },
-  dracut: { name: 'bookworm-dracut', include: ['linux-image-amd64', 'dracut', 'busybox', 'mount'] },
-} as const;
-
-type HookFlavor = Exclude<Flavor, 'standalone'>;
-
-/**
- * The shell commands of the INSTALL file's "Install and rebuild:" block (its indented
- * lines), split into the install steps and the final rebuild command.
- */
-function installCommands(install: string): { steps: string[]; rebuild: string } {
-  const lines = install.split('\n');
-  const start = lines.findIndex((l) => l.trim() === 'Install and rebuild:');
-  if (start < 0) throw new Error('INSTALL has no "Install and rebuild:" block');
-  const cmds: string[] = [];
-  for (const l of lines.slice(start + 1)) {
-    if (l.trim() === '') {
-      if (cmds.length) break;
-      continue;
-    }
-    if (!l.startsWith('  ')) break;
-    cmds.push(l.replace(/\s+#.*$/, '').trim());
-  }
-  const rebuild = cmds.pop();
-  if (!rebuild) throw new Error('INSTALL lists no commands');
-  return { steps: cmds, rebuild };
-}
-
-/** Renders the hook, copies it into the chroot and runs INSTALL's install steps there. */
-async function renderAndInstall(flavor: HookFlavor, c: Chroot, work: string): Promise<{ rebuild: string; files: string[] }> {
-  const out = path.join(work, `hook-${flavor}`);
-  const r = await buildInitramfs({ flavor, out, config: makeBootConfig({ set: SETTINGS }) });
-  const { steps, rebuild } = installCommands(await fs.readFile(path.join(out, 'INSTALL'), 'utf8'));
-  // the rendered folder as the admin would have it on the build machine
-  const inside = `/tmp/stackboot-${flavor}`;
-  await fs.rm(path.join(c.root, inside), { recursive: true, force: true });
-  await fs.cp(out, path.join(c.root, inside), { recursive: true });
-  // drop what an earlier run installed, so nothing stale is picked up
-  const stale = flavor === 'dracut' ? ['/usr/lib/dracut/modules.d/90stackboot', '/etc/dracut.conf.d/stackboot.conf'] : ['/usr/share/stackboot', '/etc/initramfs-tools/hooks/stackboot', '/etc/initramfs-tools/scripts/stackboot'];
-  for (const s of stale) await fs.rm(path.join(c.root, s), { recursive: true, force: true });
-  await inChroot(c, ['sh', '-ec', `cd ${inside}\n${steps.join('\n')}`]);
-  return { rebuild, files: r.files };
-}
 
 async function demoDisk(work: string): Promise<string> {
   const demo = await demoStack('demo', 'amd64');
@@ -122,21 +77,12 @@ describe('scenario 9: initramfs-tools and dracut hooks, built by the real tools,
   });
 
   it('initramfs-tools: mkinitramfs with the installed hook; boot=stackboot boots the demo stack', async () => {
-    const c = await chroot(CHROOTS['initramfs-tools']);
+    const c = await chroot(HOOK_CHROOTS['initramfs-tools']);
     const k = await chrootKernel(c);
-    const { rebuild } = await renderAndInstall('initramfs-tools', c, work);
+    const { rebuild } = await renderAndInstall('initramfs-tools', c, work, SETTINGS);
     expect(rebuild).toMatch(/^update-initramfs /);
 
-    // the real mkinitramfs, with the chroot's own config except MODULES=list
-    await inChroot(c, [
-      'sh',
-      '-ec',
-      [
-        'rm -rf /tmp/sb-conf && cp -a /etc/initramfs-tools /tmp/sb-conf',
-        'sed -i "s/^MODULES=.*/MODULES=list/" /tmp/sb-conf/initramfs.conf',
-        `mkinitramfs -d /tmp/sb-conf -o /tmp/sb-initrd.img ${k.kver}`,
-      ].join('\n'),
-    ]);
+    await mkinitramfs(c, k.kver);
     const initrd = path.join(c.root, 'tmp/sb-initrd.img');
     // what went in: the boot script, the core, the config, busybox, the modules; and the
     // stack is mounted from mountroot, never from init-bottom (after udev moved /dev)
@@ -178,9 +124,9 @@ describe('scenario 9: initramfs-tools and dracut hooks, built by the real tools,
   });
 
   it('dracut: dracut with modules.d/90stackboot; root=stackboot boots the demo stack, the mount hook is safe twice', async () => {
-    const c = await chroot(CHROOTS.dracut);
+    const c = await chroot(HOOK_CHROOTS.dracut);
     const k = await chrootKernel(c);
-    const { rebuild } = await renderAndInstall('dracut', c, work);
+    const { rebuild } = await renderAndInstall('dracut', c, work, SETTINGS);
     expect(rebuild).toMatch(/^dracut /);
 
     // a test probe (not part of stackboot): a pre-pivot hook that sources the stackboot

@@ -1,6 +1,7 @@
 /**
  * The shutdown hand-back (initramfs/handback.sh) on the host, under busybox sh with a fake
- * root: which roots get it, and what /run/initramfs holds. shutdown.sh itself detaches
+ * root: which roots get it, and what /run/initramfs holds (a dynamic binary with the
+ * libraries sb_handback_libs lists runs there alone, chrooted). shutdown.sh itself detaches
  * /oldroot and reboots, so it runs only in QEMU (test/e2e/debian.test.ts, systemd
  * shutting a real Debian root down through it).
  */
@@ -81,6 +82,33 @@ describe('sb_handback_prepare', () => {
       `SRC=/dev/loop0 TARGET=${r.runDir}/sb/l0 ROOT=/ OPTS=x-initrd.mount`,
       `SRC=tmpfs TARGET=${r.runDir}/sb/up ROOT=/ OPTS=x-initrd.mount`,
     ]);
+  });
+
+  it("copies a dynamic busybox's libraries and loader (sb_handback_libs' list), so it runs there alone", async () => {
+    // dash stands in for a distribution's dynamic busybox: what matters is that the copy
+    // runs in RUN/initramfs as its root, with nothing from the host
+    const r = root();
+    const bin = '/usr/bin/dash';
+    const listed = await r.sh(`sb_handback_libs ${bin} >"$SB_T/libs"; sb_handback_libs /bin/busybox >"$SB_T/static-libs"; echo RC=$?`);
+    expect(listed.out).toContain('RC=0');
+    const libs = readFileSync(join(r.dir, 'libs'), 'utf8').trim().split('\n');
+    expect(libs).toEqual(expect.arrayContaining([expect.stringMatching(/\/libc\.so\.6$/), expect.stringMatching(/\/ld-linux[^/]*\.so\.\d$/)]));
+    expect(readFileSync(join(r.dir, 'static-libs'), 'utf8')).toBe(''); // the host's busybox-static
+    const res = await r.sh(`sb_handback_prepare "$SB_T/run" ${bin} "$SB_T/libs"; echo RC=$?`);
+    expect(res.out).toContain('RC=0');
+    const dir = join(r.runDir, 'initramfs');
+    for (const l of libs) expect(statSync(join(dir, l)).isFile(), l).toBe(true);
+    const ran = await r.sh(`chroot "$SB_T/run/initramfs" /bin/busybox -c 'echo ran alone'`);
+    expect(ran.out.trim()).toBe('ran alone');
+  });
+
+  it('refuses a missing list of libraries, and leaves nothing', async () => {
+    const r = root();
+    writeFileSync(join(r.dir, 'busybox'), 'bb');
+    const res = await r.sh(`sb_handback_prepare "$SB_T/run" "$SB_T/busybox" "$SB_T/no-list"; echo RC=$?`);
+    expect(res.out).toContain('RC=1');
+    expect(res.err).toMatch(/no shutdown hand-back: the list of busybox's libraries .*no-list is missing/);
+    expect(existsSync(join(r.runDir, 'initramfs'))).toBe(false);
   });
 
   it('leaves nothing half made when it cannot copy (no busybox): a warning, no /run/initramfs', async () => {
