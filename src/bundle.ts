@@ -71,6 +71,13 @@ export interface WriteBundleOptions {
   /** layers the base already has (a delta) */
   baseDigests?: Set<string>;
   progress?: ProgressSink;
+  /**
+   * Without a key and without manifest.sig: write the bundle unsigned (a node installs
+   * it only with ALLOW_UNSIGNED=1). `install <build-output>` on such a node.
+   */
+  allowUnsigned?: boolean;
+  /** What to do about a missing manifest.sig, for the error (default: the bundle command's). */
+  unsignedHint?: string;
 }
 
 export interface WriteBundleResult {
@@ -87,16 +94,17 @@ export async function writeBundle(o: WriteBundleOptions): Promise<WriteBundleRes
     throw new StackbootError('USAGE', `${o.buildDir} has no manifest (is it a build output?)`, { cause: e });
   });
   const manifest = parseManifest(manifestBuf.toString('utf8'));
-  let sig: string;
+  let sig: string | null;
   if (o.key) sig = await signBytes(manifestBuf, o.key);
   else {
-    sig = await fs.readFile(path.join(o.buildDir, 'manifest.sig'), 'utf8').catch((e) => {
-      throw new StackbootError('SIGNATURE', `${o.buildDir}/manifest.sig is missing: sign the build (stackboot sign) or pass --key`, { cause: e });
+    sig = await fs.readFile(path.join(o.buildDir, 'manifest.sig'), 'utf8').catch((e: NodeJS.ErrnoException) => {
+      if (e.code === 'ENOENT' && o.allowUnsigned) return null;
+      throw new StackbootError('SIGNATURE', `${o.buildDir}/manifest.sig is missing: ${o.unsignedHint ?? 'sign the build (stackboot sign) or pass --key'}`, { cause: e });
     });
     // no public key here to verify it with, but a damaged one must not ship: every node
     // would refuse the bundle, after downloading it
     try {
-      parseSignature(sig);
+      if (sig !== null) parseSignature(sig);
     } catch (e) {
       throw new StackbootError('SIGNATURE', `${o.buildDir}/manifest.sig is not a signature: sign the build again (stackboot sign) or pass --key`, { cause: e });
     }
@@ -114,7 +122,7 @@ export async function writeBundle(o: WriteBundleOptions): Promise<WriteBundleRes
     return w.add({ path: p, type: 'file', mode: 0o644, uid: 0, gid: 0, mtime: manifest.created, size: b.length }, b);
   };
   await file('manifest', manifestBuf);
-  await file('manifest.sig', sig);
+  if (sig !== null) await file('manifest.sig', sig);
   await file('contents', carried.map((l) => `${l.digest} ${l.size}\n`).join(''));
   const total = carried.reduce((n, l) => n + l.size, 0);
   const meter = new RateMeter(o.progress ?? noProgress, 'bundle', total);
@@ -134,11 +142,21 @@ export async function writeBundle(o: WriteBundleOptions): Promise<WriteBundleRes
 
 /** Writes a bundle file atomically (temp name, rename). */
 export async function writeBundleFile(o: Omit<WriteBundleOptions, 'out'> & { file: string }): Promise<WriteBundleResult> {
+  const st = await fs.stat(o.file).catch(() => null);
+  if (st?.isDirectory()) throw new StackbootError('USAGE', `${o.file} is a folder: give the bundle's file name (e.g. ${path.join(o.file, 'stack.stackbundle')})`);
   const tmp = `${o.file}.tmp-${process.pid}`;
-  const out = createWriteStream(tmp);
+  let fh: fs.FileHandle;
+  try {
+    fh = await fs.open(tmp, 'w', 0o644);
+  } catch (e) {
+    throw new StackbootError('IO', `cannot write ${o.file}`, { cause: e });
+  }
+  const out = fh.createWriteStream();
   try {
     const r = await writeBundle({ ...o, out });
-    await fs.rename(tmp, o.file);
+    await fs.rename(tmp, o.file).catch((e) => {
+      throw new StackbootError('IO', `cannot write ${o.file}`, { cause: e });
+    });
     return r;
   } catch (e) {
     out.destroy();
@@ -147,10 +165,13 @@ export async function writeBundleFile(o: Omit<WriteBundleOptions, 'out'> & { fil
   }
 }
 
-/** A bundle streamed from a build output folder (for `install <build-output>`). */
-export function bundleStreamFromBuild(buildDir: string): Readable {
+/**
+ * A bundle streamed from a build output folder (for `install <build-output>`): unsigned
+ * when the build has no manifest.sig and the node allows that.
+ */
+export function bundleStreamFromBuild(buildDir: string, o: { allowUnsigned?: boolean } = {}): Readable {
   const pt = new PassThrough({ highWaterMark: 1 << 20 });
-  writeBundle({ buildDir, out: pt }).catch((e) => pt.destroy(e));
+  writeBundle({ buildDir, out: pt, allowUnsigned: o.allowUnsigned, unsignedHint: 'sign the build (stackboot sign), or set ALLOW_UNSIGNED=1 in the node config' }).catch((e) => pt.destroy(e));
   return pt;
 }
 

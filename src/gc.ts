@@ -5,7 +5,7 @@
  */
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
-import { withWritableStore, type NodeContext } from './node.js';
+import { withStoreLock, withWritableStore, type NodeContext } from './node.js';
 import { SLOTS } from './state.js';
 
 export interface GcResult {
@@ -16,7 +16,30 @@ export interface GcResult {
   dryRun: boolean;
 }
 
+/**
+ * Removes what no slot references. It plans and removes under the store lock: an install
+ * that runs meanwhile would otherwise lose its `.part` files and its new layers (written
+ * before the slot's manifest references them), and see the store remounted read-only.
+ */
 export async function gc(ctx: NodeContext, o: { dryRun?: boolean } = {}): Promise<GcResult> {
+  if (o.dryRun) return plan(ctx, true);
+  return withStoreLock(ctx, 'gc', async () => {
+    const r = await plan(ctx, false);
+    if (r.removed.length === 0 && r.partials.length === 0) return r;
+    const dir = path.join(ctx.store.dir, 'layers');
+    await withWritableStore(ctx, 'gc', async () => {
+      for (const x of r.removed) await fs.rm(ctx.store.layerPath(x.digest), { force: true });
+      for (const p of r.partials) await fs.rm(path.join(dir, p), { force: true });
+      const fh = await fs.open(dir, 'r');
+      await fh.sync();
+      await fh.close();
+    });
+    return r;
+  });
+}
+
+async function plan(ctx: NodeContext, dryRun: boolean): Promise<GcResult> {
+  const o = { dryRun };
   const store = ctx.store;
   const keep = new Set<string>();
   for (const s of SLOTS) {
@@ -44,15 +67,5 @@ export async function gc(ctx: NodeContext, o: { dryRun?: boolean } = {}): Promis
       removed.push({ digest: n.slice(0, 64), bytes: st.size });
     } else if (n.endsWith('.part')) partials.push(n);
   }
-  const r: GcResult = { removed, partials, kept: keep.size, freed: removed.reduce((a, x) => a + x.bytes, 0), dryRun: !!o.dryRun };
-  if (o.dryRun || (removed.length === 0 && partials.length === 0)) return r;
-  await withWritableStore(ctx, async () => {
-    for (const x of removed) await fs.rm(store.layerPath(x.digest), { force: true });
-    for (const p of partials) await fs.rm(path.join(dir, p), { force: true });
-    const fh = await fs.open(dir, 'r');
-    await fh.sync();
-    await fh.close();
-  });
-  return r;
+  return { removed, partials, kept: keep.size, freed: removed.reduce((a, x) => a + x.bytes, 0), dryRun: !!o.dryRun };
 }
-

@@ -28,7 +28,7 @@ import { readBundle, type BundleHead } from './bundle.js';
 import { StackbootError } from './errors.js';
 import type { LayerRef } from './manifest.js';
 import { remount } from './mount.js';
-import type { NodeContext } from './node.js';
+import { withStoreLock, type NodeContext } from './node.js';
 import { RateMeter, noProgress, type ProgressSink } from './progress.js';
 import { verifyWithKeyDir } from './signature.js';
 import { clearSlot, installTarget, markPending, type BootState, type SlotName } from './state.js';
@@ -101,7 +101,15 @@ async function expectedCompatible(ctx: NodeContext, st: BootState, configured: s
   return null;
 }
 
+/**
+ * Installs a bundle into the inactive slot (checks, then the steps). The steps run under
+ * the store lock (src/lock.ts), taken before the state is read; a dry run only reads.
+ */
 export async function install(o: InstallOptions): Promise<InstallResult> {
+  return o.dryRun ? installUnlocked(o) : withStoreLock(o.ctx, 'install', () => installUnlocked(o));
+}
+
+async function installUnlocked(o: InstallOptions): Promise<InstallResult> {
   const { ctx } = o;
   const store = ctx.store;
   const emit = o.onEvent ?? (() => {});

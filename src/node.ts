@@ -7,6 +7,7 @@
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { StackbootError } from './errors.js';
+import { withLock } from './lock.js';
 import { remount } from './mount.js';
 import { isSlot, type SlotName } from './state.js';
 import { Store } from './store.js';
@@ -35,6 +36,8 @@ export interface NodeContext {
   bootedFile: string | null;
   /** remount the store rw around writes (a real booted store that is kept read-only) */
   remount: boolean;
+  /** the store lock (src/lock.ts): in /run on a booted node, in the folder for --store */
+  lockDir: string;
 }
 
 export function parseBooted(text: string): Record<string, string> {
@@ -72,23 +75,36 @@ export async function nodeContext(o: NodeOptions = {}): Promise<NodeContext> {
       if (!isSlot(o.bootedSlot)) throw new StackbootError('USAGE', `--booted-slot must be a, b or none`);
       bootedSlot = o.bootedSlot;
     }
-    return { store, bootedSlot, booted: null, bootedFile: null, remount: false };
+    return { store, bootedSlot, booted: null, bootedFile: null, remount: false, lockDir: path.join(store.dir, '.stackboot.lock') };
   }
   const r = await readBooted(o.runDir);
   if (!r) throw new StackbootError('STORE', `not booted by stackboot (no ${path.join(o.runDir ?? '/run', 'stackboot', 'booted')}); name a store with --store DIR`);
   const store = await Store.open(r.booted.store_mnt);
-  return { store, bootedSlot: r.booted.slot, booted: r.booted, bootedFile: r.file, remount: r.booted.upper !== 'disk' };
+  return { store, bootedSlot: r.booted.slot, booted: r.booted, bootedFile: r.file, remount: r.booted.upper !== 'disk', lockDir: path.join(path.dirname(r.file), 'store.lock') };
 }
 
-/** Runs fn with the store writable (remount rw, and back to ro after, on a booted node). */
-export async function withWritableStore<T>(ctx: NodeContext, fn: () => Promise<T>): Promise<T> {
-  if (!ctx.remount) return fn();
-  await remount(ctx.store.dir, 'rw');
-  try {
-    return await fn();
-  } finally {
-    await remount(ctx.store.dir, 'ro').catch(() => {});
-  }
+/**
+ * Runs fn holding the store lock (src/lock.ts) for `what`. Commands that read the state
+ * and then write it take it around both, so no other writer comes in between.
+ */
+export function withStoreLock<T>(ctx: NodeContext, what: string, fn: () => Promise<T>): Promise<T> {
+  return withLock(ctx.lockDir, what, fn);
+}
+
+/**
+ * Runs fn with the store writable (remount rw, and back to ro after, on a booted node),
+ * holding the store lock: another writer's remount ro must not come in the middle.
+ */
+export async function withWritableStore<T>(ctx: NodeContext, what: string, fn: () => Promise<T>): Promise<T> {
+  return withStoreLock(ctx, what, async () => {
+    if (!ctx.remount) return fn();
+    await remount(ctx.store.dir, 'rw');
+    try {
+      return await fn();
+    } finally {
+      await remount(ctx.store.dir, 'ro').catch(() => {});
+    }
+  });
 }
 
 /** Updates keys of the booted record (as stackboot-node does), atomically. */

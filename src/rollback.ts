@@ -4,7 +4,7 @@
  * and the status they all read.
  */
 import { StackbootError } from './errors.js';
-import { updateBooted, withWritableStore, type NodeContext } from './node.js';
+import { updateBooted, withStoreLock, withWritableStore, type NodeContext } from './node.js';
 import { candidates, markBad, markGood, rollback as rollbackState, SLOTS, type BootState, type SlotName } from './state.js';
 
 export interface RollbackResult {
@@ -16,15 +16,18 @@ export interface RollbackResult {
 
 /** The previous good stack boots next (a pending stack is dropped as bad). */
 export async function rollback(ctx: NodeContext, o: { dryRun?: boolean } = {}): Promise<RollbackResult> {
-  const st = await ctx.store.readState();
-  const r = rollbackState(st);
-  if (o.dryRun) return { ...r, dryRun: true };
-  await withWritableStore(ctx, async () => {
-    await ctx.store.writeState(r.state);
-    const to = r.state.slots[r.to]!;
-    await ctx.store.appendEvent('rollback', { slot: r.to, stack: to.stack, reason: r.dropped ? `pending slot ${r.dropped} dropped` : `current was ${st.current}` });
+  if (o.dryRun) return { ...rollbackState(await ctx.store.readState()), dryRun: true };
+  // the state is read under the lock that covers its write
+  return withStoreLock(ctx, 'rollback', async () => {
+    const st = await ctx.store.readState();
+    const r = rollbackState(st);
+    await withWritableStore(ctx, 'rollback', async () => {
+      await ctx.store.writeState(r.state);
+      const to = r.state.slots[r.to]!;
+      await ctx.store.appendEvent('rollback', { slot: r.to, stack: to.stack, reason: r.dropped ? `pending slot ${r.dropped} dropped` : `current was ${st.current}` });
+    });
+    return { ...r, dryRun: false };
   });
-  return { ...r, dryRun: false };
 }
 
 function bootedOrThrow(ctx: NodeContext): { slot: SlotName; stack: string } {
@@ -33,34 +36,38 @@ function bootedOrThrow(ctx: NodeContext): { slot: SlotName; stack: string } {
   return { slot: ctx.bootedSlot, stack: stack ?? '' };
 }
 
-export async function markBootedGood(ctx: NodeContext): Promise<{ slot: SlotName; stack: string; was: string }> {
+export function markBootedGood(ctx: NodeContext): Promise<{ slot: SlotName; stack: string; was: string }> {
   const b = bootedOrThrow(ctx);
-  const st = await ctx.store.readState();
-  const stack = b.stack || st.slots[b.slot]?.stack || '';
-  const was = st.slots[b.slot]?.status ?? 'empty';
-  if (was === 'good' && st.current === b.slot) return { slot: b.slot, stack, was };
-  const n = markGood(st, b.slot, stack);
-  await withWritableStore(ctx, async () => {
-    await ctx.store.writeState(n);
-    await ctx.store.appendEvent('good', { slot: b.slot, stack, reason: `mark-good (was ${was})` });
+  return withStoreLock(ctx, 'mark-good', async () => {
+    const st = await ctx.store.readState();
+    const stack = b.stack || st.slots[b.slot]?.stack || '';
+    const was = st.slots[b.slot]?.status ?? 'empty';
+    if (was === 'good' && st.current === b.slot) return { slot: b.slot, stack, was };
+    const n = markGood(st, b.slot, stack);
+    await withWritableStore(ctx, 'mark-good', async () => {
+      await ctx.store.writeState(n);
+      await ctx.store.appendEvent('good', { slot: b.slot, stack, reason: `mark-good (was ${was})` });
+    });
+    await updateBooted(ctx, { status: 'good', tries: '' });
+    return { slot: b.slot, stack, was };
   });
-  await updateBooted(ctx, { status: 'good', tries: '' });
-  return { slot: b.slot, stack, was };
 }
 
-export async function markBootedBad(ctx: NodeContext, why = 'mark-bad'): Promise<{ slot: SlotName; stack: string; was: string }> {
+export function markBootedBad(ctx: NodeContext, why = 'mark-bad'): Promise<{ slot: SlotName; stack: string; was: string }> {
   const b = bootedOrThrow(ctx);
-  const st = await ctx.store.readState();
-  const stack = b.stack || st.slots[b.slot]?.stack || '';
-  const was = st.slots[b.slot]?.status ?? 'empty';
-  if (was === 'bad') return { slot: b.slot, stack, was };
-  const n = markBad(st, b.slot, stack);
-  await withWritableStore(ctx, async () => {
-    await ctx.store.writeState(n);
-    await ctx.store.appendEvent('bad', { slot: b.slot, stack, reason: why });
+  return withStoreLock(ctx, 'mark-bad', async () => {
+    const st = await ctx.store.readState();
+    const stack = b.stack || st.slots[b.slot]?.stack || '';
+    const was = st.slots[b.slot]?.status ?? 'empty';
+    if (was === 'bad') return { slot: b.slot, stack, was };
+    const n = markBad(st, b.slot, stack);
+    await withWritableStore(ctx, 'mark-bad', async () => {
+      await ctx.store.writeState(n);
+      await ctx.store.appendEvent('bad', { slot: b.slot, stack, reason: why });
+    });
+    await updateBooted(ctx, { status: 'bad', tries: '' });
+    return { slot: b.slot, stack, was };
   });
-  await updateBooted(ctx, { status: 'bad', tries: '' });
-  return { slot: b.slot, stack, was };
 }
 
 export interface SlotStatus {

@@ -23,6 +23,11 @@ export function generateKeyPair(): { privatePem: string; publicPem: string } {
 
 /** Writes `<base>.key` (mode 0600) and `<base>.pub`; refuses to overwrite. */
 export async function writeKeyPair(base: string): Promise<KeyPairFiles> {
+  // `keys/` or '' would make the hidden files keys/.key and keys/.pub
+  const name = path.basename(base);
+  if (base === '' || base.endsWith('/') || name === '.' || name === '..') {
+    throw new StackbootError('USAGE', `key name ${JSON.stringify(base)} has no file name: give a path like keys/release (writes keys/release.key and .pub)`);
+  }
   const { privatePem, publicPem } = generateKeyPair();
   const priv = `${base}.key`;
   const pub = `${base}.pub`;
@@ -97,12 +102,33 @@ export async function listPublicKeys(dir: string): Promise<string[]> {
   return names.filter((n) => n.endsWith('.pub')).sort().map((n) => path.join(dir, n));
 }
 
-/** Verifies against every key of a keys directory; returns the key that matched. */
+/**
+ * Verifies against every key of a keys directory; returns the key that matched. A key
+ * file that cannot be used (empty, not ed25519, a private key) never verifies anything
+ * and does not stop the others from being tried: otherwise one damaged file would
+ * refuse every update, or not, by the order of the names. It is named in the error when
+ * no key matches (and `doctor` reports it).
+ */
 export async function verifyWithKeyDir(data: Buffer, sigText: string, dir: string): Promise<string> {
+  const sig = parseSignature(sigText);
   const keys = await listPublicKeys(dir);
   if (keys.length === 0) throw new StackbootError('SIGNATURE', `no public keys (*.pub) in ${dir}`);
-  for (const k of keys) if (await verifyBytes(data, sigText, k)) return k;
-  throw new StackbootError('SIGNATURE', `signature does not match any key in ${dir}`);
+  const unusable: StackbootError[] = [];
+  for (const k of keys) {
+    let key: KeyObject;
+    try {
+      key = await readKey(k, 'public');
+    } catch (e) {
+      unusable.push(e as StackbootError);
+      continue;
+    }
+    if (verify(null, data, key, sig)) return k;
+  }
+  if (unusable.length === keys.length) {
+    throw new StackbootError('SIGNATURE', `no usable public key in ${dir}: ${unusable.map((e) => e.message).join('; ')}`, { cause: unusable[0] });
+  }
+  const also = unusable.length ? ` (and ${unusable.length} unusable key file(s): ${unusable.map((e) => e.message).join('; ')})` : '';
+  throw new StackbootError('SIGNATURE', `signature does not match any key in ${dir}${also}`);
 }
 
 /** Signs a manifest file, writing `<manifest>.sig` next to it (atomically). */

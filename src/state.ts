@@ -74,6 +74,11 @@ export function serializeState(st: BootState): string {
 
 /** The slot an install may write: never the booted one, never the current good one. */
 export function installTarget(st: BootState, booted: SlotName | null): SlotName {
+  // a second pending stack would wait behind the booted one (pending slots boot in slot
+  // order) or be tried first: the booted one is judged before anything else is installed
+  if (booted && st.slots[booted]?.status === 'pending') {
+    throw new StackbootError('STATE', `the booted stack (slot ${booted}) is still pending: run mark-good (or mark-bad, or rollback) before installing another`);
+  }
   const forbidden = new Set<SlotName>();
   if (booted) forbidden.add(booted);
   if (st.current) forbidden.add(st.current);
@@ -104,7 +109,8 @@ export function markPending(st: BootState, slot: SlotName, stack: string, tries:
 /** mark-good: the booted stack becomes the good one; the old good stays as the fallback. */
 export function markGood(st: BootState, slot: SlotName, stack: string): BootState {
   const cur = st.slots[slot];
-  if (!cur || cur.stack !== stack) throw new StackbootError('STATE', `slot ${slot} does not hold stack ${stack.slice(0, 12)} (was it reinstalled?)`);
+  if (!cur) throw new StackbootError('STATE', `slot ${slot} is empty: there is no stack to mark good`);
+  if (cur.stack !== stack) throw new StackbootError('STATE', `slot ${slot} does not hold stack ${stack.slice(0, 12) || '(none)'} (was it reinstalled?)`);
   const n = structuredClone(st);
   n.slots[slot] = { status: 'good', stack };
   n.current = slot;
@@ -113,7 +119,8 @@ export function markGood(st: BootState, slot: SlotName, stack: string): BootStat
 
 export function markBad(st: BootState, slot: SlotName, stack: string): BootState {
   const cur = st.slots[slot];
-  if (!cur || cur.stack !== stack) throw new StackbootError('STATE', `slot ${slot} does not hold stack ${stack.slice(0, 12)}`);
+  if (!cur) throw new StackbootError('STATE', `slot ${slot} is empty: there is no stack to mark bad`);
+  if (cur.stack !== stack) throw new StackbootError('STATE', `slot ${slot} does not hold stack ${stack.slice(0, 12) || '(none)'}`);
   const n = structuredClone(st);
   n.slots[slot] = { status: 'bad', stack };
   if (n.current === slot) {

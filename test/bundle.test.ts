@@ -58,6 +58,25 @@ describe('bundle', () => {
     expect(r.stackId).toBe(u.id);
   });
 
+  it('unsigned only when asked (a node with ALLOW_UNSIGNED): no manifest.sig entry at all', async () => {
+    const u = await fakeBuild(path.join(tmp, 'unsigned2'), { version: '9', layers: [{ name: 'x', data: layerBytes(1000, 'x') }] });
+    const f = path.join(tmp, 'unsigned.sb');
+    const r = await writeBundleFile({ buildDir: u.dir, file: f, allowUnsigned: true });
+    expect(r.stackId).toBe(u.id);
+    const head = await readBundleHead(createReadStream(f));
+    expect(head.sig).toBeNull();
+    // the hint names what the caller can do
+    await expect(writeBundleFile({ buildDir: u.dir, file: f, unsignedHint: 'set ALLOW_UNSIGNED=1' })).rejects.toThrow(/manifest\.sig is missing: set ALLOW_UNSIGNED=1/);
+  });
+
+  it('a bad output path is one clear error, and nothing is left', async () => {
+    await expect(writeBundleFile({ buildDir: v1.dir, file: path.join(tmp, 'no-such-dir', 'x.sb') })).rejects.toMatchObject({ code: 'IO', message: expect.stringMatching(/cannot write .*no-such-dir\/x\.sb/) });
+    const folder = path.join(tmp, 'a-folder');
+    await fs.mkdir(folder);
+    await expect(writeBundleFile({ buildDir: v1.dir, file: folder })).rejects.toMatchObject({ code: 'USAGE', message: expect.stringMatching(/is a folder: give the bundle's file name/) });
+    expect((await fs.readdir(tmp)).filter((n) => n.includes('.tmp-'))).toEqual([]);
+  });
+
   it('refuses a damaged manifest.sig instead of shipping it', async () => {
     const d = await fakeBuild(path.join(tmp, 'damaged'), { version: '8', layers: [{ name: 'x', data: layerBytes(1000, 'x') }] });
     await fs.writeFile(path.join(d.dir, 'manifest.sig'), 'junk\n');

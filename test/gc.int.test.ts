@@ -1,6 +1,7 @@
 /** gc on an ext4 store on a loop device: unreferenced layers and .part files go, the booted stack's stay. */
 import { describe, it, expect, beforeAll, afterAll, afterEach } from 'vitest';
 import { createReadStream, promises as fs } from 'node:fs';
+import { PassThrough } from 'node:stream';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { writeBundleFile } from '../src/bundle.js';
@@ -62,5 +63,37 @@ describe('gc', () => {
     const r2 = await gc(odd);
     expect(r2.removed).toEqual([]);
     expect((await s.store.layerDigests()).sort()).toEqual(left);
+  });
+
+  it('waits for an install that is writing (store lock): its .part file and new layers survive, and gc then removes the right things', async () => {
+    const s = await loopStore(tmp, 'gc-lock', 32);
+    stores.push(s);
+    const none = await nodeContext({ store: s.dir });
+    await inst(none, 0); // v1 -> a
+    const bootA = await nodeContext({ store: s.dir, bootedSlot: 'a' });
+    await markBootedGood(bootA);
+    await inst(bootA, 1); // v2 -> b (pending): replaced below, its app layer then unreferenced
+    // v3 streams in slowly: half now, the rest after gc was started
+    const whole = await fs.readFile(b[2]);
+    const pipe = new PassThrough();
+    const installing = install({ ctx: bootA, stream: pipe, label: 'v3', keysDir: k.keysDir, tries: 3 });
+    pipe.write(whole.subarray(0, whole.length - 3000));
+    const layers = path.join(s.dir, 'layers');
+    for (let i = 0; i < 100 && !(await fs.readdir(layers)).some((n) => n.endsWith('.part')); i++) await new Promise((r) => setTimeout(r, 20));
+    expect((await fs.readdir(layers)).some((n) => n.endsWith('.part')), 'the install is writing a layer').toBe(true);
+    expect((await fs.readdir(s.dir)).includes('.stackboot.lock')).toBe(true);
+    let gcDone = false;
+    const collecting = gc(bootA).then((r) => ((gcDone = true), r));
+    await new Promise((r) => setTimeout(r, 500));
+    expect(gcDone, 'gc ran while the install held the store').toBe(false);
+    pipe.end(whole.subarray(whole.length - 3000));
+    expect((await installing).installed).toBe(true);
+    const r = await collecting;
+    // after the install: v2's app layer is unreferenced, v3's layers are slot b's
+    expect(r.removed.map((x) => x.digest)).toEqual([v[1].manifest.layers[1].digest]);
+    expect(r.partials).toEqual([]);
+    expect((await s.store.layerDigests()).sort()).toEqual([...new Set([...v[0].manifest.layers, ...v[2].manifest.layers].map((l) => l.digest))].sort());
+    expect((await s.store.readState()).slots.b).toEqual({ status: 'pending', stack: v[2].id, tries: 3 });
+    expect((await fs.readdir(s.dir)).includes('.stackboot.lock'), 'the lock is released').toBe(false);
   });
 });

@@ -56,7 +56,7 @@ async function newStore(name: string, mib = 64): Promise<LoopStore> {
 }
 
 function ctx(s: LoopStore, booted: 'a' | 'b' | null = null): NodeContext {
-  return { store: s.store, bootedSlot: booted, booted: null, bootedFile: null, remount: false };
+  return { store: s.store, bootedSlot: booted, booted: null, bootedFile: null, remount: false, lockDir: path.join(s.dir, '.stackboot.lock') };
 }
 
 function fromFile(file: string) {
@@ -261,6 +261,17 @@ describe('install (ext4 store on a loop device)', () => {
     const r = await install({ ctx: ctx(s, 'a'), stream: bundleStreamFromBuild(v2.dir), label: v2.dir, ...opts() });
     expect(r.installed).toBe(true);
     expect((await s.store.readState()).slots.b?.stack).toBe(v2.id);
+  });
+
+  it('installs an unsigned build output only where unsigned stacks are allowed (ALLOW_UNSIGNED)', async () => {
+    const u = await fakeBuild(path.join(tmp, 'unsigned-build'), { version: '3', layers: [{ name: 'base', data: layerBytes(300_000, 'base') }, { name: 'app', data: layerBytes(5000, 'u') }] });
+    const s = await storeWithV1('unsigned');
+    const snap = await snapshot(s.dir);
+    await expect(install({ ctx: ctx(s, 'a'), stream: bundleStreamFromBuild(u.dir), label: u.dir, ...opts() })).rejects.toThrow(/manifest\.sig is missing: sign the build \(stackboot sign\), or set ALLOW_UNSIGNED=1/);
+    expect(await snapshot(s.dir)).toBe(snap);
+    const r = await install({ ctx: ctx(s, 'a'), stream: bundleStreamFromBuild(u.dir, { allowUnsigned: true }), label: u.dir, ...opts(), allowUnsigned: true });
+    expect(r.installed).toBe(true);
+    expect((await s.store.readState()).slots.b).toEqual({ status: 'pending', stack: u.id, tries: 3 });
   });
 
   it('installs over HTTP from 127.0.0.1 and resumes with Range after the server drops the connection midway', async () => {

@@ -37,7 +37,8 @@ describe('processTree / procField', () => {
     let tree: number[] = [];
     try {
       await new Promise<void>((resolve) => sh.stdout.once('data', () => resolve()));
-      for (let i = 0; i < 100 && tree.length < 3; i++) {
+      // the shell forks sleep and cat after it printed: wait for the cat (a loaded machine)
+      for (let i = 0; i < 500 && (tree.length < 3 || (await bytesReadBy(sh.pid!, 'cat')) === null); i++) {
         await new Promise((r) => setTimeout(r, 20));
         tree = await processTree(sh.pid!);
       }

@@ -40,6 +40,41 @@ describe('signature (ed25519)', () => {
     await expect(verifyWithKeyDir(Buffer.from('data'), sig, d + '/none')).rejects.toThrow(/cannot read keys directory/);
   });
 
+  it('a key file that cannot be used neither blocks the others nor verifies, whatever the names sort', async () => {
+    const d = await tmp();
+    const k = await writeKeyPair(path.join(d, 'rel'));
+    const other = await writeKeyPair(path.join(d, 'other'));
+    const data = Buffer.from('manifest data');
+    await fs.writeFile(path.join(d, 'm'), data);
+    await signManifestFile(path.join(d, 'm'), k.privateKey);
+    const sig = await fs.readFile(path.join(d, 'm.sig'), 'utf8');
+    for (const [bad, good] of [['a-empty.pub', 'z-rel.pub'], ['z-empty.pub', 'a-rel.pub']]) {
+      const keys = path.join(d, `keys-${bad}`);
+      await fs.mkdir(keys);
+      await fs.writeFile(path.join(keys, bad), '');
+      await fs.copyFile(other.privateKey, path.join(keys, 'leaked.pub')); // a private key: never used
+      await fs.copyFile(k.publicKey, path.join(keys, good));
+      expect(await verifyWithKeyDir(data, sig, keys)).toBe(path.join(keys, good));
+      // without the right key: refused, and the unusable files are named
+      await fs.rm(path.join(keys, good));
+      await fs.copyFile(other.publicKey, path.join(keys, 'other.pub'));
+      const err = await verifyWithKeyDir(data, sig, keys).then(() => '', (e: Error) => e.message);
+      expect(err).toMatch(/does not match any key in .*\(and 2 unusable key file\(s\): /);
+      expect(err).toContain(`${bad} is not an ed25519 public key`);
+      expect(err).toMatch(/leaked\.pub holds a private key/);
+      await fs.rm(path.join(keys, 'other.pub'));
+      await expect(verifyWithKeyDir(data, sig, keys)).rejects.toThrow(/no usable public key in /);
+    }
+    // a malformed signature is refused as such, before any key
+    await expect(verifyWithKeyDir(data, 'not base64 !', path.join(d, 'keys-a-empty.pub'))).rejects.toThrow(/signature is not base64/);
+  });
+
+  it('keygen refuses a name without a file name (it would write hidden .key/.pub files)', async () => {
+    const d = await tmp();
+    for (const n of ['', `${d}/kk/`, `${d}/.`, `${d}/..`]) await expect(writeKeyPair(n)).rejects.toThrow(/has no file name/);
+    expect((await fs.readdir(d)).filter((n) => n.startsWith('.'))).toEqual([]);
+  });
+
   it('refuses an unsigned manifest, a malformed signature and a key that is not ed25519', async () => {
     const d = await tmp();
     const k = await writeKeyPair(path.join(d, 'k'));

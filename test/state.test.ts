@@ -38,6 +38,20 @@ describe('boot state', () => {
     expect(installTarget({ current: null, slots: {} }, null)).toBe('a');
   });
 
+  it('no install while the booted stack is pending (a second pending stack would queue behind it)', () => {
+    // booted pending with a good fallback: both slots are taken anyway
+    expect(() => installTarget({ current: 'b', slots: { a: { status: 'pending', stack: A, tries: 2 }, b: { status: 'good', stack: B } } }, 'a')).toThrow(/still pending: run mark-good/);
+    // booted pending with no good stack (after a migration): slot b is free, still refused
+    expect(() => installTarget({ current: null, slots: { a: { status: 'pending', stack: A, tries: 2 } } }, 'a')).toThrow(/booted stack \(slot a\) is still pending/);
+    // a pending stack that is not booted is replaced
+    expect(installTarget({ current: 'a', slots: { a: { status: 'good', stack: A }, b: { status: 'pending', stack: B, tries: 3 } } }, 'a')).toBe('b');
+  });
+
+  it('mark-good / mark-bad of an empty slot say so', () => {
+    expect(() => markGood({ current: null, slots: {} }, 'a', '')).toThrow(/slot a is empty: there is no stack to mark good/);
+    expect(() => markBad({ current: null, slots: {} }, 'b', '')).toThrow(/slot b is empty: there is no stack to mark bad/);
+  });
+
   it('install, mark-good, rollback', () => {
     let st: BootState = { current: 'a', slots: { a: { status: 'good', stack: A }, b: { status: 'good', stack: B } } };
     st = clearSlot(st, 'b');

@@ -18,3 +18,34 @@ export function wholeNumber(flag: string, min: number, max = Number.MAX_SAFE_INT
     return n;
   };
 }
+
+/**
+ * A lone `-` on the command line (stdin for `install -`, stdout for `bundle -o -`), as
+ * yargs hands it over. yargs-parser turns it into '' in two places: a `--out -` value
+ * (it takes `-` for the start of a flag) and a string positional (yargs parses
+ * positionals again as `--source -`). main.ts swaps every lone `-` for this before
+ * parsing: a NUL cannot be in a path, so it is never a real file name.
+ */
+export const STDIO = '\0-';
+
+/** argv with each lone `-` replaced by STDIO (see there). */
+export function markStdio(argv: string[]): string[] {
+  return argv.map((a) => (a === '-' ? STDIO : a));
+}
+
+/** True for `-` given as stdin/stdout: STDIO, or `--out=-` (which yargs keeps as '-'). */
+export const isStdio = (v: unknown): boolean => v === STDIO || v === '-';
+
+/**
+ * A yargs middleware check: an option given twice is refused (yargs would make an array
+ * of the values, which reaches a handler as "a,b" or a type error) unless it is declared
+ * repeatable (`array: true`, e.g. --set). `repeatable` holds those names.
+ */
+export function refuseRepeats(argv: Record<string, unknown>, repeatable: Set<string>): void {
+  const given = Object.keys(argv).filter((k) => k !== '_' && k !== '$0' && Array.isArray(argv[k]) && !repeatable.has(k));
+  if (!given.length) return;
+  // yargs keeps each option under its dashed name, its camelCase name and its aliases:
+  // name the dashed long form
+  const name = given.find((k) => k.length > 1 && !/[A-Z]/.test(k)) ?? given[0];
+  throw new StackbootError('USAGE', `${name.length > 1 ? '--' : '-'}${name} is given more than once`);
+}

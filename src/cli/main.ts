@@ -10,6 +10,7 @@ import { hideBin } from 'yargs/helpers';
 import { causeChain, exitCodeOf, StackbootError } from '../errors.js';
 import { commands } from './commands/index.js';
 import { endProgressLine } from './output.js';
+import { markStdio, refuseRepeats } from './args.js';
 
 export interface GlobalArgs {
   json?: boolean;
@@ -66,8 +67,10 @@ async function main(argv: string[]): Promise<void> {
     .version(version())
     .option('json', { type: 'boolean', describe: 'print the result as JSON (progress as JSON lines on stderr)' })
     .option('verbose', { alias: 'v', type: 'boolean', describe: 'show the cause chain of errors' })
-    .option('quiet', { alias: 'q', type: 'boolean', describe: 'no progress output' })
+    .option('quiet', { alias: 'q', type: 'boolean', describe: 'no progress or summary lines (what status and doctor report still prints)' })
     .strict()
+    // an option given twice is an error, not an array for a handler that wants one value
+    .middleware(((a: Record<string, unknown>, y: { getOptions(): { array: string[] } }) => refuseRepeats(a, new Set(y.getOptions().array))) as never, true)
     .demandCommand(1, 'name a command (see --help)')
     .recommendCommands()
     .wrap(Math.min(110, process.stdout.columns || 100))
@@ -113,4 +116,4 @@ async function main(argv: string[]): Promise<void> {
 }
 
 dropOwnTunables(process.env);
-void main(hideBin(process.argv));
+void main(markStdio(hideBin(process.argv)));

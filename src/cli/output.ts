@@ -7,7 +7,10 @@ import type { ProgressEvent, ProgressSink } from '../progress.js';
 export interface Out {
   json: boolean;
   verbose: boolean;
+  /** a summary line: not with --json or --quiet */
   line(text: string): void;
+  /** a line of what the command was asked to show (status, doctor): not with --json */
+  report(text: string): void;
   result(obj: unknown): void;
   progress: ProgressSink;
 }
@@ -74,6 +77,11 @@ export function makeOut(opts: { json?: boolean; verbose?: boolean; quiet?: boole
     verbose: !!opts.verbose,
     line: (t) => {
       if (json || opts.quiet) return;
+      endProgressLine();
+      process.stdout.write(t + '\n');
+    },
+    report: (t) => {
+      if (json) return;
       endProgressLine();
       process.stdout.write(t + '\n');
     },

@@ -10,6 +10,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { run } from '../../src/exec.js';
+import { Store } from '../../src/store.js';
 import { tmpdir, writeTar } from '../sources/tarfixture.js';
 
 const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
@@ -35,6 +36,8 @@ beforeAll(async () => {
   await fs.mkdir(path.join(work, 'dist'), { recursive: true });
   cli = path.join(work, 'dist', 'stackboot.cjs');
   await run('node', [path.join(REPO, 'scripts', 'bundle-cli.mjs'), path.join(REPO, 'src', 'cli', 'main.ts'), cli], { cwd: REPO });
+  // templates/ and initramfs/ sit next to dist/ as in the repo
+  for (const d of ['templates', 'initramfs']) await fs.symlink(path.join(REPO, d), path.join(work, d));
 }, 60_000);
 
 describe('the bundled CLI', () => {
@@ -143,12 +146,51 @@ describe('the bundled CLI', () => {
     const b = await sb(['build', recipe, '--out', path.join(work, 'part-out'), '--no-cache', '--json']);
     expect(b.exitCode, b.stderr).toBe(0);
     expect((JSON.parse(b.stdout) as { layers: { builder: string }[] }).layers[0].builder).toBe('tar2sqfs');
-    // templates/ and initramfs/ sit next to dist/ as in the repo
-    for (const d of ['templates', 'initramfs']) await fs.symlink(path.join(REPO, d), path.join(work, d));
     const out = path.join(work, 'dracut');
     const d = await sb(['initramfs', '--flavor', 'dracut', '--out', out, '--json']);
     expect(d.exitCode, d.stderr).toBe(0);
     expect(await fs.readFile(path.join(out, 'modules.d', '90stackboot', 'module-setup.sh'), 'utf8')).toMatch(/^#!\/bin\/bash/);
+  });
+
+  it('a lone - is stdin and stdout (install -, bundle --out -), an option given twice is refused, quiet keeps the status', async () => {
+    const recipe = await oneFileRecipe('stdio');
+    const out = path.join(work, 'stdio-out');
+    const keys = path.join(work, 'stdio-keys');
+    expect((await sb(['build', recipe, '--out', out, '-q'])).exitCode).toBe(0);
+    expect((await sb(['keygen', path.join(keys, 'rel')])).exitCode).toBe(0);
+    expect((await sb(['sign', path.join(out, 'manifest'), '--key', path.join(keys, 'rel.key')])).exitCode).toBe(0);
+    // --out - (yargs made it ''): stdout is the bundle alone, --json's result on stderr
+    const b = await run('node', [cli, 'bundle', out, '--out', '-', '--json'], { cwd: work, binary: true, reject: false });
+    expect(b.exitCode, b.stderr).toBe(0);
+    const result = JSON.parse(b.stderr.trim().split('\n').at(-1)!) as { result: { bytes: number; stack: string } };
+    expect(b.stdoutBuffer!.length).toBe(result.result.bytes);
+    expect(b.stdoutBuffer!.subarray(0, 8).toString()).toBe('manifest');
+    // install - reads it from stdin into a store folder
+    const store = path.join(work, 'stdio-store');
+    await Store.create(store);
+    const inst = await run('node', [cli, 'install', '-', '--store', store, '--booted-slot', 'none', '--keys', keys], { cwd: work, input: b.stdoutBuffer!, reject: false });
+    expect(inst.exitCode, inst.stderr).toBe(0);
+    expect(inst.stdout).toMatch(/slot a pending with 3 tries/);
+    expect(await fs.readFile(path.join(store, 'slots', 'a', 'manifest'), 'utf8')).toBe(await fs.readFile(path.join(out, 'manifest'), 'utf8'));
+    expect(await fs.stat(path.join(store, '.stackboot.lock')).catch(() => null), 'the store lock is released').toBeNull();
+    // an option given twice: refused before the command runs, naming it
+    const twice = await sb(['status', '--store', store, '--store', store]);
+    expect(twice.exitCode).toBe(2);
+    expect(twice.stderr.split('\n')[0]).toBe('stackboot: [USAGE] --store is given more than once');
+    const twiceShort = await sb(['bundle', out, '-o', 'a.sb', '-o', 'b.sb']);
+    expect(twiceShort.stderr.split('\n')[0]).toBe('stackboot: [USAGE] --out is given more than once');
+    // --set repeats as documented
+    const sets = await sb(['initramfs', '--flavor', 'dracut', '--out', path.join(work, 'stdio-dracut'), '--set', 'TRIES=2', '--set', 'ON_FAIL_DELAY=3']);
+    expect(sets.exitCode, sets.stderr).toBe(0);
+    // --quiet drops the summary lines, not what status is asked to show
+    const st = await sb(['status', '--store', store, '--booted-slot', 'none', '-q']);
+    expect(st.exitCode, st.stderr).toBe(0);
+    expect(st.stdout).toMatch(/^slot a: pending [0-9a-f]{12} tries=3 stdio 1/m);
+    const gcLoud = await sb(['gc', '--store', store, '--booted-slot', 'none']);
+    expect(gcLoud.stdout).toMatch(/^removed 0 layer\(s\)/);
+    const gcQuiet = await sb(['gc', '--store', store, '--booted-slot', 'none', '-q']);
+    expect(gcQuiet.exitCode, gcQuiet.stderr).toBe(0);
+    expect(gcQuiet.stdout).toBe('');
   });
 
   it('builds a stack with the real tools, then serves it from the cache', async () => {

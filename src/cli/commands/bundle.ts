@@ -1,5 +1,6 @@
 import type { CommandModule } from 'yargs';
 import { fmtBytes, makeOut } from '../output.js';
+import { isStdio } from '../args.js';
 
 export const bundleCommand: CommandModule<any, any> = {
   command: 'bundle <build>',
@@ -7,7 +8,7 @@ export const bundleCommand: CommandModule<any, any> = {
   builder: (y) =>
     y
       .positional('build', { type: 'string', demandOption: true, describe: 'build output folder (manifest, layers/)' })
-      .option('out', { alias: 'o', type: 'string', demandOption: true, describe: 'bundle file, or - for stdout' })
+      .option('out', { alias: 'o', type: 'string', demandOption: true, describe: 'bundle file, or - for stdout (then --json prints its result on stderr)' })
       .option('key', { type: 'string', describe: 'private key to sign with (default: the build output\'s manifest.sig)' })
       .option('base', { type: 'string', describe: 'a manifest, build output or bundle: keep only the layers it lacks (delta)' })
       .example('$0 bundle out/demo -o demo.stackbundle --key keys/release.key', 'a full bundle')
@@ -17,9 +18,14 @@ export const bundleCommand: CommandModule<any, any> = {
     const out = makeOut(a);
     const base = a.base ? await baseLayers(a.base) : null;
     const opts = { buildDir: a.build, key: a.key, baseDigests: base?.digests, progress: out.progress };
-    const r = a.out === '-' ? await writeBundle({ ...opts, out: process.stdout }) : await writeBundleFile({ ...opts, file: a.out });
-    out.result({ stack: r.stackId, bytes: r.bytes, carried: r.carried.map((l) => l.name), skipped: r.skipped.map((l) => l.name), base: base ? base.manifest.version : null });
-    if (a.out !== '-') {
+    const toStdout = isStdio(a.out);
+    const r = toStdout ? await writeBundle({ ...opts, out: process.stdout }) : await writeBundleFile({ ...opts, file: a.out });
+    const result = { stack: r.stackId, bytes: r.bytes, carried: r.carried.map((l) => l.name), skipped: r.skipped.map((l) => l.name), base: base ? base.manifest.version : null };
+    // stdout holds the bundle: the JSON result goes to stderr, as one line after the progress
+    if (toStdout) {
+      if (a.json) process.stderr.write(JSON.stringify({ result }) + '\n');
+    } else out.result(result);
+    if (!toStdout) {
       out.line(`bundle ${a.out}: ${r.manifest.name} ${r.manifest.version} (${r.stackId.slice(0, 12)}), ${fmtBytes(r.bytes)}`);
       out.line(`  carries: ${r.carried.map((l) => l.name).join(' ') || '(no layers)'}${r.skipped.length ? `; from the base: ${r.skipped.map((l) => l.name).join(' ')}` : ''}`);
     }

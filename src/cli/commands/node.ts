@@ -7,7 +7,7 @@ import { StackbootError } from '../../errors.js';
 import type { InstallEvent } from '../../install.js';
 import { NODE_CONFIG } from '../../paths.js';
 import { fmtBytes, makeOut } from '../output.js';
-import { wholeNumber } from '../args.js';
+import { isStdio, wholeNumber } from '../args.js';
 
 function nodeOptions<T>(y: Argv<T>) {
   return y
@@ -26,14 +26,14 @@ async function ctxOf(a: any) {
   return nodeContext({ store: a.store, bootedSlot: a.bootedSlot, runDir: a.runDir });
 }
 
-async function openSource(src: string, onRetry: (s: string) => void): Promise<{ stream: Readable; label: string }> {
-  if (src === '-') return { stream: process.stdin, label: 'stdin' };
+async function openSource(src: string, allowUnsigned: boolean, onRetry: (s: string) => void): Promise<{ stream: Readable; label: string }> {
+  if (isStdio(src)) return { stream: process.stdin, label: 'stdin' };
   const [{ download, isUrl }, { bundleStreamFromBuild }] = await Promise.all([import('../../download.js'), import('../../bundle.js')]);
   if (isUrl(src)) return { stream: download(src, { onRetry: (r) => onRetry(`download interrupted at byte ${r.received} (${r.reason}); resuming (try ${r.attempt})`) }), label: src };
   const st = await stat(src).catch((e) => {
     throw new StackbootError('USAGE', `${src}: no such bundle file, build output or URL`, { cause: e });
   });
-  if (st.isDirectory()) return { stream: bundleStreamFromBuild(src), label: src };
+  if (st.isDirectory()) return { stream: bundleStreamFromBuild(src, { allowUnsigned }), label: src };
   return { stream: createReadStream(src, { highWaterMark: 1 << 20 }), label: src };
 }
 
@@ -53,7 +53,7 @@ export const installCommand: CommandModule<any, any> = {
     const cfg = await loadConfig(a.config);
     const ctx = await ctxOf(a);
     const jsonLine = (o: unknown) => process.stdout.write(JSON.stringify(o) + '\n');
-    const { stream, label } = await openSource(a.source, (s) => (a.json ? jsonLine({ event: 'retry', note: s }) : process.stderr.write(`stackboot: ${s}\n`)));
+    const { stream, label } = await openSource(a.source, cfg.node.ALLOW_UNSIGNED, (s) => (a.json ? jsonLine({ event: 'retry', note: s }) : process.stderr.write(`stackboot: ${s}\n`)));
     const onEvent = (ev: InstallEvent) => {
       if (a.json) return jsonLine(ev);
       if (ev.event === 'plan') out.line(`installing ${ev.name} ${ev.version} (${ev.stack.slice(0, 12)}) into slot ${ev.slot}: ${ev.write.length} layer(s) to write (${fmtBytes(ev.bytes)}), ${ev.have.length} present; ${fmtBytes(ev.free)} free`);
@@ -123,7 +123,8 @@ export const doctorCommand: CommandModule<any, any> = {
     });
     const r = await doctor({ ctx, config: cfg, full: a.full, runDir: a.runDir, storeError });
     out.result(r);
-    for (const x of r.findings) out.line(`${x.level.padEnd(4)} ${x.check.padEnd(7)} ${x.message}`);
+    // --quiet keeps what is wrong
+    for (const x of r.findings) (x.level === 'ok' ? out.line : out.report)(`${x.level.padEnd(4)} ${x.check.padEnd(7)} ${x.message}`);
     if (!r.ok) throw new StackbootError('STORE', `doctor found ${r.findings.filter((x) => x.level === 'fail').length} problem(s)`);
   },
 };
@@ -137,10 +138,10 @@ export const statusCommand: CommandModule<any, any> = {
     const { nodeStatus } = await rollbackLib();
     const s = await nodeStatus(await ctxOf(a));
     out.result(s);
-    out.line(`store ${s.store} (${s.storeId})`);
-    if (s.booted) out.line(`booted: slot ${s.booted.slot} ${s.booted.stack.slice(0, 12)} ${s.booted.status}${s.booted.tries ? ` tries=${s.booted.tries}` : ''}${s.booted.fallback ? ` fallback: ${s.booted.fallback}` : ''}`);
-    for (const x of s.slots) out.line(`slot ${x.slot}: ${x.status}${x.stack ? ` ${x.stack.slice(0, 12)}` : ''}${x.tries !== undefined ? ` tries=${x.tries}` : ''}${x.name ? ` ${x.name} ${x.version}` : ''}${x.stack && !x.matches ? ' (manifest mismatch)' : ''}${x.current ? ' current' : ''}${x.booted ? ' booted' : ''}`);
-    out.line(`next boot: ${s.next.map((c) => `${c.slot} (${c.why})`).join(', ') || 'nothing bootable'}`);
+    out.report(`store ${s.store} (${s.storeId})`);
+    if (s.booted) out.report(`booted: slot ${s.booted.slot} ${s.booted.stack.slice(0, 12)} ${s.booted.status}${s.booted.tries ? ` tries=${s.booted.tries}` : ''}${s.booted.fallback ? ` fallback: ${s.booted.fallback}` : ''}`);
+    for (const x of s.slots) out.report(`slot ${x.slot}: ${x.status}${x.stack ? ` ${x.stack.slice(0, 12)}` : ''}${x.tries !== undefined ? ` tries=${x.tries}` : ''}${x.name ? ` ${x.name} ${x.version}` : ''}${x.stack && !x.matches ? ' (manifest mismatch)' : ''}${x.current ? ' current' : ''}${x.booted ? ' booted' : ''}`);
+    out.report(`next boot: ${s.next.map((c) => `${c.slot} (${c.why})`).join(', ') || 'nothing bootable'}`);
   },
 };
 

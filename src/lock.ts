@@ -1,0 +1,124 @@
+/**
+ * The store lock: one writer at a time (install, gc, rollback, mark-good, mark-bad, and
+ * stackboot-node's mark-good/mark-bad/health). Without it `gc` removed the `.part` file
+ * an install was writing, and remounted the store read-only under it.
+ *
+ * The lock is a directory, made with mkdir (atomic on every filesystem, and the only
+ * primitive busybox sh shares with Node: Node has no flock(2), and `flock` is not in
+ * every busybox). In it, `owner` holds "<pid> <command>". A lock whose owner process is
+ * gone is stale: it is renamed away (only one of two racing takers can) and removed. On a
+ * booted node it lives in /run (`/run/stackboot/store.lock`, gone at reboot, writable
+ * while the store is read-only); for a store folder (`--store DIR`) in the folder
+ * (`DIR/.stackboot.lock`). docs/PROTOCOL.md, "Store lock", has the shell side.
+ *
+ * Why not a library: proper-lockfile (the well-kept one) decides staleness by an mtime
+ * its holder refreshes on a timer, for network filesystems; here every taker is on the
+ * same machine, where "is that pid alive" is exact and needs no timer, and the shell
+ * side must speak the same protocol.
+ */
+import { promises as fs } from 'node:fs';
+import path from 'node:path';
+import { StackbootError } from './errors.js';
+import { makeDir } from './dirs.js';
+
+export interface LockOptions {
+  /** how long to wait for a busy lock (default 10 s) */
+  waitMs?: number;
+  /** poll interval (default 100 ms) */
+  pollMs?: number;
+}
+
+/** Locks held by this process: dir -> depth (a holder may take its own lock again). */
+const held = new Map<string, number>();
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    // EPERM: it exists, owned by someone else
+    return (e as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/** The holder of a lock: pid and command, or null when the owner file is not (yet) there. */
+async function owner(dir: string): Promise<{ pid: number; what: string } | null> {
+  const t = await fs.readFile(path.join(dir, 'owner'), 'utf8').catch(() => null);
+  const m = t === null ? null : /^(\d+) ?(.*)$/.exec(t.trim());
+  return m ? { pid: Number(m[1]), what: m[2] || '?' } : null;
+}
+
+/** True when the lock at `dir` was left by a process that is gone (and was cleared). */
+async function clearStale(dir: string): Promise<boolean> {
+  const o = await owner(dir);
+  if (o === null) {
+    // a taker between its mkdir and its owner file; or one that died right there
+    const st = await fs.stat(dir).catch(() => null);
+    if (!st || Date.now() - st.mtimeMs < 10_000) return false;
+  } else if (alive(o.pid)) return false;
+  const away = `${dir}.stale-${process.pid}-${Date.now()}`;
+  try {
+    await fs.rename(dir, away);
+  } catch {
+    return false; // another taker cleared it first
+  }
+  await fs.rm(away, { recursive: true, force: true });
+  return true;
+}
+
+/**
+ * Takes the lock at `dir` for `what` (e.g. "install"), waiting up to `waitMs` for a
+ * holder to finish. Returns the release function (idempotent).
+ */
+export async function takeLock(dir: string, what: string, o: LockOptions = {}): Promise<() => Promise<void>> {
+  const depth = held.get(dir) ?? 0;
+  let released = false;
+  const release = async (): Promise<void> => {
+    if (released) return;
+    released = true;
+    const d = (held.get(dir) ?? 1) - 1;
+    if (d > 0) {
+      held.set(dir, d);
+      return;
+    }
+    held.delete(dir);
+    await fs.rm(dir, { recursive: true, force: true }).catch(() => {});
+  };
+  if (depth > 0) {
+    held.set(dir, depth + 1);
+    return release;
+  }
+  await makeDir(path.dirname(dir));
+  const deadline = Date.now() + (o.waitMs ?? 10_000);
+  for (;;) {
+    let made = false;
+    try {
+      await fs.mkdir(dir);
+      made = true;
+      await fs.writeFile(path.join(dir, 'owner'), `${process.pid} ${what}\n`);
+      held.set(dir, 1);
+      return release;
+    } catch (e) {
+      if (made) await fs.rm(dir, { recursive: true, force: true }).catch(() => {});
+      if ((e as NodeJS.ErrnoException).code !== 'EEXIST' || made) throw new StackbootError('IO', `cannot take the store lock ${dir}`, { cause: e });
+    }
+    if (await clearStale(dir)) continue;
+    if (Date.now() >= deadline) {
+      const h = await owner(dir);
+      throw new StackbootError('STATE', `the store is busy: ${h ? `${h.what} (pid ${h.pid})` : 'another command'} holds ${dir}; try again when it ends`, {
+        details: { lock: dir, holder: h },
+      });
+    }
+    await new Promise((r) => setTimeout(r, o.pollMs ?? 100));
+  }
+}
+
+/** Runs fn holding the lock at `dir`. */
+export async function withLock<T>(dir: string, what: string, fn: () => Promise<T>, o: LockOptions = {}): Promise<T> {
+  const release = await takeLock(dir, what, o);
+  try {
+    return await fn();
+  } finally {
+    await release();
+  }
+}
