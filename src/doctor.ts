@@ -115,17 +115,20 @@ export async function doctor(o: DoctorOptions): Promise<DoctorReport> {
   }
   for (const s of SLOTS) {
     const v = st.slots[s];
+    let unparsed: string | null = null;
     const m = await store.slotManifest(s).catch((e) => {
-      add('stack', 'fail', `slot ${s}: manifest does not parse: ${(e as Error).message}`);
+      unparsed = (e as Error).message;
       return null;
     });
     if (!v) {
       if (m) add('stack', 'ok', `slot ${s}: empty in the state (a manifest is there: an interrupted install, or a gc candidate)`);
+      else if (unparsed !== null) add('stack', 'warn', `slot ${s}: empty in the state, and its manifest does not parse: ${unparsed}`);
       continue;
     }
     const label = `slot ${s} (${v.status} ${v.stack.slice(0, 12)})`;
     if (!m) {
-      add('stack', 'fail', `${label}: no manifest`);
+      // one finding per slot: "does not parse" or "missing", not both
+      add('stack', 'fail', `${label}: ${unparsed !== null ? `manifest does not parse: ${unparsed}` : 'no manifest'}`);
       continue;
     }
     if (m.id !== v.stack) {
@@ -141,7 +144,10 @@ export async function doctor(o: DoctorOptions): Promise<DoctorReport> {
         () => null,
         (e: Error) => e.message,
       );
-      if (why !== null) add('stack', 'fail', `${label}: bad signature (${why})`);
+      if (why !== null) {
+        add('stack', 'fail', `${label}: bad signature (${why}); its layers are ${bad.length ? 'not all there either' : 'present'}`);
+        continue;
+      }
     }
     if (!bad.length) add('stack', 'ok', `${label}: ${m.manifest.name} ${m.manifest.version}, ${m.manifest.layers.length} layers ${o.full ? 'verified (sha256)' : 'present'}`);
   }

@@ -56,7 +56,15 @@ describe('doctor', () => {
     // a bad signature on slot a and no keys
     await fs.writeFile(path.join(store, 'slots', 'a', 'manifest.sig'), (await fs.readFile(path.join(broken.dir, 'manifest.sig'), 'utf8')));
     const r2 = await doctor({ ctx: await nodeContext({ store }), config, procDir: proc, runDir: run });
-    expect(r2.findings.map((f) => f.message)).toContainEqual(expect.stringMatching(/slot a .*bad signature/));
+    const slotA2 = r2.findings.filter((f) => f.check === 'stack' && /^slot a /.test(f.message));
+    // one finding for the slot: the bad signature (not also an "ok" for its layers)
+    expect(slotA2.map((f) => `${f.level} ${f.message}`)).toEqual([expect.stringMatching(/^fail slot a .*bad signature .*its layers are present$/)]);
+    // a manifest that does not parse: one problem, not two
+    const goodManifest = await fs.readFile(path.join(store, 'slots', 'a', 'manifest'), 'utf8');
+    await fs.writeFile(path.join(store, 'slots', 'a', 'manifest'), 'garbage\n');
+    const rg = await doctor({ ctx: await nodeContext({ store }), config, procDir: proc, runDir: run });
+    expect(rg.findings.filter((f) => /^slot a /.test(f.message)).map((f) => `${f.level} ${f.message}`)).toEqual([expect.stringMatching(/^fail slot a \(good .*\): manifest does not parse: /)]);
+    await fs.writeFile(path.join(store, 'slots', 'a', 'manifest'), goodManifest);
     // a private key among the public ones: the fleet's signing key on a node
     await fs.copyFile(k.key, path.join(k.keysDir, 'leaked.pub'));
     const rp = await doctor({ ctx: await nodeContext({ store }), config, procDir: proc, runDir: run });

@@ -10,7 +10,7 @@ import { hideBin } from 'yargs/helpers';
 import { causeChain, exitCodeOf, StackbootError } from '../errors.js';
 import { commands } from './commands/index.js';
 import { endProgressLine } from './output.js';
-import { markStdio, refuseRepeats } from './args.js';
+import { markStdio, refuseRepeats, STDIO } from './args.js';
 
 export interface GlobalArgs {
   json?: boolean;
@@ -112,6 +112,18 @@ async function main(argv: string[]): Promise<void> {
       process.stderr.write(`  (see: stackboot ${cmd ? `${cmd} ` : ''}--help)\n`);
     }
     process.exitCode = exitCodeOf(failed);
+    // --json: the failure as one JSON object too, where the result would have gone (stderr
+    // when stdout carries data: bundle --out -), with the details (MISSING_LAYERS' list)
+    if (argv.includes('--json')) {
+      const error = {
+        code: failed instanceof StackbootError ? failed.code : 'INTERNAL',
+        exitCode: process.exitCode,
+        message: failed instanceof Error ? failed.message : String(failed),
+        causes: chain.slice(1),
+        details: failed instanceof StackbootError ? (failed.details ?? null) : null,
+      };
+      (argv.includes(STDIO) ? process.stderr : process.stdout).write(JSON.stringify({ error }) + '\n');
+    }
   }
 }
 

@@ -173,6 +173,12 @@ describe('the bundled CLI', () => {
     expect(inst.stdout).toMatch(/slot a pending with 3 tries/);
     expect(await fs.readFile(path.join(store, 'slots', 'a', 'manifest'), 'utf8')).toBe(await fs.readFile(path.join(out, 'manifest'), 'utf8'));
     expect(await fs.stat(path.join(store, '.stackboot.lock')).catch(() => null), 'the store lock is released').toBeNull();
+    // --json: a failure is a JSON object on stdout too, with its details
+    const again = await run('node', [cli, 'install', path.join(work, 'no-such.sb'), '--store', store, '--json'], { cwd: work, reject: false });
+    expect(again.exitCode).toBe(2);
+    expect(JSON.parse(again.stdout.trim().split('\n').at(-1)!)).toEqual({
+      error: { code: 'USAGE', exitCode: 2, message: expect.stringMatching(/no-such\.sb: no such bundle file/), causes: [expect.stringMatching(/ENOENT/)], details: null },
+    });
     // an option given twice: refused before the command runs, naming it
     const twice = await sb(['status', '--store', store, '--store', store]);
     expect(twice.exitCode).toBe(2);
