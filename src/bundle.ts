@@ -14,7 +14,7 @@
 import { createReadStream, createWriteStream, promises as fs } from 'node:fs';
 import path from 'node:path';
 import { PassThrough, type Readable, type Writable } from 'node:stream';
-import { StackbootError } from './errors.js';
+import { parsing, StackbootError } from './errors.js';
 import { parseManifest, stackId, type LayerRef, type Manifest } from './manifest.js';
 import { RateMeter, noProgress, type ProgressSink } from './progress.js';
 import { parseSignature, signBytes } from './signature.js';
@@ -57,7 +57,7 @@ export async function baseLayers(base: string): Promise<{ manifest: Manifest; di
     if (head.toString('utf8').startsWith('stackboot-manifest')) text = await fs.readFile(base, 'utf8');
     else text = (await readBundleHead(createReadStream(base), base)).manifestText;
   }
-  const manifest = parseManifest(text);
+  const manifest = parsing(base, () => parseManifest(text));
   return { manifest, digests: new Set(manifest.layers.map((l) => l.digest)) };
 }
 
@@ -93,7 +93,7 @@ export async function writeBundle(o: WriteBundleOptions): Promise<WriteBundleRes
   const manifestBuf = await fs.readFile(path.join(o.buildDir, 'manifest')).catch((e) => {
     throw new StackbootError('USAGE', `${o.buildDir} has no manifest (is it a build output?)`, { cause: e });
   });
-  const manifest = parseManifest(manifestBuf.toString('utf8'));
+  const manifest = parsing(path.join(o.buildDir, 'manifest'), () => parseManifest(manifestBuf.toString('utf8')));
   let sig: string | null;
   if (o.key) sig = await signBytes(manifestBuf, o.key);
   else {
@@ -233,7 +233,7 @@ export async function readBundle(stream: Readable, handlers: ReadBundleHandlers,
   const startHead = async () => {
     if (head) return;
     if (manifestText === null) throw new StackbootError('MANIFEST', `${label}: not a bundle (its first entry must be "manifest")`);
-    const manifest = parseManifest(manifestText);
+    const manifest = parsing(`${label}: manifest`, () => parseManifest(manifestText!));
     head = { manifestText, manifest, stackId: stackId(manifestText), sig, contents: contents ?? [] };
     wanted = await abortOnError(() => handlers.onHead(head!));
   };

@@ -73,6 +73,19 @@ export function wrap(code: ErrorCode, message: string, cause: unknown): Stackboo
   return new StackbootError(code, message, { cause });
 }
 
+/**
+ * Runs `parse` (a parser of text that does not know where the text came from); a
+ * StackbootError it throws comes back as "<where>: <message>", same code and details.
+ */
+export function parsing<T>(where: string, parse: () => T): T {
+  try {
+    return parse();
+  } catch (e) {
+    if (e instanceof StackbootError) throw new StackbootError(e.code, `${where}: ${e.message}`, { cause: e.cause, details: e.details });
+    throw e;
+  }
+}
+
 /** The messages of an error and its causes, outermost first. */
 export function causeChain(e: unknown): string[] {
   const out: string[] = [];

@@ -5,7 +5,7 @@
 import { createPrivateKey, createPublicKey, generateKeyPairSync, sign, verify, type KeyObject } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
-import { StackbootError } from './errors.js';
+import { parsing, StackbootError } from './errors.js';
 import { makeDir } from './dirs.js';
 
 export interface KeyPairFiles {
@@ -150,6 +150,7 @@ export async function verifyManifestFile(manifestFile: string, publicKeyFile: st
   const sig = await fs.readFile(sigFile, 'utf8').catch((e) => {
     throw new StackbootError('SIGNATURE', `no signature: cannot read ${sigFile}`, { cause: e });
   });
+  parsing(sigFile, () => parseSignature(sig));
   const st = await fs.stat(publicKeyFile).catch(() => null);
   if (st?.isDirectory()) {
     await verifyWithKeyDir(data, sig, publicKeyFile);

@@ -7,7 +7,7 @@ import { randomBytes } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { sha256File } from './digest.js';
-import { StackbootError } from './errors.js';
+import { parsing, StackbootError } from './errors.js';
 import { parseManifest, stackId, type Manifest } from './manifest.js';
 import { emptyState, parseState, serializeState, type BootState, type SlotName } from './state.js';
 import { makeDir } from './dirs.js';
@@ -79,7 +79,7 @@ export class Store {
 
   async readState(): Promise<BootState> {
     const t = await fs.readFile(path.join(this.dir, 'state'), 'utf8').catch(() => null);
-    return t === null ? emptyState() : parseState(t);
+    return t === null ? emptyState() : parsing(path.join(this.dir, 'state'), () => parseState(t));
   }
 
   async writeState(st: BootState): Promise<void> {

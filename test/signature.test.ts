@@ -83,6 +83,9 @@ describe('signature (ed25519)', () => {
     await expect(verifyManifestFile(man, k.publicKey)).rejects.toThrow(/no signature/);
     expect(() => parseSignature('not base64 !')).toThrow(/not base64/);
     expect(() => parseSignature(Buffer.alloc(10).toString('base64'))).toThrow(/64 bytes/);
+    // a malformed signature file is named
+    await fs.writeFile(`${man}.sig`, 'c2hvcnQ=\n');
+    await expect(verifyManifestFile(man, k.publicKey)).rejects.toThrow(`${man}.sig: signature must be 64 bytes, got 5`);
     await fs.writeFile(path.join(d, 'bad.pub'), 'hello');
     await fs.writeFile(`${man}.sig`, Buffer.alloc(64).toString('base64'));
     await expect(verifyManifestFile(man, path.join(d, 'bad.pub'))).rejects.toThrow(/not an ed25519 public key/);

@@ -1,4 +1,8 @@
 import { describe, expect, it } from 'vitest';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { Store } from '../src/store.js';
 import { candidates, clearSlot, installTarget, markBad, markGood, markPending, parseState, rollback, serializeState, type BootState } from '../src/state.js';
 
 const A = 'a'.repeat(64);
@@ -45,6 +49,17 @@ describe('boot state', () => {
     expect(() => installTarget({ current: null, slots: { a: { status: 'pending', stack: A, tries: 2 } } }, 'a')).toThrow(/booted stack \(slot a\) is still pending/);
     // a pending stack that is not booted is replaced
     expect(installTarget({ current: 'a', slots: { a: { status: 'good', stack: A }, b: { status: 'pending', stack: B, tries: 3 } } }, 'a')).toBe('b');
+  });
+
+  it("a store's unreadable state names its file", async () => {
+    const d = await mkdtemp(path.join(tmpdir(), 'sb-state-'));
+    try {
+      const store = await Store.create(d);
+      await writeFile(path.join(d, 'state'), 'garbage\n');
+      await expect(store.readState()).rejects.toMatchObject({ code: 'STATE', message: `${path.join(d, 'state')}: not a stackboot state file (first line must be "stackboot-state 1")` });
+    } finally {
+      await rm(d, { recursive: true, force: true });
+    }
   });
 
   it('mark-good / mark-bad of an empty slot say so', () => {
