@@ -171,6 +171,10 @@ export async function writeBundleFile(o: Omit<WriteBundleOptions, 'out'> & { fil
  */
 export function bundleStreamFromBuild(buildDir: string, o: { allowUnsigned?: boolean } = {}): Readable {
   const pt = new PassThrough({ highWaterMark: 1 << 20 });
+  // the writer can fail (no manifest.sig) before the reader listens (install takes the
+  // store lock first): the reader finds the error in pt.errored then (walkTarStream),
+  // and an 'error' event with no listener yet must not crash the process
+  pt.on('error', () => {});
   writeBundle({ buildDir, out: pt, allowUnsigned: o.allowUnsigned, unsignedHint: 'sign the build (stackboot sign), or set ALLOW_UNSIGNED=1 in the node config' }).catch((e) => pt.destroy(e));
   return pt;
 }

@@ -106,6 +106,10 @@ async function expectedCompatible(ctx: NodeContext, st: BootState, configured: s
  * the store lock (src/lock.ts), taken before the state is read; a dry run only reads.
  */
 export async function install(o: InstallOptions): Promise<InstallResult> {
+  // the source can fail (HTTP 404, a build without manifest.sig) while the lock is being
+  // taken, before the reader listens: the error stays in stream.errored, where the reader
+  // finds it (walkTarStream); an 'error' event with no listener would crash the process
+  o.stream.on('error', () => {});
   return o.dryRun ? installUnlocked(o) : withStoreLock(o.ctx, 'install', () => installUnlocked(o));
 }
 

@@ -16,6 +16,7 @@
  * same machine, where "is that pid alive" is exact and needs no timer, and the shell
  * side must speak the same protocol.
  */
+import { AsyncLocalStorage } from 'node:async_hooks';
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { StackbootError } from './errors.js';
@@ -28,8 +29,12 @@ export interface LockOptions {
   pollMs?: number;
 }
 
-/** Locks held by this process: dir -> depth (a holder may take its own lock again). */
-const held = new Map<string, number>();
+/**
+ * The locks held by the current async call chain (withLock): a holder may take its own
+ * lock again (gc's remount inside gc's lock), while another chain of the same process
+ * (an install and a gc started side by side) waits like any other taker.
+ */
+const held = new AsyncLocalStorage<ReadonlySet<string>>();
 
 function alive(pid: number): boolean {
   try {
@@ -68,26 +73,16 @@ async function clearStale(dir: string): Promise<boolean> {
 
 /**
  * Takes the lock at `dir` for `what` (e.g. "install"), waiting up to `waitMs` for a
- * holder to finish. Returns the release function (idempotent).
+ * holder to finish; not re-entrant (withLock is). Returns the release function
+ * (idempotent).
  */
 export async function takeLock(dir: string, what: string, o: LockOptions = {}): Promise<() => Promise<void>> {
-  const depth = held.get(dir) ?? 0;
   let released = false;
   const release = async (): Promise<void> => {
     if (released) return;
     released = true;
-    const d = (held.get(dir) ?? 1) - 1;
-    if (d > 0) {
-      held.set(dir, d);
-      return;
-    }
-    held.delete(dir);
     await fs.rm(dir, { recursive: true, force: true }).catch(() => {});
   };
-  if (depth > 0) {
-    held.set(dir, depth + 1);
-    return release;
-  }
   await makeDir(path.dirname(dir));
   const deadline = Date.now() + (o.waitMs ?? 10_000);
   for (;;) {
@@ -96,7 +91,6 @@ export async function takeLock(dir: string, what: string, o: LockOptions = {}): 
       await fs.mkdir(dir);
       made = true;
       await fs.writeFile(path.join(dir, 'owner'), `${process.pid} ${what}\n`);
-      held.set(dir, 1);
       return release;
     } catch (e) {
       if (made) await fs.rm(dir, { recursive: true, force: true }).catch(() => {});
@@ -113,11 +107,13 @@ export async function takeLock(dir: string, what: string, o: LockOptions = {}): 
   }
 }
 
-/** Runs fn holding the lock at `dir`. */
+/** Runs fn holding the lock at `dir` (at once if this call chain holds it already). */
 export async function withLock<T>(dir: string, what: string, fn: () => Promise<T>, o: LockOptions = {}): Promise<T> {
+  const mine = held.getStore();
+  if (mine?.has(dir)) return fn();
   const release = await takeLock(dir, what, o);
   try {
-    return await fn();
+    return await held.run(new Set([...(mine ?? []), dir]), fn);
   } finally {
     await release();
   }

@@ -191,6 +191,9 @@ export async function walkTarStream(stream: Readable, opts: WalkOptions, label =
       if (code === 'TAR_ENTRY_INVALID' || code === 'TAR_BAD_ARCHIVE' || code === 'TAR_ABORT') reject(new StackbootError('SOURCE', `${file}: invalid tar: ${msg instanceof Error ? msg.message : msg}`));
     });
     stream.on('error', reject);
+    // a stream that failed (or was closed) before this reader came emits nothing more
+    if (stream.errored) reject(stream.errored);
+    else if (stream.destroyed && !stream.readableEnded) reject(new Error('the stream was closed before its end'));
   });
   stream.pipe(parser);
   try {

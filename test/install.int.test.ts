@@ -225,12 +225,22 @@ describe('install (ext4 store on a loop device)', () => {
   it('never writes the booted slot or the current good slot', async () => {
     const s = await storeWithV1('busy');
     await install({ ctx: ctx(s, 'a'), ...fromFile(delta2), ...opts() });
-    // booted b (pending, on trial) while a is current good: no slot is free
+    // booted b (pending, on trial) while a is current good: it is judged first
     const snap = await snapshot(s.dir);
     const e = await install({ ctx: ctx(s, 'b'), ...fromFile(otherB), ...opts(), compatible: 'someone-else' }).catch((x) => x);
     expect(e.code).toBe('STATE');
-    expect(e.message).toMatch(/no slot can take an install/);
+    expect(e.message).toMatch(/the booted stack \(slot b\) is still pending/);
     expect(await snapshot(s.dir)).toBe(snap);
+    // booted b good while a is the current good (b was marked good, then rolled back): no
+    // slot is free
+    const st = await s.store.readState();
+    st.slots.b = { status: 'good', stack: st.slots.b!.stack };
+    await s.store.writeState(st);
+    const snap2 = await snapshot(s.dir);
+    const e2 = await install({ ctx: ctx(s, 'b'), ...fromFile(otherB), ...opts(), compatible: 'someone-else' }).catch((x) => x);
+    expect(e2.code).toBe('STATE');
+    expect(e2.message).toMatch(/no slot can take an install/);
+    expect(await snapshot(s.dir)).toBe(snap2);
   });
 
   it('a full disk (a small filesystem) gives a clear error and both slots stay intact', async () => {

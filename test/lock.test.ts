@@ -26,16 +26,29 @@ async function deadPid(): Promise<number> {
 }
 
 describe('store lock', () => {
-  it('one holder at a time; the holder may take it again; released when done', async () => {
+  it('one holder at a time; the holder may take it again; another chain of the same process waits', async () => {
     const dir = path.join(tmp, 'a', 'store.lock');
-    const release = await takeLock(dir, 'install');
-    expect((await fs.readFile(path.join(dir, 'owner'), 'utf8')).trim()).toBe(`${process.pid} install`);
-    // the same process again (gc's remount inside gc's own lock): no deadlock
-    expect(await withLock(dir, 'gc', async () => 'inner')).toBe('inner');
-    expect((await fs.stat(dir)).isDirectory()).toBe(true);
+    const order: string[] = [];
+    let inner = '';
+    const first = withLock(dir, 'install', async () => {
+      expect((await fs.readFile(path.join(dir, 'owner'), 'utf8')).trim()).toBe(`${process.pid} install`);
+      // the same call chain again (gc's remount inside gc's own lock): no deadlock
+      inner = await withLock(dir, 'gc', async () => 'inner');
+      await new Promise((r) => setTimeout(r, 300));
+      order.push('install');
+    });
+    await new Promise((r) => setTimeout(r, 50));
+    // another chain in this process (an install and a gc side by side) waits its turn
+    const second = withLock(dir, 'gc', async () => {
+      order.push('gc');
+    }, { pollMs: 20 });
+    await Promise.all([first, second]);
+    expect(inner).toBe('inner');
+    expect(order).toEqual(['install', 'gc']);
+    await expect(fs.stat(dir)).rejects.toThrow();
+    const release = await takeLock(dir, 'x');
     await release();
     await release(); // idempotent
-    await expect(fs.stat(dir)).rejects.toThrow();
   });
 
   it('waits for a live holder, then names it; a holder that is gone is cleared', async () => {
