@@ -63,6 +63,9 @@ say "report done"
 systemctl poweroff --no-block
 `;
 
+/** The console without terminal escapes (systemd colours some lines, e.g. "Welcome to"). */
+const plain = (s: string): string => s.replace(/\x1b\[[0-9;?]*[A-Za-z]/g, '');
+
 /** The test-only layer: the report unit, enabled. */
 async function reportLayer(dir: string): Promise<string> {
   const root = path.join(dir, 'e2e-layer');
@@ -132,7 +135,7 @@ describe('a real Debian 12 root with systemd (amd64, QEMU)', () => {
       timeoutMs: 300_000,
       name: 'debian',
     });
-    const out = r.output;
+    const out = plain(r.output);
     const t = (re: RegExp): string => {
       const m = re.exec(out);
       return m ? `${m[1]} s` : 'n/a';
@@ -220,7 +223,7 @@ describe('a real Debian 12 root with systemd (amd64, QEMU)', () => {
       timeoutMs: 300_000,
       name: 'debian-initramfs-tools',
     });
-    const out = r.output;
+    const out = plain(r.output);
     console.log(['initramfs-tools boot, the hand-back:', ...out.split('\n').filter((l) => /stackboot: (shutdown|.*hand-back|.*noexec)/.test(l))].join('\n'));
     expect(out, tailOf(r, 'the hook did not boot slot a')).toMatch(/stackboot: booting slot a /);
     expect(out, tailOf(r, 'systemd did not start')).toMatch(/E2E: pid1=systemd root=overlay$/m);
