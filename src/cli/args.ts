@@ -33,8 +33,20 @@ export function markStdio(argv: string[]): string[] {
   return argv.map((a) => (a === '-' ? STDIO : a));
 }
 
-/** True for `-` given as stdin/stdout: STDIO, or `--out=-` (which yargs keeps as '-'). */
-export const isStdio = (v: unknown): boolean => v === STDIO || v === '-';
+/**
+ * A yargs middleware, after parsing: STDIO back to `-` in every value, so a handler sees
+ * what was typed (`install -` reads stdin; for a command that takes no stdin, `-` is just
+ * a name it will not find, never a path with a NUL in it).
+ */
+export function unmarkStdio(argv: Record<string, unknown>): void {
+  for (const [k, v] of Object.entries(argv)) {
+    if (v === STDIO) argv[k] = '-';
+    else if (Array.isArray(v)) argv[k] = v.map((x) => (x === STDIO ? '-' : x));
+  }
+}
+
+/** True for `-` given as stdin/stdout. */
+export const isStdio = (v: unknown): boolean => v === '-';
 
 /**
  * A yargs middleware check: an option given twice is refused (yargs would make an array

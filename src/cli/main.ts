@@ -10,7 +10,7 @@ import { hideBin } from 'yargs/helpers';
 import { causeChain, exitCodeOf, StackbootError } from '../errors.js';
 import { commands } from './commands/index.js';
 import { endProgressLine } from './output.js';
-import { markStdio, refuseRepeats, STDIO } from './args.js';
+import { markStdio, refuseRepeats, STDIO, unmarkStdio } from './args.js';
 
 export interface GlobalArgs {
   json?: boolean;
@@ -71,6 +71,8 @@ async function main(argv: string[]): Promise<void> {
     .strict()
     // an option given twice is an error, not an array for a handler that wants one value
     .middleware(((a: Record<string, unknown>, y: { getOptions(): { array: string[] } }) => refuseRepeats(a, new Set(y.getOptions().array))) as never, true)
+    // a lone `-` went through the parser as STDIO (args.ts); handlers get `-` back
+    .middleware(((a: Record<string, unknown>) => unmarkStdio(a)) as never)
     .demandCommand(1, 'name a command (see --help)')
     .recommendCommands()
     .wrap(Math.min(110, process.stdout.columns || 100))
