@@ -53,14 +53,26 @@ async function owner(dir: string): Promise<{ pid: number; what: string } | null>
   return m ? { pid: Number(m[1]), what: m[2] || '?' } : null;
 }
 
-/** True when the lock at `dir` was left by a process that is gone (and was cleared). */
+/** When this machine booted (ms since the epoch), from /proc/uptime; 0 if unknown. */
+async function bootTimeMs(): Promise<number> {
+  const up = Number.parseFloat((await fs.readFile('/proc/uptime', 'utf8').catch(() => '')).split(' ')[0]);
+  return Number.isFinite(up) ? Date.now() - up * 1000 : 0;
+}
+
+/**
+ * True when the lock at `dir` was left by a process that is gone (and was cleared): its
+ * owner pid is not running, or the lock is older than this boot (a store folder's lock
+ * outlives a reboot, and its pid may belong to another process by now).
+ */
 async function clearStale(dir: string): Promise<boolean> {
   const o = await owner(dir);
+  const st = await fs.stat(dir).catch(() => null);
+  if (!st) return false;
+  const beforeBoot = st.mtimeMs < (await bootTimeMs()) - 1000;
   if (o === null) {
     // a taker between its mkdir and its owner file; or one that died right there
-    const st = await fs.stat(dir).catch(() => null);
-    if (!st || Date.now() - st.mtimeMs < 10_000) return false;
-  } else if (alive(o.pid)) return false;
+    if (!beforeBoot && Date.now() - st.mtimeMs < 10_000) return false;
+  } else if (!beforeBoot && alive(o.pid)) return false;
   const away = `${dir}.stale-${process.pid}-${Date.now()}`;
   try {
     await fs.rename(dir, away);

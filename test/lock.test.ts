@@ -79,6 +79,13 @@ describe('store lock', () => {
     const release = await takeLock(dir, 'gc', { waitMs: 0 });
     await release();
     expect((await fs.readdir(tmp)).filter((n) => n.includes('.stale-'))).toEqual([]);
+    // a store folder's lock from before this boot: its pid is alive now, but not its owner
+    await fs.mkdir(dir);
+    await fs.writeFile(path.join(dir, 'owner'), `${process.pid} install\n`);
+    await fs.utimes(dir, new Date(2020, 0, 1), new Date(2020, 0, 1));
+    const r3 = await takeLock(dir, 'gc', { waitMs: 0 });
+    expect((await fs.readFile(path.join(dir, 'owner'), 'utf8')).trim()).toBe(`${process.pid} gc`);
+    await r3();
   });
 
   it('the shell side (stackboot-node) speaks the same protocol', async () => {
