@@ -124,10 +124,18 @@ export function parseBmap(text: string): Bmap {
   return b;
 }
 
-function isZero(buf: Buffer): boolean {
-  let i = 0;
-  for (; i + 8 <= buf.length; i += 8) if (buf.readBigUInt64LE(i) !== 0n) return false;
-  for (; i < buf.length; i++) if (buf[i] !== 0) return false;
+const ZEROS = Buffer.alloc(1 << 20);
+
+/**
+ * True when `buf` holds only zero bytes: a native compare against zeros (memcmp), one
+ * call per MiB. A JS loop over 8-byte words was 9× slower under bin/stackboot's V8 lite
+ * mode (no optimizing compiler): `image` took 15 s instead of 5.
+ */
+export function isZero(buf: Buffer): boolean {
+  for (let o = 0; o < buf.length; o += ZEROS.length) {
+    const n = Math.min(ZEROS.length, buf.length - o);
+    if (!buf.subarray(o, o + n).equals(n === ZEROS.length ? ZEROS : ZEROS.subarray(0, n))) return false;
+  }
   return true;
 }
 

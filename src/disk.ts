@@ -8,6 +8,7 @@ import { createHash } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { isZero } from './bmap.js';
 import { StackbootError } from './errors.js';
 import { run } from './exec.js';
 import type { ProgressSink } from './progress.js';
@@ -162,14 +163,7 @@ export async function copySparse(src: string, dst: string, offset: number, onByt
       for (let o = 0; o < bytesRead; o += 65536) {
         const end = Math.min(o + 65536, bytesRead);
         const piece = buf.subarray(o, end);
-        let zero = true;
-        for (let i = 0; i < piece.length; i += 8) {
-          if (piece.length - i >= 8 ? piece.readBigUInt64LE(i) !== 0n : piece.subarray(i).some((b) => b !== 0)) {
-            zero = false;
-            break;
-          }
-        }
-        if (!zero) {
+        if (!isZero(piece)) {
           await out.write(piece, 0, piece.length, offset + pos + o);
           written += piece.length;
         }

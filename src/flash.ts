@@ -172,8 +172,15 @@ export async function flash(o: FlashOptions & { imageOptions?: Omit<ImageOptions
 async function checkTarget(o: FlashOptions, imageSize: number, imgStat?: Stats): Promise<{ kind: 'block' | 'file'; forced: string[] }> {
   const tst = await fs.stat(o.target).catch(() => null);
   const kind: 'block' | 'file' = tst?.isBlockDevice() ? 'block' : 'file';
+  // a device that is not there (a typo, a card not inserted, partitions not yet scanned)
+  // would become a regular file in /dev, a tmpfs: the write "succeeds" into RAM
+  if (!tst && path.resolve(o.target).startsWith('/dev/')) {
+    throw new StackbootError('DEVICE', `${o.target} does not exist: no such device (is the card inserted? lsblk lists the disks)`);
+  }
   if (tst && !tst.isBlockDevice() && !tst.isFile()) throw new StackbootError('DEVICE', `${o.target} is neither a block device nor a regular file`);
   if (tst && imgStat && tst.ino === imgStat.ino && tst.dev === imgStat.dev) throw new StackbootError('DEVICE', `${o.target} is the image itself`);
+  const bst = tst && (await fs.stat(o.bmapFile ?? `${o.image}.bmap`).catch(() => null));
+  if (tst && bst && tst.ino === bst.ino && tst.dev === bst.dev) throw new StackbootError('DEVICE', `${o.target} is the image's block map`);
   const forced: string[] = [];
   if (kind === 'block') {
     const info = await deviceInfo(o.target, o.sysRoot);

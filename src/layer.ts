@@ -223,6 +223,12 @@ export async function buildTarLayer(ctx: LayerContext, spec: TarLayerSpec): Prom
   if (!st.isFile()) throw new StackbootError('SOURCE', `layer ${spec.name}: ${spec.file} is not a file`);
   const content = spec.contentDigest ?? (await sha256File(spec.file));
   return produceLayer(ctx, spec.name, { source: 'tar', content, whiteouts: spec.whiteouts, owner: spec.owner, devices: spec.devices }, async (tmp) => {
+    // an OCI blob is named by its digest, which is also its cache key: it must hash to it
+    // (else a swapped blob would be built, and cached under the genuine one's name)
+    if (spec.contentDigest) {
+      const got = `sha256:${await sha256File(spec.file)}`;
+      if (got !== spec.contentDigest) throw new StackbootError('VERIFY', `layer ${spec.name}: ${spec.file} hashes to ${got}, not to its digest ${spec.contentDigest}`);
+    }
     const [{ emitTar, planTar }, { TarWriter }] = await Promise.all([import('./sources/tar.js'), import('./tarfile.js')]);
     const plan = await planTar(spec.file, { whiteouts: spec.whiteouts, devices: spec.devices, owner: spec.owner, epoch: ctx.squash.epoch });
     const meter = new RateMeter(ctx.progress, `compress ${spec.name}`, plan.dataBytes, 'bytes');

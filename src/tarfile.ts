@@ -4,7 +4,7 @@
  * nodes). Writing uses node-tar's Header for the 512-byte ustar block and our own pax
  * records (SCHILY.xattr.*, path, linkpath), so xattrs and long names survive.
  */
-import { Header, Parser, type ReadEntry } from 'tar';
+import { Header, Parser, x as extractArchive, type ReadEntry } from 'tar';
 import { createReadStream } from 'node:fs';
 import { open } from 'node:fs/promises';
 import { createGunzip } from 'node:zlib';
@@ -357,9 +357,8 @@ export class TarWriter {
  * no writes through symlinks, no device nodes). Used for OCI/docker archives and bundles.
  */
 export async function extractTar(file: string, dir: string): Promise<void> {
-  const { x } = await import('tar');
   const problems: string[] = [];
-  await x({
+  await extractArchive({
     file,
     cwd: dir,
     strict: true,

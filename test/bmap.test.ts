@@ -3,7 +3,7 @@ import { createHash } from 'node:crypto';
 import { mkdtemp, open, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { buildBmap, mappedBytes, parseBmap, serializeBmap, type Bmap } from '../src/bmap.js';
+import { buildBmap, isZero, mappedBytes, parseBmap, serializeBmap, type Bmap } from '../src/bmap.js';
 
 let tmp: string;
 beforeAll(async () => {
@@ -88,5 +88,20 @@ describe('buildBmap without FIEMAP (scan)', () => {
     const edge = 256;
     expect(b.mappedBlocks).toBe(2 * edge + 1);
     expect(b.ranges.some((r) => r.first === 512 && r.last === 512)).toBe(true);
+  });
+});
+
+describe('isZero', () => {
+  it('finds one non-zero byte anywhere, at any length (across its 1 MiB compare chunks)', () => {
+    for (const n of [0, 1, 7, 8, 65536, (1 << 20) - 1, 1 << 20, (1 << 20) + 3, 3 << 20]) {
+      const b = Buffer.alloc(n);
+      expect(isZero(b), `${n} zeros`).toBe(true);
+      for (const at of [0, n >> 1, n - 1]) {
+        if (n === 0) continue;
+        b[at] = 1;
+        expect(isZero(b), `${n} bytes, a 1 at ${at}`).toBe(false);
+        b[at] = 0;
+      }
+    }
   });
 });

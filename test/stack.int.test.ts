@@ -5,6 +5,7 @@
 import { createHash } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
+import os from 'node:os';
 import { afterAll, describe, expect, it } from 'vitest';
 import { run } from '../src/exec.js';
 import { mountOverlay, mountSquashfs, umountAll } from '../src/mount.js';
@@ -227,6 +228,52 @@ describe('build: real squashfs layers under an overlay', () => {
     expect(r.layers.map((l) => l.name)).toEqual(['img-1', 'img-2']);
     const m = await mountStack(r, path.join(d, 'mnt'));
     expect((await fs.readdir(path.join(m, 'etc'))).sort()).toEqual(['b']);
+  });
+});
+
+describe('build: OCI sources are checked', () => {
+  it('a blob that does not hash to its digest is refused, and never cached under the genuine name', async () => {
+    const d = await tmpdir('sb-oci-bad-');
+    await makeOci(path.join(d, 'oci'));
+    const index = JSON.parse(await fs.readFile(path.join(d, 'oci', 'index.json'), 'utf8'));
+    const manifest = JSON.parse(await fs.readFile(path.join(d, 'oci', 'blobs/sha256', index.manifests[0].digest.slice(7)), 'utf8'));
+    const blob = path.join(d, 'oci', 'blobs/sha256', manifest.layers[0].digest.slice(7));
+    const genuine = await fs.readFile(blob);
+    await writeTar(blob, [{ path: 'etc/', type: 'dir' }, { path: 'etc/TAMPERED', data: 'x' }], true);
+    const recipe = await recipeFile(d, [{ name: 'img', source: { type: 'oci', path: 'oci' } }]);
+    const cache = path.join(d, 'cache');
+    await expect(build(recipe, path.join(d, 'out'), cache)).rejects.toMatchObject({ code: 'VERIFY', message: expect.stringMatching(/layer img: .* hashes to sha256:[0-9a-f]{64}, not to its digest sha256:/) });
+    // the genuine blob back: built from it, not served from a poisoned cache
+    await fs.writeFile(blob, genuine);
+    const r = await build(recipe, path.join(d, 'out'), cache);
+    expect(r.layers[0].cached).toBe(false);
+    const m = await mountStack(r, path.join(d, 'mnt'));
+    expect((await fs.readdir(path.join(m, 'opt/oci'))).sort()).toEqual(['hello']);
+    await expect(fs.stat(path.join(m, 'etc/TAMPERED'))).rejects.toThrow(/ENOENT/);
+  });
+
+  it("an image for another architecture is refused, also when it is the layout's only one", async () => {
+    const d = await tmpdir('sb-oci-arch-');
+    await makeOci(path.join(d, 'oci'));
+    const recipe = await recipeFile(d, [{ name: 'img', source: { type: 'oci', path: 'oci' } }]);
+    const r = parseRecipe(await fs.readFile(recipe, 'utf8'), recipe, { arch: 'arm64' });
+    await expect(buildStack(r, { outDir: path.join(d, 'out'), cacheDir: null, epoch: 0, arch: 'arm64', uid: process.getuid?.(), progress: () => {} })).rejects.toThrow(/no image for architecture arm64 \(has amd64\)/);
+    // docker save: the config's architecture
+    const img = path.join(d, 'img');
+    await fs.mkdir(path.join(img, 'l1'), { recursive: true });
+    await writeTar(path.join(img, 'l1/layer.tar'), [{ path: 'etc/a', data: 'a' }]);
+    await fs.writeFile(path.join(img, 'c.json'), JSON.stringify({ architecture: 'arm64', os: 'linux' }));
+    await fs.writeFile(path.join(img, 'manifest.json'), JSON.stringify([{ Config: 'c.json', Layers: ['l1/layer.tar'] }]));
+    await run('tar', ['-C', img, '-cf', path.join(d, 'image.tar'), '.']);
+    const before = (await fs.readdir(os.tmpdir())).filter((n) => n.startsWith('stackboot-oci-')).length;
+    const r2 = await recipeFile(d, [{ name: 'img', source: { type: 'oci', path: 'image.tar' } }]);
+    await expect(build(r2, path.join(d, 'out2'), null)).rejects.toThrow(/image\.tar: the image is for arm64, not amd64/);
+    // malformed: a layer that is not a path
+    await fs.writeFile(path.join(img, 'manifest.json'), JSON.stringify([{ Layers: [5] }]));
+    await run('tar', ['-C', img, '-cf', path.join(d, 'image.tar'), '.']);
+    await expect(build(r2, path.join(d, 'out2'), null)).rejects.toMatchObject({ code: 'SOURCE', message: expect.stringMatching(/manifest\.json Layers\[0\] is not a path/) });
+    // and the unpacked archive is removed after each failure
+    expect((await fs.readdir(os.tmpdir())).filter((n) => n.startsWith('stackboot-oci-')).length).toBe(before);
   });
 });
 

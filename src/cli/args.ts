@@ -59,5 +59,8 @@ export function refuseRepeats(argv: Record<string, unknown>, repeatable: Set<str
   // yargs keeps each option under its dashed name, its camelCase name and its aliases:
   // name the dashed long form
   const name = given.find((k) => k.length > 1 && !/[A-Z]/.test(k)) ?? given[0];
-  throw new StackbootError('USAGE', `${name.length > 1 ? '--' : '-'}${name} is given more than once`);
+  const flag = `${name.length > 1 ? '--' : '-'}${name}`;
+  // `--cache DIR --no-cache`: yargs makes [DIR, false] of the pair
+  if ((argv[name] as unknown[]).includes(false)) throw new StackbootError('USAGE', `${flag} and --no-${name} contradict each other`);
+  throw new StackbootError('USAGE', `${flag} is given more than once`);
 }

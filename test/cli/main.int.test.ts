@@ -138,14 +138,24 @@ describe('the bundled CLI', () => {
     expect(noRecipe.stderr.split('\n')[0]).toMatch(/^stackboot: \[USAGE\] Not enough non-option arguments/);
   });
 
-  it('loads its lazy parts when a command needs them: a tar source (node-tar), a dracut module (handlebars)', async () => {
+  it('loads its lazy parts when a command needs them: tar and OCI-archive sources (node-tar), a dracut module (handlebars)', async () => {
     const tar = path.join(work, 'part.tar');
     await writeTar(tar, [{ path: 'etc' }, { path: 'etc/from-tar', data: 'tar\n' }]);
+    // a docker save archive: unpacked with node-tar's extractor (a part of its own in the
+    // bundle, whose named exports the bundle once lost: "x is not a function")
+    const img = path.join(work, 'part-img');
+    await fs.mkdir(path.join(img, 'l1'), { recursive: true });
+    await writeTar(path.join(img, 'l1', 'layer.tar'), [{ path: 'opt' }, { path: 'opt/from-image', data: 'img\n' }]);
+    await fs.writeFile(path.join(img, 'manifest.json'), JSON.stringify([{ Layers: ['l1/layer.tar'] }]));
+    await run('tar', ['-C', img, '-cf', path.join(work, 'part-image.tar'), '.']);
     const recipe = path.join(work, 'part-recipe.json');
-    await fs.writeFile(recipe, JSON.stringify({ name: 'parts', version: '1', compatible: 'test', layers: [{ name: 'base', source: { type: 'tar', path: tar } }] }));
+    await fs.writeFile(
+      recipe,
+      JSON.stringify({ name: 'parts', version: '1', compatible: 'test', layers: [{ name: 'base', source: { type: 'tar', path: tar } }, { name: 'img', source: { type: 'oci', path: path.join(work, 'part-image.tar') } }] }),
+    );
     const b = await sb(['build', recipe, '--out', path.join(work, 'part-out'), '--no-cache', '--json']);
     expect(b.exitCode, b.stderr).toBe(0);
-    expect((JSON.parse(b.stdout) as { layers: { builder: string }[] }).layers[0].builder).toBe('tar2sqfs');
+    expect((JSON.parse(b.stdout) as { layers: { name: string; builder: string }[] }).layers.map((l) => `${l.name} ${l.builder}`)).toEqual(['base tar2sqfs', 'img tar2sqfs']);
     const out = path.join(work, 'dracut');
     const d = await sb(['initramfs', '--flavor', 'dracut', '--out', out, '--json']);
     expect(d.exitCode, d.stderr).toBe(0);

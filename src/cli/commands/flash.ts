@@ -14,7 +14,7 @@ export const flashCommand: CommandModule<any, any> = {
       .positional('target', { type: 'string', describe: 'whole-disk block device (/dev/sdX, /dev/mmcblk0, /dev/nvme0n1) or a file', demandOption: true })
       .option('force', { type: 'boolean', describe: 'flash even a mounted, busy, root-holding or too small device' })
       .option('bmap', { type: 'string', describe: 'block map file (default <image>.bmap, else one is built)' })
-      .option('no-verify', { type: 'boolean', describe: 'skip the read-back check' })
+      .option('verify', { type: 'boolean', default: true, describe: 'read back and check what was written (--no-verify: skip it)' })
       .option('layout', { choices: IMAGE_LAYOUTS as string[], describe: 'for a build output: the image layout' })
       .option('size', { type: 'number', coerce: wholeNumber('size', 1), describe: 'for a build output: whole image MiB' })
       .option('arch', { choices: ['amd64', 'arm64'], describe: 'for a build output: target arch' })
@@ -28,7 +28,7 @@ export const flashCommand: CommandModule<any, any> = {
       target: a.target,
       force: a.force,
       bmapFile: a.bmap,
-      noVerify: a.verify === false || a.noVerify,
+      noVerify: a.verify === false,
       progress: out.progress,
       imageOptions: { layout: a.layout, sizeMiB: a.size, arch: (a.arch as Arch | undefined) ?? archFromNode(process.arch) ?? 'amd64', cacheRoot: a.cacheRoot },
     });

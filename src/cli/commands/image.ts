@@ -28,7 +28,7 @@ export const imageCommand: CommandModule<any, any> = {
       .option('set', { type: 'string', array: true, describe: 'initrd boot config KEY=VALUE (repeatable)' })
       .option('store-id', { type: 'string', describe: 'store id, 32 hex (default: derived from the stack id)' })
       .option('seed', { type: 'string', describe: 'seed for all UUIDs (default: the stack id)' })
-      .option('no-bmap', { type: 'boolean', describe: 'do not write <out>.bmap' })
+      .option('bmap', { type: 'boolean', default: true, describe: 'write <out>.bmap (--no-bmap: do not)' })
       .option('dry-run', { type: 'boolean', describe: 'print the plan (layout, sizes, ids) and write nothing' })
       .option('cache-root', { type: 'string', describe: 'where `npm run setup` put the targets (default: the package\'s .cache)' })
       .example('$0 image out/demo -o node.img --layout sd', 'an SD card image of the demo stack'),
@@ -56,7 +56,7 @@ export const imageCommand: CommandModule<any, any> = {
       storeId: a.storeId,
       seed: a.seed,
       epoch: epochEnv && /^\d+$/.test(epochEnv) ? Number(epochEnv) : 0,
-      bmap: !a.noBmap,
+      bmap: a.bmap !== false,
       cacheRoot: a.cacheRoot,
       progress: out.progress,
     };
