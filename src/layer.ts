@@ -42,13 +42,6 @@ export function layerKey(parts: Record<string, unknown>): string {
   return createHash('sha256').update(JSON.stringify(parts)).digest('hex');
 }
 
-async function exists(p: string): Promise<boolean> {
-  return fs.stat(p).then(
-    () => true,
-    () => false,
-  );
-}
-
 /** Places `src` at `dst` by hard link, or by copy across filesystems. */
 async function linkOrCopy(src: string, dst: string): Promise<void> {
   const tmp = `${dst}.tmp-${randomBytes(4).toString('hex')}`;
@@ -60,14 +53,40 @@ async function linkOrCopy(src: string, dst: string): Promise<void> {
   await fs.rename(tmp, dst);
 }
 
+/**
+ * What a cache entry records of its layer file besides the digest: size, mtime and inode
+ * as they were when it was stored. Output layers are hard links to the cache's files, so
+ * a write into one (a user's `>>`, a flash onto it) changes the cached file too: the stat
+ * no longer matches, and the file is hashed before it is served again.
+ */
+function statLine(st: { size: number; mtimeMs: number; ino: number }): string {
+  return `${st.size} ${st.mtimeMs} ${st.ino}`;
+}
+
 async function cacheLookup(ctx: LayerContext, key: string): Promise<{ digest: string; file: string } | null> {
   if (!ctx.cacheDir) return null;
   const keyFile = path.join(ctx.cacheDir, 'keys', key);
-  const digest = (await fs.readFile(keyFile, 'utf8').catch(() => '')).trim();
+  const [digest = '', recorded = ''] = (await fs.readFile(keyFile, 'utf8').catch(() => '')).trim().split('\n');
   if (!/^[0-9a-f]{64}$/.test(digest)) return null;
   const file = path.join(ctx.cacheDir, 'layers', `${digest}.sqfs`);
-  if (!(await exists(file))) return null;
+  const st = await fs.stat(file).catch(() => null);
+  if (!st) return null;
+  if (statLine(st) !== recorded) {
+    // changed since it was stored (or an entry from before the stat was recorded)
+    if ((await sha256File(file)) !== digest) {
+      await fs.rm(file, { force: true });
+      await fs.rm(keyFile, { force: true });
+      return null;
+    }
+    await writeKeyFile(ctx.cacheDir, key, digest, statLine(await fs.stat(file)));
+  }
   return { digest, file };
+}
+
+async function writeKeyFile(cacheDir: string, key: string, digest: string, stat: string): Promise<void> {
+  const tmp = path.join(cacheDir, 'keys', `.${key}.tmp-${randomBytes(4).toString('hex')}`);
+  await fs.writeFile(tmp, `${digest}\n${stat}\n`);
+  await fs.rename(tmp, path.join(cacheDir, 'keys', key));
 }
 
 async function cacheStore(ctx: LayerContext, key: string, digest: string, file: string): Promise<void> {
@@ -75,10 +94,19 @@ async function cacheStore(ctx: LayerContext, key: string, digest: string, file: 
   await makeDir(path.join(ctx.cacheDir, 'keys'));
   await makeDir(path.join(ctx.cacheDir, 'layers'));
   const target = path.join(ctx.cacheDir, 'layers', `${digest}.sqfs`);
-  if (!(await exists(target))) await linkOrCopy(file, target);
-  const tmp = path.join(ctx.cacheDir, 'keys', `.${key}.tmp-${randomBytes(4).toString('hex')}`);
-  await fs.writeFile(tmp, digest + '\n');
-  await fs.rename(tmp, path.join(ctx.cacheDir, 'keys', key));
+  // always the file just built and hashed: one found under that name may have been
+  // written into since (it is not trusted without its key's stat)
+  await linkOrCopy(file, target);
+  await writeKeyFile(ctx.cacheDir, key, digest, statLine(await fs.stat(target)));
+}
+
+/** A cache hit placed in the output folder (a fresh link: never a stale file found there). */
+async function placeHit(ctx: LayerContext, name: string, key: string, hit: { digest: string; file: string }): Promise<BuiltLayer> {
+  const dst = path.join(ctx.outDir, 'layers', `${hit.digest}.sqfs`);
+  const [a, b] = await Promise.all([fs.stat(dst).catch(() => null), fs.stat(hit.file)]);
+  if (!a || a.ino !== b.ino || a.dev !== b.dev) await linkOrCopy(hit.file, dst);
+  ctx.progress({ task: `layer ${name}`, done: 1, total: 1, unit: 'items', note: 'cached', final: true });
+  return { name, digest: hit.digest, size: b.size, cached: true, builder: 'cache', file: dst, key };
 }
 
 /**
@@ -95,12 +123,7 @@ export async function cachedLayer(ctx: LayerContext, name: string, keyParts: Rec
   const layersDir = path.join(ctx.outDir, 'layers');
   await makeDir(layersDir);
   const hit = await cacheLookup(ctx, key);
-  if (!hit) return null;
-  const dst = path.join(layersDir, `${hit.digest}.sqfs`);
-  if (!(await exists(dst))) await linkOrCopy(hit.file, dst);
-  const size = (await fs.stat(dst)).size;
-  ctx.progress({ task: `layer ${name}`, done: 1, total: 1, unit: 'items', note: 'cached', final: true });
-  return { name, digest: hit.digest, size, cached: true, builder: 'cache', file: dst, key };
+  return hit ? placeHit(ctx, name, key, hit) : null;
 }
 
 /** Files an already built layer under another key (e.g. a run source's command). */
@@ -118,13 +141,7 @@ export async function produceLayer(
   const layersDir = path.join(ctx.outDir, 'layers');
   await makeDir(layersDir);
   const hit = await cacheLookup(ctx, key);
-  if (hit) {
-    const dst = path.join(layersDir, `${hit.digest}.sqfs`);
-    if (!(await exists(dst))) await linkOrCopy(hit.file, dst);
-    const size = (await fs.stat(dst)).size;
-    ctx.progress({ task: `layer ${name}`, done: 1, total: 1, unit: 'items', note: 'cached', final: true });
-    return { name, digest: hit.digest, size, cached: true, builder: 'cache', file: dst, key };
-  }
+  if (hit) return placeHit(ctx, name, key, hit);
   const tmp = path.join(layersDir, `.tmp-${name}-${randomBytes(6).toString('hex')}.sqfs`);
   try {
     const builder = await make(tmp);

@@ -201,6 +201,29 @@ describe('build: real squashfs layers under an overlay', () => {
     expect(r3.layers[1].digest).not.toBe(r1.layers[1].digest);
   });
 
+  it('a cached layer written into through an output (a hard link) is hashed, found bad, and built again', async () => {
+    const d = await tmpdir('sb-cache-bad-');
+    await fs.mkdir(path.join(d, 'a'), { recursive: true });
+    await fs.writeFile(path.join(d, 'a/f'), 'a');
+    const recipe = await recipeFile(d, [{ name: 'a', source: { type: 'dir', path: 'a' } }]);
+    const cache = path.join(d, 'cache');
+    const r1 = await build(recipe, path.join(d, 'o1'), cache);
+    const sha = async (f: string) => createHash('sha256').update(await fs.readFile(f)).digest('hex');
+    // a write into the first output reaches the cache's file (the same inode)
+    await fs.appendFile(r1.layers[0].file, 'garbage');
+    const r2 = await build(recipe, path.join(d, 'o2'), cache);
+    expect(r2.layers[0]).toMatchObject({ digest: r1.layers[0].digest, cached: false, size: r1.layers[0].size });
+    expect(await sha(r2.layers[0].file)).toBe(r1.layers[0].digest);
+    // rebuilt into the cache too: the next build is served from it, and right
+    const r3 = await build(recipe, path.join(d, 'o2'), cache);
+    expect(r3.layers[0].cached).toBe(true);
+    expect(await sha(r3.layers[0].file)).toBe(r1.layers[0].digest);
+    // a touch without a change: hashed once, found good, served
+    await fs.utimes(r3.layers[0].file, new Date(), new Date(Date.now() + 5000));
+    const r4 = await build(recipe, path.join(d, 'o4'), cache);
+    expect(r4.layers[0].cached).toBe(true);
+  });
+
   it('a failed build leaves no layer under a final or temporary name', async () => {
     const d = await tmpdir('sb-fail-');
     await writeTar(path.join(d, 'evil.tar'), [
