@@ -12,6 +12,7 @@ import { isZero } from './bmap.js';
 import { StackbootError } from './errors.js';
 import { run } from './exec.js';
 import type { ProgressSink } from './progress.js';
+import { onInterrupt } from './interrupt.js';
 
 export const MiB = 1024 * 1024;
 const ALIGN = MiB;
@@ -186,6 +187,10 @@ export async function assembleDisk(out: string, layout: DiskLayout, progress?: P
   if (layout.parts.length === 0) throw new StackbootError('USAGE', 'a disk needs at least one partition');
   const work = await fs.mkdtemp(path.join(os.tmpdir(), 'sb-disk-'));
   const tmpOut = `${out}.tmp-${process.pid}`;
+  const off = onInterrupt(async () => {
+    await fs.rm(tmpOut, { force: true });
+    await fs.rm(work, { recursive: true, force: true });
+  });
   try {
     let start = ALIGN;
     const placed: (AssembledPart & { spec: PartSpec; file?: string })[] = [];
@@ -239,6 +244,7 @@ export async function assembleDisk(out: string, layout: DiskLayout, progress?: P
     throw e;
   } finally {
     await fs.rm(work, { recursive: true, force: true });
+    off();
   }
 }
 

@@ -5,6 +5,7 @@
  */
 import { execa, type ResultPromise } from 'execa';
 import { StackbootError } from './errors.js';
+import { interruptSignal } from './interrupt.js';
 
 export interface RunOptions {
   cwd?: string;
@@ -46,7 +47,9 @@ export async function run(cmd: string, args: readonly string[], opts: RunOptions
       input: opts.input,
       inputFile: opts.inputFile,
       timeout: opts.timeout,
-      cancelSignal: opts.signal,
+      // a signal of the caller's, else the command's interrupt (src/interrupt.ts); a tool
+      // started after it (an unmount of the interrupt's own cleanup) is not stopped
+      cancelSignal: opts.signal ?? (interruptSignal.aborted ? undefined : interruptSignal),
       reject: false,
       encoding: opts.binary ? 'buffer' : 'utf8',
       stripFinalNewline: false,

@@ -25,6 +25,7 @@ import { loadTarget, type Arch } from './target.js';
 import { writeBmapFor, type Bmap } from './bmap.js';
 import { IMAGE_LAYOUTS, LAYOUT_DEFAULTS, type ImageLayout } from './layout.js';
 import { makeDir } from './dirs.js';
+import { onInterrupt } from './interrupt.js';
 
 export { IMAGE_LAYOUTS, LAYOUT_DEFAULTS, type ImageLayout };
 
@@ -182,6 +183,7 @@ export async function renderExtlinux(c: { name: string; version: string; stackId
 export async function buildImage(o: ImageOptions): Promise<ImageResult> {
   const plan = await planImage(o);
   const work = await fs.mkdtemp(path.join(o.tmpDir ?? os.tmpdir(), 'sb-image-'));
+  const off = onInterrupt(() => fs.rm(work, { recursive: true, force: true }));
   try {
     // boot partition contents
     const boot = path.join(work, 'boot');
@@ -235,6 +237,7 @@ export async function buildImage(o: ImageOptions): Promise<ImageResult> {
     return r;
   } finally {
     await fs.rm(work, { recursive: true, force: true });
+    off();
   }
 }
 

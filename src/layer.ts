@@ -13,6 +13,7 @@ import { RateMeter } from './progress.js';
 import { checkSquashfs, gensquashfsDir, gensquashfsPack, tar2sqfs, tarDirToSquashfs, treeHasXattrs, type SquashOptions } from './squashfs.js';
 import { scanDir, type DirScan } from './sources/dir.js';
 import { makeDir } from './dirs.js';
+import { onInterrupt } from './interrupt.js';
 
 export const BUILDER_VERSION = 'stackboot-layer-1';
 
@@ -143,6 +144,7 @@ export async function produceLayer(
   const hit = await cacheLookup(ctx, key);
   if (hit) return placeHit(ctx, name, key, hit);
   const tmp = path.join(layersDir, `.tmp-${name}-${randomBytes(6).toString('hex')}.sqfs`);
+  const off = onInterrupt(() => fs.rm(tmp, { force: true }));
   try {
     const builder = await make(tmp);
     await checkSquashfs(tmp);
@@ -155,6 +157,8 @@ export async function produceLayer(
   } catch (e) {
     await fs.rm(tmp, { force: true });
     throw wrap('SOURCE', `layer ${name}: build failed`, e);
+  } finally {
+    off();
   }
 }
 
@@ -177,6 +181,7 @@ export async function buildDirLayer(ctx: LayerContext, spec: DirLayerSpec): Prom
   // the walk writes the pack file as it goes (a few ms; removed when not needed)
   const layersDir = path.join(ctx.outDir, 'layers');
   const packTo = path.join(layersDir, `.tmp-${spec.name}-${randomBytes(6).toString('hex')}.pack`);
+  const off = onInterrupt(() => fs.rm(packTo, { force: true }));
   try {
     await makeDir(layersDir);
     const scan = await scanDir(spec.dir, { devices: spec.devices, owner: spec.owner, into: spec.into, packTo });
@@ -188,6 +193,7 @@ export async function buildDirLayer(ctx: LayerContext, spec: DirLayerSpec): Prom
   } finally {
     stop.abort();
     await fs.rm(packTo, { force: true });
+    off();
   }
 }
 

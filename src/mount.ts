@@ -64,6 +64,25 @@ export async function umount(dir: string): Promise<void> {
   await run('umount', ['-l', dir], { reject: false });
 }
 
+/**
+ * The mount points at or below `dir` (from /proc/self/mounts, in mount order), so a
+ * caller can make sure nothing is mounted there before it removes the folder: rm -rf
+ * through a bind of the host's /dev deletes the host's device nodes.
+ */
+export async function mountsUnder(dir: string, mountsFile = '/proc/self/mounts'): Promise<string[]> {
+  const text = await fs.readFile(mountsFile, 'utf8').catch(() => '');
+  const base = dir.replace(/\/+$/, '');
+  const out: string[] = [];
+  for (const line of text.split('\n')) {
+    const field = line.split(' ')[1];
+    if (!field) continue;
+    // /proc/self/mounts escapes space, tab, newline and backslash as \ooo
+    const mp = field.replace(/\\([0-7]{3})/g, (_m, o: string) => String.fromCharCode(Number.parseInt(o, 8)));
+    if (mp === base || mp.startsWith(`${base}/`)) out.push(mp);
+  }
+  return out;
+}
+
 /** Unmounts a list in reverse order, ignoring what is not mounted. */
 export async function umountAll(dirs: string[]): Promise<void> {
   for (const d of [...dirs].reverse()) await umount(d);

@@ -10,6 +10,7 @@ import { hideBin } from 'yargs/helpers';
 import { causeChain, exitCodeOf, StackbootError } from '../errors.js';
 import { commands } from './commands/index.js';
 import { endProgressLine } from './output.js';
+import { interrupted } from '../interrupt.js';
 import { markStdio, refuseRepeats, STDIO, unmarkStdio } from './args.js';
 
 export interface GlobalArgs {
@@ -129,5 +130,26 @@ async function main(argv: string[]): Promise<void> {
   }
 }
 
+/**
+ * Ctrl-C or SIGTERM: stop the tools, undo the work in progress (temp files, a run
+ * source's mounts: src/interrupt.ts), then exit 130 / 143. A second signal during that
+ * exits at once.
+ */
+function exitCleanlyOnSignals(): void {
+  let cleaning = false;
+  for (const [sig, code] of [['SIGINT', 130], ['SIGTERM', 143]] as const) {
+    // `on`, not `once`: execa's exit hook (signal-exit) re-raises a signal that no other
+    // listener is left for, which killed the process in the middle of its cleanup
+    process.on(sig, () => {
+      if (cleaning) process.exit(code);
+      cleaning = true;
+      endProgressLine();
+      process.stderr.write(`stackboot: interrupted (${sig}); cleaning up\n`);
+      void interrupted().finally(() => process.exit(code));
+    });
+  }
+}
+
 dropOwnTunables(process.env);
+exitCleanlyOnSignals();
 void main(markStdio(hideBin(process.argv)));

@@ -8,7 +8,8 @@ import os from 'node:os';
 import path from 'node:path';
 import { StackbootError } from '../errors.js';
 import { run } from '../exec.js';
-import { bindMount, mountOverlay, mountSquashfs, mountTmpfs, umountAll } from '../mount.js';
+import { bindMount, mountOverlay, mountSquashfs, mountTmpfs, mountsUnder, umountAll } from '../mount.js';
+import { onInterrupt } from '../interrupt.js';
 
 export interface RunCapture {
   /** the upper directory holding the command's changes */
@@ -28,8 +29,21 @@ export async function runOverLayers(opts: { name: string; lowers: string[]; comm
   }
   const base = await fs.mkdtemp(path.join(opts.tmpRoot ?? os.tmpdir(), 'sb-run-'));
   const mounted: string[] = [];
-  const cleanup = async () => {
+  // an interrupt must unmount (the binds of the host's /proc, /dev, /sys first) before
+  // the folder is removed: rm -rf through a bind mount deletes the host's files
+  const off = onInterrupt(() => cleanup());
+  // one cleanup, however many ask: an interrupt stops the command, whose failure runs
+  // this too, and the interrupt must wait for all of it before the process exits
+  let cleaning: Promise<void> | null = null;
+  const cleanup = (): Promise<void> => (cleaning ??= unmountAndRemove());
+  const unmountAndRemove = async () => {
+    off();
     await umountAll(mounted);
+    // a mount an interrupt caught before it was listed: off too, and never rm -rf
+    // through one
+    await umountAll(await mountsUnder(base));
+    const left = await mountsUnder(base);
+    if (left.length) throw new StackbootError('IO', `layer ${opts.name}: cannot unmount ${left.join(', ')}; ${base} is left in place`);
     await fs.rm(base, { recursive: true, force: true });
   };
   try {

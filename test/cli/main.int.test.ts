@@ -9,7 +9,8 @@ import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { run } from '../../src/exec.js';
+import { run, spawn } from '../../src/exec.js';
+import { mountsUnder } from '../../src/mount.js';
 import { Store } from '../../src/store.js';
 import { tmpdir, writeTar } from '../sources/tarfixture.js';
 
@@ -207,6 +208,49 @@ describe('the bundled CLI', () => {
     const gcQuiet = await sb(['gc', '--store', store, '--booted-slot', 'none', '-q']);
     expect(gcQuiet.exitCode, gcQuiet.stderr).toBe(0);
     expect(gcQuiet.stdout).toBe('');
+  });
+
+  it('Ctrl-C undoes the work in progress: a run source\'s mounts (the host\'s /dev bound in), its folder, temp layers; exit 130', async () => {
+    const busybox = path.join(REPO, '.cache/targets/amd64/busybox');
+    const root = path.join(work, 'int-root');
+    for (const d of ['bin', 'etc', 'dev', 'proc']) await fs.mkdir(path.join(root, d), { recursive: true });
+    await fs.symlink('busybox', path.join(root, 'bin/sh')).catch(() => {});
+    const tmp = path.join(work, 'int-tmp');
+    await fs.mkdir(tmp, { recursive: true });
+    const recipe = path.join(work, 'int-recipe.json');
+    await fs.writeFile(
+      recipe,
+      JSON.stringify({
+        name: 'int',
+        version: '1',
+        compatible: 'test',
+        layers: [
+          { name: 'busybox', source: { type: 'dir', path: busybox }, owner: 'root' },
+          { name: 'root', source: { type: 'dir', path: root }, owner: 'root' },
+          { name: 'slow', source: { type: 'run', command: '/bin/busybox echo started > /dev/console; /bin/busybox sleep 60' } },
+        ],
+      }),
+    );
+    const out = path.join(work, 'int-out');
+    const p = spawn('node', [cli, 'build', recipe, '--out', out, '--no-cache'], { cwd: work, env: { TMPDIR: tmp, SOURCE_DATE_EPOCH: '0' } });
+    let stderr = '';
+    p.stderr.on('data', (c) => (stderr += String(c)));
+    // wait until the command runs: the run folder has its mounts, /dev among them
+    let mounts: string[] = [];
+    for (let i = 0; i < 300 && !mounts.some((m) => m.endsWith('/m/dev')); i++) {
+      await new Promise((r) => setTimeout(r, 100));
+      mounts = await mountsUnder(tmp);
+    }
+    expect(mounts.some((m) => m.endsWith('/m/dev')), `the run source did not start: ${stderr}`).toBe(true);
+    process.kill(p.pid!, 'SIGINT');
+    const end = await p.done;
+    expect(end.exitCode, stderr).toBe(130);
+    expect(stderr).toMatch(/stackboot: interrupted \(SIGINT\); cleaning up/);
+    expect(await mountsUnder(tmp)).toEqual([]);
+    expect(await fs.readdir(tmp)).toEqual([]);
+    expect((await fs.readdir(path.join(out, 'layers'))).filter((n) => n.startsWith('.tmp-'))).toEqual([]);
+    // the host's /dev is whole
+    expect((await fs.stat('/dev/null')).isCharacterDevice()).toBe(true);
   });
 
   it('builds a stack with the real tools, then serves it from the cache', async () => {
