@@ -171,7 +171,10 @@ export interface DirLayerSpec {
   into?: string;
 }
 
-export async function buildDirLayer(ctx: LayerContext, spec: DirLayerSpec): Promise<BuiltLayer> {
+export async function buildDirLayer(ctx: LayerContext, given: DirLayerSpec): Promise<BuiltLayer> {
+  // a source that is a symlink to a folder is that folder (the walk, getfattr -h and the
+  // tools all take the root as given)
+  const spec = { ...given, dir: await fs.realpath(given.dir).catch(() => given.dir) };
   // getfattr (another process, so another core) runs while this process walks the tree;
   // only the pack-file path needs its answer, so it is stopped as soon as it is not needed
   const stop = new AbortController();

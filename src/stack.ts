@@ -35,7 +35,26 @@ export interface BuildResult {
   outDir: string;
 }
 
+/**
+ * The output folder must be new, empty, or an earlier build output: a build writes
+ * `manifest` and removes `manifest.sig` there, which in any other folder would be a
+ * user's files.
+ */
+async function checkOutDir(outDir: string): Promise<void> {
+  if (outDir.trim() === '') throw new StackbootError('USAGE', 'the output folder is an empty name');
+  const names = await fs.readdir(outDir).catch((e: NodeJS.ErrnoException) => {
+    if (e.code === 'ENOENT') return [] as string[];
+    if (e.code === 'ENOTDIR') throw new StackbootError('USAGE', `${outDir} exists and is not a folder`);
+    throw new StackbootError('IO', `cannot read ${outDir}`, { cause: e });
+  });
+  if (names.length === 0) return;
+  const head = await fs.readFile(path.join(outDir, 'manifest'), 'utf8').then((t) => t.slice(0, 32), () => '');
+  if (head.startsWith('stackboot-manifest') || (names.length === 1 && names[0] === 'layers')) return;
+  throw new StackbootError('USAGE', `${outDir} is a folder of other files, not a build output (its manifest would be overwritten): give a new or empty folder`);
+}
+
 export async function buildStack(recipe: Recipe, o: BuildOptions): Promise<BuildResult> {
+  await checkOutDir(o.outDir);
   await makeDir(path.join(o.outDir, 'layers'));
   const ctx: LayerContext = {
     outDir: o.outDir,

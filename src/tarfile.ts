@@ -92,14 +92,16 @@ export async function openTar(file: string): Promise<{ stream: Readable; done: P
   if (isXz || isZstd) {
     raw.destroy();
     const tool = isXz ? 'xz' : 'zstd';
-    const child = spawn(tool, ['-dc', '--', file]);
+    // -q: no progress lines ("\r"-overwritten, they garbled the error message)
+    const child = spawn(tool, ['-dcq', '--', file]);
     let err = '';
     child.stderr.on('data', (d: Buffer) => (err += d.toString()));
     const out = new PassThrough();
     (child.stdout as Readable).pipe(out);
     const done = child.done.then((r) => {
       if (r.exitCode !== 0) {
-        const e = new StackbootError('SOURCE', `${tool} could not decompress ${file}: ${err.trim() || `exit ${r.exitCode}`}`);
+        const why = err.split(/[\r\n]+/).map((l) => l.trim()).filter(Boolean).pop();
+        const e = new StackbootError('SOURCE', `${tool} could not decompress ${file}: ${why || `exit ${r.exitCode}`}`);
         out.destroy(e);
         throw e;
       }

@@ -178,6 +178,16 @@ describe('build: real squashfs layers under an overlay', () => {
     expect(r1.layers[1].builder).toBe('gensquashfs');
   });
 
+  it('a dir source that is a symlink to a folder builds that folder', async () => {
+    const d = await tmpdir('sb-symroot-');
+    await fs.mkdir(path.join(d, 'real/etc'), { recursive: true });
+    await fs.writeFile(path.join(d, 'real/etc/x'), 'x');
+    await fs.symlink('real', path.join(d, 'link'));
+    const viaLink = await build(await recipeFile(d, [{ name: 'a', source: { type: 'dir', path: 'link' } }]), path.join(d, 'o1'), null);
+    const direct = await build(await recipeFile(d, [{ name: 'a', source: { type: 'dir', path: 'real' } }]), path.join(d, 'o2'), null);
+    expect(viaLink.layers[0].digest).toBe(direct.layers[0].digest);
+  });
+
   it('caches: an unchanged layer is not compressed again; a changed one is', async () => {
     const d = await tmpdir('sb-cache-');
     await fs.mkdir(path.join(d, 'a'), { recursive: true });
@@ -222,6 +232,28 @@ describe('build: real squashfs layers under an overlay', () => {
     await fs.utimes(r3.layers[0].file, new Date(), new Date(Date.now() + 5000));
     const r4 = await build(recipe, path.join(d, 'o4'), cache);
     expect(r4.layers[0].cached).toBe(true);
+  });
+
+  it("refuses an output folder of other files (its manifest would be overwritten) or an empty name; rebuilds into its own", async () => {
+    const d = await tmpdir('sb-outdir-');
+    await fs.mkdir(path.join(d, 'a'), { recursive: true });
+    await fs.writeFile(path.join(d, 'a/f'), 'a');
+    const recipe = await recipeFile(d, [{ name: 'a', source: { type: 'dir', path: 'a' } }]);
+    const other = path.join(d, 'docs');
+    await fs.mkdir(other);
+    await fs.writeFile(path.join(other, 'manifest'), 'my shipping list\n');
+    await fs.writeFile(path.join(other, 'manifest.sig'), 'mine\n');
+    await expect(build(recipe, other, null)).rejects.toMatchObject({ code: 'USAGE', message: expect.stringMatching(/docs is a folder of other files, not a build output/) });
+    expect(await fs.readFile(path.join(other, 'manifest'), 'utf8')).toBe('my shipping list\n');
+    expect(await fs.readdir(other)).toEqual(['manifest', 'manifest.sig']);
+    await expect(build(recipe, '', null)).rejects.toThrow(/the output folder is an empty name/);
+    await fs.writeFile(path.join(d, 'file'), 'x');
+    await expect(build(recipe, path.join(d, 'file'), null)).rejects.toThrow(/exists and is not a folder/);
+    // an earlier output of its own is built over
+    const out = path.join(d, 'out');
+    await build(recipe, out, null);
+    const again = await build(recipe, out, null);
+    expect(again.layers[0].cached).toBe(false);
   });
 
   it('a failed build leaves no layer under a final or temporary name', async () => {
@@ -398,5 +430,15 @@ describe('build: tar sources in every compression', () => {
     await fs.writeFile(path.join(d, 'l.tar.xz'), Buffer.concat([Buffer.from([0xfd, 0x37, 0x7a, 0x58, 0x5a, 0x00]), Buffer.alloc(100, 7)]));
     const recipe = await recipeFile(d, [{ name: 'l', source: { type: 'tar', path: 'l.tar.xz' } }]);
     await expect(build(recipe, path.join(d, 'out'), null)).rejects.toThrow(/xz could not decompress|invalid tar/);
+    // a truncated .zst: zstd's one-line reason, no progress output in the message
+    const tar = path.join(d, 'big.tar');
+    await writeTar(tar, [{ path: 'data', data: createHash('sha512').update('x').digest('hex').repeat(4000) }]);
+    await run('zstd', ['-q', '-1', tar]);
+    const zst = await fs.readFile(`${tar}.zst`);
+    await fs.writeFile(path.join(d, 'cut.tar.zst'), zst.subarray(0, zst.length >> 1));
+    const r2 = await recipeFile(d, [{ name: 'l', source: { type: 'tar', path: 'cut.tar.zst' } }]);
+    const e = await build(r2, path.join(d, 'out2'), null).then(() => null, (x: Error) => x);
+    expect(e?.message).toMatch(/zstd could not decompress .*cut\.tar\.zst: .*(premature end|error)/i);
+    expect(e?.message).not.toMatch(/\r/);
   });
 });
