@@ -27,7 +27,7 @@ import { run } from '../../src/exec.js';
 import { loadRecipe } from '../../src/recipe.js';
 import { buildStack, type BuildResult } from '../../src/stack.js';
 import { REPO, WORK, demoStack, storeDisk, initrd, target, scratch } from './fixtures.js';
-import { bootOnce, useVmCleanup } from './qemu.js';
+import { bootOnce, useVmCleanup, type BootResult } from './qemu.js';
 import { readStore, tailOf } from './inspect.js';
 import { chroot, chrootKernel } from './chroot.js';
 import { HOOK_CHROOTS, mkinitramfs, renderAndInstall } from './hookinstall.js';
@@ -88,6 +88,36 @@ async function prepareDebian(): Promise<string | null> {
   return null;
 }
 
+/** One boot of the Debian root on its store disk (1 GiB, systemd's status lines on), until it powers off. */
+function bootDebian(o: { target: Awaited<ReturnType<typeof target>>; kernel?: string; initrd: string; img: string; append: string; name: string }): Promise<BootResult> {
+  return bootOnce({
+    target: o.target,
+    kernel: o.kernel,
+    initrd: o.initrd,
+    disks: [{ file: o.img, bus: 'virtio' }],
+    memoryMiB: 1024,
+    // kernel messages at warning and above; systemd's status lines stay on
+    append: `${o.append} loglevel=4 systemd.show_status=1`.trim(),
+    timeoutMs: 300_000,
+    name: o.name,
+  });
+}
+
+/**
+ * The hand-back at poweroff (handback.sh): prepared by the hook, run by systemd-shutdown
+ * (pivoted into /run/initramfs, shutdown.sh took the old root down, loops and store
+ * included), and systemd left the /run/sb mounts to it (x-initrd.mount in utab): no
+ * failed unmounts, no busy loop devices.
+ */
+function expectHandback(r: BootResult, out: string): void {
+  expect(out, tailOf(r, 'no hand-back prepared')).toMatch(/stackboot: shutdown hand-back ready \(\/run\/initramfs\/shutdown\)/);
+  expect(out, tailOf(r, 'the hand-back did not run')).toMatch(/stackboot: shutdown: old root detached/);
+  expect(out, tailOf(r, 'the hand-back left mounts or loops held')).toMatch(/stackboot: shutdown: clean: every mount released, \d+ loop device\(s\) detached here; poweroff/);
+  expect(out.slice(out.indexOf('E2E: report done'))).not.toMatch(/Failed unmounting .*run-sb|Failed to unmount \/run\/sb|Could not detach loopback/);
+  expect(out).not.toMatch(/Kernel panic/);
+  expect(r.how, tailOf(r, `VM ended by ${r.how}`)).toBe('poweroff');
+}
+
 let unreachable: string | null = null;
 let debian: BuildResult;
 let demo: BuildResult;
@@ -125,16 +155,7 @@ describe('a real Debian 12 root with systemd (amd64, QEMU)', () => {
     });
     const ird = await initrd(path.join(dir, 'initrd.img'), { STORES: 'vda', INIT: '/sbin/init', DEVICE_TIMEOUT: '5' });
 
-    const r = await bootOnce({
-      target: T,
-      initrd: ird,
-      disks: [{ file: img, bus: 'virtio' }],
-      memoryMiB: 1024,
-      // kernel messages at warning and above; systemd's status lines stay on
-      append: 'loglevel=4 systemd.show_status=1',
-      timeoutMs: 300_000,
-      name: 'debian',
-    });
+    const r = await bootDebian({ target: T, initrd: ird, img, append: '', name: 'debian' });
     const out = plain(r.output);
     const t = (re: RegExp): string => {
       const m = re.exec(out);
@@ -176,15 +197,8 @@ describe('a real Debian 12 root with systemd (amd64, QEMU)', () => {
         ...out.split('\n').filter((l) => l.includes('stackboot: shutdown')),
       ].join('\n'),
     );
-    // a clean poweroff: no panic, no hang, and the node kept the state consistent
-    expect(out).not.toMatch(/Kernel panic/);
-    // the hook left systemd a way back (handback.sh): systemd-shutdown pivoted into
-    // /run/initramfs and shutdown.sh took the old root down, loops and store included
-    expect(out, tailOf(r, 'no hand-back prepared')).toMatch(/stackboot: shutdown hand-back ready \(\/run\/initramfs\/shutdown\)/);
-    expect(out, tailOf(r, 'the hand-back did not run')).toMatch(/stackboot: shutdown: old root detached/);
-    expect(out, tailOf(r, 'the hand-back left mounts or loops held')).toMatch(/stackboot: shutdown: clean: every mount released, \d+ loop device\(s\) detached here; poweroff/);
-    // and systemd left the /run/sb mounts to it (x-initrd.mount in utab): no failed tries
-    expect(shutdown).not.toMatch(/Failed unmounting .*run-sb|Failed to unmount \/run\/sb|Could not detach loopback/);
+    // a clean poweroff through the hand-back, and the node kept the state consistent
+    expectHandback(r, out);
 
     // the host's view: slot b is good and current, slot a is kept as the fallback
     const s = await readStore(img);
@@ -213,16 +227,7 @@ describe('a real Debian 12 root with systemd (amd64, QEMU)', () => {
     const img = path.join(dir, 'store-itools.img');
     await storeDisk({ file: img, storeMiB: 192, slots: { a: { buildDir: debian.outDir, status: 'good' } }, current: 'a' });
 
-    const r = await bootOnce({
-      target: T,
-      kernel: k.vmlinuz,
-      initrd: ird,
-      disks: [{ file: img, bus: 'virtio' }],
-      memoryMiB: 1024,
-      append: 'boot=stackboot loglevel=4 systemd.show_status=1',
-      timeoutMs: 300_000,
-      name: 'debian-initramfs-tools',
-    });
+    const r = await bootDebian({ target: T, kernel: k.vmlinuz, initrd: ird, img, append: 'boot=stackboot', name: 'debian-initramfs-tools' });
     const out = plain(r.output);
     console.log(['initramfs-tools boot, the hand-back:', ...out.split('\n').filter((l) => /stackboot: (shutdown|.*hand-back|.*noexec)/.test(l))].join('\n'));
     expect(out, tailOf(r, 'the hook did not boot slot a')).toMatch(/stackboot: booting slot a /);
@@ -230,13 +235,7 @@ describe('a real Debian 12 root with systemd (amd64, QEMU)', () => {
     expect(out, tailOf(r, 'the report did not run')).toMatch(/E2E: report done$/m);
     // initramfs-tools' /run is noexec: the hook gave /run/initramfs a tmpfs of its own
     expect(out, tailOf(r, 'no tmpfs for /run/initramfs')).toMatch(/stackboot: \/run is noexec: \/run\/initramfs is a tmpfs of its own/);
-    expect(out, tailOf(r, 'no hand-back prepared')).toMatch(/stackboot: shutdown hand-back ready \(\/run\/initramfs\/shutdown\)/);
     // systemd-shutdown ran it (Debian's dynamic busybox, with the libraries the hook listed)
-    expect(out, tailOf(r, 'the hand-back did not run')).toMatch(/stackboot: shutdown: old root detached/);
-    expect(out, tailOf(r, 'the hand-back left mounts or loops held')).toMatch(/stackboot: shutdown: clean: every mount released, \d+ loop device\(s\) detached here; poweroff/);
-    const shutdown = out.slice(out.indexOf('E2E: report done'));
-    expect(shutdown).not.toMatch(/Failed unmounting .*run-sb|Failed to unmount \/run\/sb|Could not detach loopback/);
-    expect(out).not.toMatch(/Kernel panic/);
-    expect(r.how, tailOf(r, `VM ended by ${r.how}`)).toBe('poweroff');
+    expectHandback(r, out);
   });
 });
