@@ -37,15 +37,20 @@ afterAll(async () => {
 
 const inst = (ctx: NodeContext, i: number) => install({ ctx, stream: createReadStream(b[i]), label: `v${i + 1}`, keysDir: k.keysDir, tries: 3 });
 
+/** A store on a loop device: v1 installed into slot a, booted and marked good; v2 into slot b (pending). */
+async function storeV1GoodV2Pending(name: string): Promise<{ s: LoopStore; bootA: NodeContext }> {
+  const s = await loopStore(tmp, name, 32);
+  stores.push(s);
+  await inst(await nodeContext({ store: s.dir }), 0);
+  const bootA = await nodeContext({ store: s.dir, bootedSlot: 'a' });
+  await markBootedGood(bootA);
+  await inst(bootA, 1);
+  return { s, bootA };
+}
+
 describe('gc', () => {
   it('removes the layers of a replaced stack and partial files, keeps every slot\'s and the booted stack\'s', async () => {
-    const s = await loopStore(tmp, 'gc', 32);
-    stores.push(s);
-    const none = await nodeContext({ store: s.dir });
-    await inst(none, 0); // v1 -> a
-    const bootA = await nodeContext({ store: s.dir, bootedSlot: 'a' });
-    await markBootedGood(bootA);
-    await inst(bootA, 1); // v2 -> b (pending)
+    const { s, bootA } = await storeV1GoodV2Pending('gc'); // v1 -> a (good, booted), v2 -> b (pending)
     await inst(bootA, 2); // v3 -> b again: v2's app layer is now unreferenced
     await fs.writeFile(path.join(s.dir, 'layers', `${'f'.repeat(64)}.sqfs.part`), 'half');
     const dry = await gc(bootA, { dryRun: true });
@@ -66,13 +71,8 @@ describe('gc', () => {
   });
 
   it('waits for an install that is writing (store lock): its .part file and new layers survive, and gc then removes the right things', async () => {
-    const s = await loopStore(tmp, 'gc-lock', 32);
-    stores.push(s);
-    const none = await nodeContext({ store: s.dir });
-    await inst(none, 0); // v1 -> a
-    const bootA = await nodeContext({ store: s.dir, bootedSlot: 'a' });
-    await markBootedGood(bootA);
-    await inst(bootA, 1); // v2 -> b (pending): replaced below, its app layer then unreferenced
+    // v2 in slot b (pending) is replaced below: its app layer then unreferenced
+    const { s, bootA } = await storeV1GoodV2Pending('gc-lock');
     // v3 streams in slowly: half now, the rest after gc was started
     const whole = await fs.readFile(b[2]);
     const pipe = new PassThrough();

@@ -108,6 +108,13 @@ async function recipeFile(dir: string, layers: unknown[], extra: Record<string, 
   return f;
 }
 
+/** A recipe in `dir` with one dir layer `a` holding one file. */
+async function oneDirRecipe(dir: string): Promise<string> {
+  await fs.mkdir(path.join(dir, 'a'), { recursive: true });
+  await fs.writeFile(path.join(dir, 'a/f'), 'a');
+  return recipeFile(dir, [{ name: 'a', source: { type: 'dir', path: 'a' } }]);
+}
+
 async function build(recipe: string, out: string, cacheDir: string | null, epoch = 0): Promise<BuildResult> {
   const r = parseRecipe(await fs.readFile(recipe, 'utf8'), recipe, { arch: 'amd64' });
   return buildStack(r, { outDir: out, cacheDir, epoch, arch: 'amd64', uid: process.getuid?.(), progress: () => {} });
@@ -213,9 +220,7 @@ describe('build: real squashfs layers under an overlay', () => {
 
   it('a cached layer written into through an output (a hard link) is hashed, found bad, and built again', async () => {
     const d = await tmpdir('sb-cache-bad-');
-    await fs.mkdir(path.join(d, 'a'), { recursive: true });
-    await fs.writeFile(path.join(d, 'a/f'), 'a');
-    const recipe = await recipeFile(d, [{ name: 'a', source: { type: 'dir', path: 'a' } }]);
+    const recipe = await oneDirRecipe(d);
     const cache = path.join(d, 'cache');
     const r1 = await build(recipe, path.join(d, 'o1'), cache);
     const sha = async (f: string) => createHash('sha256').update(await fs.readFile(f)).digest('hex');
@@ -236,9 +241,7 @@ describe('build: real squashfs layers under an overlay', () => {
 
   it("refuses an output folder of other files (its manifest would be overwritten) or an empty name; rebuilds into its own", async () => {
     const d = await tmpdir('sb-outdir-');
-    await fs.mkdir(path.join(d, 'a'), { recursive: true });
-    await fs.writeFile(path.join(d, 'a/f'), 'a');
-    const recipe = await recipeFile(d, [{ name: 'a', source: { type: 'dir', path: 'a' } }]);
+    const recipe = await oneDirRecipe(d);
     const other = path.join(d, 'docs');
     await fs.mkdir(other);
     await fs.writeFile(path.join(other, 'manifest'), 'my shipping list\n');
