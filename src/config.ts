@@ -11,7 +11,7 @@
  */
 import { promises as fs } from 'node:fs';
 import { StackbootError } from './errors.js';
-import { BOOT_CONFIG_KEYS, makeBootConfig, parseBootConfigText, type BootConfig, type BootConfigKey } from './initramfs.js';
+import { BOOT_CONFIG_KEYS, makeBootConfig, parseBootConfigText, type BootConfig, type BootConfigKey } from './bootconfig.js';
 
 import { DEFAULT_KEYS_DIR, NODE_CONFIG } from './paths.js';
 export { DEFAULT_KEYS_DIR, NODE_CONFIG };

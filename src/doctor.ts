@@ -8,7 +8,7 @@
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { diffBootConfig, type NodeConfig } from './config.js';
-import { makeBootConfig } from './initramfs.js';
+import { makeBootConfig } from './bootconfig.js';
 import type { NodeContext } from './node.js';
 import { checkPublicKey, listPublicKeys, verifyWithKeyDir } from './signature.js';
 import { SLOTS } from './state.js';

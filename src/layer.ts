@@ -15,7 +15,8 @@ import { scanDir, type DirScan } from './sources/dir.js';
 import { makeDir } from './dirs.js';
 import { onInterrupt } from './interrupt.js';
 
-export const BUILDER_VERSION = 'stackboot-layer-1';
+/** Part of every cache key: changed when a builder's output for the same input changes (2: roots 0755 0:0 and no sockets on every path). */
+export const BUILDER_VERSION = 'stackboot-layer-2';
 
 export interface LayerContext {
   /** output folder: layers go to <outDir>/layers */
@@ -188,7 +189,7 @@ export async function buildDirLayer(ctx: LayerContext, given: DirLayerSpec): Pro
   try {
     await makeDir(layersDir);
     const scan = await scanDir(spec.dir, { devices: spec.devices, owner: spec.owner, into: spec.into, packTo });
-    if (scan.hardlinks === 0 && !spec.into) {
+    if (direct(spec, scan)) {
       stop.abort();
       xattrs = undefined;
     }
@@ -200,6 +201,9 @@ export async function buildDirLayer(ctx: LayerContext, given: DirLayerSpec): Pro
   }
 }
 
+/** gensquashfs -D takes the tree as it is: no hard links (it copies them), no prefix, no sockets (it keeps them). */
+const direct = (spec: DirLayerSpec, scan: DirScan): boolean => scan.hardlinks === 0 && scan.sockets === 0 && !spec.into;
+
 function dirLayer(ctx: LayerContext, spec: DirLayerSpec, scan: DirScan, hasXattrs: () => Promise<boolean>): Promise<BuiltLayer> {
   return produceLayer(ctx, spec.name, { source: 'dir', tree: scan.key, owner: spec.owner, devices: spec.devices, into: spec.into ?? '' }, async (tmp) => {
     // progress: the bytes the tools have read of the tree's scan.bytes
@@ -209,7 +213,8 @@ function dirLayer(ctx: LayerContext, spec: DirLayerSpec, scan: DirScan, hasXattr
       meter.update(scan.bytes, true);
       return builder;
     };
-    if (scan.hardlinks === 0 && !spec.into) {
+    if (scan.sockets > 0) ctx.progress({ task: `compress ${spec.name}`, done: 0, note: `${scan.sockets} socket(s) left out (a layer holds no sockets)` });
+    if (direct(spec, scan)) {
       try {
         await gensquashfsDir(tmp, spec.dir, { ...ctx.squash, allRoot: spec.owner === 'root' }, onRead);
         return done('gensquashfs');

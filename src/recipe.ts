@@ -21,6 +21,7 @@ import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { StackbootError } from './errors.js';
 import { NAME_RE } from './manifest.js';
+import { BOOT_CONFIG_KEYS, defaultBootConfig, setBootConfigValue } from './bootconfig.js';
 
 export type Compressor = 'zstd' | 'xz' | 'gzip' | 'lz4' | 'lzo';
 export const COMPRESSORS: Compressor[] = ['zstd', 'xz', 'gzip', 'lz4', 'lzo'];
@@ -181,12 +182,28 @@ export function parseRecipe(text: string, file: string, vars: Record<string, str
     return { name: lname, source, owner: owner as 'keep' | 'root', devices: devices as boolean };
   });
 
+  // an OCI source of several layers names them <name>-1, <name>-2, …: no other layer may
+  // take such a name (caught here, not after every layer was compressed)
+  layers.forEach((l, i) => {
+    const m = /^(.+)-[1-9][0-9]*$/.exec(l.name);
+    const oci = m ? layers.find((o) => o.source.type === 'oci' && o.name === m[1]) : undefined;
+    if (oci) c.fail(`layers[${i}].name`, `a name other than ${oci.name}-<number> (the OCI layer ${oci.name} names its image's layers ${oci.name}-1, ${oci.name}-2, …)`, l.name);
+  });
+
   const boot: Record<string, string> = {};
   if (r.boot !== undefined) {
     const b = c.obj(r.boot, 'boot');
+    // checked by the boot config's own validator: a bad value fails the build, not a
+    // later `image --recipe`
+    const check = defaultBootConfig();
     for (const [k, v] of Object.entries(b)) {
-      if (!/^[A-Z][A-Z0-9_]*$/.test(k)) c.fail(`boot.${k}`, 'an upper-case config key (see the boot config in the README)');
+      if (!(BOOT_CONFIG_KEYS as readonly string[]).includes(k)) c.fail(`boot.${k}`, `a boot config key (${BOOT_CONFIG_KEYS.join(', ')})`);
       if (typeof v !== 'string' && typeof v !== 'number') c.fail(`boot.${k}`, 'a string or number', v);
+      try {
+        setBootConfigValue(check, k, String(v));
+      } catch (e) {
+        throw new StackbootError('RECIPE', `${file}: boot.${k}: ${(e as Error).message.replace(/^boot config [A-Z0-9_]+=.* is invalid: /, 'expected ')}, got ${JSON.stringify(v)}`, { cause: e });
+      }
       boot[k] = String(v);
     }
   }

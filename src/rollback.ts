@@ -53,20 +53,25 @@ export function markBootedGood(ctx: NodeContext): Promise<{ slot: SlotName; stac
   });
 }
 
-export function markBootedBad(ctx: NodeContext, why = 'mark-bad'): Promise<{ slot: SlotName; stack: string; was: string }> {
+/**
+ * The booted stack becomes bad. `bootable` says whether this store still has a stack to
+ * boot: marking its only good stack bad is allowed (the health check does it, so the node
+ * falls back to its rescue store), but the caller is told.
+ */
+export function markBootedBad(ctx: NodeContext, why = 'mark-bad'): Promise<{ slot: SlotName; stack: string; was: string; bootable: boolean }> {
   const b = bootedOrThrow(ctx);
   return withStoreLock(ctx, 'mark-bad', async () => {
     const st = await ctx.store.readState();
     const stack = b.stack || st.slots[b.slot]?.stack || '';
     const was = st.slots[b.slot]?.status ?? 'empty';
-    if (was === 'bad') return { slot: b.slot, stack, was };
+    if (was === 'bad') return { slot: b.slot, stack, was, bootable: candidates(st).length > 0 };
     const n = markBad(st, b.slot, stack);
     await withWritableStore(ctx, 'mark-bad', async () => {
       await ctx.store.writeState(n);
       await ctx.store.appendEvent('bad', { slot: b.slot, stack, reason: why });
     });
     await updateBooted(ctx, { status: 'bad', tries: '' });
-    return { slot: b.slot, stack, was };
+    return { slot: b.slot, stack, was, bootable: candidates(n).length > 0 };
   });
 }
 

@@ -123,6 +123,13 @@ export async function checkSquashfs(file: string): Promise<{ bytesUsed: number }
  * through Node): sorted, numeric owners, every mtime the epoch, xattrs kept but
  * `system.*` (POSIX ACLs, which squashfs cannot store). Keeps hard links, and can place
  * the tree under a prefix (`into`).
+ *
+ * Like gensquashfs -D and the pack file, it takes the folder's contents, not the folder:
+ * tar is given its top-level names (`./name`), never `.`, so the layer root and the
+ * folders of `into` are tar2sqfs's defaults (0755, 0:0, the epoch) and not the source
+ * folder's mode and owner (a 0700 `mktemp -d` would make / unreadable). The `into`
+ * rename applies to member names and hard-link targets, never to symlink targets (`S`):
+ * a relative link such as `../lib/x` must stay as it is. GNU tar leaves sockets out.
  */
 export async function tarDirToSquashfs(out: string, dir: string, o: SquashOptions & { owner: 'keep' | 'root'; into?: string }, onRead?: OnRead): Promise<void> {
   const tarArgs = [
@@ -130,8 +137,9 @@ export async function tarDirToSquashfs(out: string, dir: string, o: SquashOption
     `--mtime=@${o.epoch}`, '--pax-option=exthdr.name=%d/PaxHeaders/%f,delete=atime,delete=ctime',
   ];
   if (o.owner === 'root') tarArgs.push('--owner=0', '--group=0');
-  if (o.into) tarArgs.push(`--transform=s,^\\.,./${o.into},`);
-  tarArgs.push('-cf', '-', '.');
+  if (o.into) tarArgs.push(`--transform=s,^\\.,./${o.into},rhS`);
+  const names = (await fs.readdir(dir)).sort((a, b) => Buffer.compare(Buffer.from(a), Buffer.from(b)));
+  tarArgs.push('-cf', '-', ...(names.length ? names.map((n) => `./${n}`) : ['--files-from=/dev/null']));
   const sqfsArgs = [...compArgs(o), '-d', `mode=0755,uid=0,gid=0,mtime=${o.epoch}`, '-s', '-f', '-q', out];
   const script = 'set -o pipefail; n=$1; shift; tar "${@:1:$n}" | tar2sqfs "${@:$((n+1))}"';
   await runWatched('bash', ['-c', script, 'stackboot', String(tarArgs.length), ...tarArgs, ...sqfsArgs], env(o), 'tar2sqfs', onRead);

@@ -7,7 +7,7 @@ import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { StackbootError } from './errors.js';
 import { buildDirLayer, buildTarLayer, cachedLayer, rememberLayer, type BuiltLayer, type LayerContext } from './layer.js';
-import { serializeManifest, stackId, type Manifest } from './manifest.js';
+import { NAME_RE, serializeManifest, stackId, type Manifest } from './manifest.js';
 import type { ProgressSink } from './progress.js';
 import type { Recipe } from './recipe.js';
 import { toolVersion } from './squashfs.js';
@@ -53,6 +53,21 @@ async function checkOutDir(outDir: string): Promise<void> {
   throw new StackbootError('USAGE', `${outDir} is a folder of other files, not a build output (its manifest would be overwritten): give a new or empty folder`);
 }
 
+/**
+ * The names an OCI source's layers will have, checked before any of them is compressed:
+ * each a valid manifest name (`<name>-<n>` may pass 64 characters) not used by another
+ * layer (the recipe refuses `<name>-<n>` for other layers, and earlier images may have
+ * taken one).
+ */
+function checkImageNames(recipe: Recipe, source: string, names: string[], built: BuiltLayer[]): void {
+  const taken = new Set([...recipe.layers.filter((l) => l.name !== source).map((l) => l.name), ...built.map((l) => l.name)]);
+  const field = `${recipe.file}: layers[${recipe.layers.findIndex((l) => l.name === source)}].name`;
+  for (const n of names) {
+    if (!NAME_RE.test(n)) throw new StackbootError('RECIPE', `${field}: its image has ${names.length} layers, and the name ${n} of one is not a layer name (at most 64 letters, digits, ".", "_" or "-"): give the layer a shorter name`);
+    if (taken.has(n)) throw new StackbootError('RECIPE', `${field}: its image has ${names.length} layers, and the name ${n} of one is taken by another layer: rename one of them`);
+  }
+}
+
 export async function buildStack(recipe: Recipe, o: BuildOptions): Promise<BuildResult> {
   await checkOutDir(o.outDir);
   await makeDir(path.join(o.outDir, 'layers'));
@@ -78,11 +93,13 @@ export async function buildStack(recipe: Recipe, o: BuildOptions): Promise<Build
         const { openImage } = await import('./sources/oci.js');
         const img = await openImage(src.path, o.arch);
         try {
+          const names = img.layers.length === 1 ? [spec.name] : img.layers.map((_, i) => `${spec.name}-${i + 1}`);
+          checkImageNames(recipe, spec.name, names, built);
           for (let i = 0; i < img.layers.length; i++) {
             const b = img.layers[i];
             built.push(
               await buildTarLayer(ctx, {
-                name: img.layers.length === 1 ? spec.name : `${spec.name}-${i + 1}`,
+                name: names[i],
                 file: b.file,
                 whiteouts: 'oci',
                 owner: spec.owner,

@@ -13,6 +13,12 @@ describe('recipe', () => {
     expect(r.layers[0]).toEqual({ name: 'base', source: { type: 'dir', path: '/x/images/demo/rootfs' }, owner: 'keep', devices: false });
   });
 
+  it('keeps valid boot settings as text, and lets a layer be called <name>-<n> when <name> is no OCI layer', () => {
+    const r = p({ ...ok, boot: { TRIES: 5, VERIFY: 'sha256', STORES: 'nvme0n1 mmcblk0' }, layers: [ok.layers[0], { name: 'base-2', source: { type: 'tar', path: 't.tar' } }] });
+    expect(r.boot).toEqual({ TRIES: '5', VERIFY: 'sha256', STORES: 'nvme0n1 mmcblk0' });
+    expect(r.layers.map((l) => l.name)).toEqual(['base', 'base-2']);
+  });
+
   it('substitutes ${arch} and ${recipeDir}', () => {
     const r = p({ ...ok, layers: [{ name: 'bb', source: { type: 'dir', path: '${recipeDir}/../t/${arch}', into: 'usr/lib/x' } }] }, { arch: 'arm64' });
     expect(r.layers[0].source).toEqual({ type: 'dir', path: '/x/images/t/arm64', into: 'usr/lib/x' });
@@ -32,7 +38,11 @@ describe('recipe', () => {
     ['run at the bottom', { ...ok, layers: [{ name: 'a', source: { type: 'run', command: 'true' } }] }, /above at least one other layer/],
     ['into with ..', { ...ok, layers: [{ name: 'a', source: { type: 'dir', path: 'x', into: 'a/../b' } }] }, /into: expected a path without/],
     ['unknown var', { ...ok, layers: [{ name: 'a', source: { type: 'dir', path: '${nope}' } }] }, /expected a known variable/],
-    ['bad boot key', { ...ok, boot: { tries: 3 } }, /boot\.tries: expected an upper-case config key/],
+    ['bad boot key', { ...ok, boot: { tries: 3 } }, /boot\.tries: expected a boot config key \(STORES, /],
+    ['unknown boot key', { ...ok, boot: { TRIEZ: 3 } }, /boot\.TRIEZ: expected a boot config key/],
+    ['bad boot value', { ...ok, boot: { TRIES: 0 } }, /boot\.TRIES: expected a positive integer \(at most 1000\), got 0$/],
+    ['bad boot word', { ...ok, boot: { VERIFY: 'md5 sum' } }, /boot\.VERIFY: expected size or sha256, got "md5 sum"$/],
+    ['OCI layer names', { ...ok, layers: [{ name: 'img', source: { type: 'oci', path: 'i' } }, { name: 'img-2', source: { type: 'dir', path: 'x' } }] }, /layers\[1\]\.name: expected a name other than img-<number> \(the OCI layer img names its image's layers img-1, img-2, …\), got "img-2"/],
   ])('names the file and field: %s', (_n, input, re) => {
     const text = typeof input === 'string' ? input : JSON.stringify(input);
     expect(() => parseRecipe(text, F)).toThrow(re);

@@ -75,8 +75,9 @@ describe('rollback, mark-good, mark-bad', () => {
     expect(st.current).toBe('a');
     const status = await nodeStatus(ctxB);
     expect(status.next[0]).toEqual({ slot: 'a', why: 'current' });
-    // nothing to roll back to once the other slot is gone bad
-    await markBootedBad(ctxB);
+    // nothing to roll back to once the other slot is gone bad; mark-bad says so
+    expect(await markBootedBad(ctxB)).toMatchObject({ slot: 'b', was: 'good', bootable: true });
+    expect(await markBootedBad(await nodeContext({ store: s.dir, bootedSlot: 'a' }))).toMatchObject({ slot: 'a', was: 'good', bootable: false });
     await expect(rollback(ctxB)).rejects.toMatchObject({ code: 'STATE' });
   });
 

@@ -12,7 +12,7 @@ import { mountOverlay, mountSquashfs, umountAll } from '../src/mount.js';
 import { parseRecipe } from '../src/recipe.js';
 import { buildStack, type BuildResult } from '../src/stack.js';
 import { runOverLayers } from '../src/sources/run.js';
-import { tmpdir, writeTar } from './sources/tarfixture.js';
+import { makeSocketFile, tmpdir, writeTar } from './sources/tarfixture.js';
 
 const mounted: string[] = [];
 afterAll(async () => {
@@ -443,5 +443,114 @@ describe('build: tar sources in every compression', () => {
     const e = await build(r2, path.join(d, 'out2'), null).then(() => null, (x: Error) => x);
     expect(e?.message).toMatch(/zstd could not decompress .*cut\.tar\.zst: .*(premature end|error)/i);
     expect(e?.message).not.toMatch(/\r/);
+  });
+});
+
+/** Every entry under `root` (itself included, as "."): type, mode, owner, size, link target and content, sorted. */
+async function listTree(root: string): Promise<string[]> {
+  const out: string[] = [];
+  const walk = async (rel: string): Promise<void> => {
+    const full = rel === '.' ? root : path.join(root, rel);
+    const s = await fs.lstat(full);
+    const type = s.isDirectory() ? 'd' : s.isSymbolicLink() ? 'l' : s.isFile() ? 'f' : s.isFIFO() ? 'p' : s.isSocket() ? 's' : 'c';
+    const what = type === 'l' ? `-> ${await fs.readlink(full)}` : type === 'f' ? createHash('sha256').update(await fs.readFile(full)).digest('hex').slice(0, 12) : '';
+    out.push([rel, type, (s.mode & 0o7777).toString(8), `${s.uid}:${s.gid}`, type === 'f' ? s.size : '', what].filter((x) => x !== '').join(' '));
+    if (type === 'd') for (const n of await fs.readdir(full)) await walk(rel === '.' ? n : `${rel}/${n}`);
+  };
+  await walk('.');
+  return out.sort();
+}
+
+describe('build: the three dir builders give the same layer for the same tree', () => {
+  /** A 0700 source folder owned by 1000:1000 (as `mktemp -d` by a user makes), with relative symlinks, a fifo and a socket. */
+  async function oddTree(t: string): Promise<void> {
+    await fs.mkdir(path.join(t, 'lib/sub'), { recursive: true });
+    await fs.writeFile(path.join(t, 'lib/sub/f'), 'f\n');
+    await fs.writeFile(path.join(t, '-dash'), 'starts with a dash\n');
+    await fs.chown(path.join(t, 'lib/sub/f'), 5, 6);
+    await fs.symlink('../x', path.join(t, 'lib/sub/up'));
+    await fs.symlink('./sub/f', path.join(t, 'lib/dot'));
+    await fs.symlink('/etc/passwd', path.join(t, 'abs'));
+    await run('mkfifo', [path.join(t, 'fifo')]);
+    await makeSocketFile(path.join(t, 'lib/live.sock'));
+    await fs.chmod(t, 0o700);
+    await fs.chown(t, 1000, 1000);
+  }
+
+  it('gensquashfs -D, the pack file and GNU tar | tar2sqfs: the contents, root 0755 0:0, symlinks untouched, no sockets', async () => {
+    const d = await tmpdir('sb-agree-');
+    await oddTree(path.join(d, 't'));
+    // the same tree, a copy with a hard link (pack file) and one with an xattr (tar path)
+    await run('cp', ['-a', path.join(d, 't'), path.join(d, 'h')]);
+    await fs.link(path.join(d, 'h/lib/sub/f'), path.join(d, 'h/lib/sub/f2'));
+    await run('cp', ['-a', path.join(d, 'h'), path.join(d, 'x')]);
+    await run('setfattr', ['-n', 'user.k', '-v', 'v', path.join(d, 'x/-dash')]);
+    const recipe = await recipeFile(d, [
+      { name: 'direct', source: { type: 'dir', path: 't' } },
+      { name: 'pack', source: { type: 'dir', path: 'h' } },
+      { name: 'tar', source: { type: 'dir', path: 'x' } },
+      { name: 'pack-into', source: { type: 'dir', path: 'h', into: 'opt/app' } },
+      { name: 'tar-into', source: { type: 'dir', path: 'x', into: 'opt/app' } },
+    ]);
+    const notes: string[] = [];
+    const r = parseRecipe(await fs.readFile(recipe, 'utf8'), recipe, { arch: 'amd64' });
+    const res = await buildStack(r, { outDir: path.join(d, 'out'), cacheDir: null, epoch: 0, arch: 'amd64', uid: 0, progress: (e) => e.note && notes.push(`${e.task}: ${e.note}`) });
+    // a tree with a socket never goes to gensquashfs -D (which would keep it)
+    expect(res.layers.map((l) => l.builder)).toEqual(['gensquashfs', 'gensquashfs', 'tar2sqfs', 'gensquashfs', 'tar2sqfs']);
+    expect(notes).toContain('compress direct: 1 socket(s) left out (a layer holds no sockets)');
+    const lists: Record<string, string[]> = {};
+    for (const l of res.layers) {
+      const mnt = path.join(d, 'mnt', l.name);
+      await mountSquashfs(l.file, mnt);
+      mounted.push(mnt);
+      lists[l.name] = await listTree(mnt);
+    }
+    const noLink = (xs: string[]) => xs.filter((x) => !x.startsWith('lib/sub/f2 '));
+    expect(lists.direct).toContain('. d 755 0:0');
+    expect(lists.direct).toContain('lib/sub/up l 777 0:0 -> ../x');
+    expect(lists.direct).toContain('lib/dot l 777 0:0 -> ./sub/f');
+    expect(lists.direct.some((x) => x.includes('live.sock'))).toBe(false);
+    expect(noLink(lists.pack)).toEqual(lists.direct);
+    expect(noLink(lists.tar)).toEqual(lists.direct);
+    // under a prefix: its folders 0755 0:0, the tree below the same (links not rewritten)
+    const under = (xs: string[]) => noLink(xs.filter((x) => /^opt\/app[ /]/.test(x)).map((x) => (x.startsWith('opt/app ') ? `.${x.slice(7)}` : x.slice(8))));
+    for (const n of ['pack-into', 'tar-into']) {
+      expect(lists[n].filter((x) => !x.startsWith('opt/app/'))).toEqual(['. d 755 0:0', 'opt d 755 0:0', 'opt/app d 755 0:0']);
+      expect(under(lists[n]).sort()).toEqual(lists.direct);
+    }
+  });
+});
+
+describe('build: OCI whiteouts of the same layer, and layer names', () => {
+  it('a whiteout hides the lower file only: the layer\'s own folder of that name is opaque, its own file stays', async () => {
+    const d = await tmpdir('sb-wh-same-');
+    const img = path.join(d, 'img');
+    await fs.mkdir(path.join(img, 'l1'), { recursive: true });
+    await fs.mkdir(path.join(img, 'l2'), { recursive: true });
+    await writeTar(path.join(img, 'l1/layer.tar'), [{ path: 'd/old', data: 'old' }, { path: 'f', data: 'old' }, { path: 'e/old', data: 'old' }]);
+    // children before their whiteout: the folder is emitted after what is in it
+    await writeTar(path.join(img, 'l2/layer.tar'), [{ path: 'd/new', data: 'new' }, { path: '.wh.d', data: '' }, { path: '.wh.f', data: '' }, { path: 'f', data: 'new' }, { path: '.wh.e', data: '' }]);
+    await fs.writeFile(path.join(img, 'manifest.json'), JSON.stringify([{ Layers: ['l1/layer.tar', 'l2/layer.tar'] }]));
+    await run('tar', ['-C', img, '-cf', path.join(d, 'image.tar'), '.']);
+    const r = await build(await recipeFile(d, [{ name: 'img', source: { type: 'oci', path: 'image.tar' } }]), path.join(d, 'out'), null);
+    const m = await mountStack(r, path.join(d, 'mnt'));
+    expect(await fs.readdir(path.join(m, 'd'))).toEqual(['new']);
+    expect(await fs.readFile(path.join(m, 'f'), 'utf8')).toBe('new');
+    expect((await fs.readdir(m)).sort()).toEqual(['d', 'f']);
+  });
+
+  it('an image whose layer names would pass 64 characters is refused before any layer is compressed', async () => {
+    const d = await tmpdir('sb-oci-name-');
+    const img = path.join(d, 'img');
+    await fs.mkdir(path.join(img, 'l1'), { recursive: true });
+    await writeTar(path.join(img, 'l1/layer.tar'), [{ path: 'a', data: 'a' }]);
+    await fs.writeFile(path.join(img, 'manifest.json'), JSON.stringify([{ Layers: ['l1/layer.tar', 'l1/layer.tar'] }]));
+    const name = 'n'.repeat(63);
+    const recipe = await recipeFile(d, [{ name, source: { type: 'oci', path: 'img' } }]);
+    await expect(build(recipe, path.join(d, 'out'), null)).rejects.toMatchObject({
+      code: 'RECIPE',
+      message: expect.stringMatching(new RegExp(`recipe\\.json: layers\\[0\\]\\.name: its image has 2 layers, and the name ${name}-1 of one is not a layer name`)),
+    });
+    expect(await fs.readdir(path.join(d, 'out/layers'))).toEqual([]);
   });
 });

@@ -58,15 +58,18 @@ export function makeOut(opts: { json?: boolean; verbose?: boolean; quiet?: boole
     if (ev.rate) text += ` ${fmtBytes(ev.rate)}/s`;
     if (ev.eta !== undefined && Number.isFinite(ev.eta)) text += ` eta ${Math.ceil(ev.eta)}s`;
     if (ev.note) text += ` ${ev.note}`;
+    // a note (e.g. what a layer leaves out) stays on its own line: never overwritten by
+    // the next bar, never skipped by the 2-second spacing of plain lines
+    const keep = ev.final || !!ev.note;
     if (tty) {
       const width = 24;
       const bar = pct === undefined ? '' : '[' + '#'.repeat(Math.round((pct / 100) * width)).padEnd(width, '.') + '] ';
       const s = `\r${bar}${text}`;
-      process.stderr.write(s.padEnd(lastLen) + (ev.final ? '\n' : ''));
-      lastLen = ev.final ? 0 : s.length;
+      process.stderr.write(s.padEnd(lastLen) + (keep ? '\n' : ''));
+      lastLen = keep ? 0 : s.length;
     } else {
       const now = Date.now();
-      if (ev.final || now - lastPlain > 2000) {
+      if (keep || now - lastPlain > 2000) {
         process.stderr.write(text + '\n');
         lastPlain = now;
       }

@@ -5,6 +5,12 @@
  * so a tree with hard links (or placed under a prefix) is described by a pack file from
  * the same walk (gensquashfs -F keeps links, owners and devices) when it has no xattrs,
  * and else goes through GNU tar | tar2sqfs (1.2 ignores xattrs with -F).
+ *
+ * The three give the same layer for the same tree: the folder's contents (the layer root,
+ * and the folders of an `into` prefix, are 0755 0:0 whatever the source folder's mode),
+ * and no sockets. A socket is the live end of a process that is not in the image, tar
+ * and OCI layers cannot hold one (GNU tar skips them), so no builder keeps them: a tree
+ * with sockets is never given to gensquashfs -D, which would.
  */
 import { createHash } from 'node:crypto';
 import { closeSync, lstatSync, openSync, readdirSync, readlinkSync, unlinkSync, writeSync, type Stats } from 'node:fs';
@@ -18,6 +24,8 @@ export interface DirScan {
   entries: number;
   bytes: number;
   hardlinks: number;
+  /** sockets, which no layer keeps (see above) */
+  sockets: number;
   /**
    * The gensquashfs pack file the walk wrote (ScanOptions.packTo) and its size, or null
    * when none was asked for, or a name cannot be written in one (see ScanOptions.packTo).
@@ -113,6 +121,7 @@ export async function scanDir(root: string, o: ScanOptions): Promise<DirScan> {
   let entries = 0;
   let bytes = 0;
   let hardlinks = 0;
+  let sockets = 0;
   // pack lines: paths under the prefix, data read from the root as given (absolute)
   const pre = o.into ? `/${o.into}` : '';
   const abs = path.resolve(root);
@@ -132,7 +141,7 @@ export async function scanDir(root: string, o: ScanOptions): Promise<DirScan> {
   if (o.into && packable) {
     const parts = o.into.split('/');
     for (let i = 1; i < parts.length; i++) lines.push(`dir ${q('/' + parts.slice(0, i).join('/'))} 0755 0 0`);
-    lines.push(`dir ${q(pre)} ${octal(st.mode)} 0 0`);
+    lines.push(`dir ${q(pre)} 0755 0 0`);
   }
   const walk = (rel: string): void => {
     // plain concatenation: path.join normalises every string, garbage that costs memory
@@ -189,8 +198,8 @@ export async function scanDir(root: string, o: ScanOptions): Promise<DirScan> {
       } else if (packable) {
         if (s.isDirectory()) lines.push(`dir ${head}`);
         else if (s.isFIFO()) lines.push(`pipe ${head}`);
-        else if (s.isSocket()) lines.push(`sock ${head}`);
       }
+      if (s.isSocket()) sockets++;
       h.update(`${r}\0${s.mode}\0${s.uid}\0${s.gid}\0${s.size}\0${s.mtimeMs}\0${s.ctimeMs}\0${s.dev}:${s.ino}\0${extra}\n`);
       if (s.isDirectory()) walk(r);
     }
@@ -213,5 +222,5 @@ export async function scanDir(root: string, o: ScanOptions): Promise<DirScan> {
       if (!pack) unlinkSync(o.packTo!);
     }
   }
-  return { key: h.digest('hex'), files, entries, bytes, hardlinks, pack };
+  return { key: h.digest('hex'), files, entries, bytes, hardlinks, sockets, pack };
 }

@@ -10,7 +10,14 @@
  * them (0/0 character devices, the overlay whiteouts, are always allowed).
  *
  * With whiteouts 'oci', `.wh.<name>` becomes a 0/0 character device `<name>` and
- * `.wh..wh..opq` makes its directory opaque (xattr trusted.overlay.opaque=y).
+ * `.wh..wh..opq` makes its directory opaque (xattr trusted.overlay.opaque=y). A whiteout
+ * hides only the lower layers' file (OCI image spec, "Whiteouts"): an entry of the same
+ * name in the same layer stays, whatever their order, and a folder there becomes opaque
+ * (the lower one is deleted, this layer's contents replace it).
+ *
+ * Entries must make one tree: a kept entry whose parent is, in the same archive, a file,
+ * a symlink or a device (a later entry replaced the folder, or an entry goes through a
+ * file) is refused, naming both.
  */
 import type { Readable } from 'node:stream';
 import { StackbootError } from '../errors.js';
@@ -79,6 +86,7 @@ export async function planTar(file: string, o: TarPlanOptions): Promise<TarPlan>
   const byPath = new Map<string, { index: number; entry: OutEntry }>();
   const symlinks = new Set<string>();
   const opaqueDirs = new Map<string, number>(); // dir -> index of the .wh..wh..opq marker
+  const whiteouts = new Set<string>(); // paths a .wh. entry deletes in the lower layers
   const hardlinks: { index: number; path: string; target: string }[] = [];
   let count = 0;
 
@@ -106,10 +114,13 @@ export async function planTar(file: string, o: TarPlanOptions): Promise<TarPlan>
           return;
         }
         if (base.startsWith(`${WH}${WH}`)) return; // reserved OCI names: dropped
-        const target = (parentOf(p) ? parentOf(p) + '/' : '') + base.slice(WH.length);
+        const name = base.slice(WH.length);
+        if (name === '' || name === '.' || name === '..') unsafe(file, m.rawPath, 'a whiteout must name a file (.wh.<name>)');
+        const target = (parentOf(p) ? parentOf(p) + '/' : '') + name;
         normalizeTarPath(target, file);
-        byPath.set(target, { index: m.index, entry: { path: target, type: 'char', mode: 0, uid: 0, gid: 0, mtime: o.epoch, devmajor: 0, devminor: 0 } });
-        symlinks.delete(target);
+        whiteouts.add(target);
+        // this layer's own entry of that name, seen before, stays (see above)
+        if (!byPath.has(target)) byPath.set(target, { index: m.index, entry: { path: target, type: 'char', mode: 0, uid: 0, gid: 0, mtime: o.epoch, devmajor: 0, devminor: 0 } });
         return;
       }
       if (p === '') {
@@ -156,14 +167,31 @@ export async function planTar(file: string, o: TarPlanOptions): Promise<TarPlan>
     if (t.entry.type !== 'file') unsafe(file, h.path, `hard link to ${h.target}, which is a ${t.entry.type}, not a file`);
     if (t.index > h.index) unsafe(file, h.path, `hard link to ${h.target}, which comes later in the archive`);
   }
-  // No kept entry may live under a kept symlink (a symlink that replaced a dir later).
-  for (const [p] of byPath) {
-    let cur = parentOf(p);
-    while (cur !== '') {
+  // A whiteout with entries of this layer below it: the folder is deleted in the lower
+  // layers and made again here, an opaque folder (emitted where the whiteout was).
+  const remake = (dir: string): void => {
+    for (let cur = dir; cur !== ''; cur = parentOf(cur)) {
       const e = byPath.get(cur);
-      if (e && e.entry.type === 'symlink') unsafe(file, p, `path goes through the symlink ${cur}`);
-      cur = parentOf(cur);
+      if (e && whiteouts.has(cur) && e.entry.type === 'char' && e.entry.mode === 0) e.entry = { path: cur, type: 'dir', mode: 0o755, uid: 0, gid: 0, mtime: o.epoch };
     }
+  };
+  for (const [p] of byPath) remake(parentOf(p));
+  for (const [dir] of opaqueDirs) remake(dir);
+  // Every kept entry's parents are folders: not a symlink (a symlink that replaced a dir
+  // later), nor a file or device (a later entry replaced the folder, or an entry under a
+  // file).
+  for (const [p] of byPath) {
+    for (let cur = parentOf(p); cur !== ''; cur = parentOf(cur)) {
+      const e = byPath.get(cur);
+      if (!e || e.entry.type === 'dir') continue;
+      if (e.entry.type === 'symlink') unsafe(file, p, `path goes through the symlink ${cur}`);
+      unsafe(file, p, `its parent ${cur} is a ${e.entry.type === 'char' || e.entry.type === 'block' ? 'device' : e.entry.type} in the same archive, not a folder`);
+    }
+  }
+  // A folder of this layer that a whiteout of the same layer names is opaque.
+  for (const w of whiteouts) {
+    const e = byPath.get(w);
+    if (e && e.entry.type === 'dir') opaqueDirs.set(w, opaqueDirs.get(w) ?? e.index);
   }
 
   const keep = new Map<number, Kept>();

@@ -38,6 +38,22 @@ describe('progress on a terminal', () => {
     expect(out).toBe('stack abc\n');
   });
 
+  it('keeps a note on a line of its own: the next bar does not draw over it', () => {
+    const o = makeOut({});
+    o.progress({ task: 'compress up', done: 0, note: '1 socket(s) left out (a layer holds no sockets)' });
+    expect(err).toBe('\rcompress up 1 socket(s) left out (a layer holds no sockets)\n');
+    o.progress({ task: 'compress up', done: 5, total: 10, unit: 'bytes' });
+    expect(err.split('\n')).toHaveLength(2);
+  });
+
+  it('prints a note at once without a terminal too (plain lines are otherwise 2 s apart)', () => {
+    (process.stderr as { isTTY?: boolean }).isTTY = false;
+    const o = makeOut({});
+    o.progress({ task: 'compress up', done: 1, total: 10, unit: 'bytes' });
+    o.progress({ task: 'compress up', done: 0, note: 'system.* xattrs dropped' });
+    expect(err).toBe('compress up 10% 1 B/10 B\ncompress up system.* xattrs dropped\n');
+  });
+
   it('erases an unfinished bar before a result line', () => {
     const o = makeOut({});
     o.progress({ task: 'write boot', done: 10, total: 100, unit: 'bytes' });

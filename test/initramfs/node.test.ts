@@ -66,6 +66,15 @@ describe('stackboot-node', () => {
     expect(readState(store)).toContain('current b\n');
     expect(stateLine(store, 'a')).toBe(`a bad ${store.stack.a}`);
     expect(readEvents(store).at(-1)).toMatchObject({ event: 'bad', slot: 'a' });
+    expect(res.err).not.toMatch(/no stack of this store/);
+  });
+
+  it("mark-bad of the store's only good stack: done, with a warning that nothing here boots now", async () => {
+    const { store, node } = await booted({ current: 'a', a: { status: 'good' } });
+    const res = await node('mark-bad');
+    expect(res.code).toBe(0);
+    expect(readState(store)).toContain('current -\n');
+    expect(res.err).toMatch(/no stack of this store is good or pending now: the next boot tries the other stores, then ON_FAIL/);
   });
 
   it('status names the fallback stores the hook found at boot', async () => {

@@ -6,7 +6,7 @@ import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { scanDir, type ScanOptions } from '../../src/sources/dir.js';
-import { tmpdir } from './tarfixture.js';
+import { makeSocketFile, tmpdir } from './tarfixture.js';
 
 let base: string;
 beforeAll(async () => {
@@ -107,11 +107,14 @@ describe('the pack file', () => {
     expect(lines[lines.length - 1]).toBe('link "/usr/bin/tool-alias" 0777 0 0 /usr/bin/tool');
   });
 
-  it('places the tree under a prefix, making its parents', async () => {
+  it('places the tree under a prefix, making its parents 0755 0:0 (not the source folder\'s mode), and leaves sockets out', async () => {
     const root = await tree();
+    await fs.chmod(root, 0o700);
+    await makeSocketFile(path.join(root, 'etc/s.sock'));
     const { text } = await scanPack(root, { devices: false, owner: 'root', into: 'opt/app' });
     const lines = text!.split('\n');
-    expect(lines.slice(0, 3)).toEqual(['dir "/opt" 0755 0 0', expect.stringMatching(/^dir "\/opt\/app" 0\d{3} 0 0$/), 'dir "/opt/app/etc" 0755 0 0']);
+    expect(lines.slice(0, 3)).toEqual(['dir "/opt" 0755 0 0', 'dir "/opt/app" 0755 0 0', 'dir "/opt/app/etc" 0755 0 0']);
+    expect(lines.some((l) => l.includes('s.sock'))).toBe(false);
     expect(lines).toContain('link "/opt/app/usr/bin/tool-alias" 0777 0 0 /opt/app/usr/bin/tool');
   });
 

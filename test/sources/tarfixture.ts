@@ -32,3 +32,9 @@ export async function tmpdir(prefix: string): Promise<string> {
   const path = await import('node:path');
   return fs.mkdtemp(path.join(os.tmpdir(), prefix));
 }
+
+/** Leaves a Unix socket file at `p`, as a process that died without cleaning up does (node unlinks its own on close). */
+export async function makeSocketFile(p: string): Promise<void> {
+  const { run } = await import('../../src/exec.js');
+  await run(process.execPath, ['-e', "require('net').createServer().listen(process.argv[1], () => process.exit(0))", p]);
+}

@@ -33,7 +33,7 @@ export const imageCommand: CommandModule<any, any> = {
       .option('cache-root', { type: 'string', describe: 'where `npm run setup` put the targets (default: the package\'s .cache)' })
       .example('$0 image out/demo -o node.img --layout sd', 'an SD card image of the demo stack'),
   handler: async (a) => {
-    const [{ buildImage, loadImageSpec, planImage }, { makeBootConfig }, { loadRecipe }] = await Promise.all([import('../../image.js'), import('../../initramfs.js'), import('../../recipe.js')]);
+    const [{ buildImage, loadImageSpec, planImage }, { makeBootConfig }, { loadRecipe }] = await Promise.all([import('../../image.js'), import('../../bootconfig.js'), import('../../recipe.js')]);
     const out = makeOut(a);
     const spec = a.recipe ? await loadImageSpec(path.resolve(a.recipe)) : {};
     const arch = (a.arch as Arch | undefined) ?? archFromNode(process.arch) ?? 'amd64';

@@ -34,7 +34,7 @@ export const initramfsCommand: CommandModule<GlobalArgs, Args> = {
       .option('module', { alias: 'm', type: 'string', array: true, describe: 'extra kernel module (repeatable)' })
       .option('compress', { choices: COMPRESSIONS as Compression[], default: 'gzip' as Compression, describe: 'initrd compression (standalone)' }) as never,
   handler: async (argv) => {
-    const { buildInitramfs, makeBootConfig } = await import('../../initramfs.js');
+    const [{ buildInitramfs }, { makeBootConfig }] = await Promise.all([import('../../initramfs.js'), import('../../bootconfig.js')]);
     const out = makeOut(argv);
     let text: string | undefined;
     if (argv.config) {

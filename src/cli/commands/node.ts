@@ -168,5 +168,6 @@ export const markBadCommand: CommandModule<any, any> = {
     const r = await markBootedBad(await ctxOf(a));
     out.result(r);
     out.line(`slot ${r.slot} (${r.stack.slice(0, 12)}) is bad (was ${r.was})`);
+    if (!r.bootable) out.line('warning: no stack of this store is good or pending now: the next boot tries the other stores (STORES), then ON_FAIL; install a stack or mark-good one to boot from here');
   },
 };
