@@ -170,3 +170,39 @@ export async function stageStore(dir: string, o: { id?: string; slots: Partial<R
   await fs.writeFile(path.join(dir, 'state'), serializeState(st));
   return store;
 }
+
+export interface StoreInitPlan {
+  dir: string;
+  id: string;
+  /** what is made in `dir` */
+  creates: string[];
+}
+
+/**
+ * Plans an empty store in `dir` (for `init-store`: a new medium, a rescue): the folder
+ * must be new or empty (a fresh ext4's lost+found is fine), and is never one that
+ * already holds a store.
+ */
+export async function planStoreInit(dir: string, id = newStoreId()): Promise<StoreInitPlan> {
+  if (!/^[0-9a-f]{32}$/.test(id)) throw new StackbootError('USAGE', `a store id is 32 lowercase hex characters, got ${JSON.stringify(id)}`);
+  const names = await fs.readdir(dir).catch((e: NodeJS.ErrnoException) => {
+    if (e.code === 'ENOENT') return [] as string[];
+    if (e.code === 'ENOTDIR') throw new StackbootError('USAGE', `${dir} is not a folder`);
+    throw new StackbootError('IO', `cannot read ${dir}`, { cause: e });
+  });
+  if (names.includes('store-id')) {
+    const old = (await fs.readFile(path.join(dir, 'store-id'), 'utf8').catch(() => '?')).trim();
+    throw new StackbootError('STORE', `${dir} is already a store (id ${old}): nothing was changed`);
+  }
+  const others = names.filter((n) => n !== 'lost+found').sort();
+  if (others.length) throw new StackbootError('USAGE', `${dir} is not empty (${others.slice(0, 3).join(', ')}${others.length > 3 ? ', …' : ''}): a store goes into a new or empty folder`);
+  return { dir, id, creates: ['store-id', 'state (no stack)', 'events', 'layers/', 'slots/a/', 'slots/b/', 'upper/'] };
+}
+
+/** Makes the planned empty store, written to disk before it returns. */
+export async function initStore(plan: StoreInitPlan): Promise<Store> {
+  const s = await Store.create(plan.dir, plan.id);
+  for (const f of ['store-id', 'state', 'events']) await fsyncPath(path.join(plan.dir, f));
+  await fsyncPath(plan.dir);
+  return s;
+}

@@ -177,8 +177,12 @@ describe('the bundled CLI', () => {
     expect(b.stdoutBuffer!.length).toBe(result.result.bytes);
     expect(b.stdoutBuffer!.subarray(0, 8).toString()).toBe('manifest');
     // install - reads it from stdin into a store folder
+    // into an empty store made by init-store
     const store = path.join(work, 'stdio-store');
-    await Store.create(store);
+    const made = await sb(['init-store', store, '--json']);
+    expect(made.exitCode, made.stderr).toBe(0);
+    const storeId = (JSON.parse(made.stdout) as { plan: { id: string } }).plan.id;
+    expect(storeId).toMatch(/^[0-9a-f]{32}$/);
     const inst = await run('node', [cli, 'install', '-', '--store', store, '--booted-slot', 'none', '--keys', keys], { cwd: work, input: b.stdoutBuffer!, reject: false });
     expect(inst.exitCode, inst.stderr).toBe(0);
     expect(inst.stdout).toMatch(/slot a pending with 3 tries/);
@@ -208,6 +212,34 @@ describe('the bundled CLI', () => {
     const gcQuiet = await sb(['gc', '--store', store, '--booted-slot', 'none', '-q']);
     expect(gcQuiet.exitCode, gcQuiet.stderr).toBe(0);
     expect(gcQuiet.stdout).toBe('');
+    expect((await Store.open(store).then((x) => x.id()))).toBe(storeId);
+  });
+
+  it('init-store makes an empty store in a new or empty folder, and never touches one with files or a store', async () => {
+    const dir = path.join(work, 'init-store');
+    const dry = await sb(['init-store', dir, '--id', 'ab'.repeat(16), '--dry-run']);
+    expect(dry.exitCode, dry.stderr).toBe(0);
+    expect(dry.stdout).toBe(`plan: store ${'ab'.repeat(16)} in ${dir}: store-id, state (no stack), events, layers/, slots/a/, slots/b/, upper/\n`);
+    await expect(fs.stat(dir)).rejects.toThrow(/ENOENT/);
+    // a fresh ext4 has lost+found: still empty
+    await fs.mkdir(path.join(dir, 'lost+found'), { recursive: true });
+    const ok = await sb(['init-store', dir, '--id', 'ab'.repeat(16)]);
+    expect(ok.exitCode, ok.stderr).toBe(0);
+    expect(ok.stdout).toMatch(new RegExp(`^store ${'ab'.repeat(16)} made in ${dir}\\. The boot finds a store by its filesystem label \\(sb-store`));
+    expect((await fs.readdir(dir)).sort()).toEqual(['events', 'layers', 'lost+found', 'slots', 'state', 'store-id', 'upper']);
+    const st = await sb(['status', '--store', dir, '--booted-slot', 'none', '--json']);
+    expect(st.exitCode, st.stderr).toBe(0);
+    expect(JSON.parse(st.stdout)).toMatchObject({ storeId: 'ab'.repeat(16), current: null, next: [] });
+    const again = await sb(['init-store', dir]);
+    expect([again.exitCode, again.stderr.split('\n')[0]]).toEqual([12, `stackboot: [STORE] ${dir} is already a store (id ${'ab'.repeat(16)}): nothing was changed`]);
+    const other = path.join(work, 'init-other');
+    await fs.mkdir(other);
+    await fs.writeFile(path.join(other, 'photo.jpg'), 'x');
+    const full = await sb(['init-store', other]);
+    expect([full.exitCode, full.stderr.split('\n')[0]]).toEqual([2, `stackboot: [USAGE] ${other} is not empty (photo.jpg): a store goes into a new or empty folder`]);
+    expect(await fs.readdir(other)).toEqual(['photo.jpg']);
+    const badId = await sb(['init-store', path.join(work, 'init-x'), '--id', 'XYZ']);
+    expect(badId.stderr.split('\n')[0]).toBe('stackboot: [USAGE] a store id is 32 lowercase hex characters, got "XYZ"');
   });
 
   it('Ctrl-C undoes the work in progress: a run source\'s mounts (the host\'s /dev bound in), its folder, temp layers; exit 130', async () => {

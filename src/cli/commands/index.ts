@@ -7,6 +7,7 @@ import { imageCommand } from './image.js';
 import { flashCommand } from './flash.js';
 import { migrateCommand } from './migrate.js';
 import { bundleCommand } from './bundle.js';
+import { initStoreCommand } from './store.js';
 import { installCommand, rollbackCommand, gcCommand, doctorCommand, statusCommand, markGoodCommand, markBadCommand } from './node.js';
 
 export const commands: CommandModule<any, any>[] = [
@@ -18,5 +19,6 @@ export const commands: CommandModule<any, any>[] = [
   imageCommand,
   flashCommand,
   migrateCommand,
+  initStoreCommand,
   bundleCommand, installCommand, rollbackCommand, gcCommand, doctorCommand, statusCommand, markGoodCommand, markBadCommand,
 ];
