@@ -27,7 +27,7 @@ export interface CpioEntry {
 }
 
 export interface CpioOptions {
-  /** mtime of every entry, in seconds since the epoch. Default: SOURCE_DATE_EPOCH or 0. */
+  /** mtime of every entry, in seconds since the epoch (the caller's SOURCE_DATE_EPOCH); default 0. */
   mtime?: number;
 }
 
@@ -46,13 +46,6 @@ const DEFAULT_MODE: Record<CpioEntryType, number> = {
   char: 0o600,
   block: 0o600,
 };
-
-/** The mtime to use: SOURCE_DATE_EPOCH when it is a non-negative integer, else 0. */
-export function sourceDateEpoch(env: NodeJS.ProcessEnv = process.env): number {
-  const s = env.SOURCE_DATE_EPOCH;
-  if (s !== undefined && /^\d+$/.test(s.trim())) return Number(s.trim());
-  return 0;
-}
 
 /** Normalizes an archive path: no leading "/" or "./", no empty or "." / ".." parts. */
 export function normalizeCpioPath(p: string): string {
@@ -140,7 +133,7 @@ export function prepareEntries(entries: readonly CpioEntry[]): CpioEntry[] {
 
 /** Writes a complete newc archive (with its TRAILER!!!) to a Buffer. */
 export function writeCpio(entries: readonly CpioEntry[], opts: CpioOptions = {}): Buffer {
-  const mtime = opts.mtime ?? sourceDateEpoch();
+  const mtime = opts.mtime ?? 0;
   const list = prepareEntries(entries);
   const chunks: Buffer[] = [];
   const zero = Buffer.alloc(4);

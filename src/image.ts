@@ -18,6 +18,7 @@ import path from 'node:path';
 import { assembleDisk, MiB, type AssembledPart, type PartSpec } from './disk.js';
 import { StackbootError } from './errors.js';
 import { makeBootConfig, type BootConfig } from './bootconfig.js';
+import { checkEpoch } from './epoch.js';
 import { buildInitramfs, renderTemplate } from './initramfs.js';
 import { parseManifest, stackId, type Manifest } from './manifest.js';
 import type { ProgressSink } from './progress.js';
@@ -154,7 +155,7 @@ export async function planImage(o: ImageOptions): Promise<ImagePlan> {
     version: manifest.version,
     storeId,
     seed,
-    epoch: o.epoch ?? 0,
+    epoch: checkEpoch(o.epoch ?? 0),
     layersBytes,
     parts: [
       { name: BOOT_LABEL, fs: 'vfat', label: BOOT_LABEL, sizeMiB: bootMiB },

@@ -18,7 +18,7 @@ import path from 'node:path';
 import zlib from 'node:zlib';
 import { StackbootError, wrap } from './errors.js';
 import { run } from './exec.js';
-import { writeCpio, sourceDateEpoch, type CpioEntry } from './cpio.js';
+import { writeCpio, type CpioEntry } from './cpio.js';
 import { loadModuleIndex, resolveModules, renderModulesDep, moduleNameFromPath, normalizeModuleName, type ModuleIndex, type ModuleInfo } from './kernel.js';
 import { archFromNode, isArch, loadTarget, type Arch } from './target.js';
 import { noProgress, type ProgressSink } from './progress.js';
@@ -143,7 +143,7 @@ export interface InitramfsOptions {
   /** Modules to add to DEFAULT_MODULES. */
   modules?: readonly string[];
   compress?: Compression;
-  /** mtime of the cpio entries; default SOURCE_DATE_EPOCH or 0. */
+  /** mtime of the cpio entries (the caller's SOURCE_DATE_EPOCH); default 0. */
   mtime?: number;
   /** The shell core dir (default the repo's initramfs/). */
   coreDir?: string;
@@ -420,7 +420,7 @@ export async function buildStandalone(opts: InitramfsOptions): Promise<Initramfs
   );
 
   progress({ task: 'initramfs: archive', done: 0 });
-  const cpio = writeCpio(entries, { mtime: opts.mtime ?? sourceDateEpoch() });
+  const cpio = writeCpio(entries, { mtime: opts.mtime ?? 0 });
   const packed = await compressArchive(cpio, compress);
   await writeAtomic(opts.out, packed, 0o644);
   progress({ task: 'initramfs: archive', done: packed.length, total: packed.length, unit: 'bytes', final: true });

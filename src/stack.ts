@@ -13,6 +13,7 @@ import type { Recipe } from './recipe.js';
 import { toolVersion } from './squashfs.js';
 import { writeDurable } from './store.js';
 import { makeDir } from './dirs.js';
+import { checkEpoch } from './epoch.js';
 
 export interface BuildOptions {
   outDir: string;
@@ -69,6 +70,7 @@ function checkImageNames(recipe: Recipe, source: string, names: string[], built:
 }
 
 export async function buildStack(recipe: Recipe, o: BuildOptions): Promise<BuildResult> {
+  checkEpoch(o.epoch);
   await checkOutDir(o.outDir);
   await makeDir(path.join(o.outDir, 'layers'));
   const ctx: LayerContext = {

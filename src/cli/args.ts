@@ -4,6 +4,10 @@
  * library checks its inputs too, but names them as the library knows them).
  */
 import { StackbootError } from '../errors.js';
+import { parseSourceDateEpoch } from '../epoch.js';
+
+/** The build date of this run: SOURCE_DATE_EPOCH, checked (see src/epoch.ts). */
+export const sourceDateEpoch = (): number => parseSourceDateEpoch(process.env.SOURCE_DATE_EPOCH);
 
 /** A whole number from `min` to `max` (yargs has already turned the text into a number). */
 export function wholeNumber(flag: string, min: number, max = Number.MAX_SAFE_INTEGER): (v: unknown) => number | undefined {

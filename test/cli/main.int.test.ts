@@ -129,6 +129,15 @@ describe('the bundled CLI', () => {
     expect(badJobs.exitCode).toBe(2);
     expect(badJobs.stderr.split('\n')[0]).toBe('stackboot: [USAGE] --jobs must be a whole number from 1 to 1024, got -1');
     expect(await fs.stat(out).catch(() => null)).toBeNull();
+    // a malformed SOURCE_DATE_EPOCH is an error (reproducible-builds.org), not a silent 0,
+    // and one past squashfs's 32 bits is refused before a layer is compressed
+    for (const [cmd, v] of [['build', 'yesterday'], ['build', '99999999999'], ['initramfs', '-1']] as const) {
+      const args = cmd === 'build' ? ['build', recipe, '--out', out, '--no-cache'] : ['initramfs', '--flavor', 'dracut', '--out', path.join(work, 'v-dracut')];
+      const bad = await sb(args, { SOURCE_DATE_EPOCH: v });
+      expect([bad.exitCode, bad.stderr.split('\n')[0]]).toEqual([2, `stackboot: [USAGE] SOURCE_DATE_EPOCH must be a whole number of seconds from 0 to 4294967295 (squashfs and cpio store 32 bits), got "${v}"`]);
+    }
+    expect(await fs.stat(out).catch(() => null)).toBeNull();
+    expect(await fs.stat(path.join(work, 'v-dracut')).catch(() => null)).toBeNull();
     // an output folder that cannot be made is an error, not a hang (Node's recursive mkdir
     // spins forever under /proc)
     const procOut = await sb(['build', recipe, '--out', '/proc/stackboot-test/out', '--no-cache']);

@@ -3,7 +3,7 @@ import path from 'node:path';
 import type { CommandModule } from 'yargs';
 import { fmtBytes, makeOut } from '../output.js';
 import { archFromNode } from '../../target.js';
-import { wholeNumber } from '../args.js';
+import { sourceDateEpoch, wholeNumber } from '../args.js';
 
 export const buildCommand: CommandModule<any, any> = {
   command: 'build <recipe>',
@@ -24,8 +24,7 @@ export const buildCommand: CommandModule<any, any> = {
     const arch = (a.arch as string | undefined) ?? archFromNode(process.arch) ?? 'amd64';
     const recipe = await loadRecipe(a.recipe, { arch });
     const cacheDir = a.noCache || a.cache === false ? null : (a.cache ?? path.join(process.env.XDG_CACHE_HOME || path.join(os.homedir(), '.cache'), 'stackboot'));
-    const epochEnv = process.env.SOURCE_DATE_EPOCH;
-    const epoch = epochEnv && /^\d+$/.test(epochEnv) ? Number(epochEnv) : 0;
+    const epoch = sourceDateEpoch();
     const r = await buildStack(recipe, { outDir: a.out, cacheDir, epoch, arch, jobs: a.jobs, uid: process.getuid?.(), progress: out.progress });
     out.result({
       stack: r.stackId,

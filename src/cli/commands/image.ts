@@ -5,7 +5,7 @@ import type { ImageOptions } from '../../image.js';
 import { IMAGE_LAYOUTS, type ImageLayout } from '../../layout.js';
 import { archFromNode, type Arch } from '../../target.js';
 import { fmtBytes, makeOut } from '../output.js';
-import { wholeNumber } from '../args.js';
+import { sourceDateEpoch, wholeNumber } from '../args.js';
 
 export const imageCommand: CommandModule<any, any> = {
   command: 'image <build>',
@@ -38,7 +38,6 @@ export const imageCommand: CommandModule<any, any> = {
     const spec = a.recipe ? await loadImageSpec(path.resolve(a.recipe)) : {};
     const arch = (a.arch as Arch | undefined) ?? archFromNode(process.arch) ?? 'amd64';
     const recipe = a.recipe ? await loadRecipe(a.recipe, { arch }) : undefined;
-    const epochEnv = process.env.SOURCE_DATE_EPOCH;
     const o: ImageOptions = {
       buildDir: a.build,
       out: a.out,
@@ -55,7 +54,7 @@ export const imageCommand: CommandModule<any, any> = {
       bootConfig: makeBootConfig({ set: [...Object.entries(recipe?.boot ?? {}), ...((a.set as string[] | undefined) ?? [])] }),
       storeId: a.storeId,
       seed: a.seed,
-      epoch: epochEnv && /^\d+$/.test(epochEnv) ? Number(epochEnv) : 0,
+      epoch: sourceDateEpoch(),
       bmap: a.bmap !== false,
       cacheRoot: a.cacheRoot,
       progress: out.progress,

@@ -6,6 +6,7 @@ import { COMPRESSIONS, FLAVORS, type Compression, type Flavor } from '../../flav
 import type { Arch } from '../../target.js';
 import type { GlobalArgs } from '../main.js';
 import { makeOut } from '../output.js';
+import { sourceDateEpoch } from '../args.js';
 
 interface Args extends GlobalArgs {
   flavor: Flavor;
@@ -54,6 +55,7 @@ export const initramfsCommand: CommandModule<GlobalArgs, Args> = {
       config,
       modules: (argv.module ?? []).flatMap((m) => m.split(/[\s,]+/)).filter((m) => m !== ''),
       compress: argv.compress,
+      mtime: sourceDateEpoch(),
       progress: out.progress,
     });
     out.result(r);
