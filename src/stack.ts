@@ -69,9 +69,32 @@ function checkImageNames(recipe: Recipe, source: string, names: string[], built:
   }
 }
 
+/**
+ * A dir source must not hold the output or cache folder: the layer would take in the
+ * stack's own layers (those of earlier builds, and the one being written), grow with
+ * every build and never be the same twice.
+ */
+async function checkSourcesOutside(recipe: Recipe, dirs: { what: string; dir: string }[]): Promise<void> {
+  // a folder not made yet: the real path of the nearest one that exists, and the rest
+  const real = async (p: string): Promise<string> => {
+    const abs = path.resolve(p);
+    return fs.realpath(abs).catch(async () => (path.dirname(abs) === abs ? abs : path.join(await real(path.dirname(abs)), path.basename(abs))));
+  };
+  const inside = (a: string, b: string) => a === b || a.startsWith(b.endsWith('/') ? b : `${b}/`);
+  const targets = await Promise.all(dirs.map(async (d) => ({ ...d, real: await real(d.dir) })));
+  for (const [i, l] of recipe.layers.entries()) {
+    if (l.source.type !== 'dir') continue;
+    const src = await real(l.source.path);
+    for (const t of targets) {
+      if (inside(t.real, src)) throw new StackbootError('USAGE', `${recipe.file}: layers[${i}] (${l.name}): the ${t.what} ${t.dir} is inside its source folder ${l.source.path}: the layer would take in the stack's own files; give a folder outside it`);
+    }
+  }
+}
+
 export async function buildStack(recipe: Recipe, o: BuildOptions): Promise<BuildResult> {
   checkEpoch(o.epoch);
   await checkOutDir(o.outDir);
+  await checkSourcesOutside(recipe, [{ what: 'output folder', dir: o.outDir }, ...(o.cacheDir ? [{ what: 'cache folder', dir: o.cacheDir }] : [])]);
   await makeDir(path.join(o.outDir, 'layers'));
   const ctx: LayerContext = {
     outDir: o.outDir,

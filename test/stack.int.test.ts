@@ -259,6 +259,22 @@ describe('build: real squashfs layers under an overlay', () => {
     expect(again.layers[0].cached).toBe(false);
   });
 
+  it('refuses a dir source that holds the output or the cache folder (the layer would take in the stack itself)', async () => {
+    const d = await tmpdir('sb-inside-');
+    await fs.writeFile(path.join(d, 'f'), 'x');
+    const recipe = await recipeFile(d, [{ name: 'all', source: { type: 'dir', path: '.' } }]);
+    await expect(build(recipe, path.join(d, 'out'), null)).rejects.toMatchObject({
+      code: 'USAGE',
+      message: `${recipe}: layers[0] (all): the output folder ${path.join(d, 'out')} is inside its source folder ${d}: the layer would take in the stack's own files; give a folder outside it`,
+    });
+    await expect(fs.stat(path.join(d, 'out'))).rejects.toThrow(/ENOENT/);
+    // through a symlink to the source too, and for the cache folder
+    await fs.symlink(d, `${d}-link`);
+    await expect(build(recipe, path.join(`${d}-link`, 'sub', 'out'), null)).rejects.toThrow(/the output folder .* is inside its source folder/);
+    await expect(build(recipe, path.join(os.tmpdir(), `${path.basename(d)}-out`), path.join(d, '.cache'))).rejects.toThrow(/layers\[0\] \(all\): the cache folder .*\.cache is inside its source folder/);
+    await fs.rm(`${d}-link`);
+  });
+
   it('a failed build leaves no layer under a final or temporary name', async () => {
     const d = await tmpdir('sb-fail-');
     await writeTar(path.join(d, 'evil.tar'), [
