@@ -10,6 +10,8 @@ import { interruptSignal } from './interrupt.js';
 export interface RunOptions {
   cwd?: string;
   env?: Record<string, string | undefined>;
+  /** false: the tool gets `env` alone, not this process's environment and `env` (default true) */
+  extendEnv?: boolean;
   /** Data written to the tool's stdin. */
   input?: string | Buffer;
   /** A file whose contents become stdin. */
@@ -43,7 +45,7 @@ export async function run(cmd: string, args: readonly string[], opts: RunOptions
     const sub = execa(cmd, args, {
       cwd: opts.cwd,
       env: opts.env,
-      extendEnv: true,
+      extendEnv: opts.extendEnv ?? true,
       input: opts.input,
       inputFile: opts.inputFile,
       timeout: opts.timeout,

@@ -25,6 +25,8 @@ export interface BuildOptions {
   jobs?: number;
   /** the caller's uid (run sources need 0) */
   uid: number | undefined;
+  /** host variables a run source's command gets (its proxies; see sources/run.ts PASSED_THROUGH) */
+  runEnv?: Record<string, string>;
   progress: ProgressSink;
 }
 
@@ -139,13 +141,13 @@ export async function buildStack(recipe: Recipe, o: BuildOptions): Promise<Build
         break;
       }
       case 'run': {
-        const keyExtra = { source: 'run', lowers: built.map((l) => l.digest), command: src.command, env: src.env ?? {} };
-        // a run layer is a pure function of its lowers and its command: try the cache first
+        // a run layer is a pure function of its lowers, its command and env and the epoch
+        // (in every key): try the cache first. The host's proxies are not part of it.
         const runKey = { source: 'run', lowers: built.map((l) => l.digest), command: src.command, env: src.env ?? {}, owner: spec.owner };
         let result = await cachedLayer(ctx, spec.name, runKey);
         if (!result) {
           const { runOverLayers } = await import('./sources/run.js');
-          const cap = await runOverLayers({ name: spec.name, lowers: built.map((l) => l.file), command: src.command, env: src.env, uid: o.uid });
+          const cap = await runOverLayers({ name: spec.name, lowers: built.map((l) => l.file), command: src.command, env: src.env, passed: o.runEnv, epoch: o.epoch, uid: o.uid });
           try {
             result = await buildDirLayer(ctx, { name: spec.name, dir: cap.upper, owner: spec.owner, devices: true });
             await rememberLayer(ctx, runKey, result);

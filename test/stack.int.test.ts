@@ -377,6 +377,36 @@ describe('build: run sources', () => {
     expect(r2.layers[2]).toMatchObject({ cached: true, digest: r.layers[2].digest });
   });
 
+  it("gives the command a clean environment: fixed variables, SOURCE_DATE_EPOCH, the recipe's env and the proxies passed, none of the host's", async () => {
+    const busybox = path.resolve('.cache/targets/amd64/busybox');
+    const d = await tmpdir('sb-runenv-');
+    await fs.mkdir(path.join(d, 'root/bin'), { recursive: true });
+    await fs.symlink('busybox', path.join(d, 'root/bin/sh'));
+    const recipe = await recipeFile(d, [
+      { name: 'busybox', source: { type: 'dir', path: busybox }, owner: 'root' },
+      { name: 'root', source: { type: 'dir', path: 'root' }, owner: 'root' },
+      { name: 'env', source: { type: 'run', command: '/bin/busybox env | /bin/busybox sort > /env.txt', env: { APP: 'x' } } },
+    ]);
+    process.env.SB_HOST_ONLY = 'leaked';
+    try {
+      const r = parseRecipe(await fs.readFile(recipe, 'utf8'), recipe, { arch: 'amd64' });
+      const res = await buildStack(r, { outDir: path.join(d, 'out'), cacheDir: null, epoch: 1700000000, arch: 'amd64', uid: 0, runEnv: { http_proxy: 'http://proxy:3128' }, progress: () => {} });
+      const m = await mountStack(res, path.join(d, 'mnt'));
+      const env = (await fs.readFile(path.join(m, 'env.txt'), 'utf8')).trim().split('\n').filter((l) => !/^(PWD|SHLVL|_)=/.test(l));
+      expect(env).toEqual([
+        'APP=x',
+        'DEBIAN_FRONTEND=noninteractive',
+        'HOME=/root',
+        'LANG=C.UTF-8',
+        'PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin',
+        'SOURCE_DATE_EPOCH=1700000000',
+        'http_proxy=http://proxy:3128',
+      ]);
+    } finally {
+      delete process.env.SB_HOST_ONLY;
+    }
+  });
+
   it('refuses without root, saying why', async () => {
     await expect(runOverLayers({ name: 'pkgs', lowers: [], command: 'true', uid: 1000 })).rejects.toThrow(/needs root/);
   });

@@ -19,11 +19,42 @@ export interface RunCapture {
   log: string;
 }
 
+/** Host variables a run source's command gets (docker build passes the same through): the network's proxies. */
+export const PASSED_THROUGH = ['http_proxy', 'https_proxy', 'ftp_proxy', 'no_proxy', 'all_proxy', 'HTTP_PROXY', 'HTTPS_PROXY', 'FTP_PROXY', 'NO_PROXY', 'ALL_PROXY'];
+
+/**
+ * The command's whole environment: fixed variables, SOURCE_DATE_EPOCH, the caller's
+ * `passed` (its proxies, see PASSED_THROUGH), then the recipe's `env`. Nothing else of the
+ * host's: the layer is cached by its lowers, command, env and epoch, so what the command
+ * sees must not depend on who runs the build (a host's TMPDIR, LC_ALL or PYTHONPATH).
+ */
+export function commandEnv(o: { epoch: number; passed?: Record<string, string>; env?: Record<string, string> }): Record<string, string> {
+  return {
+    PATH: '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin',
+    HOME: '/root',
+    LANG: 'C.UTF-8',
+    DEBIAN_FRONTEND: 'noninteractive',
+    SOURCE_DATE_EPOCH: String(o.epoch),
+    ...(o.passed ?? {}),
+    ...(o.env ?? {}),
+  };
+}
+
 /**
  * Runs `command` with `/bin/sh -c` in a chroot of the lowers (bottom first) and
  * returns the upper dir. The caller packs it and then calls cleanup().
  */
-export async function runOverLayers(opts: { name: string; lowers: string[]; command: string; env?: Record<string, string>; uid: number | undefined; tmpRoot?: string }): Promise<RunCapture> {
+export async function runOverLayers(opts: {
+  name: string;
+  lowers: string[];
+  command: string;
+  env?: Record<string, string>;
+  /** host variables for the command (proxies, see PASSED_THROUGH) */
+  passed?: Record<string, string>;
+  epoch?: number;
+  uid: number | undefined;
+  tmpRoot?: string;
+}): Promise<RunCapture> {
   if (opts.uid !== 0) {
     throw new StackbootError('NEEDS_ROOT', `layer ${opts.name}: a "run" source needs root (it mounts the lower layers and an overlay to run its command); run the build as root, or build this layer from a dir or tar source`);
   }
@@ -89,7 +120,8 @@ export async function runOverLayers(opts: { name: string; lowers: string[]; comm
       mounted.push(resolv);
     }
     const r = await run('chroot', [merged, '/bin/sh', '-c', opts.command], {
-      env: { PATH: '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin', DEBIAN_FRONTEND: 'noninteractive', HOME: '/root', ...(opts.env ?? {}) },
+      env: commandEnv({ epoch: opts.epoch ?? 0, passed: opts.passed, env: opts.env }),
+      extendEnv: false,
       reject: false,
     });
     if (r.exitCode !== 0) {

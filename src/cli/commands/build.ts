@@ -25,7 +25,10 @@ export const buildCommand: CommandModule<any, any> = {
     const recipe = await loadRecipe(a.recipe, { arch });
     const cacheDir = a.noCache || a.cache === false ? null : (a.cache ?? path.join(process.env.XDG_CACHE_HOME || path.join(os.homedir(), '.cache'), 'stackboot'));
     const epoch = sourceDateEpoch();
-    const r = await buildStack(recipe, { outDir: a.out, cacheDir, epoch, arch, jobs: a.jobs, uid: process.getuid?.(), progress: out.progress });
+    // a run source's command gets the host's proxies, and nothing else of its environment
+    const { PASSED_THROUGH } = await import('../../sources/run.js');
+    const runEnv = Object.fromEntries(PASSED_THROUGH.flatMap((k) => (process.env[k] ? [[k, process.env[k]!]] : [])));
+    const r = await buildStack(recipe, { outDir: a.out, cacheDir, epoch, arch, jobs: a.jobs, uid: process.getuid?.(), runEnv, progress: out.progress });
     out.result({
       stack: r.stackId,
       manifest: r.manifestFile,
