@@ -81,6 +81,10 @@ async function cacheLookup(ctx: LayerContext, key: string): Promise<{ digest: st
       return null;
     }
     await writeKeyFile(ctx.cacheDir, key, digest, statLine(await fs.stat(file)));
+  } else {
+    // its last use, for `stackboot cache prune` (src/cache.ts)
+    const now = new Date();
+    await fs.utimes(keyFile, now, now).catch(() => {});
   }
   return { digest, file };
 }

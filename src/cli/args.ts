@@ -3,8 +3,24 @@
  * the command before it runs, with a one-line USAGE error that names the flag (the
  * library checks its inputs too, but names them as the library knows them).
  */
+import os from 'node:os';
+import path from 'node:path';
 import { StackbootError } from '../errors.js';
 import { parseSourceDateEpoch } from '../epoch.js';
+
+/** The layer cache folder when --cache is not given: $XDG_CACHE_HOME/stackboot or ~/.cache/stackboot. */
+export const defaultCacheDir = (): string => path.join(process.env.XDG_CACHE_HOME || path.join(os.homedir(), '.cache'), 'stackboot');
+
+/** A size such as 10G, 500M, 64K or 1048576 (bytes; K, M, G, T are powers of 1024). */
+export function byteSize(flag: string): (v: unknown) => number | undefined {
+  return (v) => {
+    if (v === undefined) return undefined;
+    if (Array.isArray(v)) throw new StackbootError('USAGE', `--${flag} is given more than once`);
+    const m = /^(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?$/i.exec(String(v).trim());
+    if (!m) throw new StackbootError('USAGE', `--${flag} must be a size such as 10G, 500M or 1048576, got ${JSON.stringify(String(v))}`);
+    return Math.floor(Number(m[1]) * 1024 ** ' KMGT'.indexOf(m[2].toUpperCase() || ' '));
+  };
+}
 
 /** The build date of this run: SOURCE_DATE_EPOCH, checked (see src/epoch.ts). */
 export const sourceDateEpoch = (): number => parseSourceDateEpoch(process.env.SOURCE_DATE_EPOCH);

@@ -224,6 +224,27 @@ describe('the bundled CLI', () => {
     expect((await Store.open(store).then((x) => x.id()))).toBe(storeId);
   });
 
+  it('cache shows the layer cache and prunes it; prune needs a limit, sizes are checked', async () => {
+    const recipe = await oneFileRecipe('cachecmd');
+    const cache = path.join(work, 'cachecmd-cache');
+    expect((await sb(['build', recipe, '--out', path.join(work, 'cachecmd-out'), '--cache', cache, '-q'])).exitCode).toBe(0);
+    const show = await sb(['cache', '--cache', cache, '--json']);
+    expect(show.exitCode, show.stderr).toBe(0);
+    const u = JSON.parse(show.stdout) as { layers: { digest: string; bytes: number }[]; bytes: number };
+    expect(u.layers).toHaveLength(1);
+    const dry = await sb(['cache', 'prune', '--cache', cache, '--max-size', '0', '--dry-run']);
+    expect(dry.stdout.split('\n')[0]).toMatch(new RegExp(`^would remove 1 layer\\(s\\) and 0 stray file\\(s\\), .*; 0 B left in ${cache}$`));
+    expect((await fs.readdir(path.join(cache, 'layers'))).length).toBe(1);
+    const pruned = await sb(['cache', 'prune', '--cache', cache, '--max-size', '0']);
+    expect(pruned.exitCode, pruned.stderr).toBe(0);
+    expect(await fs.readdir(path.join(cache, 'layers'))).toEqual([]);
+    expect((await sb(['cache', '--cache', cache])).stdout).toBe(`${cache}: 0 layer(s), 0 B\n`);
+    const noLimit = await sb(['cache', 'prune', '--cache', cache]);
+    expect([noLimit.exitCode, noLimit.stderr.split('\n')[0]]).toEqual([2, 'stackboot: [USAGE] cache prune needs --max-size or --older-than (or both)']);
+    const badSize = await sb(['cache', 'prune', '--cache', cache, '--max-size', 'lots']);
+    expect(badSize.stderr.split('\n')[0]).toBe('stackboot: [USAGE] --max-size must be a size such as 10G, 500M or 1048576, got "lots"');
+  });
+
   it('init-store makes an empty store in a new or empty folder, and never touches one with files or a store', async () => {
     const dir = path.join(work, 'init-store');
     const dry = await sb(['init-store', dir, '--id', 'ab'.repeat(16), '--dry-run']);

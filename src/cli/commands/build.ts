@@ -1,9 +1,7 @@
-import os from 'node:os';
-import path from 'node:path';
 import type { CommandModule } from 'yargs';
 import { fmtBytes, makeOut } from '../output.js';
 import { archFromNode } from '../../target.js';
-import { sourceDateEpoch, wholeNumber } from '../args.js';
+import { defaultCacheDir, sourceDateEpoch, wholeNumber } from '../args.js';
 
 export const buildCommand: CommandModule<any, any> = {
   command: 'build <recipe>',
@@ -23,7 +21,7 @@ export const buildCommand: CommandModule<any, any> = {
     const out = makeOut(a);
     const arch = (a.arch as string | undefined) ?? archFromNode(process.arch) ?? 'amd64';
     const recipe = await loadRecipe(a.recipe, { arch });
-    const cacheDir = a.noCache || a.cache === false ? null : (a.cache ?? path.join(process.env.XDG_CACHE_HOME || path.join(os.homedir(), '.cache'), 'stackboot'));
+    const cacheDir = a.noCache || a.cache === false ? null : (a.cache ?? defaultCacheDir());
     const epoch = sourceDateEpoch();
     // a run source's command gets the host's proxies, and nothing else of its environment
     const { PASSED_THROUGH } = await import('../../sources/run.js');

@@ -8,10 +8,12 @@ import { flashCommand } from './flash.js';
 import { migrateCommand } from './migrate.js';
 import { bundleCommand } from './bundle.js';
 import { initStoreCommand } from './store.js';
+import { cacheCommand } from './cache.js';
 import { installCommand, rollbackCommand, gcCommand, doctorCommand, statusCommand, markGoodCommand, markBadCommand } from './node.js';
 
 export const commands: CommandModule<any, any>[] = [
   buildCommand,
+  cacheCommand,
   keygenCommand,
   signCommand,
   verifyCommand,
