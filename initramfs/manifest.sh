@@ -12,7 +12,8 @@ sb_manifest_layers() {
 		SB_MANIFEST_WHY="manifest $f missing"
 		return 1
 	}
-	while read -r k a b c; do
+	# a last line without a newline still counts (the TypeScript reader takes it)
+	while read -r k a b c || [ -n "$k" ]; do
 		if [ "$first" = 1 ]; then
 			first=0
 			[ "$k $a" = "stackboot-manifest 1" ] || {
@@ -46,7 +47,7 @@ sb_manifest_layers() {
 sb_manifest_get() {
 	local k v
 	[ -r "$1" ] || return 1
-	while read -r k v; do
+	while read -r k v || [ -n "$k" ]; do
 		[ "$k" = "$2" ] && {
 			printf '%s\n' "$v"
 			return 0

@@ -129,6 +129,26 @@ sb_data_mount() {
 	return 1
 }
 
+# sb_persist_seed FROM DIR: create DIR on the data partition with a copy of FROM (when
+# FROM is a directory). The copy is made in DIR.sb-seed, flushed, then renamed to DIR: a
+# power cut or a full partition never leaves DIR half seeded (it is seeded on a later boot).
+sb_persist_seed() {
+	local from="$1" d="$2" tmp="$2.sb-seed"
+	rm -rf "$tmp" 2>/dev/null
+	mkdir -p "$tmp" || return 1
+	if [ -d "$from" ] && ! cp -a "$from/." "$tmp/"; then
+		rm -rf "$tmp"
+		return 1
+	fi
+	sync
+	if ! mv "$tmp" "$d"; then
+		rm -rf "$tmp"
+		return 1
+	fi
+	sb_sys_fsync "${d%/*}"
+	return 0
+}
+
 # sb_persist_binds STORE_INDEX NEWROOT: bind each SB_PERSIST path from the data
 # partition into NEWROOT. A path new on the data partition is seeded from the stack.
 # Failures are logged; the boot goes on.
@@ -149,12 +169,9 @@ sb_persist_binds() {
 		esac
 		rel=${p#/}
 		src="$mnt/$rel"
-		if [ ! -d "$src" ]; then
-			mkdir -p "$src" || {
-				sb_warn "cannot create $src"
-				continue
-			}
-			[ -d "$root$p" ] && cp -a "$root$p/." "$src/" 2>/dev/null
+		if [ ! -d "$src" ] && ! sb_persist_seed "$root$p" "$src"; then
+			sb_warn "cannot create $src (seeded from the stack): $p not bound on this boot"
+			continue
 		fi
 		mkdir -p "$root$p" 2>/dev/null
 		if sb_sys_mount -o bind "$src" "$root$p"; then

@@ -19,7 +19,8 @@ sb_state_read() {
 		sb_debug "no state in $1"
 		return 1
 	}
-	while read -r a b c d e; do
+	# a last line without a newline still counts
+	while read -r a b c d e || [ -n "$a" ]; do
 		if [ "$first" = 1 ]; then
 			first=0
 			if [ "$a $b" != "stackboot-state 1" ]; then

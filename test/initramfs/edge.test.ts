@@ -1,0 +1,84 @@
+/**
+ * Edge cases of the boot shell core found in a bug hunt: odd but legal inputs, power cuts,
+ * real sysfs shapes. Each test failed before its fix.
+ */
+import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
+import { FakeRoot, readEvents, readState, sha256 } from './harness.js';
+
+const CONF = 'STORES=nvme0n1 vda\nSTORE_LABEL=sb-store\nDATA_LABEL=sb-data\nDEVICE_TIMEOUT=1\nDEVICE_SETTLE=0\nON_FAIL_DELAY=7\n';
+
+let roots: FakeRoot[] = [];
+afterEach(() => {
+  for (const r of roots) r.cleanup();
+  roots = [];
+});
+function root(): FakeRoot {
+  const r = new FakeRoot();
+  roots.push(r);
+  return r;
+}
+
+describe('boot core edge cases', () => {
+  it('a manifest without a final newline keeps its last (top) layer', async () => {
+    const r = root();
+    const s = r.makeStore('s1', { current: 'a', a: { status: 'good' } });
+    const mf = join(s.dir, 'slots/a/manifest');
+    const text = readFileSync(mf, 'utf8').replace(/\n$/, '');
+    writeFileSync(mf, text);
+    const id = sha256(text);
+    writeFileSync(join(s.dir, 'state'), `stackboot-state 1\ncurrent a\na good ${id}\n`);
+    r.addDisk('vda', [{ name: 'vda2', label: 'sb-store', store: s.dir }]);
+    const res = await r.boot(CONF);
+    expect(res.out).toContain('BOOT=0');
+    expect(r.calls().filter((c) => c.startsWith('layer ')).length).toBe(2);
+    expect(r.calls().find((c) => c.includes('-t overlay'))).toMatch(/lowerdir=[^,]*\/run\/sb\/l1:[^,]*\/run\/sb\/l0,/);
+  });
+
+  it('a state without a final newline keeps its last slot line', async () => {
+    const r = root();
+    const s = r.makeStore('s1', { current: 'a', a: { status: 'good' } });
+    writeFileSync(join(s.dir, 'state'), readState(s).replace(/\n$/, ''));
+    r.addDisk('vda', [{ name: 'vda2', label: 'sb-store', store: s.dir }]);
+    const res = await r.boot(CONF);
+    expect(res.out).toContain('BOOT=0');
+    expect(r.booted().slot).toBe('a');
+  });
+});
+
+describe('PERSIST', () => {
+  it('a power cut while a persistent path is first seeded: seeded whole on the next boot', async () => {
+    const r = root();
+    const s = r.makeStore('s1', { current: 'a', a: { status: 'good' } });
+    const data = r.dataDir('data');
+    r.addDisk('vda', [{ name: 'vda2', label: 'sb-store', store: s.dir }, { name: 'vda3', label: 'sb-data', store: data }]);
+    const conf = CONF + 'PERSIST=/etc\n';
+    writeFileSync(join(r.dir, 'boot.conf'), conf);
+    // the first boot dies (power cut) in the middle of the copy
+    const cut = await r.sh(`cp() { [ "$1" = -a ] || { command cp "$@"; return; }; mkdir -p "$3"; : >"$3/half"; exit 99; }
+sb_config_load "$SB_T/boot.conf"; sb_boot "$SB_T/root"; echo "BOOT=$?"`);
+    expect(cut.out).not.toContain('BOOT=');
+    rmSync(join(r.runDir, 'sb'), { recursive: true, force: true });
+    writeFileSync(join(r.dir, 'mounts'), '');
+    const res = await r.boot(conf);
+    expect(res.out).toContain('BOOT=0');
+    expect(existsSync(join(data, 'etc/os-release'))).toBe(true);
+    expect(existsSync(join(data, 'etc/half'))).toBe(false);
+    expect(r.calls()).toContain(`mount -o bind ${r.dir}/run/sb/data/etc ${r.dir}/root/etc`);
+  });
+
+  it('a seed that cannot be copied (data partition full) is not bound half made, and is retried', async () => {
+    const r = root();
+    const s = r.makeStore('s1', { current: 'a', a: { status: 'good' } });
+    const data = r.dataDir('data');
+    r.addDisk('vda', [{ name: 'vda2', label: 'sb-store', store: s.dir }, { name: 'vda3', label: 'sb-data', store: data }]);
+    writeFileSync(join(r.dir, 'boot.conf'), CONF + 'PERSIST=/etc\n');
+    const res = await r.sh(`cp() { [ "$1" = -a ] || { command cp "$@"; return; }; mkdir -p "$3"; : >"$3/half"; return 1; }
+sb_config_load "$SB_T/boot.conf"; sb_boot "$SB_T/root"; echo "BOOT=$?"`);
+    expect(res.out).toContain('BOOT=0');
+    expect(res.err).toMatch(/\/etc not bound on this boot/);
+    expect(existsSync(join(data, 'etc'))).toBe(false);
+    expect(r.calls().some((c) => c.startsWith('mount -o bind'))).toBe(false);
+  });
+});
