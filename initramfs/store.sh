@@ -37,7 +37,7 @@ sb__is_label() {
 
 # sb_store_scan: one pass over the configured disks. Sets SB_SCAN_STORES
 # ("disk:part" words in order), SB_DATA_CANDIDATES, SB_SCAN_MISSING (patterns
-# with no disk yet).
+# with no disk yet, or with a partition whose /dev node is not there yet).
 sb_store_scan() {
 	local pat d p seen
 	SB_SCAN_STORES= SB_DATA_CANDIDATES= SB_SCAN_MISSING= seen=' '
@@ -57,7 +57,10 @@ sb_store_scan() {
 			case "$seen" in *" $d "*) continue ;; esac
 			seen="$seen$d "
 			for p in $(sb__disk_parts "$d"); do
-				if sb__is_label "$p" "$SB_STORE_LABEL"; then
+				# in sysfs, but devtmpfs has not made its node yet: wait for it
+				if [ ! -e "$SB_DEV/$p" ]; then
+					case " $SB_SCAN_MISSING " in *" $pat "*) ;; *) SB_SCAN_MISSING="$SB_SCAN_MISSING $pat" ;; esac
+				elif sb__is_label "$p" "$SB_STORE_LABEL"; then
 					SB_SCAN_STORES="$SB_SCAN_STORES $d:$p"
 				elif sb__is_label "$p" "$SB_DATA_LABEL"; then
 					SB_DATA_CANDIDATES="$SB_DATA_CANDIDATES $d:$p"
@@ -69,8 +72,10 @@ sb_store_scan() {
 	return 0
 }
 
-# sb_store_wait: scan until every configured disk is there, or a store was found
-# and SB_DEVICE_SETTLE passed, or SB_DEVICE_TIMEOUT passed. Logs what it waits for.
+# sb_store_wait: scan until every configured disk is there and a store was found, or a
+# store was found and SB_DEVICE_SETTLE passed, or SB_DEVICE_TIMEOUT passed. Logs what it
+# waits for. (Every disk there but no store yet: a disk whose partitions the kernel is
+# still reading shows no partition for a moment; keep looking.)
 sb_store_wait() {
 	local ticks=0 per=4 tick=0.25 max settle logged=0
 	# fractional sleep (busybox FANCY_SLEEP, coreutils)? else whole seconds
@@ -79,17 +84,17 @@ sb_store_wait() {
 	settle=$((SB_DEVICE_SETTLE * per))
 	while :; do
 		sb_store_scan
-		[ -z "$SB_SCAN_MISSING" ] && break
+		[ -z "$SB_SCAN_MISSING" ] && [ -n "$SB_SCAN_STORES" ] && break
 		if [ -n "$SB_SCAN_STORES" ] && [ "$ticks" -ge "$settle" ]; then
 			sb_log "stores found; not waiting longer for:$SB_SCAN_MISSING"
 			break
 		fi
 		if [ "$ticks" -ge "$max" ]; then
-			sb_warn "gave up after ${SB_DEVICE_TIMEOUT}s waiting for:$SB_SCAN_MISSING"
+			sb_warn "gave up after ${SB_DEVICE_TIMEOUT}s waiting for:${SB_SCAN_MISSING:- a store (label $SB_STORE_LABEL)}"
 			break
 		fi
 		if [ "$logged" = 0 ]; then
-			sb_log "waiting up to ${SB_DEVICE_TIMEOUT}s for disks:$SB_SCAN_MISSING"
+			sb_log "waiting up to ${SB_DEVICE_TIMEOUT}s for disks:${SB_SCAN_MISSING:- a store (label $SB_STORE_LABEL)}"
 			logged=1
 		fi
 		sb_sys_sleep "$tick"

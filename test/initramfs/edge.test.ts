@@ -82,3 +82,43 @@ sb_config_load "$SB_T/boot.conf"; sb_boot "$SB_T/root"; echo "BOOT=$?"`);
     expect(r.calls().some((c) => c.startsWith('mount -o bind'))).toBe(false);
   });
 });
+
+describe('waiting for the disks', () => {
+  it('a partition in sysfs whose /dev node devtmpfs has not made yet is waited for', async () => {
+    const r = root();
+    const s = r.makeStore('s1', { current: 'a', a: { status: 'good' } });
+    r.addDisk('vda', [{ name: 'vda2', label: 'sb-store', store: s.dir }]);
+    rmSync(join(r.dir, 'dev/vda2'));
+    writeFileSync(join(r.dir, 'boot.conf'), 'STORES=vda\nDEVICE_TIMEOUT=5\nDEVICE_SETTLE=0\n');
+    // the node appears during the first wait
+    const res = await r.sh(`sb_sys_sleep() { sb__rec "sleep $1"; : >"$SB_DEV/vda2"; }
+sb_config_load "$SB_T/boot.conf"; sb_boot "$SB_T/root"; echo "BOOT=$?"`);
+    expect(res.out).toContain('BOOT=0');
+    expect(r.calls().filter((c) => c.startsWith('sleep'))).toHaveLength(1);
+  });
+
+  it('every disk there but no partition yet (the kernel still reads the table): keeps looking', async () => {
+    const r = root();
+    const s = r.makeStore('s1', { current: 'a', a: { status: 'good' } });
+    r.addDisk('nvme0n1', []);
+    writeFileSync(join(r.dir, 'boot.conf'), 'STORES=nvme0n1\nDEVICE_TIMEOUT=5\nDEVICE_SETTLE=0\n');
+    const part = join(r.dir, 'sys/class/block/nvme0n1/nvme0n1p2');
+    const res = await r.sh(`sb_sys_sleep() {
+	sb__rec "sleep $1"
+	mkdir -p '${part}' && echo 2 >'${part}/partition' && : >"$SB_DEV/nvme0n1p2"
+	echo "nvme0n1p2 sb-store" >>"$SB_T/labels"; echo "nvme0n1p2 ${s.dir}" >>"$SB_T/devmap"
+}
+sb_config_load "$SB_T/boot.conf"; sb_boot "$SB_T/root"; echo "BOOT=$?"`);
+    expect(res.out).toContain('BOOT=0');
+    expect(r.booted().store_dev).toBe(join(r.dir, 'dev/nvme0n1p2'));
+  });
+
+  it('every disk there and no store at all: bounded wait, then ON_FAIL', async () => {
+    const r = root();
+    r.addDisk('vda', [{ name: 'vda1' }]);
+    const res = await r.boot('STORES=vda\nDEVICE_TIMEOUT=1\nON_FAIL=shell\n');
+    expect(res.out).toContain('BOOT=1');
+    expect(res.err).toMatch(/gave up after 1s waiting for: a store \(label sb-store\)/);
+    expect(r.calls().filter((c) => c.startsWith('sleep')).length).toBe(4);
+  });
+});
