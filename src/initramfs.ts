@@ -117,8 +117,8 @@ export const OPTIONAL_MODULES: readonly string[] = ['crc32c', 'nls_cp437', 'nls_
 /** The busybox applets the rendered templates call themselves (the core needs more: all applets are linked). */
 export const TEMPLATE_APPLETS: readonly string[] = ['sh', 'mount', 'mkdir', 'sleep', 'reboot', 'setsid', 'cttyhack', 'switch_root', 'grep', 'cat'];
 
-/** Tools the dracut module installs: the ones the core runs (required) and nice-to-have ones. */
-const DRACUT_REQUIRED_TOOLS = ['losetup', 'sha256sum', 'sync', 'dd', 'od', 'tr', 'wc', 'cat', 'cp', 'mv', 'rm', 'mkdir', 'readlink', 'date', 'sleep', 'mount', 'umount', 'modprobe'];
+/** Tools the dracut module installs: the ones the core runs (required; dracut's base module brings only a few) and nice-to-have ones. */
+export const DRACUT_REQUIRED_TOOLS: readonly string[] = ['tail', 'losetup', 'sha256sum', 'sync', 'dd', 'od', 'tr', 'wc', 'cat', 'cp', 'mv', 'rm', 'mkdir', 'readlink', 'date', 'sleep', 'mount', 'umount', 'modprobe'];
 const DRACUT_OPTIONAL_TOOLS = ['blkid', 'reboot', 'stat', 'sed', 'grep', 'awk', 'setsid'];
 /** Tools the initramfs-tools hook copies when the build host has them (util-linux versions). */
 const ITOOLS_COPY_EXEC = ['blkid', 'losetup'];

@@ -2,9 +2,10 @@
  * Edge cases of the boot shell core found in a bug hunt: odd but legal inputs, power cuts,
  * real sysfs shapes. Each test failed before its fix.
  */
-import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
+import { DRACUT_REQUIRED_TOOLS } from '../../src/initramfs.js';
 import { FakeRoot, readEvents, readState, sha256 } from './harness.js';
 
 const CONF = 'STORES=nvme0n1 vda\nSTORE_LABEL=sb-store\nDATA_LABEL=sb-data\nDEVICE_TIMEOUT=1\nDEVICE_SETTLE=0\nON_FAIL_DELAY=7\n';
@@ -120,5 +121,26 @@ sb_config_load "$SB_T/boot.conf"; sb_boot "$SB_T/root"; echo "BOOT=$?"`);
     expect(res.out).toContain('BOOT=1');
     expect(res.err).toMatch(/gave up after 1s waiting for: a store \(label sb-store\)/);
     expect(r.calls().filter((c) => c.startsWith('sleep')).length).toBe(4);
+  });
+});
+
+describe('a dracut initrd (dash, only the tools the module installs)', () => {
+  // dracut's base module installs these; the module adds DRACUT_REQUIRED_TOOLS; rmdir and ls
+  // are the harness fakes' own.
+  const BASE = 'mount mknod mkdir sleep chown sed ls flock cp mv dmesg rm ln rmmod mkfifo umount readlink setsid modprobe chmod tr'.split(' ');
+  it('tries a pending stack, falls back, writes its events, with no missing tool', async () => {
+    const r = root();
+    const s = r.makeStore('s1', { current: 'a', a: { status: 'good' }, b: { status: 'pending', tries: 2, layers: [{ name: 'base', size: 100, missing: true }] } });
+    r.addDisk('vda', [{ name: 'vda2', label: 'sb-store', store: s.dir }]);
+    const bin = join(r.dir, 'bin');
+    mkdirSync(bin);
+    for (const t of new Set([...BASE, ...DRACUT_REQUIRED_TOOLS, 'rmdir'])) symlinkSync('/usr/bin/busybox', join(bin, t));
+    writeFileSync(join(r.dir, 'boot.conf'), CONF);
+    const res = await r.sh('sb_config_load "$SB_T/boot.conf"; sb_boot "$SB_T/root"; echo "BOOT=$?"', { PATH: bin }, ['/usr/bin/dash']);
+    expect(res.err).not.toMatch(/not found/);
+    expect(res.out).toContain('BOOT=0');
+    const events = readFileSync(join(s.dir, 'events'), 'utf8');
+    expect(events).not.toContain('\n\n');
+    expect(readEvents(s).map((e) => e.event)).toEqual(['try', 'fail', 'boot']);
   });
 });

@@ -209,10 +209,10 @@ mv() { sb__rec "mv $*"; command mv "$@"; }
   }
 
   /** Runs BODY after sourcing the library and the fakes; returns stdout/stderr/exit code. */
-  async sh(body: string, env: Record<string, string> = {}): Promise<{ code: number; out: string; err: string }> {
+  async sh(body: string, env: Record<string, string> = {}, shell: readonly string[] = ['busybox', 'sh']): Promise<{ code: number; out: string; err: string }> {
     const script = join(this.dir, `script-${Math.random().toString(36).slice(2)}.sh`);
     writeFileSync(script, `. "$SB_LIB/stackboot.sh"\n${this.fakes()}\n${body}\n`);
-    const r = await run('busybox', ['sh', script], { env: this.env(env), reject: false, timeout: 20_000 });
+    const r = await run(shell[0]!, [...shell.slice(1), script], { env: this.env(env), reject: false, timeout: 20_000 });
     return { code: r.exitCode, out: r.stdout, err: r.stderr };
   }
 
