@@ -2,7 +2,7 @@
  * Debian chroots for the boot tests, made by mmdebstrap (root mode) and cached:
  *
  *   .cache/chroots/<name>/root/        the chroot (a plain directory tree)
- *   .cache/chroots/<name>/key.json     what it was made from (suite, variant, packages)
+ *   .cache/chroots/<name>/key.json     what it was made from and how (suite, variant, packages, build options)
  *   .cache/chroots/apt-archives/       the .deb files, shared by all chroots (sync-in/out)
  *
  * A chroot is remade only when its key changes (or STACKBOOT_CHROOT_REFRESH=1). It is built
@@ -42,13 +42,35 @@ export interface Chroot {
   cached: boolean;
 }
 
+/**
+ * How every chroot is built, beyond its spec (part of the cache key: a change here remakes
+ * the cached chroots).
+ *
+ * INITRD=No: the kernel's postinst hooks (/etc/kernel/postinst.d/initramfs-tools and
+ * /dracut, also run by dracut's trigger) skip the initrd they would make for /boot. Nobody
+ * uses it (the tests run mkinitramfs / dracut themselves, with their own options), and it
+ * was most of a cold build: about 150 s of mkinitramfs (MODULES=most) in the
+ * initramfs-tools chroot, and two full dracut runs (the kernel's postinst, then dracut's
+ * trigger) of about 70 s each in the dracut one. initramfs-tools' own postinst
+ * (`update-initramfs -u`) finds no initrd to update and does nothing. The kernel's depmod
+ * still runs.
+ *
+ * force-unsafe-io: dpkg does not fsync each unpacked file (some 4,000 kernel modules); a
+ * build that dies half-way is thrown away anyway (built in a temporary folder, renamed in
+ * place at the end). It stays in the chroot's /etc/dpkg/dpkg.cfg.d/99mmdebstrap.
+ */
+const BUILD_ENV: Record<string, string> = { INITRD: 'No' };
+const DPKG_OPTS = ['force-unsafe-io'];
+
 function keyOf(s: ChrootSpec): string {
   return JSON.stringify({
-    v: 1,
+    v: 2,
     suite: s.suite ?? 'bookworm',
     variant: s.variant ?? 'apt',
     include: [...s.include].sort(),
     mirror: s.mirror ?? 'http://deb.debian.org/debian',
+    env: BUILD_ENV,
+    dpkgopt: DPKG_OPTS,
   });
 }
 
@@ -73,7 +95,7 @@ async function assertNoMounts(dir: string): Promise<void> {
 
 const building = new Map<string, Promise<Chroot>>();
 
-/** The chroot for `spec`, from the cache or made now (several minutes the first time). */
+/** The chroot for `spec`, from the cache or made now (about a minute the first time). */
 export function chroot(spec: ChrootSpec): Promise<Chroot> {
   let p = building.get(spec.name);
   if (!p) {
@@ -81,6 +103,30 @@ export function chroot(spec: ChrootSpec): Promise<Chroot> {
     building.set(spec.name, p);
     p.catch(() => building.delete(spec.name));
   }
+  return p;
+}
+
+/**
+ * Starts getting the chroots of `specs` now, in the background (built one after the
+ * other), so that a cold build overlaps the test file's other work: a QEMU boot under TCG
+ * keeps about one of the two cores busy, a chroot build mostly the other. A later
+ * `chroot(spec)` joins the same build. Returns what afterAll awaits, so that no build
+ * outlives its test file (a worker that ends would leave a half-made root.tmp-* behind).
+ * Failures are left to the test that asks for the chroot: `chroot()` then tries again
+ * and throws with mmdebstrap's output.
+ */
+export function prefetchChroots(specs: ChrootSpec[]): () => Promise<void> {
+  const started = specs.map((s) => chroot(s).then(() => undefined, () => undefined));
+  return async () => {
+    await Promise.all(started);
+  };
+}
+
+/** Builds run one at a time: two mmdebstraps would fight over the cores and over apt-archives. */
+let buildQueue: Promise<unknown> = Promise.resolve();
+function oneAtATime<T>(f: () => Promise<T>): Promise<T> {
+  const p = buildQueue.then(f, f);
+  buildQueue = p.catch(() => undefined);
   return p;
 }
 
@@ -97,6 +143,10 @@ async function makeChroot(spec: ChrootSpec): Promise<Chroot> {
       /* fall through: rebuild */
     }
   }
+  return oneAtATime(() => buildChroot(spec, dir, root, keyFile, key));
+}
+
+async function buildChroot(spec: ChrootSpec, dir: string, root: string, keyFile: string, key: string): Promise<Chroot> {
   await fs.mkdir(APT_ARCHIVES, { recursive: true });
   await fs.mkdir(dir, { recursive: true });
   const tmp = path.join(dir, `root.tmp-${process.pid}`);
@@ -106,6 +156,7 @@ async function makeChroot(spec: ChrootSpec): Promise<Chroot> {
     '--mode=root',
     `--variant=${spec.variant ?? 'apt'}`,
     `--include=${spec.include.join(',')}`,
+    ...DPKG_OPTS.map((o) => `--dpkgopt=${o}`),
     // keep the .debs of this build for the next one (see mmdebstrap(1), "sync-in")
     '--skip=essential/unlink',
     `--setup-hook=mkdir -p "$1"/var/cache/apt/archives/`,
@@ -118,7 +169,8 @@ async function makeChroot(spec: ChrootSpec): Promise<Chroot> {
   // in a private mount namespace: whatever mmdebstrap mounts in the chroot (proc, sys,
   // dev) goes away with it, even when it dies half-way
   await assertNoMounts(tmp);
-  const r = await run('unshare', ['--mount', '--propagation', 'private', '--fork', 'mmdebstrap', ...args], { reject: false, timeout: 30 * 60_000 });
+  // (mmdebstrap passes its environment on to apt, dpkg and the maintainer scripts)
+  const r = await run('unshare', ['--mount', '--propagation', 'private', '--fork', 'mmdebstrap', ...args], { reject: false, timeout: 30 * 60_000, env: BUILD_ENV });
   if (spec.log) for (const l of r.stderr.split('\n')) if (l.trim()) spec.log(l);
   if (r.exitCode !== 0) {
     await assertNoMounts(tmp);

@@ -20,7 +20,7 @@
  * run). The test is skipped only when that script says the Debian mirror is unreachable
  * (exit code 3); any other failure fails the test.
  */
-import { describe, it, expect, beforeAll, afterEach } from 'vitest';
+import { describe, it, expect, beforeAll, afterAll, afterEach } from 'vitest';
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { run } from '../../src/exec.js';
@@ -29,7 +29,7 @@ import { buildStack, type BuildResult } from '../../src/stack.js';
 import { REPO, WORK, demoStack, storeDisk, initrd, target, scratch } from './fixtures.js';
 import { bootOnce, useVmCleanup, type BootResult } from './qemu.js';
 import { readStore, tailOf } from './inspect.js';
-import { chroot, chrootKernel } from './chroot.js';
+import { chroot, chrootKernel, prefetchChroots } from './chroot.js';
 import { HOOK_CHROOTS, mkinitramfs, renderAndInstall } from './hookinstall.js';
 
 useVmCleanup(afterEach);
@@ -122,8 +122,12 @@ let unreachable: string | null = null;
 let debian: BuildResult;
 let demo: BuildResult;
 let dir: string;
+let prefetched: (() => Promise<void>) | undefined;
 
 beforeAll(async () => {
+  // the initramfs-tools chroot (for the second test), in the background: when cold, it is
+  // made while the stacks are built and the first test boots
+  prefetched = prefetchChroots([HOOK_CHROOTS['initramfs-tools']]);
   dir = await scratch('debian');
   unreachable = await prepareDebian();
   if (unreachable) return;
@@ -140,6 +144,10 @@ beforeAll(async () => {
     }),
     demoStack('demo'),
   ]);
+});
+
+afterAll(async () => {
+  await prefetched?.();
 });
 
 describe('a real Debian 12 root with systemd (amd64, QEMU)', () => {
