@@ -57,10 +57,10 @@ sb_config_defaults() {
 # sb_config_set KEY VALUE [ORIGIN]: validate and assign SB_<KEY>. Unknown keys and
 # invalid values are logged and ignored (the default stays).
 sb_config_set() {
-	local key="$1" val="$2" origin="${3:-config}" ok=1
+	local key="$1" val="$2" origin="${3:-config}" ok=1 n
 	case "$key" in
 	TRIES | ON_FAIL_DELAY | DEVICE_TIMEOUT | DEVICE_SETTLE | HEALTH_TIMEOUT | HEALTH_REBOOT_DELAY)
-		sb_is_uint "$val" || ok=0 ;;
+		if n=$(sb_uint_norm "$val"); then val=$n; else ok=0; fi ;;
 	UPPER) case "$val" in tmpfs | disk) ;; *) ok=0 ;; esac ;;
 	VERIFY) case "$val" in size | sha256) ;; full) val=sha256 ;; *) ok=0 ;; esac ;;
 	ON_FAIL) case "$val" in reboot | shell) ;; *) ok=0 ;; esac ;;

@@ -40,7 +40,7 @@ sb_state_read() {
 			case "$b" in
 			good | bad) eval "SB_ST_$a=\$b SB_ST_${a}_STACK=\$c SB_ST_${a}_TRIES=" ;;
 			pending)
-				sb_is_uint "$d" || d=0
+				d=$(sb_uint_norm "$d") || d=0
 				eval "SB_ST_$a=\$b SB_ST_${a}_STACK=\$c SB_ST_${a}_TRIES=\$d" ;;
 			*) sb_warn "$f: bad status '$b' for slot $a" ;;
 			esac ;;

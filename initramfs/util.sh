@@ -6,6 +6,17 @@ sb_is_uint() {
 	return 0
 }
 
+# sb_uint_norm S: prints the non-negative decimal S without leading zeros (shell
+# arithmetic reads 010 as octal, and 08 is a fatal error there: the whole script stops).
+# Fails when S is not a number or has more than 9 digits.
+sb_uint_norm() {
+	local s="$1"
+	sb_is_uint "$s" || return 1
+	while :; do case "$s" in 0?*) s=${s#0} ;; *) break ;; esac; done
+	[ ${#s} -le 9 ] || return 1
+	printf '%s' "$s"
+}
+
 # sb_is_hex64 S: true when S is 64 lowercase hex chars (a sha256).
 sb_is_hex64() {
 	case "$1" in *[!0-9a-f]*) return 1 ;; esac

@@ -144,3 +144,25 @@ describe('a dracut initrd (dash, only the tools the module installs)', () => {
     expect(readEvents(s).map((e) => e.event)).toEqual(['try', 'fail', 'boot']);
   });
 });
+
+describe('numbers with leading zeros (shell arithmetic: 010 is octal, 08 stops the script)', () => {
+  it('a state with tries 08 boots the pending stack with 7 left (the hook did not die)', async () => {
+    const r = root();
+    const s = r.makeStore('s1', { current: 'a', a: { status: 'good' }, b: { status: 'pending', tries: 2 } });
+    writeFileSync(join(s.dir, 'state'), readState(s).replace(/ 2\n/, ' 08\n'));
+    r.addDisk('vda', [{ name: 'vda2', label: 'sb-store', store: s.dir }]);
+    const res = await r.boot(CONF);
+    expect(res.out).toContain('BOOT=0');
+    expect(r.booted().slot).toBe('b');
+    expect(r.booted().tries).toBe('7');
+    expect(readState(s)).toMatch(/^b pending [0-9a-f]{64} 7$/m);
+  });
+
+  it('config numbers with leading zeros are read as decimal', async () => {
+    const r = root();
+    writeFileSync(join(r.dir, 'c.conf'), 'DEVICE_TIMEOUT=010\nDEVICE_SETTLE=08\nTRIES=0009\nON_FAIL_DELAY=0\n');
+    const res = await r.sh('sb_config_load "$SB_T/c.conf"; echo "T=$SB_DEVICE_TIMEOUT S=$SB_DEVICE_SETTLE N=$SB_TRIES D=$SB_ON_FAIL_DELAY"; echo "X=$((SB_DEVICE_SETTLE * 4))"');
+    expect(res.out).toContain('T=10 S=8 N=9 D=0');
+    expect(res.out).toContain('X=32');
+  });
+});
