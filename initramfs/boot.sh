@@ -25,18 +25,24 @@ sb_booted_write() {
 }
 
 # sb_candidate_failed STORE_DIR SLOT WHY: mark the slot bad (current moves), persist,
-# wipe its upper, append `fail`, remember the fallback reason.
+# wipe its upper, append `fail`, remember the fallback reason. With SB_FAIL_ENV=1 (the
+# machine failed, not the stack) only the `fail` event: the slot stays as it was.
 sb_candidate_failed() {
 	local store="$1" slot="$2" why="$3" stack
 	stack=$(sb_slot_stack "$slot")
 	sb_warn "slot $slot ($(sb_short "$stack")) failed: $why"
+	SB_FALLBACK="slot $slot $(sb_short "$stack"): $why"
+	if [ -n "${SB_FAIL_ENV-}" ]; then
+		sb_warn "not the stack's fault: slot $slot is not marked bad"
+		sb_event "$store" fail "$slot" "$stack" "" "$why (not marked bad)"
+		return 0
+	fi
 	if [ "$(sb_slot_status "$slot")" != bad ]; then
 		sb_slot_mark_bad "$slot"
 		sb_state_write "$store"
 	fi
 	sb_wipe_upper "$store" "$stack" "$slot"
 	sb_event "$store" fail "$slot" "$stack" "" "$why"
-	SB_FALLBACK="slot $slot $(sb_short "$stack"): $why"
 }
 
 # sb_try_slot I SLOT NEWROOT: check and mount SLOT of store I. 0 when booted.

@@ -32,10 +32,11 @@ sb_unmount_stack() {
 sb__pushed() { SB_MOUNTED="$1 $SB_MOUNTED"; }
 
 # sb_mount_stack STORE_DIR SLOT STACK NEWROOT: check and mount the stack of SLOT on
-# NEWROOT. On failure unmounts everything it mounted and sets SB_FAIL_WHY.
+# NEWROOT. On failure unmounts everything it mounted and sets SB_FAIL_WHY, and SB_FAIL_ENV=1
+# when the machine failed, not the stack (no squashfs or overlay in this kernel, no upper).
 sb_mount_stack() {
 	local store="$1" slot="$2" stack="$3" root="$4" list n=0 h sz name lower= dir up work opts
-	SB_MOUNTED= SB_FAIL_WHY=
+	SB_MOUNTED= SB_FAIL_WHY= SB_FAIL_ENV=
 	list="$SB_RUN/sb/layers-$slot"
 	mkdir -p "$SB_RUN/sb"
 	if ! sb_manifest_layers "$store/slots/$slot/manifest" >"$list"; then
@@ -48,6 +49,8 @@ sb_mount_stack() {
 		mkdir -p "$dir"
 		if ! sb_sys_mount_layer "$store/layers/$h.sqfs" "$dir"; then
 			SB_FAIL_WHY="cannot mount layer $name ($(sb_short "$h"))"
+			sb_sys_fs_known squashfs || SB_FAIL_ENV=1 SB_FAIL_WHY="$SB_FAIL_WHY: this kernel has no squashfs"
+			[ -e "$SB_DEV/loop-control" ] || [ -e "$SB_DEV/loop0" ] || SB_FAIL_ENV=1 SB_FAIL_WHY="$SB_FAIL_WHY: no loop devices"
 			sb_unmount_stack
 			return 1
 		fi
@@ -58,7 +61,7 @@ sb_mount_stack() {
 	if [ "$SB_UPPER" = disk ]; then
 		up="$store/upper/$stack"
 		sb_store_rw "$store" || {
-			SB_FAIL_WHY="store is not writable for the disk upper"
+			SB_FAIL_WHY="store is not writable for the disk upper" SB_FAIL_ENV=1
 			sb_unmount_stack
 			return 1
 		}
@@ -71,7 +74,7 @@ sb_mount_stack() {
 		dir="$SB_RUN/sb/up"
 		mkdir -p "$dir"
 		if ! sb_sys_mount -t tmpfs -o "size=$SB_UPPER_SIZE,mode=0755" sb-upper "$dir"; then
-			SB_FAIL_WHY="cannot mount the tmpfs upper (size=$SB_UPPER_SIZE)"
+			SB_FAIL_WHY="cannot mount the tmpfs upper (size=$SB_UPPER_SIZE)" SB_FAIL_ENV=1
 			sb_unmount_stack
 			return 1
 		fi
@@ -88,6 +91,7 @@ sb_mount_stack() {
 	mkdir -p "$root" 2>/dev/null
 	if ! sb_sys_mount -t overlay -o "$opts" overlay "$root"; then
 		SB_FAIL_WHY="cannot mount the overlay"
+		sb_sys_fs_known overlay || SB_FAIL_ENV=1 SB_FAIL_WHY="$SB_FAIL_WHY: this kernel has no overlay"
 		sb_unmount_stack
 		return 1
 	fi

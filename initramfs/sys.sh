@@ -6,6 +6,7 @@
 : "${SB_SYS_BLOCK=/sys/class/block}"
 : "${SB_PROC_MOUNTS=/proc/mounts}"
 : "${SB_CMDLINE_FILE=/proc/cmdline}"
+: "${SB_PROC_FILESYSTEMS=/proc/filesystems}"
 
 # sb_sys_mount ARGS...: mount(8).
 sb_sys_mount() { mount "$@"; }
@@ -82,6 +83,17 @@ sb_sys_mounted() {
 			return 0
 		fi
 	done <"$SB_PROC_MOUNTS"
+	return 1
+}
+
+# sb_sys_fs_known TYPE: false only when the kernel's list of filesystems is readable and
+# lacks TYPE (read after a mount of TYPE failed: that mount asked for the module).
+sb_sys_fs_known() {
+	local a b
+	[ -r "$SB_PROC_FILESYSTEMS" ] || return 0
+	while read -r a b; do
+		if [ "$a" = "$1" ] || [ "$b" = "$1" ]; then return 0; fi
+	done <"$SB_PROC_FILESYSTEMS"
 	return 1
 }
 

@@ -166,3 +166,47 @@ describe('numbers with leading zeros (shell arithmetic: 010 is octal, 08 stops t
     expect(res.out).toContain('X=32');
   });
 });
+
+describe("the machine's failure is not the stack's", () => {
+  it('a kernel without squashfs: every layer mount fails, but no stack is marked bad (it boots once the kernel is fixed)', async () => {
+    const r = root();
+    const s = r.makeStore('s1', { current: 'a', a: { status: 'good' }, b: { status: 'good' } });
+    r.addDisk('vda', [{ name: 'vda2', label: 'sb-store', store: s.dir }]);
+    const before = readState(s);
+    writeFileSync(join(r.dir, 'filesystems'), 'nodev\ttmpfs\n\text4\nnodev\toverlay\n');
+    const res = await r.boot(CONF + 'ON_FAIL=shell\n', { FAKE_FAIL_LAYER: '.sqfs' });
+    expect(res.out).toContain('BOOT=1');
+    expect(res.err).toMatch(/this kernel has no squashfs/);
+    expect(readState(s)).toBe(before);
+    expect(readEvents(s).map((e) => `${e.event} ${e.slot}`)).toEqual(['fail a', 'fail b', 'allfailed -']);
+    // the next boot, with squashfs
+    writeFileSync(join(r.dir, 'filesystems'), 'nodev\ttmpfs\n\text4\n\tsquashfs\nnodev\toverlay\n');
+    rmSync(join(r.runDir, 'sb'), { recursive: true, force: true });
+    writeFileSync(join(r.dir, 'mounts'), '');
+    const ok = await r.boot(CONF);
+    expect(ok.out).toContain('BOOT=0');
+    expect(r.booted().slot).toBe('a');
+  });
+
+  it('no loop devices (no loop module): not marked bad either', async () => {
+    const r = root();
+    const s = r.makeStore('s1', { current: 'a', a: { status: 'good' } });
+    r.addDisk('vda', [{ name: 'vda2', label: 'sb-store', store: s.dir }]);
+    rmSync(join(r.dir, 'dev/loop-control'));
+    const before = readState(s);
+    const res = await r.boot(CONF + 'ON_FAIL=shell\n', { FAKE_FAIL_LAYER: '.sqfs' });
+    expect(res.out).toContain('BOOT=1');
+    expect(res.err).toMatch(/no loop devices/);
+    expect(readState(s)).toBe(before);
+  });
+
+  it('a layer that does not mount on a kernel with squashfs still marks the stack bad', async () => {
+    const r = root();
+    const s = r.makeStore('s1', { current: 'a', a: { status: 'good' }, b: { status: 'good' } });
+    r.addDisk('vda', [{ name: 'vda2', label: 'sb-store', store: s.dir }]);
+    const res = await r.boot(CONF, { FAKE_FAIL_LAYER: s.layerHashes.a![0]! });
+    expect(res.out).toContain('BOOT=0');
+    expect(readState(s)).toMatch(/^a bad /m);
+    expect(r.booted().slot).toBe('b');
+  });
+});

@@ -70,6 +70,8 @@ export class FakeRoot {
     writeFileSync(join(this.dir, 'calls'), '');
     writeFileSync(join(this.dir, 'mounts'), '');
     writeFileSync(join(this.dir, 'kmsg'), '');
+    writeFileSync(join(this.dir, 'dev/loop-control'), '');
+    writeFileSync(join(this.dir, 'filesystems'), 'nodev\ttmpfs\n\text4\n\tsquashfs\nnodev\toverlay\n');
   }
 
   cleanup(): void {
@@ -203,6 +205,7 @@ mv() { sb__rec "mv $*"; command mv "$@"; }
       SB_SYS_BLOCK: join(this.dir, 'sys/class/block'),
       SB_PROC_MOUNTS: join(this.dir, 'mounts'),
       SB_KMSG: join(this.dir, 'kmsg'),
+      SB_PROC_FILESYSTEMS: join(this.dir, 'filesystems'),
       SB_CMDLINE: '',
       ...extra,
     };
