@@ -166,12 +166,14 @@ sb_persist_binds() {
 	sb_noglob
 	for p in $SB_PERSIST; do
 		case "$p" in /*) ;; *) p="/$p" ;; esac
-		case "/$p/" in */../* | */./*)
+		rel=${p#/}
+		while :; do case "$rel" in /*) rel=${rel#/} ;; *) break ;; esac; done
+		# never the whole root (PERSIST=/ would bind the data partition over it)
+		case "/$p/:$rel" in */../* | */./* | *:)
 			sb_warn "persistent path $p refused"
 			continue
 			;;
 		esac
-		rel=${p#/}
 		src="$mnt/$rel"
 		if [ ! -d "$src" ] && ! sb_persist_seed "$root$p" "$src"; then
 			sb_warn "cannot create $src (seeded from the stack): $p not bound on this boot"

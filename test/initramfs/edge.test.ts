@@ -49,6 +49,18 @@ describe('boot core edge cases', () => {
 });
 
 describe('PERSIST', () => {
+  it('PERSIST=/ (a hand-edited boot.conf) is refused: the data partition is never bound over the root', async () => {
+    const r = root();
+    const s = r.makeStore('s1', { current: 'a', a: { status: 'good' } });
+    const data = r.dataDir('data');
+    r.addDisk('vda', [{ name: 'vda2', label: 'sb-store', store: s.dir }, { name: 'vda3', label: 'sb-data', store: data }]);
+    const res = await r.boot(CONF + 'PERSIST=/ // /home\n');
+    expect(res.out).toContain('BOOT=0');
+    const binds = r.calls().filter((c) => c.startsWith('mount -o bind'));
+    expect(binds).toEqual([`mount -o bind ${r.dir}/run/sb/data/home ${r.dir}/root/home`]);
+    expect(res.err).toMatch(/persistent path \/ refused/);
+  });
+
   it('a power cut while a persistent path is first seeded: seeded whole on the next boot', async () => {
     const r = root();
     const s = r.makeStore('s1', { current: 'a', a: { status: 'good' } });
