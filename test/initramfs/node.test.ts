@@ -172,6 +172,17 @@ describe('stackboot-node', () => {
     expect((await node('status', '--yaml')).code).toBe(2);
   });
 
+  it('a lock left without an owner (its taker died right after the mkdir) is stale after 10 s', async () => {
+    const { r, store, node } = await booted({ current: 'a', a: { status: 'good' }, b: { status: 'pending', tries: 3 } });
+    mkdirSync(join(r.runDir, 'stackboot/store.lock'), { recursive: true });
+    const res = await node('mark-good');
+    expect(res.code).toBe(0);
+    expect(stateLine(store, 'b')).toBe(`b good ${store.stack.b}`);
+    const sleeps = r.calls().filter((c) => c.startsWith('sleep'));
+    expect(sleeps.length).toBeGreaterThanOrEqual(10);
+    expect(sleeps.length).toBeLessThan(15);
+  });
+
   it('not booted by stackboot: status fails with one line', async () => {
     const r = new FakeRoot();
     roots.push(r);
