@@ -5,6 +5,7 @@
 import { existsSync, mkdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
+import { run } from '../../src/exec.js';
 import { DRACUT_REQUIRED_TOOLS } from '../../src/initramfs.js';
 import { FakeRoot, readEvents, readState, sha256 } from './harness.js';
 
@@ -146,9 +147,11 @@ describe('a dracut initrd (dash, only the tools the module installs)', () => {
     r.addDisk('vda', [{ name: 'vda2', label: 'sb-store', store: s.dir }]);
     const bin = join(r.dir, 'bin');
     mkdirSync(bin);
-    for (const t of new Set([...BASE, ...DRACUT_REQUIRED_TOOLS, 'rmdir'])) symlinkSync('/usr/bin/busybox', join(bin, t));
+    const which = async (t: string) => (await run('sh', ['-c', `command -v ${t}`])).stdout.trim();
+    const bb = await which('busybox');
+    for (const t of new Set([...BASE, ...DRACUT_REQUIRED_TOOLS, 'rmdir'])) symlinkSync(bb, join(bin, t));
     writeFileSync(join(r.dir, 'boot.conf'), CONF);
-    const res = await r.sh('sb_config_load "$SB_T/boot.conf"; sb_boot "$SB_T/root"; echo "BOOT=$?"', { PATH: bin }, ['/usr/bin/dash']);
+    const res = await r.sh('sb_config_load "$SB_T/boot.conf"; sb_boot "$SB_T/root"; echo "BOOT=$?"', { PATH: bin }, [await which('dash')]);
     expect(res.err).not.toMatch(/not found/);
     expect(res.out).toContain('BOOT=0');
     const events = readFileSync(join(s.dir, 'events'), 'utf8');
