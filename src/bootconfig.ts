@@ -92,6 +92,9 @@ function intValue(key: string, value: string, min: number, max = 1_000_000): num
   return Number(value);
 }
 
+/** Partition names of the usual disks (sda2, vda1, xvda3, nvme0n1p2, mmcblk0p2, loop0p1): group 1 or 2 is the disk. */
+const PARTITION_NAME = /^(?:((?:sd|vd|hd|xvd)[a-z]+)\d+|((?:nvme\d+n\d+|mmcblk\d+|loop\d+))p\d+)$/;
+
 function words(value: string): string[] {
   return value.split(/\s+/).filter((w) => w !== '');
 }
@@ -106,6 +109,11 @@ export function setBootConfigValue(cfg: BootConfig, key: string, value: string):
       const w = words(v);
       if (w.length === 0) throw bad(key, value, 'at least one disk name');
       for (const s of w) if (!/^[A-Za-z0-9._*?-]+$/.test(s)) throw bad(key, value, `disk names (globs allowed) like nvme0n1 mmcblk0 vd*, not ${JSON.stringify(s)}`);
+      // the hook scans the partitions of each disk and skips a partition named here: it would never find the store
+      for (const s of w) {
+        const disk = PARTITION_NAME.exec(s);
+        if (disk) throw bad(key, value, `disk names, not partitions: ${s} is a partition of ${disk[1] ?? disk[2]} (give ${disk[1] ?? disk[2]})`);
+      }
       cfg.STORES = w;
       return;
     }

@@ -73,6 +73,9 @@ describe('boot config', () => {
     expectConfigError(() => makeBootConfig({ set: ['ON_FAIL=halt'] }), 'ON_FAIL');
     expectConfigError(() => makeBootConfig({ set: ['STORES='] }), 'STORES');
     expectConfigError(() => makeBootConfig({ set: ['STORES=vda;reboot'] }), 'STORES');
+    // partitions (the hook looks at the partitions of each disk, and skips a partition named here)
+    for (const p of ['mmcblk0p2', 'nvme0n1p2', 'vda2', 'sda1', 'xvda3']) expectConfigError(() => makeBootConfig({ set: [`STORES=nvme0n1 ${p}`] }), 'STORES');
+    expect(makeBootConfig({ set: ['STORES=nvme0n1 mmcblk0 mmcblk1 vda sdb nvme1n1 vd* mmcblk*'] }).STORES).toHaveLength(8);
     expectConfigError(() => makeBootConfig({ set: ['UPPER_SIZE=lots'] }), 'UPPER_SIZE');
     expectConfigError(() => makeBootConfig({ set: ['UPPER_SIZE=150%'] }), 'UPPER_SIZE');
     expectConfigError(() => makeBootConfig({ set: ['PERSIST=relative/path'] }), 'PERSIST');
