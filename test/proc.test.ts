@@ -5,6 +5,17 @@ import { describe, expect, it } from 'vitest';
 import { spawn } from '../src/exec.js';
 import { bytesReadBy, processTree, procField } from '../src/proc.js';
 
+/** SIGKILLs each pid; one that is gone already (a child seen before it exited) is fine. */
+function killAll(pids: number[]): void {
+  for (const p of pids) {
+    try {
+      process.kill(p, 'SIGKILL');
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'ESRCH') throw e;
+    }
+  }
+}
+
 describe('processTree / procField', () => {
   it('finds a process and the ones below it, and reads their /proc fields', async () => {
     const sh = spawn('sh', ['-c', 'sleep 30 & echo started; wait']);
@@ -20,7 +31,7 @@ describe('processTree / procField', () => {
       expect(await procField(process.pid, 'status', 'NoSuchField')).toBeNull();
     } finally {
       // the sleep too: it holds the shell's stdout open
-      for (const p of tree.slice(1)) process.kill(p, 'SIGKILL');
+      killAll(tree.slice(1));
       sh.kill('SIGKILL');
       await sh.done;
     }
@@ -49,7 +60,7 @@ describe('processTree / procField', () => {
       expect(byCat!).toBeLessThan(n);
       expect(await bytesReadBy(sh.pid!, 'nosuchtool')).toBeNull();
     } finally {
-      for (const p of tree.slice(1)) process.kill(p, 'SIGKILL');
+      killAll(tree.slice(1));
       sh.kill('SIGKILL');
       await sh.done;
     }
