@@ -1,20 +1,16 @@
 import { readFileSync } from 'node:fs';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { existsSync, mkdirSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { FakeRoot, readEvents, readState, type StoreSpec } from './harness.js';
+import { fakeRoots, readEvents, readState, type FakeRoot, type StoreSpec } from './harness.js';
 
 const CONF = 'STORES=nvme0n1 vda\nSTORE_LABEL=sb-store\nDATA_LABEL=sb-data\nDEVICE_TIMEOUT=1\nDEVICE_SETTLE=0\nON_FAIL_DELAY=7\n';
 
-let roots: FakeRoot[] = [];
-afterEach(() => {
-  for (const r of roots) r.cleanup();
-  roots = [];
-});
+/** a fresh fake root, cleaned up after the test */
+const newRoot = fakeRoots();
 
 function oneStore(spec: StoreSpec) {
-  const r = new FakeRoot();
-  roots.push(r);
+  const r = newRoot();
   const store = r.makeStore('s1', spec);
   r.addDisk('vda', [{ name: 'vda1' }, { name: 'vda2', label: 'sb-store', store: store.dir }]);
   return { r, store };
@@ -224,8 +220,7 @@ describe('sb_boot state machine (one store)', () => {
 
 describe('sb_boot across stores and devices', () => {
   it('two stores in order, the first broken: the second is used', async () => {
-    const r = new FakeRoot();
-    roots.push(r);
+    const r = newRoot();
     const nv = r.makeStore('nvme', { current: 'a', a: { status: 'good', layers: [{ name: 'base', size: 100, missing: true }] } });
     const sd = r.makeStore('sd', { current: 'a', a: { status: 'good' } });
     r.addDisk('nvme0n1', [{ name: 'nvme0n1p1', label: 'sb-store', store: nv.dir }]);
@@ -247,8 +242,7 @@ describe('sb_boot across stores and devices', () => {
   });
 
   it('same store-id on two devices: both tried by device, warning logged', async () => {
-    const r = new FakeRoot();
-    roots.push(r);
+    const r = newRoot();
     const id = 'ab'.repeat(16);
     const nv = r.makeStore('nvme', { storeId: id, current: 'a', a: { status: 'bad' } });
     const sd = r.makeStore('sd', { storeId: id, current: 'a', a: { status: 'good' } });
@@ -261,8 +255,7 @@ describe('sb_boot across stores and devices', () => {
   });
 
   it('stackboot.store= puts that store first', async () => {
-    const r = new FakeRoot();
-    roots.push(r);
+    const r = newRoot();
     const nv = r.makeStore('nvme', { current: 'a', a: { status: 'good' } });
     const sd = r.makeStore('sd', { current: 'a', a: { status: 'good' } });
     r.addDisk('nvme0n1', [{ name: 'nvme0n1p1', label: 'sb-store', store: nv.dir }]);
@@ -273,8 +266,7 @@ describe('sb_boot across stores and devices', () => {
   });
 
   it('a GPT partition name also marks a store', async () => {
-    const r = new FakeRoot();
-    roots.push(r);
+    const r = newRoot();
     const sd = r.makeStore('sd', { current: 'a', a: { status: 'good' } });
     r.addDisk('vda', [{ name: 'vda2', partname: 'sb-store', store: sd.dir }]);
     const res = await r.boot(CONF);
@@ -282,8 +274,7 @@ describe('sb_boot across stores and devices', () => {
   });
 
   it('no store at all: bounded wait, logged, then ON_FAIL', async () => {
-    const r = new FakeRoot();
-    roots.push(r);
+    const r = newRoot();
     r.addDisk('vda', [{ name: 'vda1' }]);
     const res = await r.boot('STORES=nvme0n1 vda\nDEVICE_TIMEOUT=2\nON_FAIL=shell\n');
     expect(res.out).toContain('BOOT=1');
@@ -297,8 +288,7 @@ describe('sb_boot across stores and devices', () => {
   });
 
   it('all bad on two stores: allfailed on both, reboot after the delay', async () => {
-    const r = new FakeRoot();
-    roots.push(r);
+    const r = newRoot();
     const nv = r.makeStore('nvme', { current: '-', a: { status: 'bad' } });
     const sd = r.makeStore('sd', { current: 'a', a: { status: 'pending', tries: 0 } });
     r.addDisk('nvme0n1', [{ name: 'nvme0n1p1', label: 'sb-store', store: nv.dir }]);
@@ -313,8 +303,7 @@ describe('sb_boot across stores and devices', () => {
   });
 
   it('UPPER=disk: upper on the store, store stays read-write, stale uppers removed', async () => {
-    const r = new FakeRoot();
-    roots.push(r);
+    const r = newRoot();
     const s = r.makeStore('sd', { current: 'a', a: { status: 'good' } });
     r.addDisk('vda', [{ name: 'vda2', label: 'sb-store', store: s.dir }]);
     mkdirSync(join(s.dir, 'upper', 'f'.repeat(64), 'data'), { recursive: true });
@@ -331,8 +320,7 @@ describe('sb_boot across stores and devices', () => {
   });
 
   it('persistent paths are bound from the data partition on the same disk', async () => {
-    const r = new FakeRoot();
-    roots.push(r);
+    const r = newRoot();
     const s = r.makeStore('sd', { current: 'a', a: { status: 'good' } });
     const data = r.dataDir('data');
     const other = r.dataDir('otherdata');
@@ -350,8 +338,7 @@ describe('sb_boot across stores and devices', () => {
   });
 
   it('a second sb_boot on our overlay returns 0 without doing anything (dracut)', async () => {
-    const r = new FakeRoot();
-    roots.push(r);
+    const r = newRoot();
     const s = r.makeStore('sd', { current: 'a', a: { status: 'pending', tries: 3 } });
     r.addDisk('vda', [{ name: 'vda2', label: 'sb-store', store: s.dir }]);
     writeFileSync(join(r.dir, 'boot.conf'), CONF);
@@ -365,8 +352,7 @@ sb_boot "$SB_T/root"; echo "SECOND=$?"`);
   });
 
   it('state writes are atomic: state.new fsynced, renamed, directory fsynced', async () => {
-    const r = new FakeRoot();
-    roots.push(r);
+    const r = newRoot();
     const s = r.makeStore('sd', { current: 'a', a: { status: 'good' }, b: { status: 'pending', tries: 2 } });
     r.addDisk('vda', [{ name: 'vda2', label: 'sb-store', store: s.dir }]);
     await r.boot(CONF);
@@ -385,8 +371,7 @@ sb_boot "$SB_T/root"; echo "SECOND=$?"`);
 
 describe('sb_load_modules, sb_break_requested, logging', () => {
   it('modprobe failures are logged and do not stop', async () => {
-    const r = new FakeRoot();
-    roots.push(r);
+    const r = newRoot();
     const res = await r.sh('sb_load_modules overlay missingmod squashfs; echo "RC=$?"');
     expect(res.out).toContain('RC=0');
     expect(r.calls()).toEqual(['modprobe overlay', 'modprobe missingmod', 'modprobe squashfs']);
@@ -394,8 +379,7 @@ describe('sb_load_modules, sb_break_requested, logging', () => {
   });
 
   it('sb_break_requested and sb_debug follow the cmdline; kmsg gets <N>stackboot: lines', async () => {
-    const r = new FakeRoot();
-    roots.push(r);
+    const r = newRoot();
     const res = await r.sh(
       'sb_config_load /nonexistent 2>/dev/null; sb_break_requested && echo BREAK; sb_debug "dbg line"; sb_log "info line"; sb_warn "warn line"',
       { SB_CMDLINE: 'ro stackboot.break stackboot.debug' },

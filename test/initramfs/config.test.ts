@@ -1,14 +1,11 @@
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { existsSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { run } from '../../src/exec.js';
-import { FakeRoot, LIB, NODE_TOOL } from './harness.js';
+import { LIB, NODE_TOOL, fakeRoots } from './harness.js';
 
-let roots: FakeRoot[] = [];
-afterEach(() => {
-  for (const r of roots) r.cleanup();
-  roots = [];
-});
+/** a fresh fake root, cleaned up after the test */
+const newRoot = fakeRoots();
 
 const DUMP = 'for v in STORES STORE_LABEL DATA_LABEL TRIES UPPER UPPER_SIZE VERIFY PERSIST ON_FAIL ON_FAIL_DELAY INIT DEVICE_TIMEOUT FORCE_SLOT FORCE_STORE WIPE BREAK DEBUG; do eval "echo $v=\\"\\$SB_$v\\""; done';
 
@@ -18,8 +15,7 @@ function parse(out: string): Record<string, string> {
 
 describe('sb_config_load', () => {
   it('defaults', async () => {
-    const r = new FakeRoot();
-    roots.push(r);
+    const r = newRoot();
     const res = await r.sh(`sb_config_load "" ; ${DUMP}`);
     expect(parse(res.out)).toMatchObject({
       STORES: 'nvme0n1 mmcblk0 vda vdb', STORE_LABEL: 'sb-store', DATA_LABEL: 'sb-data', TRIES: '3', UPPER: 'tmpfs',
@@ -28,8 +24,7 @@ describe('sb_config_load', () => {
   });
 
   it('parses KEY=value lines, comments, quotes; cmdline overrides; never executes values', async () => {
-    const r = new FakeRoot();
-    roots.push(r);
+    const r = newRoot();
     const marker = join(r.dir, 'pwned');
     const conf = [
       '# a comment',
@@ -67,8 +62,7 @@ describe('sb_config_load', () => {
   });
 
   it('reads /proc/cmdline (SB_CMDLINE_FILE) when SB_CMDLINE is unset', async () => {
-    const r = new FakeRoot();
-    roots.push(r);
+    const r = newRoot();
     writeFileSync(join(r.dir, 'cmdline'), 'quiet stackboot.debug stackboot.verify=sha256\n');
     const res = await r.sh(`unset SB_CMDLINE; SB_CMDLINE_FILE="$SB_T/cmdline"; sb_config_load ""; ${DUMP}`);
     expect(parse(res.out)).toMatchObject({ DEBUG: '1', VERIFY: 'sha256' });
@@ -89,8 +83,7 @@ describe('shell syntax', () => {
   });
 
   it('sourcing the library has no side effects besides definitions', async () => {
-    const r = new FakeRoot();
-    roots.push(r);
+    const r = newRoot();
     const res = await run('busybox', ['sh', '-c', '. "$SB_LIB/stackboot.sh"; echo "ok $(ls "$SB_RUN" | wc -l)"'], { env: r.env(), reject: false });
     expect(res.stdout.trim()).toBe('ok 0');
     expect(res.stderr).toBe('');

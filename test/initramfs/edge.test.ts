@@ -4,23 +4,15 @@
  */
 import { existsSync, mkdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { run } from '../../src/exec.js';
 import { DRACUT_REQUIRED_TOOLS } from '../../src/initramfs.js';
-import { FakeRoot, readEvents, readState, sha256 } from './harness.js';
+import { fakeRoots, readEvents, readState, sha256 } from './harness.js';
 
 const CONF = 'STORES=nvme0n1 vda\nSTORE_LABEL=sb-store\nDATA_LABEL=sb-data\nDEVICE_TIMEOUT=1\nDEVICE_SETTLE=0\nON_FAIL_DELAY=7\n';
 
-let roots: FakeRoot[] = [];
-afterEach(() => {
-  for (const r of roots) r.cleanup();
-  roots = [];
-});
-function root(): FakeRoot {
-  const r = new FakeRoot();
-  roots.push(r);
-  return r;
-}
+/** a fresh fake root, cleaned up after the test */
+const root = fakeRoots();
 
 describe('boot core edge cases', () => {
   it('a manifest without a final newline keeps its last (top) layer', async () => {

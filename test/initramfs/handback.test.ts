@@ -5,22 +5,13 @@
  * /oldroot and reboots, so it runs only in QEMU (test/e2e/debian.test.ts, systemd
  * shutting a real Debian root down through it).
  */
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { existsSync, lstatSync, mkdirSync, readFileSync, readlinkSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { FakeRoot, LIB } from './harness.js';
+import { fakeRoots, LIB } from './harness.js';
 
-let roots: FakeRoot[] = [];
-afterEach(() => {
-  for (const r of roots) r.cleanup();
-  roots = [];
-});
-
-function root(): FakeRoot {
-  const r = new FakeRoot();
-  roots.push(r);
-  return r;
-}
+/** a fresh fake root, cleaned up after the test */
+const root = fakeRoots();
 
 describe('sb_handback_wanted', () => {
   it('is true for a systemd init (Debian links /sbin/init to it), false for others', async () => {

@@ -9,6 +9,7 @@ import { symlinkSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSyn
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { afterEach } from 'vitest';
 import { run } from '../../src/exec.js';
 
 export const LIB = fileURLToPath(new URL('../../initramfs', import.meta.url));
@@ -269,4 +270,21 @@ export function readEvents(store: Store): { event: string; slot: string; stack: 
       if (!m) throw new Error(`malformed event line: ${line}`);
       return { event: m[2]!, slot: m[3]!, stack: m[4]!, tries: m[5], reason: m[6]! };
     });
+}
+
+/**
+ * For a test file: a maker of fresh FakeRoots, each cleaned up after the test that made it
+ * (registers the afterEach).
+ */
+export function fakeRoots(): () => FakeRoot {
+  let made: FakeRoot[] = [];
+  afterEach(() => {
+    for (const r of made) r.cleanup();
+    made = [];
+  });
+  return () => {
+    const r = new FakeRoot();
+    made.push(r);
+    return r;
+  };
 }

@@ -1,19 +1,15 @@
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { chmodSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { run } from '../../src/exec.js';
-import { FakeRoot, NODE_TOOL, readEvents, readState, type Store, type StoreSpec } from './harness.js';
+import { fakeRoots, NODE_TOOL, readEvents, readState, type FakeRoot, type Store, type StoreSpec } from './harness.js';
 
-let roots: FakeRoot[] = [];
-afterEach(() => {
-  for (const r of roots) r.cleanup();
-  roots = [];
-});
+/** a fresh fake root, cleaned up after the test */
+const newRoot = fakeRoots();
 
 /** Boots a store through the real sb_boot, then returns a runner for stackboot-node. */
 async function booted(spec: StoreSpec, conf = 'STORES=vda\nDEVICE_TIMEOUT=1\n') {
-  const r = new FakeRoot();
-  roots.push(r);
+  const r = newRoot();
   const store = r.makeStore('sd', spec);
   r.addDisk('vda', [{ name: 'vda2', label: 'sb-store', store: store.dir }]);
   const res = await r.boot(conf);
@@ -184,8 +180,7 @@ describe('stackboot-node', () => {
   });
 
   it('not booted by stackboot: status fails with one line', async () => {
-    const r = new FakeRoot();
-    roots.push(r);
+    const r = newRoot();
     const out = await run('busybox', ['sh', NODE_TOOL, 'status'], { env: r.env({ SB_CONFIG: '/nonexistent' }), reject: false });
     expect(out.exitCode).toBe(1);
     expect(out.stderr.trim().split('\n')).toHaveLength(1);
