@@ -155,6 +155,23 @@ describe('stackboot-node', () => {
     expect(r.calls().filter((c) => c === 'reboot').length).toBe(before);
   });
 
+  it('migrate: a bad or missing option value is a usage error (exit 2), before any disk is looked at', async () => {
+    const { node } = await booted({ current: 'a', a: { status: 'good' } });
+    for (const [args, msg] of [
+      [['--to', '/dev/nonexistent', '--data-mib', 'abc'], 'migrate: --data-mib wants a whole number of MiB, 1 or more'],
+      [['--to', '/dev/nonexistent', '--data-mib', '0'], 'migrate: --data-mib wants a whole number of MiB, 1 or more'],
+      [['--to', '/dev/nonexistent', '--tries', 'x'], 'migrate: --tries wants a whole number of 1 or more'],
+      [['--tries'], 'migrate: --tries needs a value'],
+      [['--to'], 'migrate: --to needs a value'],
+    ] as const) {
+      const res = await node('migrate', ...args);
+      expect([res.code, res.err.split('\n')[0]], args.join(' ')).toEqual([2, `stackboot-node: ${msg}`]);
+    }
+    // 08 is a number here (not octal, not a shell error): the check goes on to the disk
+    const res = await node('migrate', '--to', '/dev/nonexistent', '--data-mib', '08', '--tries', '09');
+    expect([res.code, res.err.trim().split('\n').at(-1)]).toEqual([1, expect.stringMatching(/migrate: \/dev\/nonexistent is not a block device/)]);
+  });
+
   it('events -n, usage errors exit 2', async () => {
     const { node } = await booted({ current: 'a', a: { status: 'good' }, b: { status: 'pending', tries: 3 } });
     const all = await node('events');
