@@ -9,9 +9,9 @@ import { randomBytes } from 'node:crypto';
 import { gunzipSync } from 'node:zlib';
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
-import { writeCpio } from '../src/cpio.js';
-import { buildStack } from '../src/stack.js';
-import { parseRecipe } from '../src/recipe.js';
+import { writeCpio } from '../src/boot/cpio.js';
+import { buildStack } from '../src/build/stack.js';
+import { parseRecipe } from '../src/build/recipe.js';
 import { bootOnce } from '../test/e2e/qemu.js';
 import { CACHE, REPO, initrd, scratch, storeDisk, target } from '../test/e2e/fixtures.js';
 

@@ -27,9 +27,9 @@ import { promises as fs } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { run, spawn } from '../src/exec.js';
-import { processTree, procField } from '../src/proc.js';
-import { scanDir } from '../src/sources/dir.js';
+import { run, spawn } from '../src/sys/exec.js';
+import { processTree, procField } from '../src/sys/proc.js';
+import { scanDir } from '../src/build/sources/dir.js';
 
 export interface Row {
   metric: string;

@@ -14,12 +14,12 @@ import os from 'node:os';
 import path from 'node:path';
 import { Writable } from 'node:stream';
 import { fileURLToPath } from 'node:url';
-import { baseLayers, writeBundle } from '../src/bundle.js';
-import { assembleDisk, MiB } from '../src/disk.js';
-import { loadRecipe } from '../src/recipe.js';
-import { buildStack } from '../src/stack.js';
-import { stageStore } from '../src/store.js';
-import { generateKeyPair } from '../src/signature.js';
+import { baseLayers, writeBundle } from '../src/format/bundle.js';
+import { assembleDisk, MiB } from '../src/media/disk.js';
+import { loadRecipe } from '../src/build/recipe.js';
+import { buildStack } from '../src/build/stack.js';
+import { stageStore } from '../src/format/store.js';
+import { generateKeyPair } from '../src/format/signature.js';
 
 export interface DeltaBench {
   deltaBytes: number;

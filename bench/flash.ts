@@ -7,10 +7,10 @@ import { randomBytes } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { assembleDisk, MiB } from '../src/disk.js';
-import { writeBmapFor } from '../src/bmap.js';
-import { flash } from '../src/flash.js';
-import { run } from '../src/exec.js';
+import { assembleDisk, MiB } from '../src/media/disk.js';
+import { writeBmapFor } from '../src/media/bmap.js';
+import { flash } from '../src/media/flash.js';
+import { run } from '../src/sys/exec.js';
 
 export interface FlashBench {
   bytesFlashed: number;

@@ -45,9 +45,9 @@ function table(rows: Row[]): string {
  */
 async function prepareDebianDelta(): Promise<void> {
   if (only.length && !only.includes('delta')) return;
-  const { loadRecipe } = await import('../src/recipe.js');
-  const { buildStack } = await import('../src/stack.js');
-  const { run } = await import('../src/exec.js');
+  const { loadRecipe } = await import('../src/build/recipe.js');
+  const { buildStack } = await import('../src/build/stack.js');
+  const { run } = await import('../src/sys/exec.js');
   const repo = path.resolve(here, '..');
   const prep = await run('bash', [path.join(repo, 'images/debian/prepare.sh')], { reject: false });
   if (prep.exitCode !== 0) {

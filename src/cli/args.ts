@@ -5,8 +5,7 @@
  */
 import os from 'node:os';
 import path from 'node:path';
-import { StackbootError } from '../errors.js';
-import { parseSourceDateEpoch } from '../epoch.js';
+import { StackbootError, parseSourceDateEpoch } from '../sys/index.js';
 
 /** The layer cache folder when --cache is not given: $XDG_CACHE_HOME/stackboot or ~/.cache/stackboot. */
 export const defaultCacheDir = (): string => path.join(process.env.XDG_CACHE_HOME || path.join(os.homedir(), '.cache'), 'stackboot');

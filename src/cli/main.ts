@@ -7,10 +7,9 @@
 import { readFileSync } from 'node:fs';
 import yargs, { type Argv } from 'yargs';
 import { hideBin } from 'yargs/helpers';
-import { causeChain, exitCodeOf, StackbootError } from '../errors.js';
+import { causeChain, exitCodeOf, StackbootError, interrupted } from '../sys/index.js';
 import { commands } from './commands/index.js';
 import { endProgressLine } from './output.js';
-import { interrupted } from '../interrupt.js';
 import { markStdio, refuseRepeats, STDIO, unmarkStdio } from './args.js';
 
 export interface GlobalArgs {

@@ -2,7 +2,7 @@
  * CLI output helpers: human lines on stdout, progress on stderr (a bar on a TTY,
  * plain lines otherwise), and one JSON object with --json.
  */
-import type { ProgressEvent, ProgressSink } from '../progress.js';
+import type { ProgressEvent, ProgressSink } from '../sys/index.js';
 
 export interface Out {
   json: boolean;

@@ -1,7 +1,7 @@
 /** Option checks of the CLI (src/cli/args.ts): pure functions. */
 import { describe, expect, it } from 'vitest';
 import { byteSize, wholeNumber } from '../../src/cli/args.js';
-import { StackbootError } from '../../src/errors.js';
+import { StackbootError } from '../../src/sys/errors.js';
 
 describe('wholeNumber', () => {
   const jobs = wholeNumber('jobs', 1, 1024);

@@ -9,10 +9,10 @@ import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { run, spawn } from '../../src/exec.js';
-import { mountsUnder } from '../../src/mount.js';
-import { Store } from '../../src/store.js';
-import { tmpdir, writeTar } from '../sources/tarfixture.js';
+import { run, spawn } from '../../src/sys/exec.js';
+import { mountsUnder } from '../../src/sys/mount.js';
+import { Store } from '../../src/format/store.js';
+import { tmpdir, writeTar } from '../build/sources/tarfixture.js';
 
 const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 let work: string;

@@ -11,9 +11,10 @@ import path from 'node:path';
 import { demoStack, storeDisk, initrd, target, scratch } from './fixtures.js';
 import { useVmCleanup, Vm, type Disk } from './qemu.js';
 import { bootDemo, readStore, upperFiles, readData, corruptLayer, copyImage, writeStoreFile, tailOf, type DemoBoot } from './inspect.js';
-import type { BuildResult } from '../../src/stack.js';
-import type { Arch, Target } from '../../src/target.js';
-import { serializeState } from '../../src/state.js';
+import type { BuildResult } from '../../src/build/stack.js';
+import type { Target } from '../../src/boot/target.js';
+import type { Arch } from '../../src/sys/arch.js';
+import { serializeState } from '../../src/format/state.js';
 
 useVmCleanup(afterEach);
 

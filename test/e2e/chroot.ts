@@ -13,7 +13,7 @@
  */
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
-import { run, type RunResult } from '../../src/exec.js';
+import { run, type RunResult } from '../../src/sys/exec.js';
 import { CACHE } from './fixtures.js';
 
 export const CHROOTS = path.join(CACHE, 'chroots');

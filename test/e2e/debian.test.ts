@@ -23,9 +23,9 @@
 import { describe, it, expect, beforeAll, afterAll, afterEach } from 'vitest';
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
-import { run } from '../../src/exec.js';
-import { loadRecipe } from '../../src/recipe.js';
-import { buildStack, type BuildResult } from '../../src/stack.js';
+import { run } from '../../src/sys/exec.js';
+import { loadRecipe } from '../../src/build/recipe.js';
+import { buildStack, type BuildResult } from '../../src/build/stack.js';
 import { REPO, WORK, demoStack, storeDisk, initrd, target, scratch } from './fixtures.js';
 import { bootOnce, useVmCleanup, type BootResult } from './qemu.js';
 import { readStore, tailOf } from './inspect.js';

@@ -6,14 +6,15 @@
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { buildStack, type BuildResult } from '../../src/stack.js';
-import { loadRecipe } from '../../src/recipe.js';
-import { stageStore, type StageSlot } from '../../src/store.js';
-import { assembleDisk, type PartSpec } from '../../src/disk.js';
-import { buildInitramfs, makeBootConfig } from '../../src/initramfs.js';
-import { loadTarget, type Arch, type Target } from '../../src/target.js';
-import { run } from '../../src/exec.js';
-import type { SlotName } from '../../src/state.js';
+import { buildStack, type BuildResult } from '../../src/build/stack.js';
+import { loadRecipe } from '../../src/build/recipe.js';
+import { stageStore, type StageSlot } from '../../src/format/store.js';
+import { assembleDisk, type PartSpec } from '../../src/media/disk.js';
+import { buildInitramfs, makeBootConfig } from '../../src/boot/initramfs.js';
+import { loadTarget, type Target } from '../../src/boot/target.js';
+import { type Arch } from '../../src/sys/arch.js';
+import { run } from '../../src/sys/exec.js';
+import type { SlotName } from '../../src/format/state.js';
 
 export const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
 export const CACHE = path.join(REPO, '.cache');

@@ -6,7 +6,7 @@
  */
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
-import { buildInitramfs, makeBootConfig, type Flavor } from '../../src/initramfs.js';
+import { buildInitramfs, makeBootConfig, type Flavor } from '../../src/boot/initramfs.js';
 import { inChroot, type Chroot, type ChrootSpec } from './chroot.js';
 
 export type HookFlavor = Exclude<Flavor, 'standalone'>;

@@ -8,8 +8,8 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { buildInitramfs, makeBootConfig } from '../../src/initramfs.js';
-import { loadTarget } from '../../src/target.js';
+import { buildInitramfs, makeBootConfig } from '../../src/boot/initramfs.js';
+import { loadTarget } from '../../src/boot/target.js';
 import { bootOnce, useVmCleanup } from './qemu.js';
 
 const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');

@@ -14,10 +14,10 @@
  * the guest's next mount would do), so a later replay cannot undo them.
  */
 import { promises as fs } from 'node:fs';
-import { run } from '../../src/exec.js';
-import { parseState, type BootState } from '../../src/state.js';
+import { run } from '../../src/sys/exec.js';
+import { parseState, type BootState } from '../../src/format/state.js';
 import path from 'node:path';
-import type { Target } from '../../src/target.js';
+import type { Target } from '../../src/boot/target.js';
 import { bootOnce, consoleTail, Vm, type BootOptions, type Disk, type ExitHow } from './qemu.js';
 
 export interface Partition {

@@ -27,12 +27,12 @@
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { createHash } from 'node:crypto';
-import { parseManifest, stackId } from '../../src/manifest.js';
-import { candidates, parseState } from '../../src/state.js';
-import type { Target } from '../../src/target.js';
+import { parseManifest, stackId } from '../../src/format/manifest.js';
+import { candidates, parseState } from '../../src/format/state.js';
+import type { Target } from '../../src/boot/target.js';
 import { copyImage, prng } from './inspect.js';
 import { nodeStack, withStoreMounted } from './node-fixtures.js';
-import { baseLayers, writeBundleFile } from '../../src/bundle.js';
+import { baseLayers, writeBundleFile } from '../../src/format/bundle.js';
 import { initrd, storeDisk, target } from './fixtures.js';
 import { Vm } from './qemu.js';
 

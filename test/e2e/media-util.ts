@@ -1,6 +1,6 @@
 /** Host-side helpers for the media tests: mount a partition of an image file (root). */
-import { run } from '../../src/exec.js';
-import { mountDevice, umount } from '../../src/mount.js';
+import { run } from '../../src/sys/exec.js';
+import { mountDevice, umount } from '../../src/sys/mount.js';
 
 /** Mounts partition `p` of an image file on a loop device (offset), runs fn, cleans up. */
 export async function withPartition<T>(img: string, p: { start: number; size: number }, dir: string, fn: (mnt: string) => Promise<T>): Promise<T> {

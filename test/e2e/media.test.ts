@@ -7,13 +7,13 @@
 import { describe, it, expect, afterEach, beforeAll } from 'vitest';
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
-import { buildImage, type ImageResult } from '../../src/image.js';
-import { makeBootConfig } from '../../src/initramfs.js';
-import { run } from '../../src/exec.js';
-import { markPending } from '../../src/state.js';
-import { Store } from '../../src/store.js';
+import { buildImage, type ImageResult } from '../../src/media/image.js';
+import { makeBootConfig } from '../../src/boot/initramfs.js';
+import { run } from '../../src/sys/exec.js';
+import { markPending } from '../../src/format/state.js';
+import { Store } from '../../src/format/store.js';
 import { withPartition } from './media-util.js';
-import { stackId } from '../../src/manifest.js';
+import { stackId } from '../../src/format/manifest.js';
 import { bootOnce, useVmCleanup } from './qemu.js';
 import { CACHE, demoStack, scratch, target } from './fixtures.js';
 

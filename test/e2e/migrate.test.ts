@@ -7,11 +7,11 @@
 import { describe, it, expect, afterEach } from 'vitest';
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
-import { buildImage } from '../../src/image.js';
-import { makeBootConfig } from '../../src/initramfs.js';
-import { run } from '../../src/exec.js';
-import { loadRecipe } from '../../src/recipe.js';
-import { buildStack } from '../../src/stack.js';
+import { buildImage } from '../../src/media/image.js';
+import { makeBootConfig } from '../../src/boot/initramfs.js';
+import { run } from '../../src/sys/exec.js';
+import { loadRecipe } from '../../src/build/recipe.js';
+import { buildStack } from '../../src/build/stack.js';
 import { bootOnce, useVmCleanup, Vm } from './qemu.js';
 import { CACHE, REPO, WORK, scratch, target } from './fixtures.js';
 import { withPartition } from './media-util.js';

@@ -6,10 +6,10 @@
 import { createHash } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
-import { run } from '../../src/exec.js';
-import { loadRecipe } from '../../src/recipe.js';
-import { generateKeyPair, signManifestFile } from '../../src/signature.js';
-import { buildStack, type BuildResult } from '../../src/stack.js';
+import { run } from '../../src/sys/exec.js';
+import { loadRecipe } from '../../src/build/recipe.js';
+import { generateKeyPair, signManifestFile } from '../../src/format/signature.js';
+import { buildStack, type BuildResult } from '../../src/build/stack.js';
 import { CACHE, REPO, WORK } from './fixtures.js';
 
 export const GUEST = path.join(CACHE, 'guest-node', 'amd64');

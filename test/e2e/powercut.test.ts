@@ -25,7 +25,7 @@ import { rm } from 'node:fs/promises';
 import path from 'node:path';
 import { demoStack, storeDisk, initrd, target, scratch } from './fixtures.js';
 import { useVmCleanup } from './qemu.js';
-import type { Arch } from '../../src/target.js';
+import type { Arch } from '../../src/sys/arch.js';
 import { calibrate, killInstants, powercutTrials, summarize, type PowercutSetup } from './inspect.js';
 
 useVmCleanup(afterEach);

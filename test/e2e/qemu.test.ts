@@ -9,8 +9,9 @@ import { mkdtemp, mkdir, copyFile, writeFile, readFile, rm, symlink, chmod, trun
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { run } from '../../src/exec.js';
-import { loadTarget, type Arch, type Target } from '../../src/target.js';
+import { run } from '../../src/sys/exec.js';
+import { loadTarget, type Target } from '../../src/boot/target.js';
+import { type Arch } from '../../src/sys/arch.js';
 import { Vm, bootOnce, useVmCleanup, modulesForBuses, guestDeviceNames, type Disk } from './qemu.js';
 
 const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');

@@ -22,8 +22,9 @@
  */
 import { createWriteStream, existsSync, type WriteStream } from 'node:fs';
 import path from 'node:path';
-import { spawn, type Spawned } from '../../src/exec.js';
-import type { Arch, Target } from '../../src/target.js';
+import { spawn, type Spawned } from '../../src/sys/exec.js';
+import type { Target } from '../../src/boot/target.js';
+import type { Arch } from '../../src/sys/arch.js';
 
 export type Bus = 'virtio' | 'nvme' | 'sd';
 

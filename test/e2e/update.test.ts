@@ -7,9 +7,9 @@
  */
 import { describe, it, expect, beforeAll, afterEach } from 'vitest';
 import path from 'node:path';
-import { writeBundleFile, baseLayers } from '../../src/bundle.js';
-import type { BuildResult } from '../../src/stack.js';
-import type { Target } from '../../src/target.js';
+import { writeBundleFile, baseLayers } from '../../src/format/bundle.js';
+import type { BuildResult } from '../../src/build/stack.js';
+import type { Target } from '../../src/boot/target.js';
 import { initrd, scratch, storeDisk, target } from './fixtures.js';
 import { bootDemo, readStore, tailOf, type DemoBoot } from './inspect.js';
 import { nodeStack } from './node-fixtures.js';

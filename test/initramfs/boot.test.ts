@@ -1,6 +1,5 @@
-import { readFileSync } from 'node:fs';
+import { readFileSync, existsSync, mkdirSync, readdirSync, writeFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
-import { existsSync, mkdirSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fakeRoots, readEvents, readState, type FakeRoot, type StoreSpec } from './harness.js';
 

@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { existsSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { run } from '../../src/exec.js';
+import { run } from '../../src/sys/exec.js';
 import { LIB, NODE_TOOL, fakeRoots } from './harness.js';
 
 /** a fresh fake root, cleaned up after the test */

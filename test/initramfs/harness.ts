@@ -10,7 +10,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterEach } from 'vitest';
-import { run } from '../../src/exec.js';
+import { run } from '../../src/sys/exec.js';
 
 export const LIB = fileURLToPath(new URL('../../initramfs', import.meta.url));
 export const NODE_TOOL = join(LIB, 'stackboot-node');

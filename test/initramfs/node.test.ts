@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { chmodSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { run } from '../../src/exec.js';
+import { run } from '../../src/sys/exec.js';
 import { fakeRoots, NODE_TOOL, readEvents, readState, type FakeRoot, type Store, type StoreSpec } from './harness.js';
 
 /** a fresh fake root, cleaned up after the test */

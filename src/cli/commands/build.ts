@@ -1,6 +1,6 @@
 import type { CommandModule } from 'yargs';
 import { fmtBytes, makeOut } from '../output.js';
-import { archFromNode } from '../../target.js';
+import { archFromNode } from '../../sys/index.js';
 import { defaultCacheDir, sourceDateEpoch, wholeNumber } from '../args.js';
 
 export const buildCommand: CommandModule<any, any> = {
@@ -17,14 +17,14 @@ export const buildCommand: CommandModule<any, any> = {
       .example('$0 build images/demo --out out/demo', 'build the demo stack'),
   handler: async (a) => {
     // loaded here, not at the top: a CLI start stays small for every other command
-    const [{ loadRecipe }, { buildStack }] = await Promise.all([import('../../recipe.js'), import('../../stack.js')]);
+    const [{ loadRecipe }, { buildStack }] = await Promise.all([import('../../build/index.js'), import('../../build/index.js')]);
     const out = makeOut(a);
     const arch = (a.arch as string | undefined) ?? archFromNode(process.arch) ?? 'amd64';
     const recipe = await loadRecipe(a.recipe, { arch });
     const cacheDir = a.noCache || a.cache === false ? null : (a.cache ?? defaultCacheDir());
     const epoch = sourceDateEpoch();
     // a run source's command gets the host's proxies, and nothing else of its environment
-    const { PASSED_THROUGH } = await import('../../sources/run.js');
+    const { PASSED_THROUGH } = await import('../../build/index.js');
     const runEnv = Object.fromEntries(PASSED_THROUGH.flatMap((k) => (process.env[k] ? [[k, process.env[k]!]] : [])));
     const r = await buildStack(recipe, { outDir: a.out, cacheDir, epoch, arch, jobs: a.jobs, uid: process.getuid?.(), runEnv, progress: out.progress });
     out.result({

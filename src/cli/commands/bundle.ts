@@ -14,7 +14,7 @@ export const bundleCommand: CommandModule<any, any> = {
       .example('$0 bundle out/demo -o demo.stackbundle --key keys/release.key', 'a full bundle')
       .example('$0 bundle out/demo2 -o d.stackbundle --base out/demo/manifest --key k.key', 'a delta bundle'),
   handler: async (a) => {
-    const { baseLayers, writeBundle, writeBundleFile } = await import('../../bundle.js');
+    const { baseLayers, writeBundle, writeBundleFile } = await import('../../format/index.js');
     const out = makeOut(a);
     const base = a.base ? await baseLayers(a.base) : null;
     const opts = { buildDir: a.build, key: a.key, baseDigests: base?.digests, progress: out.progress };

@@ -2,7 +2,7 @@
 import type { CommandModule } from 'yargs';
 import { fmtBytes, makeOut } from '../output.js';
 import { byteSize, defaultCacheDir, wholeNumber } from '../args.js';
-import { StackbootError } from '../../errors.js';
+import { StackbootError } from '../../sys/index.js';
 
 export const cacheCommand: CommandModule<any, any> = {
   command: 'cache [action]',
@@ -16,7 +16,7 @@ export const cacheCommand: CommandModule<any, any> = {
       .option('dry-run', { type: 'boolean', describe: 'prune: print the plan and remove nothing' })
       .example('$0 cache prune --max-size 20G --older-than 30', 'keep 20 GiB at most, nothing unused for a month'),
   handler: async (a) => {
-    const { cacheUsage, planPrune, prune } = await import('../../cache.js');
+    const { cacheUsage, planPrune, prune } = await import('../../build/index.js');
     const out = makeOut(a);
     const dir: string = a.cache ?? defaultCacheDir();
     if (a.action === 'show') {

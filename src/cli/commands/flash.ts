@@ -1,7 +1,7 @@
 /** `stackboot flash <image|build-output> <device-or-file>`: guarded, sparse, verified write. */
 import type { CommandModule } from 'yargs';
-import { archFromNode, type Arch } from '../../target.js';
-import { IMAGE_LAYOUTS } from '../../layout.js';
+import { archFromNode, type Arch } from '../../sys/index.js';
+import { IMAGE_LAYOUTS } from '../../media/index.js';
 import { fmtBytes, makeOut } from '../output.js';
 import { wholeNumber } from '../args.js';
 
@@ -21,7 +21,7 @@ export const flashCommand: CommandModule<any, any> = {
       .option('cache-root', { type: 'string', describe: 'where `npm run setup` put the targets (default: the package\'s .cache)' })
       .example('$0 flash node.img /dev/mmcblk0', 'flash an SD card'),
   handler: async (a) => {
-    const { flash } = await import('../../flash.js');
+    const { flash } = await import('../../media/index.js');
     const out = makeOut(a);
     const r = await flash({
       image: a.image,

@@ -1,9 +1,8 @@
 /** `stackboot image <build-output> -o node.img`: a GPT node disk image (boot, store, data), no root. */
 import path from 'node:path';
 import type { CommandModule } from 'yargs';
-import type { ImageOptions } from '../../image.js';
-import { IMAGE_LAYOUTS, type ImageLayout } from '../../layout.js';
-import { archFromNode, type Arch } from '../../target.js';
+import { type ImageOptions, IMAGE_LAYOUTS, type ImageLayout } from '../../media/index.js';
+import { archFromNode, type Arch } from '../../sys/index.js';
 import { fmtBytes, makeOut } from '../output.js';
 import { sourceDateEpoch, wholeNumber } from '../args.js';
 
@@ -33,7 +32,7 @@ export const imageCommand: CommandModule<any, any> = {
       .option('cache-root', { type: 'string', describe: 'where `npm run setup` put the targets (default: the package\'s .cache)' })
       .example('$0 image out/demo -o node.img --layout sd', 'an SD card image of the demo stack'),
   handler: async (a) => {
-    const [{ buildImage, loadImageSpec, planImage }, { makeBootConfig }, { loadRecipe }] = await Promise.all([import('../../image.js'), import('../../bootconfig.js'), import('../../recipe.js')]);
+    const [{ buildImage, loadImageSpec, planImage }, { makeBootConfig }, { loadRecipe }] = await Promise.all([import('../../media/index.js'), import('../../boot/index.js'), import('../../build/index.js')]);
     const out = makeOut(a);
     const spec = a.recipe ? await loadImageSpec(path.resolve(a.recipe)) : {};
     const arch = (a.arch as Arch | undefined) ?? archFromNode(process.arch) ?? 'amd64';

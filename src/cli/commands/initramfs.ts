@@ -1,9 +1,8 @@
 /** `stackboot initramfs`: build the boot hook (standalone initrd, initramfs-tools or dracut files). */
 import type { CommandModule } from 'yargs';
 import { readFile } from 'node:fs/promises';
-import { StackbootError } from '../../errors.js';
-import { COMPRESSIONS, FLAVORS, type Compression, type Flavor } from '../../flavor.js';
-import type { Arch } from '../../target.js';
+import { StackbootError, type Arch } from '../../sys/index.js';
+import { COMPRESSIONS, FLAVORS, type Compression, type Flavor } from '../../boot/index.js';
 import type { GlobalArgs } from '../main.js';
 import { makeOut } from '../output.js';
 import { sourceDateEpoch } from '../args.js';
@@ -35,7 +34,7 @@ export const initramfsCommand: CommandModule<GlobalArgs, Args> = {
       .option('module', { alias: 'm', type: 'string', array: true, describe: 'extra kernel module (repeatable)' })
       .option('compress', { choices: COMPRESSIONS as Compression[], default: 'gzip' as Compression, describe: 'initrd compression (standalone)' }) as never,
   handler: async (argv) => {
-    const [{ buildInitramfs }, { makeBootConfig }] = await Promise.all([import('../../initramfs.js'), import('../../bootconfig.js')]);
+    const [{ buildInitramfs }, { makeBootConfig }] = await Promise.all([import('../../boot/index.js'), import('../../boot/index.js')]);
     const out = makeOut(argv);
     let text: string | undefined;
     if (argv.config) {

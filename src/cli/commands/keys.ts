@@ -7,7 +7,7 @@ export const keygenCommand: CommandModule<any, any> = {
   builder: (y) => y.positional('name', { type: 'string', demandOption: true }).example('$0 keygen keys/release', 'writes keys/release.key and keys/release.pub'),
   handler: async (a) => {
     const out = makeOut(a);
-    const { writeKeyPair } = await import('../../signature.js');
+    const { writeKeyPair } = await import('../../format/index.js');
     const r = await writeKeyPair(a.name);
     out.result(r);
     out.line(`private key: ${r.privateKey}\npublic key:  ${r.publicKey} (copy it to /etc/stackboot/keys/ on the nodes)`);
@@ -24,7 +24,7 @@ export const signCommand: CommandModule<any, any> = {
       .example('$0 sign out/demo/manifest --key keys/release.key', ''),
   handler: async (a) => {
     const out = makeOut(a);
-    const { signManifestFile } = await import('../../signature.js');
+    const { signManifestFile } = await import('../../format/index.js');
     const sig = await signManifestFile(a.manifest, a.key);
     out.result({ signature: sig });
     out.line(`signed: ${sig}`);
@@ -41,7 +41,7 @@ export const verifyCommand: CommandModule<any, any> = {
       .example('$0 verify out/demo/manifest --pub keys/release.pub', ''),
   handler: async (a) => {
     const out = makeOut(a);
-    const { verifyManifestFile } = await import('../../signature.js');
+    const { verifyManifestFile } = await import('../../format/index.js');
     await verifyManifestFile(a.manifest, a.pub);
     out.result({ ok: true });
     out.line('signature ok');

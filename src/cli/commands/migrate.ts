@@ -16,7 +16,7 @@ export const migrateCommand: CommandModule<any, any> = {
       .option('dry-run', { type: 'boolean', describe: 'print the plan and change nothing' })
       .example('$0 migrate --to /dev/nvme0n1 --dry-run', 'show the plan'),
   handler: async (a) => {
-    const { migrate, planMigrate } = await import('../../migrate.js');
+    const { migrate, planMigrate } = await import('../../node/index.js');
     const out = makeOut(a);
     const plan = await planMigrate({ to: a.to, tries: a.tries, dataMiB: a.dataSize, bootFilesDir: a.bootFiles, force: a.force, progress: out.progress });
     if (a.dryRun) {

@@ -3,9 +3,8 @@ import { createReadStream } from 'node:fs';
 import { stat } from 'node:fs/promises';
 import type { Readable } from 'node:stream';
 import type { Argv, CommandModule } from 'yargs';
-import { StackbootError } from '../../errors.js';
-import type { InstallEvent } from '../../install.js';
-import { NODE_CONFIG } from '../../paths.js';
+import { StackbootError } from '../../sys/index.js';
+import { type InstallEvent, NODE_CONFIG } from '../../node/index.js';
 import { fmtBytes, makeOut } from '../output.js';
 import { isStdio, wholeNumber } from '../args.js';
 
@@ -18,17 +17,17 @@ function nodeOptions<T>(y: Argv<T>) {
 }
 
 // the library modules are loaded by the command that needs them, so a start stays small
-const loadConfig = async (file?: string) => (await import('../../config.js')).loadNodeConfig(file);
-const rollbackLib = () => import('../../rollback.js');
+const loadConfig = async (file?: string) => (await import('../../node/index.js')).loadNodeConfig(file);
+const rollbackLib = () => import('../../node/index.js');
 
 async function ctxOf(a: any) {
-  const { nodeContext } = await import('../../node.js');
+  const { nodeContext } = await import('../../node/index.js');
   return nodeContext({ store: a.store, bootedSlot: a.bootedSlot, runDir: a.runDir });
 }
 
 async function openSource(src: string, allowUnsigned: boolean, onRetry: (s: string) => void): Promise<{ stream: Readable; label: string }> {
   if (isStdio(src)) return { stream: process.stdin, label: 'stdin' };
-  const [{ download, isUrl }, { bundleStreamFromBuild }] = await Promise.all([import('../../download.js'), import('../../bundle.js')]);
+  const [{ download, isUrl }, { bundleStreamFromBuild }] = await Promise.all([import('../../node/index.js'), import('../../format/index.js')]);
   if (isUrl(src)) return { stream: download(src, { onRetry: (r) => onRetry(`download interrupted at byte ${r.received} (${r.reason}); resuming (try ${r.attempt})`) }), label: src };
   const st = await stat(src).catch((e) => {
     throw new StackbootError('USAGE', `${src}: no such bundle file, build output or URL`, { cause: e });
@@ -48,7 +47,7 @@ export const installCommand: CommandModule<any, any> = {
       .option('dry-run', { type: 'boolean', describe: 'plan and check only' })
       .example('$0 install https://updates.example/node-2.stackbundle', ''),
   handler: async (a) => {
-    const { install } = await import('../../install.js');
+    const { install } = await import('../../node/index.js');
     const out = makeOut(a);
     const cfg = await loadConfig(a.config);
     const ctx = await ctxOf(a);
@@ -100,7 +99,7 @@ export const gcCommand: CommandModule<any, any> = {
   builder: (y) => nodeOptions(y).option('dry-run', { type: 'boolean' }),
   handler: async (a) => {
     const out = makeOut(a);
-    const { gc } = await import('../../gc.js');
+    const { gc } = await import('../../node/index.js');
     const r = await gc(await ctxOf(a), { dryRun: a.dryRun });
     out.result(r);
     out.line(`${r.dryRun ? 'would remove' : 'removed'} ${r.removed.length} layer(s), ${fmtBytes(r.freed)}${r.partials.length ? ` and ${r.partials.length} partial file(s)` : ''}; ${r.kept} referenced`);
@@ -113,7 +112,7 @@ export const doctorCommand: CommandModule<any, any> = {
   builder: (y) => nodeOptions(y).option('full', { type: 'boolean', describe: 'sha256 every layer' }).option('keys', { type: 'string', describe: 'public keys folder (default: KEYS_DIR of the config)' }),
   handler: async (a) => {
     const out = makeOut(a);
-    const { doctor } = await import('../../doctor.js');
+    const { doctor } = await import('../../node/index.js');
     const cfg = await loadConfig(a.config);
     if (a.keys) cfg.node.KEYS_DIR = a.keys;
     let storeError: string | undefined;

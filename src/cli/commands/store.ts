@@ -12,7 +12,7 @@ export const initStoreCommand: CommandModule<any, any> = {
       .option('dry-run', { type: 'boolean', describe: 'print the plan and change nothing' })
       .example('$0 init-store /mnt/sb-store', 'then: stackboot install node-2.stackbundle --store /mnt/sb-store --booted-slot none'),
   handler: async (a) => {
-    const { initStore, planStoreInit, STORE_LABEL } = await import('../../store.js');
+    const { initStore, planStoreInit, STORE_LABEL } = await import('../../format/index.js');
     const out = makeOut(a);
     const plan = await planStoreInit(a.dir, a.id);
     if (a.dryRun) {

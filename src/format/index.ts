@@ -1,0 +1,7 @@
+/** The public module of src/format/: what the other parts may use. */
+export * from './bundle.js';
+export * from './manifest.js';
+export * from './signature.js';
+export * from './state.js';
+export * from './store.js';
+export * from './tarfile.js';

@@ -1,0 +1,6 @@
+/** The public module of src/media/: what the other parts may use. */
+export * from './bmap.js';
+export * from './disk.js';
+export * from './flash.js';
+export * from './image.js';
+export * from './layout.js';

@@ -1,0 +1,154 @@
+/**
+ * doctor: what is wrong on a node. Each check gives ok / warn / fail and a message:
+ * kernel support (overlay, squashfs, loop), the keys, the store's free space, the node
+ * config against the boot.conf baked into the booted initramfs (the hook leaves a copy at
+ * /run/stackboot/boot.conf), and every slot's stack (manifest matches the state, layers
+ * present with the right size, or sha256 with `full`, signature valid).
+ */
+import { promises as fs } from 'node:fs';
+import path from 'node:path';
+import { diffBootConfig, type NodeConfig } from './config.js';
+import { makeBootConfig } from '../boot/index.js';
+import type { NodeContext } from './context.js';
+import { checkPublicKey, listPublicKeys, verifyWithKeyDir, SLOTS } from '../format/index.js';
+
+export type Level = 'ok' | 'warn' | 'fail';
+
+export interface Finding {
+  check: string;
+  level: Level;
+  message: string;
+}
+
+export interface DoctorOptions {
+  ctx: NodeContext | null;
+  config: NodeConfig;
+  /** default /proc */
+  procDir?: string;
+  /** default /run */
+  runDir?: string;
+  /** hash every layer (slow) */
+  full?: boolean;
+  /** why there is no ctx (shown in the report) */
+  storeError?: string;
+  /** warn below this many free bytes on the store (default 64 MiB) */
+  lowSpace?: number;
+}
+
+export interface DoctorReport {
+  findings: Finding[];
+  ok: boolean;
+}
+
+async function readText(f: string): Promise<string | null> {
+  return fs.readFile(f, 'utf8').catch(() => null);
+}
+
+export async function doctor(o: DoctorOptions): Promise<DoctorReport> {
+  const f: Finding[] = [];
+  const add = (check: string, level: Level, message: string) => f.push({ check, level, message });
+  const proc = o.procDir ?? '/proc';
+  const run = o.runDir ?? '/run';
+
+  // kernel support
+  const filesystems = (await readText(path.join(proc, 'filesystems'))) ?? '';
+  const modules = (await readText(path.join(proc, 'modules'))) ?? '';
+  const fsNames = new Set(filesystems.split('\n').map((l) => l.trim().split(/\s+/).pop() ?? ''));
+  for (const m of ['overlay', 'squashfs']) {
+    if (fsNames.has(m)) add('kernel', 'ok', `${m} filesystem available`);
+    else add('kernel', 'fail', `${m} filesystem not available (no "${m}" in ${proc}/filesystems): load the ${m} module, or put it in the initramfs`);
+  }
+  const loopMod = modules.split('\n').some((l) => l.startsWith('loop '));
+  const loopCtl = await fs.stat('/dev/loop-control').then(() => true, () => false);
+  if (loopMod || loopCtl) add('kernel', 'ok', `loop devices available${loopMod ? ' (module loaded)' : ''}`);
+  else add('kernel', 'fail', 'loop module missing (no loop in /proc/modules and no /dev/loop-control)');
+
+  // keys
+  const keysDir = o.config.node.KEYS_DIR;
+  const keys = await listPublicKeys(keysDir).catch(() => null);
+  if (keys === null) add('keys', o.config.node.ALLOW_UNSIGNED ? 'warn' : 'fail', `no keys directory ${keysDir}: installs will be refused`);
+  else if (keys.length === 0) add('keys', o.config.node.ALLOW_UNSIGNED ? 'warn' : 'fail', `no public keys (*.pub) in ${keysDir}: installs will be refused`);
+  else {
+    const bad: string[] = [];
+    for (const k of keys) await checkPublicKey(k).catch((e: Error) => bad.push(e.message));
+    for (const b of bad) add('keys', 'fail', b);
+    if (bad.length < keys.length) add('keys', 'ok', `${keys.length - bad.length} public key(s) in ${keysDir}`);
+  }
+
+  // config against the initramfs's copy
+  const initrdConf = await readText(path.join(run, 'stackboot', 'boot.conf'));
+  if (initrdConf === null) add('config', 'warn', `no ${path.join(run, 'stackboot', 'boot.conf')} (the booted initramfs's boot config): cannot compare with ${o.config.file ?? 'the defaults'}`);
+  else {
+    try {
+      const baked = makeBootConfig({ text: initrdConf, origin: 'initramfs boot.conf' });
+      const d = diffBootConfig(o.config.boot, baked);
+      if (d.length === 0) add('config', 'ok', `${o.config.file ?? 'node config (defaults)'} matches the initramfs's boot.conf`);
+      for (const x of d) add('config', 'warn', `${x.key}: node config says ${JSON.stringify(x.node)}, the initramfs was built with ${JSON.stringify(x.initramfs)} (rebuild the initramfs or fix the config)`);
+    } catch (e) {
+      add('config', 'fail', `the initramfs's boot.conf does not parse: ${(e as Error).message}`);
+    }
+  }
+
+  const ctx = o.ctx;
+  if (!ctx) {
+    add('store', 'fail', `no store: ${o.storeError ?? 'not booted by stackboot, and no --store'}`);
+    return { findings: f, ok: !f.some((x) => x.level === 'fail') };
+  }
+  const store = ctx.store;
+  // space
+  try {
+    const s = await fs.statfs(store.dir);
+    const free = Number(s.bavail) * Number(s.bsize);
+    const low = o.lowSpace ?? 64 << 20;
+    add('space', free < low ? 'warn' : 'ok', `${free} bytes free on the store (${store.dir})${free < low ? ': run stackboot gc' : ''}`);
+  } catch (e) {
+    add('space', 'fail', `cannot statfs ${store.dir}: ${(e as Error).message}`);
+  }
+  // stacks
+  let st;
+  try {
+    st = await store.readState();
+  } catch (e) {
+    add('state', 'fail', `state unreadable: ${(e as Error).message}`);
+    return { findings: f, ok: false };
+  }
+  for (const s of SLOTS) {
+    const v = st.slots[s];
+    let unparsed: string | null = null;
+    const m = await store.slotManifest(s).catch((e) => {
+      unparsed = (e as Error).message;
+      return null;
+    });
+    if (!v) {
+      if (m) add('stack', 'ok', `slot ${s}: empty in the state (a manifest is there: an interrupted install, or a gc candidate)`);
+      else if (unparsed !== null) add('stack', 'warn', `slot ${s}: empty in the state, and its manifest does not parse: ${unparsed}`);
+      continue;
+    }
+    const label = `slot ${s} (${v.status} ${v.stack.slice(0, 12)})`;
+    if (!m) {
+      // one finding per slot: "does not parse" or "missing", not both
+      add('stack', 'fail', `${label}: ${unparsed !== null ? `manifest does not parse: ${unparsed}` : 'no manifest'}`);
+      continue;
+    }
+    if (m.id !== v.stack) {
+      add('stack', 'fail', `${label}: the manifest hashes to ${m.id.slice(0, 12)}, not the state's stack: not bootable`);
+      continue;
+    }
+    const bad = await store.checkLayers(m.manifest, !!o.full);
+    if (bad.length) add('stack', 'fail', `${label}: unverifiable: ${bad.map((b) => `${b.name} ${b.problem}`).join(', ')}`);
+    const sig = await readText(path.join(store.slotDir(s), 'manifest.sig'));
+    if (sig === null) add('stack', 'warn', `${label}: no manifest.sig`);
+    else if (keys && keys.length) {
+      const why = await verifyWithKeyDir(Buffer.from(m.text), sig, keysDir).then(
+        () => null,
+        (e: Error) => e.message,
+      );
+      if (why !== null) {
+        add('stack', 'fail', `${label}: bad signature (${why}); its layers are ${bad.length ? 'not all there either' : 'present'}`);
+        continue;
+      }
+    }
+    if (!bad.length) add('stack', 'ok', `${label}: ${m.manifest.name} ${m.manifest.version}, ${m.manifest.layers.length} layers ${o.full ? 'verified (sha256)' : 'present'}`);
+  }
+  return { findings: f, ok: !f.some((x) => x.level === 'fail') };
+}

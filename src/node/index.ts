@@ -1,0 +1,11 @@
+/** The public module of src/node/: what the other parts may use. */
+export * from './config.js';
+export * from './context.js';
+export * from './doctor.js';
+export * from './download.js';
+export * from './gc.js';
+export * from './install.js';
+export * from './lock.js';
+export * from './migrate.js';
+export * from './paths.js';
+export * from './rollback.js';

@@ -1,0 +1,174 @@
+/**
+ * SD → NVMe migration on a running node (Debian-based nodes with Node.js; busybox nodes
+ * use `stackboot-node migrate`, the same steps in POSIX sh).
+ *
+ * Plan, then steps. The target gets the nvme layout (sb-boot vfat, sb-store ext4, sb-data
+ * ext4), NEW partition and filesystem UUIDs (sfdisk and mkfs pick random ones) and a NEW
+ * store id: never a clone of the SD's, so the boot hook can tell the two stores apart.
+ * Only the layers of the booted store's good stack are copied, each checked by sha256,
+ * then that stack goes into slot a as `pending` with tries. The SD store is not touched:
+ * it stays the rescue store, and the boot hook (NVMe first in STORES) falls back to it
+ * when the NVMe stack fails its tries or the NVMe is broken or gone.
+ */
+import { promises as fs } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { sha256File, StackbootError, run, mountDevice, umount, type ProgressSink } from '../sys/index.js';
+import { deviceInfo, deviceProblems, GPT_TYPES, MiB } from '../media/index.js';
+import { newStoreId, Store, DATA_LABEL, STORE_LABEL, writeDurable, serializeState, emptyState, type SlotName } from '../format/index.js';
+import { parseBooted } from './context.js';
+
+export interface MigrateOptions {
+  /** the NVMe (whole disk) */
+  to: string;
+  /** /run/stackboot/booted (default) */
+  bootedFile?: string;
+  tries?: number;
+  bootMiB?: number;
+  /** data partition MiB (default a quarter of the disk) */
+  dataMiB?: number;
+  /** also copy these files (kernel, initrd, extlinux/) into the new boot partition */
+  bootFilesDir?: string;
+  force?: boolean;
+  progress?: ProgressSink;
+  /** test seams */
+  procRoot?: string;
+  sysRoot?: string;
+  tmpDir?: string;
+}
+
+export interface MigrateStep {
+  what: string;
+  cmd?: string[];
+}
+
+export interface MigratePlan {
+  to: string;
+  diskBytes: number;
+  fromStore: { dev: string; id: string; mnt: string };
+  slot: SlotName;
+  stack: string;
+  layers: { digest: string; size: number; name: string }[];
+  layersBytes: number;
+  newStoreId: string;
+  tries: number;
+  parts: { name: string; dev: string; sizeMiB: number | null; fs: 'vfat' | 'ext4' }[];
+  steps: MigrateStep[];
+}
+
+/** Partition device name: nvme0n1 → nvme0n1p2, sdb → sdb2, loop3 → loop3p2. */
+export function partitionDevice(disk: string, n: number): string {
+  return /\d$/.test(disk) ? `${disk}p${n}` : `${disk}${n}`;
+}
+
+export async function planMigrate(o: MigrateOptions): Promise<MigratePlan> {
+  const bootedFile = o.bootedFile ?? '/run/stackboot/booted';
+  const bt = await fs.readFile(bootedFile, 'utf8').catch((e) => {
+    throw new StackbootError('STORE', `not booted by stackboot (no ${bootedFile})`, { cause: e });
+  });
+  const b = parseBooted(bt);
+  const store = await Store.open(b.store_mnt);
+  const st = await store.readState();
+  const slot = st.current;
+  if (!slot || st.slots[slot]?.status !== 'good') throw new StackbootError('STATE', `the booted store has no good stack (current=${slot ?? '-'}); mark one good first`);
+  const sm = await store.slotManifest(slot);
+  if (!sm || sm.id !== st.slots[slot]!.stack) throw new StackbootError('STATE', `slot ${slot}'s manifest does not match its state`);
+  const info = await deviceInfo(o.to, o.sysRoot);
+  if (b.store_dev && (b.store_dev === o.to || b.store_dev.startsWith(o.to))) throw new StackbootError('DEVICE', `${o.to} holds the booted store (${b.store_dev})`);
+  const layersBytes = sm.manifest.layers.reduce((n, l) => n + l.size, 0);
+  const problems = await deviceProblems(info, 0, { procRoot: o.procRoot });
+  if (problems.length && !o.force) throw new StackbootError('DEVICE', `refusing to migrate to ${o.to}: ${problems.join('; ')} (use --force to override)`);
+  const diskMiB = Math.floor(info.size / MiB);
+  const bootMiB = o.bootMiB ?? 256;
+  const dataMiB = o.dataMiB ?? Math.floor(diskMiB / 4);
+  const storeMiB = diskMiB - bootMiB - dataMiB - 2;
+  if (storeMiB * MiB < layersBytes * 2) throw new StackbootError('NO_SPACE', `${o.to} (${diskMiB} MiB) is too small: the store needs ${Math.ceil((layersBytes * 2) / MiB)} MiB besides ${bootMiB} MiB boot and ${dataMiB} MiB data`);
+  const p = (n: number): string => partitionDevice(o.to, n);
+  const sfdisk = ['label: gpt', `size=${bootMiB}MiB, type=${GPT_TYPES.esp}, name="sb-boot"`, `size=${storeMiB}MiB, type=${GPT_TYPES.linux}, name="${STORE_LABEL}"`, `type=${GPT_TYPES.linux}, name="${DATA_LABEL}"`].join('\n');
+  const tries = o.tries ?? 3;
+  const nid = newStoreId();
+  const steps: MigrateStep[] = [
+    { what: `partition ${o.to} (GPT, new random UUIDs):\n${sfdisk}`, cmd: ['sfdisk', '--quiet', '--wipe', 'always', o.to] },
+    { what: `format ${p(1)} vfat (sb-boot)`, cmd: ['mkfs.vfat', '-F', '32', '-n', 'SB-BOOT', p(1)] },
+    { what: `format ${p(2)} ext4 (${STORE_LABEL}, new UUID)`, cmd: ['mkfs.ext4', '-q', '-F', '-L', STORE_LABEL, p(2)] },
+    { what: `format ${p(3)} ext4 (${DATA_LABEL}, new UUID)`, cmd: ['mkfs.ext4', '-q', '-F', '-L', DATA_LABEL, p(3)] },
+    { what: `create store ${nid} on ${p(2)}` },
+    ...sm.manifest.layers.map((l) => ({ what: `copy and verify layer ${l.name} (${l.digest.slice(0, 12)}, ${l.size} bytes)` })),
+    { what: `install stack ${sm.id.slice(0, 12)} in slot a as pending with ${tries} tries` },
+  ];
+  if (o.bootFilesDir) steps.push({ what: `copy boot files from ${o.bootFilesDir} to ${p(1)}` });
+  return {
+    to: o.to,
+    diskBytes: info.size,
+    fromStore: { dev: b.store_dev ?? '', id: await store.id(), mnt: b.store_mnt },
+    slot,
+    stack: sm.id,
+    layers: sm.manifest.layers.map((l) => ({ digest: l.digest, size: l.size, name: l.name })),
+    layersBytes,
+    newStoreId: nid,
+    tries,
+    parts: [
+      { name: 'sb-boot', dev: p(1), sizeMiB: bootMiB, fs: 'vfat' },
+      { name: STORE_LABEL, dev: p(2), sizeMiB: storeMiB, fs: 'ext4' },
+      { name: DATA_LABEL, dev: p(3), sizeMiB: dataMiB, fs: 'ext4' },
+    ],
+    steps,
+  };
+}
+
+async function waitBlock(dev: string): Promise<void> {
+  for (let i = 0; i < 100; i++) {
+    if ((await fs.stat(dev).catch(() => null))?.isBlockDevice()) return;
+    if (i === 10) await run('partx', ['-u', dev.replace(/p?\d+$/, '')], { reject: false });
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  throw new StackbootError('DEVICE', `${dev} did not appear after partitioning`);
+}
+
+/** Carries out a plan (see planMigrate). */
+export async function migrate(plan: MigratePlan, o: Pick<MigrateOptions, 'progress' | 'tmpDir' | 'bootFilesDir'> = {}): Promise<{ storeId: string; copiedBytes: number }> {
+  const say = (task: string): void => o.progress?.({ task, done: 0 });
+  const [boot, storeP, dataP] = plan.parts;
+  say('partition');
+  await run('sfdisk', ['--quiet', '--wipe', 'always', plan.to], { input: plan.steps[0].what.split('\n').slice(1).join('\n') + '\n' });
+  await run('blockdev', ['--rereadpt', plan.to], { reject: false });
+  for (const p of plan.parts) await waitBlock(p.dev);
+  say('format');
+  await run('mkfs.vfat', ['-F', '32', '-n', 'SB-BOOT', boot.dev]);
+  await run('mkfs.ext4', ['-q', '-F', '-L', STORE_LABEL, storeP.dev]);
+  await run('mkfs.ext4', ['-q', '-F', '-L', DATA_LABEL, dataP.dev]);
+  const mnt = await fs.mkdtemp(path.join(o.tmpDir ?? os.tmpdir(), 'sb-migrate-'));
+  let copied = 0;
+  try {
+    await mountDevice(storeP.dev, mnt);
+    const store = await Store.create(mnt, plan.newStoreId);
+    const src = new Store(plan.fromStore.mnt);
+    for (const l of plan.layers) {
+      say(`layer ${l.name}`);
+      const tmp = `${store.layerPath(l.digest)}.new`;
+      await fs.copyFile(src.layerPath(l.digest), tmp);
+      const fh = await fs.open(tmp, 'r');
+      await fh.sync();
+      await fh.close();
+      if ((await sha256File(tmp)) !== l.digest) throw new StackbootError('VERIFY', `layer ${l.name} does not verify after the copy to ${storeP.dev}`);
+      await fs.rename(tmp, store.layerPath(l.digest));
+      copied += l.size;
+    }
+    const slotDir = src.slotDir(plan.slot);
+    await fs.copyFile(path.join(slotDir, 'manifest'), path.join(store.slotDir('a'), 'manifest'));
+    await fs.copyFile(path.join(slotDir, 'manifest.sig'), path.join(store.slotDir('a'), 'manifest.sig')).catch(() => {});
+    const st = emptyState();
+    st.slots.a = { status: 'pending', stack: plan.stack, tries: plan.tries };
+    st.current = null;
+    await writeDurable(path.join(mnt, 'state'), serializeState(st));
+    await store.appendEvent('install', { slot: 'a', stack: plan.stack, tries: plan.tries, reason: `migrated from store ${plan.fromStore.id} (${plan.fromStore.dev})` });
+  } finally {
+    await umount(mnt);
+    await fs.rm(mnt, { recursive: true, force: true });
+  }
+  if (o.bootFilesDir) {
+    const entries = await fs.readdir(o.bootFilesDir);
+    if (entries.length) await run('mcopy', ['-s', '-p', '-i', boot.dev, ...entries.map((e) => path.join(o.bootFilesDir!, e)), '::/'], { env: { MTOOLS_SKIP_CHECK: '1' } });
+  }
+  return { storeId: plan.newStoreId, copiedBytes: copied };
+}

@@ -1,0 +1,126 @@
+import path from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { normalizeTarPath, planTar, type TarPlanOptions } from '../../../src/build/sources/tar.js';
+import { tmpdir, writeTar, type FixtureEntry } from './tarfixture.js';
+
+const opts: TarPlanOptions = { whiteouts: 'oci', devices: false, owner: 'keep', epoch: 7 };
+
+async function plan(entries: FixtureEntry[], o = opts) {
+  const d = await tmpdir('sb-tar-');
+  const f = path.join(d, 'layer.tar');
+  await writeTar(f, entries);
+  const p = await planTar(f, o);
+  return [...p.keep.values()].map((k) => k.entry).concat([...p.before.values()].flat());
+}
+
+describe('tar source: normalisation', () => {
+  it('strips ./ and trailing slashes', () => {
+    expect(normalizeTarPath('./etc//passwd')).toBe('etc/passwd');
+    expect(normalizeTarPath('./')).toBe('');
+  });
+  it.each([
+    ['/etc/passwd', /absolute path/],
+    ['a/../../etc', /escapes the layer root/],
+    [`${'x'.repeat(256)}/f`, /longer than 255 bytes/],
+  ])('refuses %s', (p, re) => {
+    expect(() => normalizeTarPath(p)).toThrow(re);
+  });
+});
+
+describe('tar source: OCI whiteouts', () => {
+  it('turns .wh.<name> into a 0/0 char device and .wh..wh..opq into an opaque dir', async () => {
+    const es = await plan([
+      { path: 'etc/', type: 'dir' },
+      { path: 'etc/.wh.removed', data: '' },
+      { path: 'var/cache/.wh..wh..opq', data: '' },
+      { path: 'opt/', type: 'dir' },
+      { path: 'opt/.wh..wh..opq', data: '' },
+      { path: 'opt/keep', data: 'k' },
+    ]);
+    const wh = es.find((e) => e.path === 'etc/removed')!;
+    expect(wh).toMatchObject({ type: 'char', devmajor: 0, devminor: 0, mode: 0 });
+    const opt = es.find((e) => e.path === 'opt')!;
+    expect(opt.xattrs?.['trusted.overlay.opaque']?.toString()).toBe('y');
+    const cache = es.find((e) => e.path === 'var/cache')!;
+    expect(cache).toMatchObject({ type: 'dir' });
+    expect(cache.xattrs?.['trusted.overlay.opaque']?.toString()).toBe('y');
+    expect(es.some((e) => e.path.includes('.wh.'))).toBe(false);
+  });
+
+  it('refuses a whiteout that names no file (.wh., .wh.., .wh...)', async () => {
+    for (const w of ['etc/.wh.', '.wh..', 'etc/.wh...']) await expect(plan([{ path: w, data: '' }])).rejects.toThrow(/UNSAFE|whiteout must name a file/);
+    await expect(plan([{ path: 'etc/.wh.', data: '' }])).rejects.toMatchObject({ code: 'UNSAFE_ENTRY', message: expect.stringContaining('"etc/.wh."') });
+  });
+
+  it("hides only the lower layers' file: an entry of the same name in the layer stays, in either order, and its folder is opaque", async () => {
+    for (const entries of [
+      [{ path: '.wh.d', data: '' }, { path: 'd/', type: 'dir' }, { path: 'd/new', data: 'n' }, { path: 'f', data: 'mine' }, { path: '.wh.f', data: '' }],
+      [{ path: 'd/', type: 'dir' }, { path: 'd/new', data: 'n' }, { path: '.wh.d', data: '' }, { path: '.wh.f', data: '' }, { path: 'f', data: 'mine' }],
+    ] as FixtureEntry[][]) {
+      const es = await plan(entries);
+      const d = es.find((e) => e.path === 'd')!;
+      expect(d.type).toBe('dir');
+      expect(d.xattrs?.['trusted.overlay.opaque']?.toString()).toBe('y');
+      expect(es.find((e) => e.path === 'f')).toMatchObject({ type: 'file', size: 4 });
+      expect(es.filter((e) => e.type === 'char')).toEqual([]);
+    }
+  });
+
+  it('makes a whited-out folder with entries below it and no entry of its own an opaque 0755 folder', async () => {
+    const es = await plan([
+      { path: 'd/new', data: 'n' },
+      { path: '.wh.d', data: '' },
+      { path: 'e/.wh..wh..opq', data: '' },
+      { path: '.wh.e', data: '' },
+    ]);
+    for (const dir of ['d', 'e']) {
+      const e = es.find((x) => x.path === dir)!;
+      expect(e).toMatchObject({ type: 'dir', mode: 0o755, uid: 0, gid: 0 });
+      expect(e.xattrs?.['trusted.overlay.opaque']?.toString()).toBe('y');
+    }
+  });
+
+  it('keeps .wh. files as they are when the source is a plain tar', async () => {
+    const es = await plan([{ path: 'etc/.wh.x', data: '' }], { ...opts, whiteouts: 'none' });
+    expect(es.map((e) => e.path)).toEqual(['etc/.wh.x']);
+  });
+
+  it('keeps the last of duplicate entries and sets every mtime to the epoch', async () => {
+    const es = await plan([
+      { path: 'f', data: 'one' },
+      { path: './f', data: 'two!' },
+    ]);
+    expect(es).toHaveLength(1);
+    expect(es[0]).toMatchObject({ path: 'f', size: 4, mtime: 7 });
+  });
+});
+
+describe('tar source: guards', () => {
+  it.each<[string, FixtureEntry[], RegExp]>([
+    ['dot-dot', [{ path: '../evil', data: 'x' }], /escapes the layer root/],
+    ['absolute', [{ path: '/etc/shadow', data: 'x' }], /absolute path/],
+    ['through a symlink', [{ path: 'lnk', type: 'symlink', linkpath: '/etc' }, { path: 'lnk/passwd', data: 'x' }], /through the symlink lnk/],
+    ['hard link out of the tree', [{ path: 'h', type: 'hardlink', linkpath: '../../etc/passwd' }], /escapes the layer root/],
+    ['hard link absolute', [{ path: 'h', type: 'hardlink', linkpath: '/etc/passwd' }], /absolute path \/etc\/passwd \(outside the tree\)/],
+    ['hard link to nothing', [{ path: 'h', type: 'hardlink', linkpath: 'nothere' }], /not in the archive/],
+    ['device node', [{ path: 'dev/sda', type: 'block', devmajor: 8, devminor: 0 }], /device node .* does not allow devices/],
+    ['long name', [{ path: `d/${'n'.repeat(300)}`, data: 'x' }], /longer than 255 bytes/],
+    ['a folder replaced by a later file', [{ path: 'd/', type: 'dir' }, { path: 'd/x', data: 'x' }, { path: 'd', data: 'file' }], /entry "d\/x": its parent d is a file in the same archive, not a folder/],
+    ['an entry under a file', [{ path: 'f', data: 'file' }, { path: 'f/x', data: 'x' }], /entry "f\/x": its parent f is a file/],
+    ['an entry under a device', [{ path: 'n', type: 'char', devmajor: 0, devminor: 0 }, { path: 'n/x', data: 'x' }], /its parent n is a device/],
+  ])('refuses %s', async (_n, entries, re) => {
+    await expect(plan(entries)).rejects.toThrow(re);
+  });
+
+  it('allows devices when the layer says so, and hard links inside the tree', async () => {
+    const es = await plan(
+      [
+        { path: 'dev/null', type: 'char', devmajor: 1, devminor: 3 },
+        { path: 'a', data: 'x' },
+        { path: 'b', type: 'hardlink', linkpath: './a' },
+      ],
+      { ...opts, devices: true },
+    );
+    expect(es.find((e) => e.path === 'b')).toMatchObject({ type: 'hardlink', linkpath: 'a' });
+  });
+});

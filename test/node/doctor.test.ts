@@ -1,0 +1,81 @@
+import { describe, it, expect, beforeAll, afterAll } from 'vitest';
+import { promises as fs } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { diffBootConfig, parseNodeConfig } from '../../src/node/config.js';
+import { doctor } from '../../src/node/doctor.js';
+import { makeBootConfig } from '../../src/boot/initramfs.js';
+import { nodeContext } from '../../src/node/context.js';
+import { stageStore } from '../../src/format/store.js';
+import { fakeBuild, keys, layerBytes } from '../support/update-fixtures.js';
+
+let tmp: string;
+beforeAll(async () => {
+  tmp = await fs.mkdtemp(path.join(tmpdir(), 'sb-doctor-'));
+});
+afterAll(async () => {
+  await fs.rm(tmp, { recursive: true, force: true });
+});
+
+describe('node config', () => {
+  it('parses boot keys with the boot.conf parser plus node-only keys', () => {
+    const c = parseNodeConfig('STORES=mmcblk0 # sd\nTRIES=5\nKEYS_DIR=/k\nCOMPATIBLE=fleet-1\nALLOW_UNSIGNED=0\n');
+    expect(c.boot.STORES).toEqual(['mmcblk0']);
+    expect(c.boot.TRIES).toBe(5);
+    expect(c.node).toMatchObject({ KEYS_DIR: '/k', COMPATIBLE: 'fleet-1', ALLOW_UNSIGNED: false });
+    expect(() => parseNodeConfig('TRIES=zero')).toThrow(/TRIES/);
+    expect(() => parseNodeConfig('NOPE=1')).toThrow(/unknown boot config key NOPE/);
+    expect(diffBootConfig(c.boot, makeBootConfig({ set: ['STORES=mmcblk0'] }))).toEqual([{ key: 'TRIES', node: '5', initramfs: '3' }]);
+  });
+});
+
+describe('doctor', () => {
+  it('reports missing modules, keys, a config mismatch and an unverifiable stack', async () => {
+    const k = await keys(tmp);
+    const good = await fakeBuild(path.join(tmp, 'good'), { version: '1', key: k.key, layers: [{ name: 'base', data: layerBytes(1000, 'b') }] });
+    const broken = await fakeBuild(path.join(tmp, 'broken'), { version: '2', key: k.key, layers: [{ name: 'base', data: layerBytes(1000, 'b') }, { name: 'app', data: layerBytes(500, 'x') }] });
+    const store = path.join(tmp, 'store');
+    await stageStore(store, { slots: { a: { buildDir: good.dir, status: 'good' }, b: { buildDir: broken.dir, status: 'pending' } }, skipLayers: [broken.manifest.layers[1].digest] });
+    const proc = path.join(tmp, 'proc');
+    await fs.mkdir(proc);
+    await fs.writeFile(path.join(proc, 'filesystems'), 'nodev\ttmpfs\n\text4\n\tsquashfs\n');
+    await fs.writeFile(path.join(proc, 'modules'), 'loop 32768 0 - Live 0x0\n');
+    const run = path.join(tmp, 'run');
+    await fs.mkdir(path.join(run, 'stackboot'), { recursive: true });
+    await fs.writeFile(path.join(run, 'stackboot', 'boot.conf'), 'STORES=vda\nTRIES=3\n');
+    const config = parseNodeConfig(`STORES=vda\nTRIES=4\nKEYS_DIR=${k.keysDir}\n`);
+    const r = await doctor({ ctx: await nodeContext({ store }), config, procDir: proc, runDir: run });
+    const msgs = r.findings.map((f) => `${f.level} ${f.check} ${f.message}`);
+    expect(r.ok).toBe(false);
+    expect(msgs).toContainEqual(expect.stringMatching(/^fail kernel overlay filesystem not available/));
+    expect(msgs).toContainEqual(expect.stringMatching(/^ok kernel squashfs/));
+    expect(msgs).toContainEqual(expect.stringMatching(/^ok keys 1 public key/));
+    expect(msgs).toContainEqual(expect.stringMatching(/^warn config TRIES: node config says "4", the initramfs was built with "3"/));
+    expect(msgs).toContainEqual(expect.stringMatching(/^fail stack slot b \(pending .*unverifiable: app missing/));
+    expect(msgs).toContainEqual(expect.stringMatching(/^ok stack slot a \(good .*node 1, 1 layers present/));
+    // a bad signature on slot a and no keys
+    await fs.writeFile(path.join(store, 'slots', 'a', 'manifest.sig'), (await fs.readFile(path.join(broken.dir, 'manifest.sig'), 'utf8')));
+    const r2 = await doctor({ ctx: await nodeContext({ store }), config, procDir: proc, runDir: run });
+    const slotA2 = r2.findings.filter((f) => f.check === 'stack' && /^slot a /.test(f.message));
+    // one finding for the slot: the bad signature (not also an "ok" for its layers)
+    expect(slotA2.map((f) => `${f.level} ${f.message}`)).toEqual([expect.stringMatching(/^fail slot a .*bad signature .*its layers are present$/)]);
+    // a manifest that does not parse: one problem, not two
+    const goodManifest = await fs.readFile(path.join(store, 'slots', 'a', 'manifest'), 'utf8');
+    await fs.writeFile(path.join(store, 'slots', 'a', 'manifest'), 'garbage\n');
+    const rg = await doctor({ ctx: await nodeContext({ store }), config, procDir: proc, runDir: run });
+    expect(rg.findings.filter((f) => /^slot a /.test(f.message)).map((f) => `${f.level} ${f.message}`)).toEqual([expect.stringMatching(/^fail slot a \(good .*\): manifest does not parse: /)]);
+    await fs.writeFile(path.join(store, 'slots', 'a', 'manifest'), goodManifest);
+    // a private key among the public ones: the fleet's signing key on a node
+    await fs.copyFile(k.key, path.join(k.keysDir, 'leaked.pub'));
+    const rp = await doctor({ ctx: await nodeContext({ store }), config, procDir: proc, runDir: run });
+    const mp = rp.findings.map((f) => `${f.level} ${f.check} ${f.message}`);
+    expect(mp).toContainEqual(expect.stringMatching(/^fail keys .*leaked\.pub holds a private key/));
+    expect(mp).toContainEqual(expect.stringMatching(/^ok keys 1 public key/));
+    await fs.rm(path.join(k.keysDir, 'leaked.pub'));
+    const r3 = await doctor({ ctx: null, config: parseNodeConfig(`KEYS_DIR=${path.join(tmp, 'nokeys')}\n`), procDir: proc, runDir: path.join(tmp, 'norun') });
+    const m3 = r3.findings.map((f) => `${f.level} ${f.check} ${f.message}`);
+    expect(m3).toContainEqual(expect.stringMatching(/^fail keys no keys directory/));
+    expect(m3).toContainEqual(expect.stringMatching(/^warn config no .*boot.conf/));
+    expect(m3).toContainEqual(expect.stringMatching(/^fail store no store: not booted/));
+  });
+});
