@@ -7,9 +7,14 @@
  *   compatible stackboot-demo
  *   created 0
  *   compression zstd
+ *   kernel <release> <path> sha256:<hex> <bytes>     (optional: the stack's own kernel)
+ *   initrd <path> sha256:<hex> <bytes>               (with kernel: the initrd made for it)
+ *   fdt <path> sha256:<hex> <bytes>                  (optional: the device tree, arm64)
  *   layer sha256:<hex> <bytes> <name>
  *
- * The stack id is the sha256 of the manifest bytes. Layers are listed bottom first.
+ * The stack id is the sha256 of the manifest bytes. Layers are listed bottom first. The
+ * boot files' paths are absolute paths in the stack's merged root: the hook reads them
+ * from the mounted overlay and checks each against its digest before a kexec.
  */
 import { createHash } from 'node:crypto';
 import { StackbootError } from '../sys/index.js';
@@ -23,12 +28,31 @@ export interface LayerRef {
   name: string;
 }
 
+/** A file of the stack's merged root that the boot uses (kernel, initrd, device tree). */
+export interface BootFile {
+  /** absolute path inside the stack's root, e.g. /boot/vmlinuz-6.12.48+deb12-amd64 */
+  path: string;
+  digest: string;
+  size: number;
+}
+
+/** The stack's own kernel: its release (`uname -r`) and file. */
+export interface KernelRef extends BootFile {
+  release: string;
+}
+
 export interface Manifest {
   name: string;
   version: string;
   compatible: string;
   created: number;
   compression?: string;
+  /** the stack's own kernel; without it the stack runs on the boot partition's kernel */
+  kernel?: KernelRef;
+  /** the initrd for `kernel` (required with it) */
+  initrd?: BootFile;
+  /** the device tree for `kernel` (arm64 boards) */
+  fdt?: BootFile;
   layers: LayerRef[];
   /** Unknown keys, kept in order so that a round trip keeps the stack id. */
   extra?: [string, string][];
@@ -37,6 +61,10 @@ export interface Manifest {
 export const NAME_RE = /^[A-Za-z0-9._-]{1,64}$/;
 const HEX64 = /^[0-9a-f]{64}$/;
 const VALUE_RE = /^[^\s][^\n\r]*$/;
+/** an absolute path of plain characters: no spaces, no `..`, no `//` (the hook reads it with `read`) */
+const BOOT_PATH_RE = /^(\/[A-Za-z0-9._+@-]+)+$/;
+/** a kernel release as `uname -r` prints it */
+const RELEASE_RE = /^[A-Za-z0-9._+~-]{1,64}$/;
 
 function bad(msg: string, line?: number): never {
   throw new StackbootError('MANIFEST', line === undefined ? msg : `manifest line ${line}: ${msg}`);
@@ -57,6 +85,15 @@ export function serializeManifest(m: Manifest): string {
     checkValue('compression', m.compression);
     lines.push(`compression ${m.compression}`);
   }
+  if (m.initrd && !m.kernel) bad('an initrd needs a kernel');
+  if (m.fdt && !m.kernel) bad('a device tree needs a kernel');
+  if (m.kernel && !m.initrd) bad('a kernel needs its initrd');
+  if (m.kernel) {
+    if (!RELEASE_RE.test(m.kernel.release)) bad(`kernel release ${JSON.stringify(m.kernel.release)} must match ${RELEASE_RE}`);
+    lines.push(`kernel ${m.kernel.release} ${bootFileText('kernel', m.kernel)}`);
+  }
+  if (m.initrd) lines.push(`initrd ${bootFileText('initrd', m.initrd)}`);
+  if (m.fdt) lines.push(`fdt ${bootFileText('fdt', m.fdt)}`);
   for (const [k, v] of m.extra ?? []) lines.push(`${k} ${v}`);
   const seen = new Set<string>();
   for (const l of m.layers) {
@@ -68,6 +105,23 @@ export function serializeManifest(m: Manifest): string {
     lines.push(`layer sha256:${l.digest} ${l.size} ${l.name}`);
   }
   return lines.join('\n') + '\n';
+}
+
+function bootFileText(what: string, f: BootFile): string {
+  if (!BOOT_PATH_RE.test(f.path) || f.path.split('/').includes('..')) bad(`${what} path ${JSON.stringify(f.path)} must be an absolute path without spaces or ..`);
+  if (!HEX64.test(f.digest)) bad(`${what}: digest must be 64 lowercase hex chars`);
+  if (!Number.isSafeInteger(f.size) || f.size <= 0) bad(`${what}: size must be a positive integer`);
+  return `${f.path} sha256:${f.digest} ${f.size}`;
+}
+
+/** Parses "<path> sha256:<hex> <bytes>" (the tail of a kernel, initrd or fdt line). */
+function parseBootFile(what: string, words: string[], line: number): BootFile {
+  if (words.length !== 3) bad(`expected "${what} ${what === 'kernel' ? '<release> ' : ''}<path> sha256:<hex> <bytes>"`, line);
+  const [p, d, s] = words;
+  if (!BOOT_PATH_RE.test(p) || p.split('/').includes('..')) bad(`bad ${what} path ${JSON.stringify(p)}`, line);
+  if (!d.startsWith('sha256:') || !HEX64.test(d.slice(7))) bad(`bad ${what} digest ${JSON.stringify(d)}`, line);
+  if (!/^\d+$/.test(s) || Number(s) <= 0 || !Number.isSafeInteger(Number(s))) bad(`bad ${what} size ${JSON.stringify(s)}`, line);
+  return { path: p, digest: d.slice(7), size: Number(s) };
 }
 
 export function parseManifest(text: string): Manifest {
@@ -93,6 +147,19 @@ export function parseManifest(text: string): Manifest {
         m.created = Number(value);
         break;
       }
+      case 'kernel': {
+        if (m.kernel) bad('a second kernel line', i + 1);
+        const [release = '', ...rest] = value.split(' ');
+        if (!RELEASE_RE.test(release)) bad(`bad kernel release ${JSON.stringify(release)}`, i + 1);
+        m.kernel = { release, ...parseBootFile('kernel', rest, i + 1) };
+        break;
+      }
+      case 'initrd':
+      case 'fdt': {
+        if (m[key]) bad(`a second ${key} line`, i + 1);
+        m[key] = parseBootFile(key, value.split(' '), i + 1);
+        break;
+      }
       case 'layer': {
         const parts = value.split(' ');
         if (parts.length !== 3) bad('expected "layer sha256:<hex> <bytes> <name>"', i + 1);
@@ -110,6 +177,8 @@ export function parseManifest(text: string): Manifest {
   for (const k of ['name', 'version', 'compatible'] as const) if (!m[k]) bad(`missing "${k}"`);
   if (m.created === undefined) bad('missing "created"');
   if (m.layers.length === 0) bad('no layers');
+  if (m.kernel && !m.initrd) bad('a kernel line without an initrd line');
+  if (!m.kernel && (m.initrd || m.fdt)) bad(`an ${m.initrd ? 'initrd' : 'fdt'} line without a kernel line`);
   return m as Manifest;
 }
 

@@ -49,3 +49,45 @@ describe('manifest', () => {
     expect(missingLayers(m, [d('a')]).map((l) => l.name)).toEqual(['app']);
   });
 });
+
+describe('manifest: the stack kernel', () => {
+  const withKernel: Manifest = {
+    ...m,
+    kernel: { release: '6.12.48+deb12-amd64', path: '/boot/vmlinuz-6.12.48+deb12-amd64', digest: d('c'), size: 9000000 },
+    initrd: { path: '/boot/stackboot/initrd.img', digest: d('e'), size: 4000000 },
+    fdt: { path: '/boot/dtb/board.dtb', digest: d('f'), size: 60000 },
+  };
+
+  it('writes kernel, initrd and fdt lines before the layers and reads them back', () => {
+    const text = serializeManifest(withKernel);
+    expect(text).toContain(`\nkernel 6.12.48+deb12-amd64 /boot/vmlinuz-6.12.48+deb12-amd64 sha256:${d('c')} 9000000\ninitrd /boot/stackboot/initrd.img sha256:${d('e')} 4000000\nfdt /boot/dtb/board.dtb sha256:${d('f')} 60000\nlayer `);
+    const back = parseManifest(text);
+    expect(back.kernel).toEqual(withKernel.kernel);
+    expect(back.initrd).toEqual(withKernel.initrd);
+    expect(back.fdt).toEqual(withKernel.fdt);
+    expect(back.extra).toEqual([]);
+    expect(serializeManifest(back)).toBe(text);
+  });
+
+  it('a manifest without a kernel has none (the boot partition kernel runs it)', () => {
+    expect(parseManifest(serializeManifest(m)).kernel).toBeUndefined();
+  });
+
+  const base = `stackboot-manifest 1\nname a\nversion 1\ncompatible c\ncreated 0\nlayer sha256:${d('a')} 1 base\n`;
+  it.each([
+    ['a kernel without an initrd', `kernel 6.1 /boot/vmlinuz sha256:${d('c')} 10\n`, /without an initrd/],
+    ['an initrd without a kernel', `initrd /boot/i sha256:${d('c')} 10\n`, /initrd line without a kernel/],
+    ['a relative kernel path', `kernel 6.1 boot/vmlinuz sha256:${d('c')} 10\ninitrd /i sha256:${d('c')} 1\n`, /bad kernel path/],
+    ['a path with ..', `kernel 6.1 /boot/../etc/shadow sha256:${d('c')} 10\ninitrd /i sha256:${d('c')} 1\n`, /bad kernel path/],
+    ['a short digest', `kernel 6.1 /boot/vmlinuz sha256:abc 10\ninitrd /i sha256:${d('c')} 1\n`, /bad kernel digest/],
+    ['a zero size', `kernel 6.1 /boot/vmlinuz sha256:${d('c')} 0\ninitrd /i sha256:${d('c')} 1\n`, /bad kernel size/],
+    ['a missing release', `kernel /boot/vmlinuz sha256:${d('c')} 10\ninitrd /i sha256:${d('c')} 1\n`, /bad kernel release|expected "kernel/],
+    ['two kernels', `kernel 6.1 /v sha256:${d('c')} 10\nkernel 6.2 /w sha256:${d('c')} 10\ninitrd /i sha256:${d('c')} 1\n`, /second kernel/],
+  ])('refuses %s', (_n, lines, re) => {
+    expect(() => parseManifest(base.replace('layer ', `${lines}layer `))).toThrow(re);
+  });
+
+  it('refuses to write a kernel without its initrd', () => {
+    expect(() => serializeManifest({ ...withKernel, initrd: undefined })).toThrow(/needs its initrd/);
+  });
+});
