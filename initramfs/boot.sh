@@ -52,7 +52,9 @@ sb_try_slot() {
 	case " $SB_TRIED " in *" $i:$slot "*) return 1 ;; esac
 	SB_TRIED="$SB_TRIED $i:$slot"
 	sb_log "trying slot $slot ($(sb_slot_status "$slot") $(sb_short "$(sb_slot_stack "$slot")")) of $(sb_store_get "$i" DEV)"
-	if sb_mount_stack "$store" "$slot" "$(sb_slot_stack "$slot")" "$root"; then
+	# mounted, then its own kernel when it has one (sb_kexec_step jumps, or fails)
+	if sb_mount_stack "$store" "$slot" "$(sb_slot_stack "$slot")" "$root" &&
+		sb_kexec_step "$i" "$slot" "$root"; then
 		return 0
 	fi
 	sb_candidate_failed "$store" "$slot" "$SB_FAIL_WHY"
@@ -96,6 +98,17 @@ sb_boot_store() {
 		return 1
 	fi
 	sb_debug "state: current=$SB_ST_CURRENT a=$SB_ST_a/$SB_ST_a_TRIES b=$SB_ST_b/$SB_ST_b_TRIES"
+	# the kexec'ed second stage: the slot the first stage chose, its try already counted
+	if sb_kexec_spec_parse && sb_kexec_second_stage "$i" "$SB_KX_SLOT"; then
+		s=$SB_KX_SLOT
+		case "$(sb_slot_status "$s")" in
+		pending | good)
+			sb_log "second stage of slot $s (kexec): not counting another try"
+			sb_try_slot "$i" "$s" "$root" && { SB_BOOT_SLOT=$s; return 0; }
+			;;
+		*) sb_warn "stackboot.kexec: slot $s is $(sb_slot_status "$s") now; the protocol chooses" ;;
+		esac
+	fi
 	# stackboot.slot= first
 	if [ -n "$SB_FORCE_SLOT" ]; then
 		s=$SB_FORCE_SLOT

@@ -27,6 +27,8 @@
 #   stackboot.wipe            SB_WIPE=1
 #   stackboot.break           SB_BREAK=1
 #   stackboot.debug           SB_DEBUG=1
+#   stackboot.kexec=ID:SLOT:STACK  SB_KEXEC_FROM: this is the kexec'ed second stage of
+#                             SLOT (its try is already counted; initramfs/kexec.sh)
 #   stackboot.tries=N         SB_TRIES
 #   stackboot.verify=size|sha256, stackboot.upper=tmpfs|disk, stackboot.onfail=reboot|shell
 
@@ -52,6 +54,7 @@ sb_config_defaults() {
 	: "${SB_WIPE=0}"
 	: "${SB_BREAK=0}"
 	: "${SB_DEBUG=0}"
+	: "${SB_KEXEC_FROM=}"
 }
 
 # sb_config_set KEY VALUE [ORIGIN]: validate and assign SB_<KEY>. Unknown keys and
@@ -137,12 +140,17 @@ sb_cmdline_apply() {
 		stackboot.store=*)
 			case "${w#*=}" in '' | *[!A-Za-z0-9/._-]*) sb_warn "cmdline: bad stackboot.store ignored" ;; *) SB_FORCE_STORE=${w#*=} ;; esac ;;
 		stackboot.tries=*) sb_config_set TRIES "${w#*=}" cmdline ;;
+		stackboot.kexec=*)
+			SB_KEXEC_FROM=${w#*=}
+			sb_kexec_spec_parse || { sb_warn "cmdline: bad $w ignored"; SB_KEXEC_FROM=; } ;;
 		stackboot.verify=*) sb_config_set VERIFY "${w#*=}" cmdline ;;
 		stackboot.upper=*) sb_config_set UPPER "${w#*=}" cmdline ;;
 		stackboot.onfail=*) sb_config_set ON_FAIL "${w#*=}" cmdline ;;
 		esac
 	done
 	sb_restore_glob
+	# the second stage looks on the store the first stage chose first
+	[ -n "$SB_KEXEC_FROM" ] && [ -z "$SB_FORCE_STORE" ] && SB_FORCE_STORE=${SB_KEXEC_FROM%%:*}
 	return 0
 }
 

@@ -39,6 +39,22 @@ sb_sys_shell() {
 		sh -i
 	fi
 }
+# sb_sys_kernel_release: the running kernel's release (uname -r).
+sb_sys_kernel_release() { uname -r; }
+# sb_sys_has_kexec: true when this initrd has kexec(8) (kexec-tools).
+sb_sys_has_kexec() { command -v kexec >/dev/null 2>&1; }
+# sb_sys_kexec_load KERNEL INITRD DTB CMDLINE: load the next kernel. kexec_file_load (-s)
+# first: the kernel itself parses the image (and checks its signature where the kernel
+# asks for one); the older kexec_load when the kernel refuses it or a device tree is
+# given (arm64's kexec_file_load takes the running one).
+sb_sys_kexec_load() {
+	if [ -z "$3" ] && kexec -s -l "$1" --initrd="$2" --command-line="$4"; then
+		return 0
+	fi
+	kexec -l "$1" --initrd="$2" ${3:+--dtb="$3"} --command-line="$4"
+}
+# sb_sys_kexec_exec: jump into the loaded kernel (returns only when that fails).
+sb_sys_kexec_exec() { kexec -e; }
 # sb_sys_fsync PATH: flush one file or directory (falls back to a global sync).
 sb_sys_fsync() { sync "$1" 2>/dev/null || sync; }
 
