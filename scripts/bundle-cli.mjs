@@ -37,6 +37,11 @@ const common = {
   logLevel: 'warning',
   // handlebars' index.js registers a require.extensions hook we never use
   logOverride: { 'unsupported-require-call': 'silent' },
+  // node-tar and handlebars are imported with import() on first use (src/format/tarfile.ts,
+  // src/boot/initramfs.ts): as require() inside a promise, a CommonJS part's named exports
+  // (tar's Header, Parser) are its module.exports, which a real import() of a .cjs file
+  // only guesses at
+  supported: { 'dynamic-import': false },
 };
 await build({
   ...common,
