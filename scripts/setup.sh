@@ -210,6 +210,72 @@ ensure_vmlinux() { # <arch dir>
 }
 case " $ARCHES " in *" amd64 "*) ensure_vmlinux "$CACHE/targets/amd64";; esac
 
+# 2b. Stack-kernel fixtures (issue "Kernel updates"), per target, each with its own stamp:
+#   - a second kernel, Debian 12's 6.12 (linux-image-6.12-<arch>'s dependency), under
+#     targets/<arch>/kernel2/ with modules.dep: a stack carries it, the node kexecs into it.
+#     target.env gets KERNEL2=, MODULES2=, KVER2=.
+#   - kexec-tools with the shared libraries its kexec binary needs, unpacked under
+#     targets/<arch>/kexec-root/ (a sysroot: sbin/kexec, lib/…): the standalone initrd
+#     takes kexec and its library closure from there. target.env gets KEXEC_ROOT=.
+# Downloaded with apt-get download and unpacked with dpkg -x: never installed here.
+KEXEC_PKGS="kexec-tools libc6 zlib1g libxenmisc4.17 libxentoollog1 libxencall1 libxenevtchn1 libxengnttab1 libxenforeignmemory1 libxendevicemodel1 libxentoolcore1"
+env_set() { # <env file> <KEY> <value>
+  grep -v "^$2=" "$1" >"$1.new" || true
+  echo "$2=$3" >>"$1.new"
+  mv "$1.new" "$1"
+}
+apt_fetch() { # <dir> <pkg>: apt-get download, after one apt-get update if the lists are stale
+  (cd "$1" && apt-get "${APT_OPTS[@]}" download "$2" >/dev/null 2>"$1/.err") && return 0
+  apt_update_once
+  (cd "$1" && apt-get "${APT_OPTS[@]}" download "$2" >/dev/null 2>"$1/.err") || die "apt-get download $2 failed: $(tail -n 3 "$1/.err")"
+}
+ensure_stack_fixtures() { # <arch>
+  local a=$1 dir="$CACHE/targets/$1" q='' tmp meta real kdir kver
+  local env="$dir/target.env" KERNEL2='' MODULES2='' KEXEC_ROOT=''
+  [ "$a" = "$HOST_ARCH" ] || q=":$a"
+  # shellcheck disable=SC1090
+  . "$env"
+  if [ "${STACKBOOT_SETUP_REFRESH:-0}" = 1 ] || [ ! -f "$KERNEL2" ] || [ ! -f "$MODULES2/modules.dep" ]; then
+    log "downloading the second kernel (6.12) $a"
+    tmp=$(mktemp -d "$CACHE/tmp/k2.XXXXXX")
+    mkdir -p "$tmp/meta" "$tmp/kernel"
+    apt_fetch "$tmp/meta" "linux-image-6.12-$a$q"
+    meta=$(ls "$tmp/meta"/*.deb)
+    real=$(dpkg-deb -f "$meta" Depends | tr ',' '\n' | sed -n 's/^ *\(linux-image-6\.12[^ ]*\).*/\1/p' | head -n 1)
+    [ -n "$real" ] || die "cannot find the kernel package that linux-image-6.12-$a depends on"
+    apt_fetch "$tmp/kernel" "$real$q"
+    dpkg -x "$tmp/kernel"/*.deb "$tmp/out"
+    kdir=$(ls -d "$tmp/out/lib/modules"/*/ 2>/dev/null | head -n 1)
+    [ -n "$kdir" ] || die "no lib/modules in $real"
+    kver=$(basename "$kdir")
+    [ -f "$tmp/out/boot/vmlinuz-$kver" ] || die "no boot/vmlinuz-$kver in $real"
+    depmod -b "$tmp/out" "$kver" || die "depmod failed for $kver"
+    rm -rf "$dir/kernel2"
+    mv "$tmp/out" "$dir/kernel2"
+    rm -rf "$tmp"
+    env_set "$env" KERNEL2 "$dir/kernel2/boot/vmlinuz-$kver"
+    env_set "$env" MODULES2 "$dir/kernel2/lib/modules/$kver"
+    env_set "$env" KVER2 "$kver"
+    log "second kernel $a $kver ready"
+  fi
+  if [ "${STACKBOOT_SETUP_REFRESH:-0}" = 1 ] || [ ! -x "$KEXEC_ROOT/sbin/kexec" ] || [ "$(cat "$KEXEC_ROOT/.pkgs" 2>/dev/null)" != "$KEXEC_PKGS" ]; then
+    log "downloading kexec-tools $a"
+    tmp=$(mktemp -d "$CACHE/tmp/kx.XXXXXX")
+    mkdir -p "$tmp/debs"
+    for p in $KEXEC_PKGS; do apt_fetch "$tmp/debs" "$p$q"; done
+    for d in "$tmp/debs"/*.deb; do dpkg -x "$d" "$tmp/root"; done
+    [ -x "$tmp/root/sbin/kexec" ] || die "no sbin/kexec in kexec-tools$q"
+    echo "$KEXEC_PKGS" >"$tmp/root/.pkgs"
+    rm -rf "$dir/kexec-root"
+    mv "$tmp/root" "$dir/kexec-root"
+    rm -rf "$tmp"
+    env_set "$env" KEXEC_ROOT "$dir/kexec-root"
+    log "kexec-tools $a ready"
+  fi
+}
+mkdir -p "$CACHE/tmp"
+for a in $ARCHES; do ensure_stack_fixtures "$a"; done
+
 for a in $ARCHES; do
   if [[ " ${todo[*]-} " != *" $a "* ]]; then
     kv=$(sed -n 's/^KVER=//p' "$CACHE/targets/$a/target.env")
