@@ -11,6 +11,9 @@
  *     QEMU=qemu-system-x86_64
  *     VMLINUX=/abs/path/.cache/targets/amd64/kernel/vmlinux-6.1.0-NN-amd64   (amd64 only)
  *
+ *     KERNEL2=… MODULES2=… KVER2=…   the second kernel (6.12) test stacks carry (kexec)
+ *     KEXEC_ROOT=/abs/path/.cache/targets/amd64/kexec-root   kexec-tools and its libraries
+ *
  * MODULES holds a modules.dep made by depmod at setup time (the .deb has none).
  */
 import { readFile, access } from 'node:fs/promises';
@@ -41,6 +44,10 @@ export interface Target {
    * vmlinux. QEMU boots it via PVH and skips the XZ decompressor (about 3.5 s under TCG).
    */
   vmlinux?: string;
+  /** A second kernel (Debian 12's 6.12) that test stacks carry as their own (kexec). */
+  kernel2?: { kernel: string; modules: string; kver: string };
+  /** A sysroot with kexec-tools' sbin/kexec and the libraries it needs (for the standalone initrd). */
+  kexecRoot?: string;
 }
 
 /** Parses `KEY=value` lines (no quoting, `#` comments, blank lines ignored). */
@@ -106,5 +113,7 @@ export async function loadTarget(arch: Arch, cacheRoot: string = DEFAULT_CACHE_R
   if (!(await exists(path.join(t.modules, 'modules.dep')))) throw missing(`no modules.dep in ${t.modules}`);
   if (!(await exists(t.busybox, constants.X_OK))) throw missing(`no busybox at ${t.busybox}`);
   if (env.VMLINUX && (await exists(env.VMLINUX))) t.vmlinux = env.VMLINUX;
+  if (env.KERNEL2 && env.MODULES2 && env.KVER2 && (await exists(env.KERNEL2))) t.kernel2 = { kernel: env.KERNEL2, modules: env.MODULES2, kver: env.KVER2 };
+  if (env.KEXEC_ROOT && (await exists(path.join(env.KEXEC_ROOT, 'sbin', 'kexec'), constants.X_OK))) t.kexecRoot = env.KEXEC_ROOT;
   return t;
 }
