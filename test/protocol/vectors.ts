@@ -62,6 +62,13 @@ export function loadVectors(kind: VectorKind): Vector[] {
     });
 }
 
+/** One vector by kind and name. */
+export function loadVector(kind: VectorKind, name: string): Vector {
+  const v = loadVectors(kind).find((x) => x.name === name);
+  if (!v) throw new Error(`no vector ${kind}/${name} in ${VECTORS_DIR}`);
+  return v;
+}
+
 /** The reading SIDE must give for V. */
 export function expectedFor(v: Vector, side: Side): string {
   const e = v.expected ?? v.split?.[side];
