@@ -1,7 +1,14 @@
 # stackboot boot core: the store's append-only events file (docs/PROTOCOL.md "Events").
 
-# sb_short ID: the first 12 chars of an id.
-sb_short() { printf '%s' "${1%"${1#????????????}"}"; }
+# sb_short ID: the first 12 chars of an id (all of a shorter one: the pattern below
+# matches nothing then, and it printed an empty string, e.g. "stack=" in an event).
+sb_short() {
+	[ ${#1} -gt 12 ] || {
+		printf '%s' "$1"
+		return 0
+	}
+	printf '%s' "${1%"${1#????????????}"}"
+}
 
 # sb_event STORE_DIR EVENT SLOT STACK TRIES REASON...: append one event line and fsync.
 # SLOT may be -, STACK may be empty (written as -), TRIES empty when not relevant.

@@ -28,6 +28,9 @@ sb_manifest_layers() {
 			SB_MANIFEST_WHY="manifest $f: malformed layer line"
 			return 1
 		fi
+		# 03000 is 3000 bytes, as the TypeScript reader takes it: sb_verify_layers compares
+		# the size as a string with wc -c (leading zeros made a good layer "the wrong size")
+		while :; do case "$b" in 0?*) b=${b#0} ;; *) break ;; esac; done
 		case "$c" in '' | *[!A-Za-z0-9._-]*)
 			SB_MANIFEST_WHY="manifest $f: bad layer name"
 			return 1

@@ -53,8 +53,10 @@ export function parseState(text: string): BootState {
       if (!ID.test(f[2] ?? '')) throw new StackbootError('STATE', `state: slot ${f[0]}: bad stack id`);
       const s: SlotState = { status, stack: f[2] };
       if (status === 'pending') {
-        const t = Number(f[3]);
-        s.tries = Number.isInteger(t) && t >= 0 ? t : 0;
+        // as the hook reads it (initramfs/util.sh sb_uint_norm): decimal digits only, at
+        // most 9 after leading zeros, else 0; Number() took 0x10 as 16 and 1e1 as 10
+        const t = /^\d+$/.test(f[3] ?? '') ? Number(f[3]) : NaN;
+        s.tries = Number.isInteger(t) && t <= 999_999_999 ? t : 0;
       }
       st.slots[f[0]] = s;
     }
@@ -154,8 +156,8 @@ export function rollback(st: BootState): { state: BootState; to: SlotName; dropp
 /** The order in which the hook will try this store's slots (without side effects). */
 export function candidates(st: BootState): { slot: SlotName; why: 'pending' | 'current' | 'previous' }[] {
   const out: { slot: SlotName; why: 'pending' | 'current' | 'previous' }[] = [];
-  const p = SLOTS.find((s) => st.slots[s]?.status === 'pending' && (st.slots[s]!.tries ?? 0) > 0);
-  if (p) out.push({ slot: p, why: 'pending' });
+  // every pending slot with tries, in slot order: the hook tries b after a failed pending a
+  for (const s of SLOTS) if (st.slots[s]?.status === 'pending' && (st.slots[s]!.tries ?? 0) > 0) out.push({ slot: s, why: 'pending' });
   if (st.current && st.slots[st.current]?.status === 'good') out.push({ slot: st.current, why: 'current' });
   for (const s of SLOTS) if (st.slots[s]?.status === 'good' && s !== st.current) out.push({ slot: s, why: 'previous' });
   return out;

@@ -11,6 +11,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterEach } from 'vitest';
 import { run } from '../../src/sys/exec.js';
+import { withStacks } from '../protocol/vectors.js';
 
 export const LIB = fileURLToPath(new URL('../../initramfs', import.meta.url));
 export const NODE_TOOL = join(LIB, 'stackboot-node');
@@ -287,4 +288,21 @@ export function fakeRoots(): () => FakeRoot {
     made.push(r);
     return r;
   };
+}
+
+/**
+ * A store for a shared protocol vector (test/protocol/vectors): both slots hold a stack
+ * (manifests and layers), the state file is STATE with the vectors' stand-in stack ids
+ * (STACK_A, STACK_B) replaced by the real ones, on disk vda (partition vda2).
+ */
+export function vectorStore(r: FakeRoot, state: string | Buffer): Store {
+  const s = r.makeStore('s1', { current: 'a', a: { status: 'good' }, b: { status: 'good' } });
+  writeFileSync(join(s.dir, 'state'), withStacks(state.toString(), s.stack));
+  r.addDisk('vda', [{ name: 'vda2', label: 'sb-store', store: s.dir }]);
+  return s;
+}
+
+/** The state file of a vector store, with the real stack ids turned back into the stand-ins. */
+export function vectorState(s: Store): string {
+  return withStacks(readState(s), s.stack, true);
 }

@@ -1,0 +1,1 @@
+9 fail slot=a stack=aaaaaaaaaaaa reason=layer base

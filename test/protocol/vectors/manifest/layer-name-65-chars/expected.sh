@@ -1,0 +1,1 @@
+layer 1111111111111111111111111111111111111111111111111111111111111111 3000 nnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnn

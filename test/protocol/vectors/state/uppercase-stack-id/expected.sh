@@ -1,0 +1,3 @@
+stackboot-state 1
+current a
+a good aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa
