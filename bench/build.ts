@@ -85,7 +85,7 @@ function memoryRow(runs: Timed[]): Row {
  * the private part of it (RssAnon: the rest, RssFile, is clean pages of the executables
  * and libraries, shared with every other process that runs them and dropped by the
  * kernel under pressure; for node that is ~37 MiB of its 94 MiB binary). A sample costs
- * a few reads per process (src/proc.ts), not a scan of /proc: a heavy sampler would steal
+ * a few reads per process (src/sys/proc.ts), not a scan of /proc: a heavy sampler would steal
  * CPU from the build it measures on a 2-core machine.
  */
 async function treeRss(root: number, includeRoot: boolean): Promise<{ rss: number; anon: number }> {
