@@ -1,7 +1,9 @@
 /**
  * `npm run bench`: runs every benchmark and prints one table. Each part is its own
  * module; a part whose prerequisites are missing says so in its row instead of failing
- * the whole run.
+ * the whole run. A row a part has judged against its goal (`ok`) says met or not met in
+ * the goal column, and the run ends with the list of goals not met.
+ * `npx tsx bench/run.ts <part>…` runs only the parts named (build, boot, flash, delta).
  */
 import { existsSync } from 'node:fs';
 import path from 'node:path';
@@ -11,6 +13,8 @@ interface Row {
   metric: string;
   value: string;
   goal?: string;
+  /** whether the goal is met, where the part judged it */
+  ok?: boolean;
 }
 
 const here = path.dirname(fileURLToPath(import.meta.url));
@@ -87,3 +91,5 @@ const rows: Row[] = [
   ...(await part('delta', 'delta.ts', 'benchDeltaRows')),
 ];
 process.stdout.write(table(rows) + '\n');
+const unmet = rows.filter((r) => r.ok === false);
+process.stdout.write(unmet.length ? `goals not met: ${unmet.map((r) => `${r.metric.trim()} ${r.value} (goal ${r.goal})`).join('; ')}\n` : 'every judged goal is met\n');
