@@ -1,5 +1,5 @@
 /**
- * The layer cache's size and its pruning. The cache (src/layer.ts writes it) is
+ * The layer cache, its one owner: lookup and store (for layer.ts), size and pruning. It is
  *
  *   keys/<key>            the digest of the layer built from those inputs, and the
  *                         layer file's size/mtime/inode when stored; its mtime is the
@@ -13,7 +13,7 @@
  */
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
-import { StackbootError } from '../sys/index.js';
+import { StackbootError, sha256File, makeDir, writeDurable, placeDurable } from '../sys/index.js';
 
 export interface CacheLayer {
   digest: string;
@@ -36,6 +36,58 @@ const KEY = /^[0-9a-f]{64}$/;
 const LAYER = /^([0-9a-f]{64})\.sqfs$/;
 /** a temporary file younger than this may be a running build's */
 const TMP_AGE_MS = 60 * 60 * 1000;
+
+const keyFile = (dir: string, key: string): string => path.join(dir, 'keys', key);
+const layerFile = (dir: string, digest: string): string => path.join(dir, 'layers', `${digest}.sqfs`);
+
+/**
+ * What a cache entry records of its layer file besides the digest: size, mtime and inode
+ * as they were when it was stored. Output layers are hard links to the cache's files, so
+ * a write into one (a user's `>>`, a flash onto it) changes the cached file too: the stat
+ * no longer matches, and the file is hashed before it is served again.
+ */
+function statLine(st: { size: number; mtimeMs: number; ino: number }): string {
+  return `${st.size} ${st.mtimeMs} ${st.ino}`;
+}
+
+async function writeKey(dir: string, key: string, digest: string, file: string): Promise<void> {
+  await writeDurable(keyFile(dir, key), `${digest}\n${statLine(await fs.stat(file))}\n`);
+}
+
+/** The cached layer built from `key`'s inputs, or null; a hit is marked used (for prune). */
+export async function cacheLookup(dir: string, key: string): Promise<{ digest: string; file: string } | null> {
+  const kf = keyFile(dir, key);
+  const [digest = '', recorded = ''] = (await fs.readFile(kf, 'utf8').catch(() => '')).trim().split('\n');
+  if (!KEY.test(digest)) return null;
+  const file = layerFile(dir, digest);
+  const st = await fs.stat(file).catch(() => null);
+  if (!st) return null;
+  if (statLine(st) !== recorded) {
+    // changed since it was stored (or an entry from before the stat was recorded)
+    if ((await sha256File(file)) !== digest) {
+      await fs.rm(file, { force: true });
+      await fs.rm(kf, { force: true });
+      return null;
+    }
+    await writeKey(dir, key, digest, file);
+  } else {
+    // its last use, for prune
+    const now = new Date();
+    await fs.utimes(kf, now, now).catch(() => {});
+  }
+  return { digest, file };
+}
+
+/** Files a layer just built and hashed under `key`. */
+export async function cacheStore(dir: string, key: string, digest: string, file: string): Promise<void> {
+  await makeDir(path.join(dir, 'keys'));
+  await makeDir(path.join(dir, 'layers'));
+  const target = layerFile(dir, digest);
+  // always the file just built and hashed: one found under that name may have been
+  // written into since (it is not trusted without its key's stat)
+  await placeDurable(file, target);
+  await writeKey(dir, key, digest, target);
+}
 
 async function list(dir: string): Promise<string[]> {
   return fs.readdir(dir).catch((e: NodeJS.ErrnoException) => {
@@ -82,7 +134,7 @@ export async function cacheUsage(dir: string, now = Date.now()): Promise<CacheUs
   for (const l of layers.values()) {
     // a layer no key names yet may be a running build's, between its link and its key
     if (l.keys.length === 0 && now - born.get(l.digest)! > TMP_AGE_MS) {
-      stray.push({ file: path.join(dir, 'layers', `${l.digest}.sqfs`), bytes: l.bytes });
+      stray.push({ file: layerFile(dir, l.digest), bytes: l.bytes });
       layers.delete(l.digest);
     }
   }
@@ -126,8 +178,8 @@ export async function planPrune(dir: string, o: { maxBytes?: number; olderThanDa
 /** Carries out a plan: each layer's keys first (a build that finds no key builds again), then the file. */
 export async function prune(plan: PrunePlan): Promise<void> {
   for (const l of plan.remove) {
-    for (const k of l.keys) await fs.rm(path.join(plan.dir, 'keys', k), { force: true });
-    await fs.rm(path.join(plan.dir, 'layers', `${l.digest}.sqfs`), { force: true });
+    for (const k of l.keys) await fs.rm(keyFile(plan.dir, k), { force: true });
+    await fs.rm(layerFile(plan.dir, l.digest), { force: true });
   }
   for (const s of plan.stray) await fs.rm(s.file, { force: true });
 }

@@ -1,12 +1,13 @@
 /**
- * Building one layer: cache lookup by a key over the layer's inputs and options, then
- * compression into a temporary file, sha256, and a rename to `layers/<sha256>.sqfs`.
- * A failed build leaves nothing under a final name.
+ * Building one layer: cache lookup (cache.ts) by a key over the layer's inputs and options,
+ * then compression into a temporary file, sha256, and a durable rename to
+ * `layers/<sha256>.sqfs` (sys/durable.ts). A failed build leaves nothing under a final name.
  */
-import { createHash, randomBytes } from 'node:crypto';
+import { createHash } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
-import { sha256File, StackbootError, wrap, type ProgressSink, RateMeter, makeDir, onInterrupt } from '../sys/index.js';
+import { sha256File, StackbootError, wrap, type ProgressSink, RateMeter, makeDir, onInterrupt, placeDurable, tempPathFor, writeDurableFrom } from '../sys/index.js';
+import { cacheLookup, cacheStore } from './cache.js';
 import { checkSquashfs, gensquashfsDir, gensquashfsPack, tar2sqfs, tarDirToSquashfs, treeHasXattrs, type SquashOptions } from './squashfs.js';
 import { scanDir, type DirScan } from './sources/dir.js';
 
@@ -39,81 +40,16 @@ export function layerKey(parts: Record<string, unknown>): string {
   return createHash('sha256').update(JSON.stringify(parts)).digest('hex');
 }
 
-/** Places `src` at `dst` by hard link, or by copy across filesystems. */
-async function linkOrCopy(src: string, dst: string): Promise<void> {
-  const tmp = `${dst}.tmp-${randomBytes(4).toString('hex')}`;
-  try {
-    await fs.link(src, tmp);
-  } catch {
-    await fs.copyFile(src, tmp);
-  }
-  await fs.rename(tmp, dst);
-}
-
-/**
- * What a cache entry records of its layer file besides the digest: size, mtime and inode
- * as they were when it was stored. Output layers are hard links to the cache's files, so
- * a write into one (a user's `>>`, a flash onto it) changes the cached file too: the stat
- * no longer matches, and the file is hashed before it is served again.
- */
-function statLine(st: { size: number; mtimeMs: number; ino: number }): string {
-  return `${st.size} ${st.mtimeMs} ${st.ino}`;
-}
-
-async function cacheLookup(ctx: LayerContext, key: string): Promise<{ digest: string; file: string } | null> {
-  if (!ctx.cacheDir) return null;
-  const keyFile = path.join(ctx.cacheDir, 'keys', key);
-  const [digest = '', recorded = ''] = (await fs.readFile(keyFile, 'utf8').catch(() => '')).trim().split('\n');
-  if (!/^[0-9a-f]{64}$/.test(digest)) return null;
-  const file = path.join(ctx.cacheDir, 'layers', `${digest}.sqfs`);
-  const st = await fs.stat(file).catch(() => null);
-  if (!st) return null;
-  if (statLine(st) !== recorded) {
-    // changed since it was stored (or an entry from before the stat was recorded)
-    if ((await sha256File(file)) !== digest) {
-      await fs.rm(file, { force: true });
-      await fs.rm(keyFile, { force: true });
-      return null;
-    }
-    await writeKeyFile(ctx.cacheDir, key, digest, statLine(await fs.stat(file)));
-  } else {
-    // its last use, for `stackboot cache prune` (src/cache.ts)
-    const now = new Date();
-    await fs.utimes(keyFile, now, now).catch(() => {});
-  }
-  return { digest, file };
-}
-
-async function writeKeyFile(cacheDir: string, key: string, digest: string, stat: string): Promise<void> {
-  const tmp = path.join(cacheDir, 'keys', `.${key}.tmp-${randomBytes(4).toString('hex')}`);
-  await fs.writeFile(tmp, `${digest}\n${stat}\n`);
-  await fs.rename(tmp, path.join(cacheDir, 'keys', key));
-}
-
-async function cacheStore(ctx: LayerContext, key: string, digest: string, file: string): Promise<void> {
-  if (!ctx.cacheDir) return;
-  await makeDir(path.join(ctx.cacheDir, 'keys'));
-  await makeDir(path.join(ctx.cacheDir, 'layers'));
-  const target = path.join(ctx.cacheDir, 'layers', `${digest}.sqfs`);
-  // always the file just built and hashed: one found under that name may have been
-  // written into since (it is not trusted without its key's stat)
-  await linkOrCopy(file, target);
-  await writeKeyFile(ctx.cacheDir, key, digest, statLine(await fs.stat(target)));
-}
-
 /** A cache hit placed in the output folder (a fresh link: never a stale file found there). */
 async function placeHit(ctx: LayerContext, name: string, key: string, hit: { digest: string; file: string }): Promise<BuiltLayer> {
   const dst = path.join(ctx.outDir, 'layers', `${hit.digest}.sqfs`);
   const [a, b] = await Promise.all([fs.stat(dst).catch(() => null), fs.stat(hit.file)]);
-  if (!a || a.ino !== b.ino || a.dev !== b.dev) await linkOrCopy(hit.file, dst);
+  if (!a || a.ino !== b.ino || a.dev !== b.dev) await placeDurable(hit.file, dst);
   ctx.progress({ task: `layer ${name}`, done: 1, total: 1, unit: 'items', note: 'cached', final: true });
   return { name, digest: hit.digest, size: b.size, cached: true, builder: 'cache', file: dst, key };
 }
 
-/**
- * The shared frame of every layer build: cache, temp file, digest, final rename.
- * `make` writes a squashfs to the temp path and says which builder it used.
- */
+/** The cache key of a layer's inputs: the builder's version, the tool's, the squash options (not the jobs). */
 async function fullKey(ctx: LayerContext, keyParts: Record<string, unknown>): Promise<string> {
   return layerKey({ v: BUILDER_VERSION, tool: await ctx.toolVersion, squash: { ...ctx.squash, jobs: undefined }, ...keyParts });
 }
@@ -123,15 +59,19 @@ export async function cachedLayer(ctx: LayerContext, name: string, keyParts: Rec
   const key = await fullKey(ctx, keyParts);
   const layersDir = path.join(ctx.outDir, 'layers');
   await makeDir(layersDir);
-  const hit = await cacheLookup(ctx, key);
+  const hit = ctx.cacheDir ? await cacheLookup(ctx.cacheDir, key) : null;
   return hit ? placeHit(ctx, name, key, hit) : null;
 }
 
 /** Files an already built layer under another key (e.g. a run source's command). */
 export async function rememberLayer(ctx: LayerContext, keyParts: Record<string, unknown>, layer: BuiltLayer): Promise<void> {
-  await cacheStore(ctx, await fullKey(ctx, keyParts), layer.digest, layer.file);
+  if (ctx.cacheDir) await cacheStore(ctx.cacheDir, await fullKey(ctx, keyParts), layer.digest, layer.file);
 }
 
+/**
+ * The shared frame of every layer build: cache, temp file, digest, final rename.
+ * `make` writes a squashfs to the temp path and says which builder it used.
+ */
 export async function produceLayer(
   ctx: LayerContext,
   name: string,
@@ -141,24 +81,25 @@ export async function produceLayer(
   const key = await fullKey(ctx, keyParts);
   const layersDir = path.join(ctx.outDir, 'layers');
   await makeDir(layersDir);
-  const hit = await cacheLookup(ctx, key);
+  const hit = ctx.cacheDir ? await cacheLookup(ctx.cacheDir, key) : null;
   if (hit) return placeHit(ctx, name, key, hit);
-  const tmp = path.join(layersDir, `.tmp-${name}-${randomBytes(6).toString('hex')}.sqfs`);
-  const off = onInterrupt(() => fs.rm(tmp, { force: true }));
+  const fileOf = (digest: string) => path.join(layersDir, `${digest}.sqfs`);
   try {
-    const builder = await make(tmp);
-    await checkSquashfs(tmp);
-    const digest = await sha256File(tmp);
-    const size = (await fs.stat(tmp)).size;
-    const dst = path.join(layersDir, `${digest}.sqfs`);
-    await fs.rename(tmp, dst);
-    await cacheStore(ctx, key, digest, dst);
-    return { name, digest, size, cached: false, builder, file: dst, key };
+    // the temp is named after the layer; the squashfs it becomes names the final file
+    const built = await writeDurableFrom(
+      path.join(layersDir, `${name}.sqfs`),
+      async (tmp) => {
+        const builder = await make(tmp);
+        await checkSquashfs(tmp);
+        return { builder, digest: await sha256File(tmp), size: (await fs.stat(tmp)).size };
+      },
+      { target: (b) => fileOf(b.digest) },
+    );
+    const dst = fileOf(built.digest);
+    if (ctx.cacheDir) await cacheStore(ctx.cacheDir, key, built.digest, dst);
+    return { name, digest: built.digest, size: built.size, cached: false, builder: built.builder, file: dst, key };
   } catch (e) {
-    await fs.rm(tmp, { force: true });
     throw wrap('SOURCE', `layer ${name}: build failed`, e);
-  } finally {
-    off();
   }
 }
 
@@ -183,7 +124,7 @@ export async function buildDirLayer(ctx: LayerContext, given: DirLayerSpec): Pro
   const hasXattrs = () => (xattrs ??= treeHasXattrs(spec.dir));
   // the walk writes the pack file as it goes (a few ms; removed when not needed)
   const layersDir = path.join(ctx.outDir, 'layers');
-  const packTo = path.join(layersDir, `.tmp-${spec.name}-${randomBytes(6).toString('hex')}.pack`);
+  const packTo = tempPathFor(path.join(layersDir, `${spec.name}.pack`));
   const off = onInterrupt(() => fs.rm(packTo, { force: true }));
   try {
     await makeDir(layersDir);

@@ -5,9 +5,9 @@
  */
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
-import { StackbootError, type ProgressSink, makeDir, checkEpoch } from '../sys/index.js';
+import { StackbootError, type ProgressSink, makeDir, checkEpoch, writeDurable } from '../sys/index.js';
 import { buildDirLayer, buildTarLayer, cachedLayer, rememberLayer, type BuiltLayer, type LayerContext } from './layer.js';
-import { NAME_RE, serializeManifest, stackId, type Manifest, writeDurable } from '../format/index.js';
+import { NAME_RE, serializeManifest, stackId, type Manifest } from '../format/index.js';
 import type { Recipe } from './recipe.js';
 import { toolVersion } from './squashfs.js';
 

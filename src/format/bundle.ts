@@ -14,7 +14,7 @@
 import { createReadStream, createWriteStream, promises as fs } from 'node:fs';
 import path from 'node:path';
 import { PassThrough, type Readable, type Writable } from 'node:stream';
-import { parsing, StackbootError, RateMeter, noProgress, type ProgressSink } from '../sys/index.js';
+import { parsing, StackbootError, RateMeter, noProgress, type ProgressSink, writeDurableFrom } from '../sys/index.js';
 import { parseManifest, stackId, type LayerRef, type Manifest } from './manifest.js';
 import { parseSignature, signBytes } from './signature.js';
 import { TarWriter, walkTarStream, type TarEntryMeta } from './tarfile.js';
@@ -139,29 +139,25 @@ export async function writeBundle(o: WriteBundleOptions): Promise<WriteBundleRes
   return { stackId: stackId(manifestBuf), manifest, carried, skipped, bytes: w.bytes };
 }
 
-/** Writes a bundle file atomically (temp name, rename). */
+/** Writes a bundle file durably (sys/durable.ts: temp beside it, fsync, rename). */
 export async function writeBundleFile(o: Omit<WriteBundleOptions, 'out'> & { file: string }): Promise<WriteBundleResult> {
   const st = await fs.stat(o.file).catch(() => null);
   if (st?.isDirectory()) throw new StackbootError('USAGE', `${o.file} is a folder: give the bundle's file name (e.g. ${path.join(o.file, 'stack.stackbundle')})`);
-  const tmp = `${o.file}.tmp-${process.pid}`;
-  let fh: fs.FileHandle;
-  try {
-    fh = await fs.open(tmp, 'w', 0o644);
-  } catch (e) {
-    throw new StackbootError('IO', `cannot write ${o.file}`, { cause: e });
-  }
-  const out = fh.createWriteStream();
-  try {
-    const r = await writeBundle({ ...o, out });
-    await fs.rename(tmp, o.file).catch((e) => {
-      throw new StackbootError('IO', `cannot write ${o.file}`, { cause: e });
+  const cannot = (e: unknown) => (e instanceof StackbootError ? e : new StackbootError('IO', `cannot write ${o.file}`, { cause: e }));
+  return writeDurableFrom(o.file, async (tmp) => {
+    const fh = await fs.open(tmp, 'wx', 0o644).catch((e) => {
+      throw cannot(e);
     });
-    return r;
-  } catch (e) {
-    out.destroy();
-    await fs.rm(tmp, { force: true });
-    throw e;
-  }
+    const out = fh.createWriteStream();
+    try {
+      return await writeBundle({ ...o, out });
+    } catch (e) {
+      out.destroy();
+      throw e;
+    }
+  }).catch((e) => {
+    throw cannot(e);
+  });
 }
 
 /**

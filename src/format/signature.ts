@@ -5,7 +5,7 @@
 import { createPrivateKey, createPublicKey, generateKeyPairSync, sign, verify, type KeyObject } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
-import { parsing, StackbootError, makeDir } from '../sys/index.js';
+import { parsing, StackbootError, makeDir, writeDurable } from '../sys/index.js';
 
 export interface KeyPairFiles {
   privateKey: string;
@@ -136,9 +136,7 @@ export async function signManifestFile(manifestFile: string, privateKeyFile: str
     throw new StackbootError('IO', `cannot read ${manifestFile}`, { cause: e });
   });
   const sig = await signBytes(data, privateKeyFile);
-  const tmp = `${sigFile}.tmp-${process.pid}`;
-  await fs.writeFile(tmp, sig);
-  await fs.rename(tmp, sigFile);
+  await writeDurable(sigFile, sig);
   return sigFile;
 }
 

@@ -1,44 +1,21 @@
 /**
  * A store on disk (one per medium): layers/, slots/{a,b}/manifest(.sig), state, events,
  * store-id. This module works on a store folder: a mounted ext4 store on a node, or a
- * staging folder that becomes an ext4 image with `mkfs.ext4 -d` (no root needed).
+ * staging folder that becomes an ext4 image with `mkfs.ext4 -d` (no root needed). It owns
+ * the layout: every file under a store is written here, durably (sys/durable.ts).
  */
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
-import { sha256File, parsing, StackbootError, makeDir } from '../sys/index.js';
-import { parseManifest, stackId, type Manifest } from './manifest.js';
-import { emptyState, parseState, serializeState, type BootState, type SlotName } from './state.js';
+import { sha256File, parsing, StackbootError, makeDir, writeDurable, writeDurableFrom, placeDurable, fsyncPath } from '../sys/index.js';
+import { parseManifest, stackId, type LayerRef, type Manifest } from './manifest.js';
+import { clearSlot, emptyState, markPending, parseState, serializeState, type BootState, type SlotName } from './state.js';
 
 export const STORE_LABEL = 'sb-store';
 export const DATA_LABEL = 'sb-data';
 
 export function newStoreId(): string {
   return randomBytes(16).toString('hex');
-}
-
-/** fsync a file or directory by path. */
-export async function fsyncPath(p: string): Promise<void> {
-  const fh = await fs.open(p, 'r');
-  try {
-    await fh.sync();
-  } finally {
-    await fh.close();
-  }
-}
-
-/** write temp, fsync, rename, fsync dir: a power cut leaves the old or the new file. */
-export async function writeDurable(file: string, data: string | Buffer): Promise<void> {
-  const tmp = `${file}.new`;
-  const fh = await fs.open(tmp, 'w');
-  try {
-    await fh.writeFile(data);
-    await fh.sync();
-  } finally {
-    await fh.close();
-  }
-  await fs.rename(tmp, file);
-  await fsyncPath(path.dirname(file));
 }
 
 export class Store {
@@ -59,9 +36,9 @@ export class Store {
     await makeDir(path.join(dir, 'slots', 'b'));
     await makeDir(path.join(dir, 'upper'));
     const s = new Store(dir);
-    await fs.writeFile(path.join(dir, 'store-id'), id + '\n');
-    await fs.writeFile(path.join(dir, 'events'), '');
-    await fs.writeFile(path.join(dir, 'state'), serializeState(emptyState()));
+    await writeDurable(path.join(dir, 'store-id'), id + '\n');
+    await writeDurable(path.join(dir, 'events'), '');
+    await s.writeState(emptyState());
     return s;
   }
 
@@ -82,6 +59,54 @@ export class Store {
 
   async writeState(st: BootState): Promise<void> {
     await writeDurable(path.join(this.dir, 'state'), serializeState(st));
+  }
+
+  /** The state with `slot` emptied (durable), then its manifest and signature removed. */
+  async clearSlot(slot: SlotName): Promise<void> {
+    await this.writeState(clearSlot(await this.readState(), slot));
+    for (const f of ['manifest', 'manifest.sig']) await fs.rm(path.join(this.slotDir(slot), f), { force: true });
+    await makeDir(this.slotDir(slot));
+    await fsyncPath(this.slotDir(slot));
+  }
+
+  /** The stack of `slot` pending with `tries` (durable). */
+  async markPending(slot: SlotName, stack: string, tries: number): Promise<void> {
+    await this.writeState(markPending(await this.readState(), slot, stack, tries));
+  }
+
+  /** A slot's manifest and its signature (when there is one), each durably: the signature first, so a manifest never lands without it. */
+  async writeSlot(slot: SlotName, manifestText: string, sig: string | Buffer | null): Promise<void> {
+    if (sig !== null) await writeDurable(path.join(this.slotDir(slot), 'manifest.sig'), sig);
+    await writeDurable(path.join(this.slotDir(slot), 'manifest'), manifestText);
+  }
+
+  /** The signature file of a slot, or null. */
+  async slotSignature(slot: SlotName): Promise<Buffer | null> {
+    return fs.readFile(path.join(this.slotDir(slot), 'manifest.sig')).catch(() => null);
+  }
+
+  /**
+   * Streams a layer into `layers/<sha256>.sqfs`: its size and sha256 are checked against
+   * the manifest's entry before the rename, so no wrong bytes ever carry a layer's name.
+   * `source` names where the bytes come from (for errors); `what` what that is.
+   */
+  async putLayer(l: LayerRef, body: AsyncIterable<Buffer>, o: { source: string; what: string; onBytes?(n: number): void }): Promise<void> {
+    const verify = (_tmp: string, got: { n: number; digest: string }): void => {
+      if (got.n === l.size && got.digest === l.digest) return;
+      const why = got.n !== l.size ? `${got.n} bytes, expected ${l.size}` : `sha256 ${got.digest.slice(0, 12)}, expected ${l.digest.slice(0, 12)}`;
+      throw new StackbootError('VERIFY', `${o.source}: layer ${l.name} does not match the signed manifest (${why}): tampered or corrupt ${o.what}`);
+    };
+    try {
+      await writeDurableFrom(this.layerPath(l.digest), (tmp) => streamHashed(body, tmp, o.onBytes), { check: verify });
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOSPC') throw new StackbootError('NO_SPACE', `the store ${this.dir} is full (writing layer ${l.name})`, { cause: e });
+      throw e;
+    }
+  }
+
+  /** Places a layer file (a build output's) by hard link or copy, durably; unchecked: the build hashed it. */
+  async addLayerFile(digest: string, src: string): Promise<void> {
+    await placeDurable(src, this.layerPath(digest));
   }
 
   async appendEvent(event: string, fields: { slot?: string; stack?: string; tries?: number; reason: string }, now = Math.floor(Date.now() / 1000)): Promise<void> {
@@ -150,22 +175,15 @@ export async function stageStore(dir: string, o: { id?: string; slots: Partial<R
       if (o.skipLayers?.includes(l.digest)) continue;
       const dst = store.layerPath(l.digest);
       if (await fs.stat(dst).then(() => true, () => false)) continue;
-      const src = path.join(s.buildDir, 'layers', `${l.digest}.sqfs`);
-      try {
-        await fs.link(src, dst);
-      } catch {
-        await fs.copyFile(src, dst).catch((e) => {
-          throw new StackbootError('STORE', `layer ${l.name} (${l.digest.slice(0, 12)}) is missing from ${s.buildDir}`, { cause: e });
-        });
-      }
+      await store.addLayerFile(l.digest, path.join(s.buildDir, 'layers', `${l.digest}.sqfs`)).catch((e) => {
+        throw new StackbootError('STORE', `layer ${l.name} (${l.digest.slice(0, 12)}) is missing from ${s.buildDir}`, { cause: e });
+      });
     }
-    await fs.writeFile(path.join(store.slotDir(slot), 'manifest'), text);
-    const sig = await fs.readFile(path.join(s.buildDir, 'manifest.sig')).catch(() => null);
-    if (sig) await fs.writeFile(path.join(store.slotDir(slot), 'manifest.sig'), sig);
+    await store.writeSlot(slot, text, await fs.readFile(path.join(s.buildDir, 'manifest.sig')).catch(() => null));
     st.slots[slot] = s.status === 'pending' ? { status: 'pending', stack: stackId(text), tries: s.tries ?? 3 } : { status: s.status, stack: stackId(text) };
   }
   st.current = o.current !== undefined ? o.current : (['a', 'b'] as SlotName[]).find((s) => st.slots[s]?.status === 'good') ?? null;
-  await fs.writeFile(path.join(dir, 'state'), serializeState(st));
+  await store.writeState(st);
   return store;
 }
 
@@ -197,10 +215,27 @@ export async function planStoreInit(dir: string, id = newStoreId()): Promise<Sto
   return { dir, id, creates: ['store-id', 'state (no stack)', 'events', 'layers/', 'slots/a/', 'slots/b/', 'upper/'] };
 }
 
-/** Makes the planned empty store, written to disk before it returns. */
+/** Makes the planned empty store, written to disk before it returns (Store.create writes durably; its folders too). */
 export async function initStore(plan: StoreInitPlan): Promise<Store> {
   const s = await Store.create(plan.dir, plan.id);
-  for (const f of ['store-id', 'state', 'events']) await fsyncPath(path.join(plan.dir, f));
-  await fsyncPath(plan.dir);
+  for (const d of ['slots', '.']) await fsyncPath(path.join(plan.dir, d));
   return s;
+}
+
+/** Writes a stream into a new file, returning its byte count and sha256. */
+async function streamHashed(body: AsyncIterable<Buffer>, file: string, onBytes?: (n: number) => void): Promise<{ n: number; digest: string }> {
+  const fh = await fs.open(file, 'wx');
+  const hash = createHash('sha256');
+  let n = 0;
+  try {
+    for await (const c of body) {
+      hash.update(c);
+      n += c.length;
+      await fh.write(c);
+      onBytes?.(c.length);
+    }
+  } finally {
+    await fh.close();
+  }
+  return { n, digest: hash.digest('hex') };
 }

@@ -6,7 +6,7 @@
  */
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
-import { StackbootError, remount } from '../sys/index.js';
+import { StackbootError, remount, writeDurable } from '../sys/index.js';
 import { withLock } from './lock.js';
 import { isSlot, type SlotName, Store } from '../format/index.js';
 
@@ -114,6 +114,5 @@ export async function updateBooted(ctx: NodeContext, set: Record<string, string>
     const k = l.slice(0, l.indexOf('='));
     return k in set ? `${k}=${set[k]}` : l;
   });
-  await fs.writeFile(`${ctx.bootedFile}.new`, out.join('\n') + '\n');
-  await fs.rename(`${ctx.bootedFile}.new`, ctx.bootedFile);
+  await writeDurable(ctx.bootedFile, out.join('\n') + '\n');
 }

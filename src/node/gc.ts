@@ -1,12 +1,13 @@
 /**
- * gc: removes the layers that no slot references (and leftover `.part` files of an
- * interrupted install). The booted stack's layers are always kept, even if its slot was
+ * gc: removes the layers that no slot references (and the temp files an interrupted
+ * install left in layers/: sys/durable.ts's isTempName). The booted stack's layers are always kept, even if its slot was
  * changed under it. A slot's manifest counts while it exists, state line or not.
  */
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { withStoreLock, withWritableStore, type NodeContext } from './context.js';
 import { SLOTS } from '../format/index.js';
+import { isTempName } from '../sys/index.js';
 
 export interface GcResult {
   removed: { digest: string; bytes: number }[];
@@ -18,7 +19,7 @@ export interface GcResult {
 
 /**
  * Removes what no slot references. It plans and removes under the store lock: an install
- * that runs meanwhile would otherwise lose its `.part` files and its new layers (written
+ * that runs meanwhile would otherwise lose its temp files and its new layers (written
  * before the slot's manifest references them), and see the store remounted read-only.
  */
 export async function gc(ctx: NodeContext, o: { dryRun?: boolean } = {}): Promise<GcResult> {
@@ -65,7 +66,7 @@ async function plan(ctx: NodeContext, dryRun: boolean): Promise<GcResult> {
       if (keep.has(n.slice(0, 64))) continue;
       const st = await fs.stat(path.join(dir, n));
       removed.push({ digest: n.slice(0, 64), bytes: st.size });
-    } else if (n.endsWith('.part')) partials.push(n);
+    } else if (isTempName(n)) partials.push(n);
   }
   return { removed, partials, kept: keep.size, freed: removed.reduce((a, x) => a + x.bytes, 0), dryRun: !!o.dryRun };
 }

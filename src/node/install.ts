@@ -7,8 +7,9 @@
  *   checks  signature against the keys dir; compatible; every missing layer is carried by
  *           the bundle (a delta needs its base: else MISSING_LAYERS, listing them, and
  *           nothing changes); free space (statfs).
- *   steps   1. each missing layer: `layers/<sha>.sqfs.part`, fsync, sha256 and size
- *              checked, rename, fsync the dir (new files only: no slot changes);
+ *   steps   1. each missing layer streamed into the store (Store.putLayer: a temp file
+ *              beside `layers/<sha>.sqfs`, fsync, sha256 and size checked, rename, fsync
+ *              the dir; new files only: no slot changes);
  *           2. once every layer is in and verified: state with the target slot cleared
  *              (durable), its old manifest removed;
  *           3. the manifest (+ sig) into the slot, durably;
@@ -20,12 +21,11 @@
  * fallback) is still there. Between steps 2 and 4 the target slot is simply empty (not
  * bootable); after step 4 the new stack is pending.
  */
-import { createHash } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import type { Readable } from 'node:stream';
-import { readBundle, type BundleHead, type LayerRef, verifyWithKeyDir, clearSlot, installTarget, markPending, type BootState, type SlotName, fsyncPath, writeDurable } from '../format/index.js';
-import { StackbootError, remount, RateMeter, noProgress, type ProgressSink, makeDir } from '../sys/index.js';
+import { readBundle, type BundleHead, type LayerRef, verifyWithKeyDir, installTarget, type BootState, type SlotName, type Store } from '../format/index.js';
+import { StackbootError, remount, RateMeter, noProgress, type ProgressSink } from '../sys/index.js';
 import { withStoreLock, type NodeContext } from './context.js';
 
 export interface InstallOptions {
@@ -77,7 +77,22 @@ export interface InstallResult {
   installed: boolean;
 }
 
-class DryRunStop extends Error {}
+/** Thrown from the bundle reader's head callback to stop after the plan (a dry run, or the stack is installed already). */
+class PlanOnly extends Error {}
+
+/** One install as it goes: the plan, then what the steps have done so far (for errors and cleanup). */
+interface InstallRun {
+  o: InstallOptions;
+  store: Store;
+  emit(ev: InstallEvent): void;
+  plan: InstallPlan | null;
+  already?: InstallResult['already'];
+  remounted: boolean;
+  slotCleared: boolean;
+  written: Set<string>;
+  meter: RateMeter | null;
+  doneBytes: number;
+}
 
 async function freeBytesOf(dir: string): Promise<number> {
   const s = await fs.statfs(dir);
@@ -107,161 +122,156 @@ export async function install(o: InstallOptions): Promise<InstallResult> {
 }
 
 async function installUnlocked(o: InstallOptions): Promise<InstallResult> {
-  const { ctx } = o;
-  const store = ctx.store;
-  const emit = o.onEvent ?? (() => {});
-  let plan: InstallPlan | null = null;
-  let already: InstallResult['already'];
-  let state: BootState | null = null;
-  let remounted = false;
-  let slotCleared = false;
-  const written = new Set<string>();
-  const meterTotal = { n: 0 };
-  let meter: RateMeter | null = null;
-  let doneBytes = 0;
-
-  const onHead = async (h: BundleHead): Promise<Set<string>> => {
-    // ---- checks that read only
-    let signedBy: string | null = null;
-    if (!h.sig) {
-      if (!o.allowUnsigned) throw new StackbootError('SIGNATURE', `${o.label}: the bundle has no manifest.sig (unsigned stacks are refused)`);
-    } else {
-      try {
-        signedBy = await verifyWithKeyDir(Buffer.from(h.manifestText), h.sig, o.keysDir);
-      } catch (e) {
-        if (!o.allowUnsigned) throw new StackbootError('SIGNATURE', `${o.label}: ${(e as Error).message}`, { cause: e });
-      }
-    }
-    state = await store.readState();
-    const want = await expectedCompatible(ctx, state, o.compatible);
-    if (want !== null && h.manifest.compatible !== want) {
-      throw new StackbootError('INCOMPATIBLE', `${o.label}: stack ${h.manifest.name} ${h.manifest.version} is for "${h.manifest.compatible}", this node takes "${want}"`);
-    }
-    for (const s of ['a', 'b'] as SlotName[]) {
-      const v = state.slots[s];
-      if (v && v.stack === h.stackId && v.status !== 'bad') {
-        const m = await store.slotManifest(s).catch(() => null);
-        if (m?.id === h.stackId && (await store.checkLayers(m.manifest)).length === 0) {
-          already = { slot: s, status: v.status };
-          throw new DryRunStop();
-        }
-      }
-    }
-    const slot = installTarget(state, ctx.bootedSlot);
-    const write: LayerRef[] = [];
-    const have: LayerRef[] = [];
-    for (const l of h.manifest.layers) {
-      const st = await fs.stat(store.layerPath(l.digest)).catch(() => null);
-      if (st && st.size === l.size) have.push(l);
-      else if (!write.some((w) => w.digest === l.digest)) write.push(l);
-    }
-    const carried = new Set(h.contents.map((c) => c.digest));
-    const lacking = write.filter((l) => !carried.has(l.digest));
-    if (lacking.length) {
-      throw new StackbootError(
-        'MISSING_LAYERS',
-        `${o.label} is a delta whose base layers this store lacks: ${lacking.map((l) => `${l.name} (sha256:${l.digest.slice(0, 12)}, ${l.size} bytes)`).join(', ')}; install a full bundle`,
-        { details: { missing: lacking.map((l) => ({ name: l.name, digest: l.digest, size: l.size })) } },
-      );
-    }
-    const bytes = write.reduce((n, l) => n + l.size, 0);
-    const free = await (o.freeBytes ? o.freeBytes() : freeBytesOf(path.join(store.dir, 'layers')));
-    plan = { stack: h.stackId, name: h.manifest.name, version: h.manifest.version, compatible: h.manifest.compatible, slot, write, have, bytes, free, signedBy };
-    emit({ event: 'plan', stack: h.stackId, name: h.manifest.name, version: h.manifest.version, slot, write: write.map((l) => l.name), have: have.map((l) => l.name), bytes, free });
-    const need = bytes + (o.minFree ?? 1 << 20) + 64 * 1024;
-    if (free < need) {
-      throw new StackbootError('NO_SPACE', `not enough space on the store ${store.dir}: the install needs ${need} bytes (${write.length} layers, ${bytes} bytes, plus a reserve), ${free} are free; run stackboot gc, or free space`, {
-        details: { need, free },
-      });
-    }
-    if (o.dryRun) throw new DryRunStop();
-    // ---- steps
-    if (ctx.remount) {
-      await remount(store.dir, 'rw');
-      remounted = true;
-    }
-    meterTotal.n = bytes;
-    meter = new RateMeter(o.progress ?? noProgress, `install ${h.manifest.name} ${h.manifest.version}`, bytes);
-    return new Set(write.map((l) => l.digest));
-  };
-
-  const onLayer = async (digest: string, size: number, body: Readable): Promise<void> => {
-    const l = plan!.write.find((x) => x.digest === digest)!;
-    if (size !== l.size) throw new StackbootError('VERIFY', `${o.label}: layer ${l.name} has ${size} bytes in the bundle, the manifest says ${l.size}`);
-    emit({ event: 'layer', name: l.name, digest, size });
-    const final = store.layerPath(digest);
-    const part = `${final}.part`;
-    const fh = await fs.open(part, 'w');
-    const hash = createHash('sha256');
-    let n = 0;
-    try {
-      for await (const chunk of body) {
-        const c = chunk as Buffer;
-        hash.update(c);
-        n += c.length;
-        await fh.write(c);
-        doneBytes += c.length;
-        meter?.update(doneBytes);
-      }
-      await fh.sync();
-    } catch (e) {
-      await fh.close().catch(() => {});
-      await fs.rm(part, { force: true });
-      if ((e as NodeJS.ErrnoException).code === 'ENOSPC') throw new StackbootError('NO_SPACE', `the store ${store.dir} is full (writing layer ${l.name})`, { cause: e });
-      throw e;
-    }
-    await fh.close();
-    const got = hash.digest('hex');
-    if (n !== l.size || got !== digest) {
-      await fs.rm(part, { force: true });
-      throw new StackbootError('VERIFY', `${o.label}: layer ${l.name} does not match the signed manifest (${n !== l.size ? `${n} bytes, expected ${l.size}` : `sha256 ${got.slice(0, 12)}, expected ${digest.slice(0, 12)}`}): tampered or corrupt bundle`);
-    }
-    await fs.rename(part, final);
-    await fsyncPath(path.dirname(final));
-    written.add(digest);
-  };
-
-  let head: BundleHead;
+  const run: InstallRun = { o, store: o.ctx.store, emit: o.onEvent ?? (() => {}), plan: null, remounted: false, slotCleared: false, written: new Set(), meter: null, doneBytes: 0 };
   try {
+    let head: BundleHead;
     try {
-      head = await readBundle(o.stream, { onHead, onLayer }, o.label);
+      // plan and checks on the bundle's head, then step 1 as its layers stream in
+      head = await readBundle(o.stream, { onHead: (h) => planAndCheck(run, h), onLayer: (digest, size, body) => receiveLayer(run, digest, size, body) }, o.label);
     } catch (e) {
-      if (e instanceof DryRunStop || (e as { cause?: unknown }).cause instanceof DryRunStop) {
-        return { plan, already, dryRun: !already, installed: false };
-      }
+      if (e instanceof PlanOnly || (e as { cause?: unknown }).cause instanceof PlanOnly) return { plan: run.plan, already: run.already, dryRun: !run.already, installed: false };
       throw e;
     }
-    if (!plan) throw new StackbootError('INTERNAL', 'bundle read without a plan');
-    const p = plan as InstallPlan;
-    const notWritten = p.write.filter((l) => !written.has(l.digest));
-    if (notWritten.length) throw new StackbootError('SOURCE', `${o.label} ended before these layers: ${notWritten.map((l) => l.name).join(', ')} (truncated bundle?)`);
-    const bad = await store.checkLayers(head.manifest);
-    if (bad.length) throw new StackbootError('STORE', `after the install, layers are wrong: ${bad.map((b) => `${b.name}: ${b.problem}`).join(', ')}`);
-    // every layer is in and verified: only now does the target slot lose what it held
-    emit({ event: 'step', step: `clear slot ${p.slot}` });
-    slotCleared = true;
-    await store.writeState(clearSlot(await store.readState(), p.slot));
-    for (const f of ['manifest', 'manifest.sig']) await fs.rm(path.join(store.slotDir(p.slot), f), { force: true });
-    await makeDir(store.slotDir(p.slot));
-    await fsyncPath(store.slotDir(p.slot));
-    emit({ event: 'step', step: `manifest into slot ${p.slot}` });
-    if (head.sig) await writeDurable(path.join(store.slotDir(p.slot), 'manifest.sig'), head.sig);
-    await writeDurable(path.join(store.slotDir(p.slot), 'manifest'), head.manifestText);
-    emit({ event: 'step', step: `slot ${p.slot} pending` });
-    const now = await store.readState();
-    await store.writeState(markPending(now, p.slot, p.stack, o.tries));
-    await store.appendEvent('install', { slot: p.slot, stack: p.stack, tries: o.tries, reason: `${p.name} ${p.version} from ${o.label}` });
-    (meter as RateMeter | null)?.update(doneBytes, true);
-    emit({ event: 'done', stack: p.stack, slot: p.slot, tries: o.tries });
-    return { plan: p, dryRun: false, installed: true };
+    if (!run.plan) throw new StackbootError('INTERNAL', 'bundle read without a plan');
+    await checkLayersIn(run, run.plan, head);
+    await commitSlot(run, run.plan, head);
+    return { plan: run.plan, dryRun: false, installed: true };
   } catch (e) {
-    for (const l of plan ? (plan as InstallPlan).write : []) await fs.rm(`${store.layerPath(l.digest)}.part`, { force: true }).catch(() => {});
-    if (e instanceof StackbootError) {
-      if (slotCleared && e.code !== 'INTERNAL') throw new StackbootError(e.code, `${e.message} (slot ${(plan as InstallPlan | null)?.slot} was cleared; the booted and good stacks are untouched)`, { cause: e.cause, details: e.details });
-      throw e;
-    }
-    throw new StackbootError('IO', `install from ${o.label} failed: ${(e as Error).message}`, { cause: e });
+    throw installError(run, e);
   } finally {
-    if (remounted) await remount(store.dir, 'ro').catch(() => {});
+    if (run.remounted) await remount(run.store.dir, 'ro').catch(() => {});
   }
+}
+
+// ---------------------------------------------------------------- plan and checks
+
+/** The bundle head's callback: checks, the plan, and the store made writable; returns the layers to deliver. */
+async function planAndCheck(run: InstallRun, h: BundleHead): Promise<Set<string>> {
+  const signedBy = await checkSignature(run.o, h);
+  const state = await run.store.readState();
+  await checkCompatible(run.o, state, h);
+  run.already = await installedAlready(run.store, state, h);
+  if (run.already) throw new PlanOnly();
+  run.plan = await planInstall(run.o, state, h, signedBy);
+  const p = run.plan;
+  run.emit({ event: 'plan', stack: p.stack, name: p.name, version: p.version, slot: p.slot, write: p.write.map((l) => l.name), have: p.have.map((l) => l.name), bytes: p.bytes, free: p.free });
+  checkSpace(run.o, run.store, p);
+  if (run.o.dryRun) throw new PlanOnly();
+  if (run.o.ctx.remount) {
+    await remount(run.store.dir, 'rw');
+    run.remounted = true;
+  }
+  run.meter = new RateMeter(run.o.progress ?? noProgress, `install ${p.name} ${p.version}`, p.bytes);
+  return new Set(p.write.map((l) => l.digest));
+}
+
+/** The signer's key file, or null when unsigned stacks are allowed and this one is unsigned or badly signed. */
+async function checkSignature(o: InstallOptions, h: BundleHead): Promise<string | null> {
+  if (!h.sig) {
+    if (!o.allowUnsigned) throw new StackbootError('SIGNATURE', `${o.label}: the bundle has no manifest.sig (unsigned stacks are refused)`);
+    return null;
+  }
+  try {
+    return await verifyWithKeyDir(Buffer.from(h.manifestText), h.sig, o.keysDir);
+  } catch (e) {
+    if (!o.allowUnsigned) throw new StackbootError('SIGNATURE', `${o.label}: ${(e as Error).message}`, { cause: e });
+    return null;
+  }
+}
+
+async function checkCompatible(o: InstallOptions, state: BootState, h: BundleHead): Promise<void> {
+  const want = await expectedCompatible(o.ctx, state, o.compatible);
+  if (want !== null && h.manifest.compatible !== want) {
+    throw new StackbootError('INCOMPATIBLE', `${o.label}: stack ${h.manifest.name} ${h.manifest.version} is for "${h.manifest.compatible}", this node takes "${want}"`);
+  }
+}
+
+/** The slot that holds this stack already, whole and not bad (then nothing is done). */
+async function installedAlready(store: Store, state: BootState, h: BundleHead): Promise<InstallResult['already']> {
+  for (const s of ['a', 'b'] as SlotName[]) {
+    const v = state.slots[s];
+    if (!v || v.stack !== h.stackId || v.status === 'bad') continue;
+    const m = await store.slotManifest(s).catch(() => null);
+    if (m?.id === h.stackId && (await store.checkLayers(m.manifest)).length === 0) return { slot: s, status: v.status };
+  }
+  return undefined;
+}
+
+/** The target slot, the layers to write and those the store has; a delta whose base the store lacks is refused. */
+async function planInstall(o: InstallOptions, state: BootState, h: BundleHead, signedBy: string | null): Promise<InstallPlan> {
+  const store = o.ctx.store;
+  const slot = installTarget(state, o.ctx.bootedSlot);
+  const write: LayerRef[] = [];
+  const have: LayerRef[] = [];
+  for (const l of h.manifest.layers) {
+    const st = await fs.stat(store.layerPath(l.digest)).catch(() => null);
+    if (st && st.size === l.size) have.push(l);
+    else if (!write.some((w) => w.digest === l.digest)) write.push(l);
+  }
+  const carried = new Set(h.contents.map((c) => c.digest));
+  const lacking = write.filter((l) => !carried.has(l.digest));
+  if (lacking.length) {
+    throw new StackbootError(
+      'MISSING_LAYERS',
+      `${o.label} is a delta whose base layers this store lacks: ${lacking.map((l) => `${l.name} (sha256:${l.digest.slice(0, 12)}, ${l.size} bytes)`).join(', ')}; install a full bundle`,
+      { details: { missing: lacking.map((l) => ({ name: l.name, digest: l.digest, size: l.size })) } },
+    );
+  }
+  const bytes = write.reduce((n, l) => n + l.size, 0);
+  const free = await (o.freeBytes ? o.freeBytes() : freeBytesOf(path.join(store.dir, 'layers')));
+  return { stack: h.stackId, name: h.manifest.name, version: h.manifest.version, compatible: h.manifest.compatible, slot, write, have, bytes, free, signedBy };
+}
+
+function checkSpace(o: InstallOptions, store: Store, p: InstallPlan): void {
+  const need = p.bytes + (o.minFree ?? 1 << 20) + 64 * 1024;
+  if (p.free < need) {
+    throw new StackbootError('NO_SPACE', `not enough space on the store ${store.dir}: the install needs ${need} bytes (${p.write.length} layers, ${p.bytes} bytes, plus a reserve), ${p.free} are free; run stackboot gc, or free space`, {
+      details: { need, free: p.free },
+    });
+  }
+}
+
+// ---------------------------------------------------------------- steps
+
+/** Step 1, one layer: streamed into the store, checked against the signed manifest. */
+async function receiveLayer(run: InstallRun, digest: string, size: number, body: Readable): Promise<void> {
+  const l = run.plan!.write.find((x) => x.digest === digest)!;
+  if (size !== l.size) throw new StackbootError('VERIFY', `${run.o.label}: layer ${l.name} has ${size} bytes in the bundle, the manifest says ${l.size}`);
+  run.emit({ event: 'layer', name: l.name, digest, size });
+  await run.store.putLayer(l, body, {
+    source: run.o.label,
+    what: 'bundle',
+    onBytes: (n) => run.meter?.update((run.doneBytes += n)),
+  });
+  run.written.add(digest);
+}
+
+/** After step 1: every planned layer came, and the stack's layers are all in the store. */
+async function checkLayersIn(run: InstallRun, p: InstallPlan, head: BundleHead): Promise<void> {
+  const notWritten = p.write.filter((l) => !run.written.has(l.digest));
+  if (notWritten.length) throw new StackbootError('SOURCE', `${run.o.label} ended before these layers: ${notWritten.map((l) => l.name).join(', ')} (truncated bundle?)`);
+  const bad = await run.store.checkLayers(head.manifest);
+  if (bad.length) throw new StackbootError('STORE', `after the install, layers are wrong: ${bad.map((b) => `${b.name}: ${b.problem}`).join(', ')}`);
+}
+
+/** Steps 2–4: only now, every layer in and verified, does the target slot lose what it held. */
+async function commitSlot(run: InstallRun, p: InstallPlan, head: BundleHead): Promise<void> {
+  const { store, o } = run;
+  run.emit({ event: 'step', step: `clear slot ${p.slot}` });
+  run.slotCleared = true;
+  await store.clearSlot(p.slot);
+  run.emit({ event: 'step', step: `manifest into slot ${p.slot}` });
+  await store.writeSlot(p.slot, head.manifestText, head.sig || null);
+  run.emit({ event: 'step', step: `slot ${p.slot} pending` });
+  await store.markPending(p.slot, p.stack, o.tries);
+  await store.appendEvent('install', { slot: p.slot, stack: p.stack, tries: o.tries, reason: `${p.name} ${p.version} from ${o.label}` });
+  run.meter?.update(run.doneBytes, true);
+  run.emit({ event: 'done', stack: p.stack, slot: p.slot, tries: o.tries });
+}
+
+/** A failure as the caller sees it: typed, and saying when the target slot was cleared already. */
+function installError(run: InstallRun, e: unknown): StackbootError {
+  if (!(e instanceof StackbootError)) return new StackbootError('IO', `install from ${run.o.label} failed: ${(e as Error).message}`, { cause: e });
+  if (run.slotCleared && e.code !== 'INTERNAL') return new StackbootError(e.code, `${e.message} (slot ${run.plan?.slot} was cleared; the booted and good stacks are untouched)`, { cause: e.cause, details: e.details });
+  return e;
 }

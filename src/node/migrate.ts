@@ -10,12 +10,12 @@
  * it stays the rescue store, and the boot hook (NVMe first in STORES) falls back to it
  * when the NVMe stack fails its tries or the NVMe is broken or gone.
  */
-import { promises as fs } from 'node:fs';
+import { createReadStream, promises as fs } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { sha256File, StackbootError, run, mountDevice, umount, type ProgressSink } from '../sys/index.js';
+import { StackbootError, run, mountDevice, umount, type ProgressSink } from '../sys/index.js';
 import { deviceInfo, deviceProblems, GPT_TYPES, MiB } from '../media/index.js';
-import { newStoreId, Store, DATA_LABEL, STORE_LABEL, writeDurable, serializeState, emptyState, type SlotName } from '../format/index.js';
+import { newStoreId, Store, DATA_LABEL, STORE_LABEL, type SlotName } from '../format/index.js';
 import { parseBooted } from './context.js';
 
 export interface MigrateOptions {
@@ -145,22 +145,13 @@ export async function migrate(plan: MigratePlan, o: Pick<MigrateOptions, 'progre
     const src = new Store(plan.fromStore.mnt);
     for (const l of plan.layers) {
       say(`layer ${l.name}`);
-      const tmp = `${store.layerPath(l.digest)}.new`;
-      await fs.copyFile(src.layerPath(l.digest), tmp);
-      const fh = await fs.open(tmp, 'r');
-      await fh.sync();
-      await fh.close();
-      if ((await sha256File(tmp)) !== l.digest) throw new StackbootError('VERIFY', `layer ${l.name} does not verify after the copy to ${storeP.dev}`);
-      await fs.rename(tmp, store.layerPath(l.digest));
+      await store.putLayer(l, createReadStream(src.layerPath(l.digest), { highWaterMark: 1 << 20 }), { source: `store ${plan.fromStore.id} (${plan.fromStore.dev})`, what: 'layer file' });
       copied += l.size;
     }
-    const slotDir = src.slotDir(plan.slot);
-    await fs.copyFile(path.join(slotDir, 'manifest'), path.join(store.slotDir('a'), 'manifest'));
-    await fs.copyFile(path.join(slotDir, 'manifest.sig'), path.join(store.slotDir('a'), 'manifest.sig')).catch(() => {});
-    const st = emptyState();
-    st.slots.a = { status: 'pending', stack: plan.stack, tries: plan.tries };
-    st.current = null;
-    await writeDurable(path.join(mnt, 'state'), serializeState(st));
+    const sm = await src.slotManifest(plan.slot);
+    if (!sm) throw new StackbootError('STORE', `slot ${plan.slot} of store ${plan.fromStore.id} has no manifest`);
+    await store.writeSlot('a', sm.text, await src.slotSignature(plan.slot));
+    await store.markPending('a', plan.stack, plan.tries);
     await store.appendEvent('install', { slot: 'a', stack: plan.stack, tries: plan.tries, reason: `migrated from store ${plan.fromStore.id} (${plan.fromStore.dev})` });
   } finally {
     await umount(mnt);

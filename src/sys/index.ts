@@ -2,6 +2,7 @@
 export * from './arch.js';
 export * from './digest.js';
 export * from './dirs.js';
+export * from './durable.js';
 export * from './epoch.js';
 export * from './errors.js';
 export * from './exec.js';

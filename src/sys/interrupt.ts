@@ -1,9 +1,10 @@
 /**
  * Work in progress to undo when a command is interrupted (Ctrl-C, SIGTERM): temporary
- * files and folders, a run source's mounts. Without it an interrupted build left
- * `layers/.tmp-*` files, an interrupted `image` a 256 MiB `.tmp-<pid>` image and scratch
- * folders, and an interrupted run source its loop, overlay and bind mounts (/proc, /dev
- * and /sys of the host among them, under a temp folder a later `rm -rf` could walk into).
+ * files and folders, a run source's mounts. Without it an interrupted build left temp
+ * files in `layers/` (durable.ts registers each of its temp files here), an interrupted
+ * `image` a 256 MiB `.tmp-<pid>` image and scratch folders, and an interrupted run source
+ * its loop, overlay and bind mounts (/proc, /dev and /sys of the host among them, under a
+ * temp folder a later `rm -rf` could walk into).
  *
  * The library registers what it would undo and unregisters it once its own cleanup ran;
  * the CLI's signal handler calls interrupted() (the library never touches `process`).

@@ -11,6 +11,7 @@ import { fileURLToPath } from 'node:url';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { run, spawn } from '../../src/sys/exec.js';
 import { mountsUnder } from '../../src/sys/mount.js';
+import { isTempName } from '../../src/sys/durable.js';
 import { Store } from '../../src/format/store.js';
 import { tmpdir, writeTar } from '../build/sources/tarfixture.js';
 
@@ -310,7 +311,7 @@ describe('the bundled CLI', () => {
     expect(stderr).toMatch(/stackboot: interrupted \(SIGINT\); cleaning up/);
     expect(await mountsUnder(tmp)).toEqual([]);
     expect(await fs.readdir(tmp)).toEqual([]);
-    expect((await fs.readdir(path.join(out, 'layers'))).filter((n) => n.startsWith('.tmp-'))).toEqual([]);
+    expect((await fs.readdir(path.join(out, 'layers'))).filter(isTempName)).toEqual([]);
     // the host's /dev is whole
     expect((await fs.stat('/dev/null')).isCharacterDevice()).toBe(true);
   });

@@ -35,6 +35,7 @@ import { nodeStack, withStoreMounted } from './node-fixtures.js';
 import { baseLayers, writeBundleFile } from '../../src/format/bundle.js';
 import { initrd, storeDisk, target } from './fixtures.js';
 import { Vm } from './qemu.js';
+import { isTempName } from '../../src/sys/durable.js';
 
 export interface InstallCutSetup {
   target: Target;
@@ -146,7 +147,7 @@ export async function checkCut(s: InstallCutSetup, img: string): Promise<{ outco
       if (/^[0-9a-f]{64}\.sqfs$/.test(n)) {
         const got = sha(await fs.readFile(path.join(dir, 'layers', n)));
         if (got !== n.slice(0, 64)) problems.push(`layer ${n.slice(0, 12)} is corrupt (sha256 ${got.slice(0, 12)})`);
-      } else if (n.endsWith('.part')) partials++;
+      } else if (isTempName(n)) partials++;
       else problems.push(`unexpected file layers/${n}`);
     }
     let outcome: CutResult['outcome'] = 'broken';
@@ -242,5 +243,5 @@ export function summarizeCuts(rs: CutResult[]): string {
   const old = rs.filter((r) => r.outcome === 'old').length;
   const neu = rs.filter((r) => r.outcome === 'new').length;
   const bad = rs.filter((r) => r.problems.length).length;
-  return `${rs.length} cuts: ${old} old stack, ${neu} new stack pending, ${bad} with problems; ${rs.reduce((a, r) => a + r.partials, 0)} leftover .part files (gc removes them)`;
+  return `${rs.length} cuts: ${old} old stack, ${neu} new stack pending, ${bad} with problems; ${rs.reduce((a, r) => a + r.partials, 0)} leftover temp files (gc removes them)`;
 }

@@ -6,6 +6,7 @@ import { PassThrough } from 'node:stream';
 import { baseLayers, readBundle, readBundleHead, writeBundle, writeBundleFile } from '../../src/format/bundle.js';
 import { fakeBuild, keys, layerBytes, type FakeBuild } from '../support/update-fixtures.js';
 import { walkTar } from '../../src/format/tarfile.js';
+import { isTempName } from '../../src/sys/durable.js';
 
 let tmp: string;
 let k: { key: string; pub: string; keysDir: string };
@@ -74,7 +75,7 @@ describe('bundle', () => {
     const folder = path.join(tmp, 'a-folder');
     await fs.mkdir(folder);
     await expect(writeBundleFile({ buildDir: v1.dir, file: folder })).rejects.toMatchObject({ code: 'USAGE', message: expect.stringMatching(/is a folder: give the bundle's file name/) });
-    expect((await fs.readdir(tmp)).filter((n) => n.includes('.tmp-'))).toEqual([]);
+    expect((await fs.readdir(tmp)).filter(isTempName)).toEqual([]);
   });
 
   it('refuses a damaged manifest.sig instead of shipping it', async () => {

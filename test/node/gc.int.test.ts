@@ -1,4 +1,4 @@
-/** gc on an ext4 store on a loop device: unreferenced layers and .part files go, the booted stack's stay. */
+/** gc on an ext4 store on a loop device: unreferenced layers and temp files (new and legacy .part) go, the booted stack's stay. */
 import { describe, it, expect, beforeAll, afterAll, afterEach } from 'vitest';
 import { createReadStream, promises as fs } from 'node:fs';
 import { PassThrough } from 'node:stream';
@@ -11,6 +11,7 @@ import { nodeContext, type NodeContext } from '../../src/node/context.js';
 import { markBootedGood } from '../../src/node/rollback.js';
 import { fakeBuild, keys, layerBytes, type FakeBuild } from '../support/update-fixtures.js';
 import { loopStore, type LoopStore } from '../support/store-loop.js';
+import { isTempName, tempPathFor } from '../../src/sys/durable.js';
 
 let tmp: string;
 let k: Awaited<ReturnType<typeof keys>>;
@@ -52,16 +53,18 @@ describe('gc', () => {
   it('removes the layers of a replaced stack and partial files, keeps every slot\'s and the booted stack\'s', async () => {
     const { s, bootA } = await storeV1GoodV2Pending('gc'); // v1 -> a (good, booted), v2 -> b (pending)
     await inst(bootA, 2); // v3 -> b again: v2's app layer is now unreferenced
+    // what an interrupted install left: an older version's .part, and this version's temp name
     await fs.writeFile(path.join(s.dir, 'layers', `${'f'.repeat(64)}.sqfs.part`), 'half');
+    await fs.writeFile(tempPathFor(s.store.layerPath('e'.repeat(64))), 'half');
     const dry = await gc(bootA, { dryRun: true });
     expect(dry.removed.map((x) => x.digest)).toEqual([v[1].manifest.layers[1].digest]);
-    expect(dry.partials.length).toBe(1);
+    expect(dry.partials.length).toBe(2);
     expect(await s.store.layerDigests()).toContain(v[1].manifest.layers[1].digest);
     const r = await gc(bootA);
     expect(r.freed).toBe(7000);
     const left = (await s.store.layerDigests()).sort();
     expect(left).toEqual([...new Set([...v[0].manifest.layers, ...v[2].manifest.layers].map((l) => l.digest))].sort());
-    expect((await fs.readdir(path.join(s.dir, 'layers'))).some((n) => n.endsWith('.part'))).toBe(false);
+    expect((await fs.readdir(path.join(s.dir, 'layers'))).some(isTempName)).toBe(false);
     // the booted stack's layers are kept even when its slot no longer matches: gc keeps all
     await fs.writeFile(path.join(s.store.slotDir('a'), 'manifest'), v[2].text);
     const odd: NodeContext = { ...bootA, booted: { slot: 'a', stack: v[0].id } as never };
@@ -70,7 +73,7 @@ describe('gc', () => {
     expect((await s.store.layerDigests()).sort()).toEqual(left);
   });
 
-  it('waits for an install that is writing (store lock): its .part file and new layers survive, and gc then removes the right things', async () => {
+  it('waits for an install that is writing (store lock): its temp file and new layers survive, and gc then removes the right things', async () => {
     // v2 in slot b (pending) is replaced below: its app layer then unreferenced
     const { s, bootA } = await storeV1GoodV2Pending('gc-lock');
     // v3 streams in slowly: half now, the rest after gc was started
@@ -79,8 +82,8 @@ describe('gc', () => {
     const installing = install({ ctx: bootA, stream: pipe, label: 'v3', keysDir: k.keysDir, tries: 3 });
     pipe.write(whole.subarray(0, whole.length - 3000));
     const layers = path.join(s.dir, 'layers');
-    for (let i = 0; i < 100 && !(await fs.readdir(layers)).some((n) => n.endsWith('.part')); i++) await new Promise((r) => setTimeout(r, 20));
-    expect((await fs.readdir(layers)).some((n) => n.endsWith('.part')), 'the install is writing a layer').toBe(true);
+    for (let i = 0; i < 100 && !(await fs.readdir(layers)).some(isTempName); i++) await new Promise((r) => setTimeout(r, 20));
+    expect((await fs.readdir(layers)).some(isTempName), 'the install is writing a layer').toBe(true);
     expect((await fs.readdir(s.dir)).includes('.stackboot.lock')).toBe(true);
     let gcDone = false;
     const collecting = gc(bootA).then((r) => ((gcDone = true), r));

@@ -1,0 +1,110 @@
+/**
+ * migrate (src/node/migrate.ts) onto a real disk (a partitioned loop device, root): the
+ * new store holds the good stack's layers (each checked), its manifest and signature in
+ * slot a, and the state the shell's `stackboot-node migrate` writes (a pending with tries,
+ * no current); a layer that does not verify leaves no file under its name.
+ */
+import { describe, it, expect, beforeAll, afterAll, afterEach } from 'vitest';
+import { promises as fs } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { planMigrate, migrate, partitionDevice } from '../../src/node/migrate.js';
+import { stageStore, Store } from '../../src/format/store.js';
+import { parseState } from '../../src/format/state.js';
+import { attachLoop, detachLoop, mountDevice, umount } from '../../src/sys/mount.js';
+import { isTempName } from '../../src/sys/durable.js';
+import { sha256File } from '../../src/sys/digest.js';
+import { fakeBuild, keys, layerBytes, type FakeBuild } from '../support/update-fixtures.js';
+
+let tmp: string;
+let v1: FakeBuild;
+const undo: (() => Promise<unknown>)[] = [];
+
+beforeAll(async () => {
+  tmp = await fs.mkdtemp(path.join(tmpdir(), 'sb-migrate-'));
+  const k = await keys(tmp);
+  v1 = await fakeBuild(path.join(tmp, 'v1'), { version: '1', key: k.key, layers: [{ name: 'base', data: layerBytes(300_000, 'base') }, { name: 'app', data: layerBytes(9000, 'app') }] });
+});
+afterEach(async () => {
+  while (undo.length) await undo.pop()!().catch(() => {});
+});
+afterAll(async () => {
+  await fs.rm(tmp, { recursive: true, force: true });
+});
+
+/** The booted SD store (a folder: v1 good in slot a), its booted record, and an empty disk. */
+async function setup(name: string): Promise<{ sd: Store; bootedFile: string; disk: string }> {
+  const sd = await stageStore(path.join(tmp, `${name}-sd`), { slots: { a: { buildDir: v1.dir, status: 'good' } } });
+  const bootedFile = path.join(tmp, `${name}-booted`);
+  await fs.writeFile(bootedFile, `store_dev=/dev/mmcblk0p2\nstore_id=${await sd.id()}\nstore_mnt=${sd.dir}\nslot=a\nstack=${v1.id}\nstatus=good\ntries=-\nfallback=-\nupper=tmpfs\ndata_dev=-\n`);
+  const img = path.join(tmp, `${name}.img`);
+  const fh = await fs.open(img, 'w');
+  await fh.truncate(96 << 20);
+  await fh.close();
+  const disk = await attachLoop(img, { partscan: true });
+  undo.push(() => detachLoop(disk));
+  return { sd, bootedFile, disk };
+}
+
+/** Runs fn on the new store partition, mounted. */
+async function onNewStore<T>(disk: string, name: string, fn: (dir: string) => Promise<T>): Promise<T> {
+  const mnt = path.join(tmp, `${name}.mnt`);
+  await mountDevice(partitionDevice(disk, 2), mnt);
+  try {
+    return await fn(mnt);
+  } finally {
+    await umount(mnt);
+  }
+}
+
+const plan = (bootedFile: string, disk: string) => planMigrate({ to: disk, bootedFile, bootMiB: 40, dataMiB: 8, tries: 3, force: true });
+
+/** Every file name under dir, recursively, relative. */
+async function files(dir: string): Promise<string[]> {
+  return (await fs.readdir(dir, { recursive: true })).map(String).sort();
+}
+
+describe('migrate (loop device)', () => {
+  it('copies the good stack into slot a of a new store, pending with tries, as the shell side does', async () => {
+    const { sd, bootedFile, disk } = await setup('ok');
+    const p = await plan(bootedFile, disk);
+    expect(p.layers.map((l) => l.name)).toEqual(['base', 'app']);
+    const r = await migrate(p, { tmpDir: tmp });
+    expect(r.copiedBytes).toBe(p.layersBytes);
+    await onNewStore(disk, 'ok', async (dir) => {
+      expect((await fs.readFile(path.join(dir, 'store-id'), 'utf8')).trim()).toBe(p.newStoreId);
+      expect(p.newStoreId).not.toBe(await sd.id());
+      // the very text stackboot-node migrate writes
+      const state = await fs.readFile(path.join(dir, 'state'), 'utf8');
+      expect(state).toBe(`stackboot-state 1\ncurrent -\na pending ${v1.id} 3\n`);
+      expect(parseState(state)).toEqual({ current: null, slots: { a: { status: 'pending', stack: v1.id, tries: 3 } } });
+      expect(await fs.readFile(path.join(dir, 'slots', 'a', 'manifest'), 'utf8')).toBe(await fs.readFile(path.join(v1.dir, 'manifest'), 'utf8'));
+      expect(await fs.readFile(path.join(dir, 'slots', 'a', 'manifest.sig'), 'utf8')).toBe(await fs.readFile(path.join(v1.dir, 'manifest.sig'), 'utf8'));
+      const store = new Store(dir);
+      expect((await store.layerDigests()).sort()).toEqual(v1.manifest.layers.map((l) => l.digest).sort());
+      for (const l of v1.manifest.layers) expect(await sha256File(store.layerPath(l.digest))).toBe(l.digest);
+      expect(await store.events()).toEqual([expect.stringMatching(new RegExp(`^\\d+ install slot=a stack=${v1.id.slice(0, 12)} tries=3 reason=migrated from store ${await sd.id()} \\(/dev/mmcblk0p2\\)$`))]);
+      expect((await files(dir)).filter((f) => isTempName(path.basename(f)))).toEqual([]);
+    });
+  });
+
+  it('a layer that does not verify stops the migration: no file under its name, no temp file, the SD untouched', async () => {
+    const { sd, bootedFile, disk } = await setup('bad');
+    const app = v1.manifest.layers[1];
+    // same size, other bytes: a rotten SD block
+    const f = sd.layerPath(app.digest);
+    const bytes = await fs.readFile(f);
+    bytes[100] ^= 0xff;
+    await fs.rm(f);
+    await fs.writeFile(f, bytes);
+    const before = await files(sd.dir);
+    const p = await plan(bootedFile, disk);
+    await expect(migrate(p, { tmpDir: tmp })).rejects.toMatchObject({ code: 'VERIFY', message: expect.stringMatching(/layer app does not match the signed manifest \(sha256 /) });
+    expect(await files(sd.dir)).toEqual(before);
+    await onNewStore(disk, 'bad', async (dir) => {
+      const names = await fs.readdir(path.join(dir, 'layers'));
+      expect(names).toEqual([`${v1.manifest.layers[0].digest}.sqfs`]);
+      expect(parseState(await fs.readFile(path.join(dir, 'state'), 'utf8'))).toEqual({ current: null, slots: {} });
+    });
+  });
+});
