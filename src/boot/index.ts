@@ -5,4 +5,4 @@ export * from './flavor.js';
 export * from './initramfs.js';
 export * from './kernel.js';
 export * from './target.js';
-export * from './elf.js';
+export * from './programs.js';

@@ -1,9 +1,9 @@
 import { describe, expect, it } from 'vitest';
-import { parseReadelf, programClosure } from '../../src/boot/elf.js';
+import { parseReadelf, programClosure } from '../../src/boot/programs.js';
 import { loadTarget } from '../../src/boot/target.js';
 import { ARCHES } from '../../src/sys/arch.js';
 
-describe('elf: a program and its libraries from a sysroot', () => {
+describe('programs: a program and its libraries from a sysroot', () => {
   it('parses readelf output', () => {
     const text = ` 0x0000000000000001 (NEEDED)             Shared library: [libxenctrl.so.4.17]\n 0x0000000000000001 (NEEDED)             Shared library: [libc.so.6]\n      [Requesting program interpreter: /lib64/ld-linux-x86-64.so.2]\n`;
     expect(parseReadelf(text)).toEqual({ needed: ['libxenctrl.so.4.17', 'libc.so.6'], interp: '/lib64/ld-linux-x86-64.so.2' });
