@@ -6,7 +6,7 @@ import { existsSync, mkdirSync, readFileSync, rmSync, symlinkSync, writeFileSync
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { run } from '../../src/sys/exec.js';
-import { DRACUT_REQUIRED_TOOLS } from '../../src/boot/initramfs.js';
+import { DRACUT_REQUIRED_TOOLS } from '../../src/boot/dracut.js';
 import { fakeRoots, readEvents, readState, sha256 } from './harness.js';
 
 const CONF = 'STORES=nvme0n1 vda\nSTORE_LABEL=sb-store\nDATA_LABEL=sb-data\nDEVICE_TIMEOUT=1\nDEVICE_SETTLE=0\nON_FAIL_DELAY=7\n';
