@@ -100,17 +100,11 @@ describe('a loop device as a new disk', () => {
 describe('a GPT on an image file', () => {
   it('is written without a kernel and read back by name', async () => {
     const img = await sparseFile('image.img', 16 * MiB);
-    const script = gptScript({
-      labelId: '11111111-2222-4333-8444-555555555555',
-      unit: 'sectors',
-      firstLba: 2048,
-      parts: [
-        { start: 2048, size: 8192, type: 'esp', uuid: 'AAAAAAAA-2222-4333-8444-555555555555', name: 'one' },
-        { start: 10240, size: 16384, type: 'linux', uuid: 'BBBBBBBB-2222-4333-8444-555555555555', name: 'two' },
-      ],
-    });
-    await writePartitionTable(img, script, 'image');
-    expect(await findPartition(img, 'two')).toEqual({ index: 2, name: 'two', start: 10240 * 512, size: 16384 * 512, type: GPT_TYPES.linux, uuid: 'BBBBBBBB-2222-4333-8444-555555555555' });
+    const uuid = 'BBBBBBBB-2222-4333-8444-555555555555';
+    const parts = [{ start: 2048, size: 8192, type: 'esp' as const, name: 'one' }, { start: 10240, size: 16384, type: 'linux' as const, uuid, name: 'two' }];
+    await writePartitionTable(img, gptScript({ labelId: '11111111-2222-4333-8444-555555555555', unit: 'sectors', parts }), 'image');
+    expect(await findPartition(img, 'two')).toEqual({ index: 2, name: 'two', start: 10240 * 512, size: 16384 * 512, type: GPT_TYPES.linux, uuid });
+    expect((await run('sfdisk', ['--dump', img])).stdout).toMatch(/^label-id: 11111111-2222-4333-8444-555555555555$/m);
     await expect(findPartition(img, 'three')).rejects.toMatchObject({ code: 'STORE', message: expect.stringMatching(/has no partition named three \(has: one, two\)/) });
   });
 });
