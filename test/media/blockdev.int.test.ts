@@ -19,7 +19,7 @@ import {
   GPT_TYPES,
 } from '../../src/media/blockdev.js';
 import { run } from '../../src/sys/exec.js';
-import { attachLoop, detachLoop, mountDevice, umount } from '../../src/sys/mount.js';
+import { attachLoop, detachLoop, mountDevice, umount, umountAll } from '../../src/sys/mount.js';
 
 const MiB = 1024 * 1024;
 let tmp: string;
@@ -39,7 +39,7 @@ beforeAll(async () => {
 });
 
 afterAll(async () => {
-  for (const m of mounts.reverse()) await umount(m);
+  await umountAll(mounts);
   for (const l of loops) await detachLoop(l);
   await rm(tmp, { recursive: true, force: true });
 });
