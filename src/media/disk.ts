@@ -3,6 +3,7 @@
  * (mkfs.ext4 -d, mkfs.vfat + mcopy), the GPT is written with sfdisk on the image file,
  * and the partitions are copied in at their offsets, skipping zero blocks so the image
  * stays sparse. UUIDs are derived from a seed, so the same inputs give the same image.
+ * The mkfs and sfdisk command lines themselves are blockdev.ts's.
  */
 import { createHash } from 'node:crypto';
 import { promises as fs } from 'node:fs';
@@ -10,15 +11,10 @@ import os from 'node:os';
 import path from 'node:path';
 import { isZero } from './bmap.js';
 import { StackbootError, run, type ProgressSink, onInterrupt } from '../sys/index.js';
+import { gptScript, makeFilesystem, writePartitionTable, type GptType } from './blockdev.js';
 
 export const MiB = 1024 * 1024;
 const ALIGN = MiB;
-
-export const GPT_TYPES = {
-  linux: '0FC63DAF-8483-4772-8E79-3D69D8477DE4',
-  esp: 'C12A7328-F81F-11D2-BA4B-00A0C93EC93B',
-  msdata: 'EBD0A0A2-B9E5-4433-87C0-68B6B72699C7',
-} as const;
 
 export type PartContent =
   | { kind: 'ext4'; dir: string; label: string; uuid?: string }
@@ -29,7 +25,7 @@ export type PartContent =
 export interface PartSpec {
   /** GPT partition name */
   name: string;
-  type: keyof typeof GPT_TYPES;
+  type: GptType;
   /** size in bytes (rounded up to MiB) */
   size: number;
   content: PartContent;
@@ -103,11 +99,11 @@ export async function treeBytes(dir: string): Promise<number> {
 export async function makeExt4(file: string, size: number, c: { dir: string; label: string; uuid: string; epoch: number }): Promise<void> {
   await clampTimes(c.dir, c.epoch);
   await fs.rm(file, { force: true });
-  await run(
-    'mkfs.ext4',
-    ['-q', '-F', '-t', 'ext4', '-b', '4096', '-L', c.label, '-U', c.uuid, '-E', `root_owner=0:0,hash_seed=${c.uuid},lazy_itable_init=0,nodiscard`, '-d', c.dir, file, `${Math.floor(size / 1024)}k`],
-    { env: { E2FSPROGS_FAKE_TIME: String(c.epoch || 1) } },
-  );
+  await makeFilesystem('ext4', file, c.label, {
+    options: ['-t', 'ext4', '-b', '4096', '-U', c.uuid, '-E', `root_owner=0:0,hash_seed=${c.uuid},lazy_itable_init=0,nodiscard`, '-d', c.dir],
+    sizeBytes: size,
+    env: { E2FSPROGS_FAKE_TIME: String(c.epoch || 1) },
+  });
   // mkfs -d copies each file's ctime, which no one can set on the host: set every inode's
   // times to the epoch with debugfs, so the same tree gives the same bytes
   await fixExt4Times(file, c.dir, c.epoch);
@@ -139,7 +135,7 @@ export async function makeVfat(file: string, size: number, c: { dir: string; lab
   await fs.rm(file, { force: true });
   // --invariant: no time-based values (the volume label entry's time); mcopy -m keeps the
   // clamped times of the files and folders copied in
-  await run('mkfs.vfat', ['--invariant', '-C', '-F', '32', '-n', c.label.toUpperCase().slice(0, 11), '-i', c.volid, file, String(Math.floor(size / 1024))], { env: { SOURCE_DATE_EPOCH: String(c.epoch) } });
+  await makeFilesystem('vfat', file, c.label, { options: ['--invariant', '-C', '-i', c.volid], sizeBytes: size, env: { SOURCE_DATE_EPOCH: String(c.epoch) } });
   const entries = await fs.readdir(c.dir);
   if (entries.length) {
     await run('mcopy', ['-s', '-p', '-m', '-i', file, ...entries.map((e) => path.join(c.dir, e)), '::/'], { env: { SOURCE_DATE_EPOCH: String(c.epoch), MTOOLS_SKIP_CHECK: '1' } });
@@ -221,15 +217,13 @@ export async function assembleDisk(out: string, layout: DiskLayout, progress?: P
     const fh = await fs.open(tmpOut, 'w');
     await fh.truncate(total);
     await fh.close();
-    const script = [
-      'label: gpt',
-      `label-id: ${seededUuid(layout.seed, 'disk').toUpperCase()}`,
-      'unit: sectors',
-      'first-lba: 2048',
-      ...placed.map((p) => `start=${p.start / 512}, size=${p.size / 512}, type=${GPT_TYPES[p.spec.type]}, uuid=${p.uuid}, name="${p.name}"`),
-      '',
-    ].join('\n');
-    await run('sfdisk', ['--quiet', '--no-reread', '--no-tell-kernel', tmpOut], { input: script });
+    const script = gptScript({
+      labelId: seededUuid(layout.seed, 'disk').toUpperCase(),
+      unit: 'sectors',
+      firstLba: 2048,
+      parts: placed.map((p) => ({ start: p.start / 512, size: p.size / 512, type: p.spec.type, uuid: p.uuid, name: p.name })),
+    });
+    await writePartitionTable(tmpOut, script, 'image');
     for (const p of placed) {
       if (!p.file) continue;
       await copySparse(p.file, tmpOut, p.start, (n) => progress?.({ task: `write ${p.name}`, done: n, total: p.size, unit: 'bytes' }));
@@ -243,43 +237,4 @@ export async function assembleDisk(out: string, layout: DiskLayout, progress?: P
     await fs.rm(work, { recursive: true, force: true });
     off();
   }
-}
-
-export interface PartitionInfo {
-  index: number;
-  name: string;
-  /** byte offset */
-  start: number;
-  /** bytes */
-  size: number;
-  type: string;
-  uuid: string;
-}
-
-/** Reads the partition table of an image file or a block device (sfdisk -J). */
-export async function readPartitions(file: string): Promise<PartitionInfo[]> {
-  const r = await run('sfdisk', ['-J', file]);
-  let j: { partitiontable?: { sectorsize?: number; partitions?: { node: string; start: number; size: number; type: string; uuid?: string; name?: string }[] } };
-  try {
-    j = JSON.parse(r.stdout);
-  } catch (e) {
-    throw new StackbootError('TOOL', `sfdisk -J ${file}: unreadable output`, { cause: e });
-  }
-  const ss = j.partitiontable?.sectorsize ?? 512;
-  return (j.partitiontable?.partitions ?? []).map((p, i) => ({
-    index: i + 1,
-    name: p.name ?? '',
-    start: p.start * ss,
-    size: p.size * ss,
-    type: p.type,
-    uuid: p.uuid ?? '',
-  }));
-}
-
-/** The partition with a GPT name, or an error naming the ones there are. */
-export async function findPartition(file: string, name: string): Promise<PartitionInfo> {
-  const parts = await readPartitions(file);
-  const p = parts.find((x) => x.name === name);
-  if (!p) throw new StackbootError('STORE', `${file} has no partition named ${name} (has: ${parts.map((x) => x.name || `#${x.index}`).join(', ') || 'none'})`);
-  return p;
 }

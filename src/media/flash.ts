@@ -1,7 +1,7 @@
 /**
  * Guarded, sparse, verified writes of a disk image to a block device or a file.
  *
- * 1. Guards (unless `force`): a block device that is mounted (itself or a partition, read
+ * 1. Guards (unless `force`; the probing is blockdev.ts's): a block device that is mounted (itself or a partition, read
  *    from /proc/self/mountinfo by major:minor), that has holders (/sys/block/<dev>/holders,
  *    e.g. LVM, dm-crypt, RAID, on the disk or a partition), that holds the running root,
  *    or that is smaller than the image, is refused with the reason. The image itself as
@@ -27,6 +27,7 @@ import { buildBmap, mappedBytes, rangeLength, rangeOffset, readBmapFor, type Bma
 import { StackbootError, run, RateMeter, type ProgressSink } from '../sys/index.js';
 import { buildImage, planImage, type ImageOptions } from './image.js';
 import { MiB } from './disk.js';
+import { deviceInfo, deviceProblems, flushBuffers } from './blockdev.js';
 
 export interface FlashHooks {
   /** called after the write and fsync, before the read-back (tests corrupt the target here) */
@@ -62,80 +63,8 @@ export interface FlashResult {
   forced: string[];
 }
 
-export interface DeviceInfo {
-  /** kernel name, e.g. sdb, loop3, nvme0n1 */
-  name: string;
-  major: number;
-  minor: number;
-  size: number;
-  /** partitions: name and major:minor */
-  partitions: { name: string; major: number; minor: number }[];
-  /** holders of the disk and of its partitions */
-  holders: string[];
-}
-
-/** Facts about a whole-disk block device from sysfs. */
-export async function deviceInfo(dev: string, sysRoot = '/sys'): Promise<DeviceInfo> {
-  const st = await fs.stat(dev);
-  if (!st.isBlockDevice()) throw new StackbootError('DEVICE', `${dev} is not a block device`);
-  const major = Number(BigInt(st.rdev) >> 8n) & 0xfff;
-  const minor = (st.rdev & 0xff) | ((st.rdev >> 12) & 0xfff00);
-  const link = await fs.readlink(path.join(sysRoot, 'dev', 'block', `${major}:${minor}`)).catch(() => null);
-  if (!link) throw new StackbootError('DEVICE', `${dev} (${major}:${minor}) is not in ${sysRoot}/dev/block`);
-  const name = path.basename(link);
-  const base = path.join(sysRoot, 'class', 'block', name);
-  if (await fs.stat(path.join(base, 'partition')).then(() => true, () => false)) {
-    throw new StackbootError('DEVICE', `${dev} is a partition (${name}); flash a whole disk`);
-  }
-  const size = Number((await fs.readFile(path.join(base, 'size'), 'utf8')).trim()) * 512;
-  const partitions: DeviceInfo['partitions'] = [];
-  const holders: string[] = [];
-  const readHolders = async (dir: string): Promise<void> => {
-    for (const h of await fs.readdir(path.join(dir, 'holders')).catch(() => [] as string[])) holders.push(h);
-  };
-  await readHolders(base);
-  for (const e of await fs.readdir(base).catch(() => [] as string[])) {
-    if (!e.startsWith(name)) continue;
-    const pdir = path.join(base, e);
-    const devt = await fs.readFile(path.join(pdir, 'dev'), 'utf8').catch(() => null);
-    if (!devt) continue;
-    const [ma, mi] = devt.trim().split(':').map(Number);
-    partitions.push({ name: e, major: ma, minor: mi });
-    await readHolders(pdir);
-  }
-  return { name, major, minor, size, partitions, holders };
-}
-
-/** Mounts from mountinfo: device major:minor and mount point. */
-export function parseMountinfo(text: string): { devt: string; mountPoint: string; source: string }[] {
-  const out: { devt: string; mountPoint: string; source: string }[] = [];
-  for (const l of text.split('\n')) {
-    const f = l.split(' ');
-    if (f.length < 10) continue;
-    const sep = f.indexOf('-');
-    out.push({ devt: f[2], mountPoint: f[4].replace(/\\040/g, ' '), source: sep > 0 ? f[sep + 2] : '' });
-  }
-  return out;
-}
-
-/** Why a device must not be flashed (empty when it is safe). */
-export async function deviceProblems(info: DeviceInfo, imageSize: number, o: { procRoot?: string } = {}): Promise<string[]> {
-  const problems: string[] = [];
-  const mounts = parseMountinfo(await fs.readFile(path.join(o.procRoot ?? '/proc', 'self', 'mountinfo'), 'utf8').catch(() => ''));
-  const mine = new Map<string, string>([[`${info.major}:${info.minor}`, info.name], ...info.partitions.map((p) => [`${p.major}:${p.minor}`, p.name] as [string, string])]);
-  for (const m of mounts) {
-    const n = mine.get(m.devt);
-    if (!n) continue;
-    if (m.mountPoint === '/') problems.push(`${n} holds the running root filesystem`);
-    else problems.push(`${n} is mounted at ${m.mountPoint}`);
-  }
-  if (info.holders.length) problems.push(`${info.name} is in use by ${info.holders.join(', ')} (holders: LVM, dm-crypt, RAID…)`);
-  if (info.size < imageSize) problems.push(`${info.name} is too small: ${info.size} bytes, the image needs ${imageSize}`);
-  return problems;
-}
-
 async function dropCache(target: string, kind: 'block' | 'file'): Promise<void> {
-  if (kind === 'block') await run('blockdev', ['--flushbufs', target], { reject: false });
+  if (kind === 'block') await flushBuffers(target);
   else await run('dd', [`if=${target}`, 'iflag=nocache', 'count=0', 'status=none'], { reject: false });
 }
 

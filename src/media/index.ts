@@ -1,4 +1,5 @@
 /** The public module of src/media/: what the other parts may use. */
+export * from './blockdev.js';
 export * from './bmap.js';
 export * from './disk.js';
 export * from './flash.js';

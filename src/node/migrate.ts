@@ -14,7 +14,7 @@ import { createReadStream, promises as fs } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { StackbootError, run, mountDevice, umount, type ProgressSink } from '../sys/index.js';
-import { deviceInfo, deviceProblems, GPT_TYPES, MiB } from '../media/index.js';
+import { deviceInfo, deviceProblems, gptScript, makeFilesystem, mkfsCommand, partitionCommand, partitionDevice, waitBlock, writePartitionTable, MiB } from '../media/index.js';
 import { newStoreId, Store, DATA_LABEL, STORE_LABEL, type SlotName } from '../format/index.js';
 import { parseBooted } from './context.js';
 
@@ -56,11 +56,6 @@ export interface MigratePlan {
   steps: MigrateStep[];
 }
 
-/** Partition device name: nvme0n1 → nvme0n1p2, sdb → sdb2, loop3 → loop3p2. */
-export function partitionDevice(disk: string, n: number): string {
-  return /\d$/.test(disk) ? `${disk}p${n}` : `${disk}${n}`;
-}
-
 export async function planMigrate(o: MigrateOptions): Promise<MigratePlan> {
   const bootedFile = o.bootedFile ?? '/run/stackboot/booted';
   const bt = await fs.readFile(bootedFile, 'utf8').catch((e) => {
@@ -84,14 +79,14 @@ export async function planMigrate(o: MigrateOptions): Promise<MigratePlan> {
   const storeMiB = diskMiB - bootMiB - dataMiB - 2;
   if (storeMiB * MiB < layersBytes * 2) throw new StackbootError('NO_SPACE', `${o.to} (${diskMiB} MiB) is too small: the store needs ${Math.ceil((layersBytes * 2) / MiB)} MiB besides ${bootMiB} MiB boot and ${dataMiB} MiB data`);
   const p = (n: number): string => partitionDevice(o.to, n);
-  const sfdisk = ['label: gpt', `size=${bootMiB}MiB, type=${GPT_TYPES.esp}, name="sb-boot"`, `size=${storeMiB}MiB, type=${GPT_TYPES.linux}, name="${STORE_LABEL}"`, `type=${GPT_TYPES.linux}, name="${DATA_LABEL}"`].join('\n');
+  const sfdisk = gptScript({ parts: [{ size: `${bootMiB}MiB`, type: 'esp', name: 'sb-boot' }, { size: `${storeMiB}MiB`, type: 'linux', name: STORE_LABEL }, { type: 'linux', name: DATA_LABEL }] }).trimEnd();
   const tries = o.tries ?? 3;
   const nid = newStoreId();
   const steps: MigrateStep[] = [
-    { what: `partition ${o.to} (GPT, new random UUIDs):\n${sfdisk}`, cmd: ['sfdisk', '--quiet', '--wipe', 'always', o.to] },
-    { what: `format ${p(1)} vfat (sb-boot)`, cmd: ['mkfs.vfat', '-F', '32', '-n', 'SB-BOOT', p(1)] },
-    { what: `format ${p(2)} ext4 (${STORE_LABEL}, new UUID)`, cmd: ['mkfs.ext4', '-q', '-F', '-L', STORE_LABEL, p(2)] },
-    { what: `format ${p(3)} ext4 (${DATA_LABEL}, new UUID)`, cmd: ['mkfs.ext4', '-q', '-F', '-L', DATA_LABEL, p(3)] },
+    { what: `partition ${o.to} (GPT, new random UUIDs):\n${sfdisk}`, cmd: partitionCommand(o.to, 'device') },
+    { what: `format ${p(1)} vfat (sb-boot)`, cmd: mkfsCommand('vfat', p(1), 'sb-boot') },
+    { what: `format ${p(2)} ext4 (${STORE_LABEL}, new UUID)`, cmd: mkfsCommand('ext4', p(2), STORE_LABEL) },
+    { what: `format ${p(3)} ext4 (${DATA_LABEL}, new UUID)`, cmd: mkfsCommand('ext4', p(3), DATA_LABEL) },
     { what: `create store ${nid} on ${p(2)}` },
     ...sm.manifest.layers.map((l) => ({ what: `copy and verify layer ${l.name} (${l.digest.slice(0, 12)}, ${l.size} bytes)` })),
     { what: `install stack ${sm.id.slice(0, 12)} in slot a as pending with ${tries} tries` },
@@ -116,27 +111,15 @@ export async function planMigrate(o: MigrateOptions): Promise<MigratePlan> {
   };
 }
 
-async function waitBlock(dev: string): Promise<void> {
-  for (let i = 0; i < 100; i++) {
-    if ((await fs.stat(dev).catch(() => null))?.isBlockDevice()) return;
-    if (i === 10) await run('partx', ['-u', dev.replace(/p?\d+$/, '')], { reject: false });
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  throw new StackbootError('DEVICE', `${dev} did not appear after partitioning`);
-}
-
 /** Carries out a plan (see planMigrate). */
 export async function migrate(plan: MigratePlan, o: Pick<MigrateOptions, 'progress' | 'tmpDir' | 'bootFilesDir'> = {}): Promise<{ storeId: string; copiedBytes: number }> {
   const say = (task: string): void => o.progress?.({ task, done: 0 });
-  const [boot, storeP, dataP] = plan.parts;
+  const [boot, storeP] = plan.parts;
   say('partition');
-  await run('sfdisk', ['--quiet', '--wipe', 'always', plan.to], { input: plan.steps[0].what.split('\n').slice(1).join('\n') + '\n' });
-  await run('blockdev', ['--rereadpt', plan.to], { reject: false });
+  await writePartitionTable(plan.to, plan.steps[0].what.split('\n').slice(1).join('\n') + '\n', 'device');
   for (const p of plan.parts) await waitBlock(p.dev);
   say('format');
-  await run('mkfs.vfat', ['-F', '32', '-n', 'SB-BOOT', boot.dev]);
-  await run('mkfs.ext4', ['-q', '-F', '-L', STORE_LABEL, storeP.dev]);
-  await run('mkfs.ext4', ['-q', '-F', '-L', DATA_LABEL, dataP.dev]);
+  for (const p of plan.parts) await makeFilesystem(p.fs, p.dev, p.name);
   const mnt = await fs.mkdtemp(path.join(o.tmpDir ?? os.tmpdir(), 'sb-migrate-'));
   let copied = 0;
   try {

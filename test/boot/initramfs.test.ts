@@ -8,20 +8,10 @@ import { fileURLToPath } from 'node:url';
 import { run } from '../../src/sys/exec.js';
 import { StackbootError } from '../../src/sys/errors.js';
 import { writeCpio, prepareEntries } from '../../src/boot/cpio.js';
-import {
-  BOOT_CONFIG_KEYS,
-  buildInitramfs,
-  checkShellSyntax,
-  checkStaticElf,
-  defaultBootConfig,
-  makeBootConfig,
-  parseBootConfigText,
-  renderBootConfig,
-  renderTemplate,
-  shellQuote,
-  validateBootConfig,
-  DEFAULT_MODULES,
-} from '../../src/boot/initramfs.js';
+import { BOOT_CONFIG_KEYS, buildInitramfs, defaultBootConfig, makeBootConfig, parseBootConfigText, validateBootConfig } from '../../src/boot/initramfs.js';
+import { checkShellSyntax, renderBootConfig, renderTemplate, shellQuote } from '../../src/boot/render.js';
+import { checkStaticElf } from '../../src/boot/elf.js';
+import { DEFAULT_MODULES } from '../../src/boot/modules.js';
 import { archFromNode } from '../../src/sys/arch.js';
 
 const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');

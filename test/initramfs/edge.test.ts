@@ -6,7 +6,7 @@ import { existsSync, mkdirSync, readFileSync, rmSync, symlinkSync, writeFileSync
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { run } from '../../src/sys/exec.js';
-import { DRACUT_REQUIRED_TOOLS } from '../../src/boot/initramfs.js';
+import { DRACUT_REQUIRED_TOOLS } from '../../src/boot/dracut.js';
 import { expectedFor, loadVector, reading } from '../protocol/vectors.js';
 import { fakeRoots, readEvents, readState, sha256 } from './harness.js';
 

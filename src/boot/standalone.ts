@@ -1,0 +1,188 @@
+/**
+ * The `standalone` flavor: a complete initrd (busybox-static, the shell core, boot.conf,
+ * the kernel modules with their dependencies, a rendered /init from
+ * `templates/standalone/init.hbs`) as a reproducible newc cpio, gzip- or zstd-compressed.
+ */
+import { readFile } from 'node:fs/promises';
+import path from 'node:path';
+import zlib from 'node:zlib';
+import { StackbootError, run, archFromNode, isArch, noProgress } from '../sys/index.js';
+import { defaultBootConfig, validateBootConfig } from './bootconfig.js';
+import { writeCpio, type CpioEntry } from './cpio.js';
+import { checkModuleArch, checkStaticElf } from './elf.js';
+import type { Compression } from './flavor.js';
+import { writeAtomic, type InitramfsOptions, type InitramfsResult } from './hook.js';
+import { renderModulesDep, moduleNameFromPath, normalizeModuleName } from './kernel.js';
+import { resolveShipped } from './modules.js';
+import { BOOT_CONF, CORE_DIR, SB_LIB, TEMPLATES_DIR, checkShellSyntax, readCore, renderBootConfig, renderTemplate } from './render.js';
+import { loadTarget } from './target.js';
+
+/** The busybox applets the rendered templates call themselves (the core needs more: all applets are linked). */
+export const TEMPLATE_APPLETS: readonly string[] = ['sh', 'mount', 'mkdir', 'sleep', 'reboot', 'setsid', 'cttyhack', 'switch_root', 'grep', 'cat'];
+
+/** The applet names of the host's busybox (`busybox --list`), without `busybox` itself. */
+export async function busyboxApplets(hostBusybox = 'busybox'): Promise<string[]> {
+  const r = await run(hostBusybox, ['--list']);
+  return [...new Set(r.stdout.split('\n').map((s) => s.trim()).filter((s) => s !== '' && s !== 'busybox' && !s.includes('/')))].sort();
+}
+
+async function moduleBytes(file: string): Promise<Buffer> {
+  if (file.endsWith('.ko')) return readFile(file);
+  if (file.endsWith('.ko.gz')) return zlib.gunzipSync(await readFile(file));
+  const tool = file.endsWith('.ko.xz') ? 'xz' : file.endsWith('.ko.zst') ? 'zstd' : undefined;
+  if (!tool) throw new StackbootError('SOURCE', `unknown kernel module format: ${file}`);
+  const r = await run(tool, ['-dc', file], { binary: true });
+  return r.stdoutBuffer!;
+}
+
+function stagedModulePath(p: string): string {
+  return p.replace(/\.ko\.(xz|zst|gz)$/, '.ko');
+}
+
+/** Keeps the lines of a modules.alias/softdep/order text that name an included module. */
+function pruneLines(text: string | undefined, keep: (line: string) => boolean): string {
+  if (!text) return '';
+  return text
+    .split('\n')
+    .filter((l) => l.trim() !== '' && keep(l))
+    .join('\n')
+    .concat('\n');
+}
+
+async function readOptional(p: string): Promise<string | undefined> {
+  try {
+    return await readFile(p, 'utf8');
+  } catch {
+    return undefined;
+  }
+}
+
+/** Compresses an archive: gzip with node:zlib, zstd with the zstd tool. */
+export async function compressArchive(buf: Buffer, how: Compression): Promise<Buffer> {
+  if (how === 'gzip') return zlib.gzipSync(buf, { level: 9 });
+  const r = await run('zstd', ['-q', '-15', '-c'], { input: buf, binary: true });
+  return r.stdoutBuffer!;
+}
+
+/** The complete standalone initrd: a newc cpio, compressed. */
+export async function buildStandalone(opts: InitramfsOptions): Promise<InitramfsResult> {
+  const progress = opts.progress ?? noProgress;
+  const hostBusybox = opts.hostBusybox ?? 'busybox';
+  const templatesDir = opts.templatesDir ?? TEMPLATES_DIR;
+  const arch = opts.arch ?? archFromNode(process.arch);
+  if (!arch || !isArch(arch)) throw new StackbootError('USAGE', `no target arch: pass --arch amd64|arm64`);
+  let modulesDir = opts.modulesDir;
+  let busybox = opts.busybox;
+  if (!modulesDir || !busybox) {
+    const t = await loadTarget(arch, opts.cacheRoot).catch((e: unknown) => {
+      throw new StackbootError('USAGE', `no ${!modulesDir ? '--modules-dir' : '--busybox'} given and no setup target for ${arch}`, { cause: e });
+    });
+    modulesDir ??= t.modules;
+    busybox ??= t.busybox;
+  }
+  const cfg = validateBootConfig(opts.config ?? defaultBootConfig());
+  const compress = opts.compress ?? 'gzip';
+
+  progress({ task: 'initramfs: modules', done: 0 });
+  const res = await resolveShipped(modulesDir, opts.modules ?? []);
+  const entries: CpioEntry[] = [];
+  const modRoot = `lib/modules/${res.kver}`;
+  let checkedArch = false;
+  for (const m of res.modules) {
+    const data = await moduleBytes(path.join(res.dir, m.path));
+    if (!checkedArch) {
+      checkModuleArch(data, arch, res.dir);
+      checkedArch = true;
+    }
+    entries.push({ path: `${modRoot}/${stagedModulePath(m.path)}`, type: 'file', mode: 0o644, data });
+  }
+  const included = new Set(res.modules.map((m) => m.name));
+  const [alias, softdep, order, builtinText] = await Promise.all(
+    ['modules.alias', 'modules.softdep', 'modules.order', 'modules.builtin'].map((f) => readOptional(path.join(res.dir, f))),
+  );
+  entries.push(
+    { path: `${modRoot}/modules.dep`, type: 'file', data: Buffer.from(renderModulesDep(res.modules, stagedModulePath)) },
+    {
+      path: `${modRoot}/modules.alias`,
+      type: 'file',
+      data: Buffer.from(pruneLines(alias, (l) => included.has(normalizeModuleName(l.trim().split(/\s+/)[2] ?? '')))),
+    },
+    {
+      path: `${modRoot}/modules.softdep`,
+      type: 'file',
+      data: Buffer.from(pruneLines(softdep, (l) => included.has(normalizeModuleName(l.trim().split(/\s+/)[1] ?? '')))),
+    },
+    {
+      path: `${modRoot}/modules.order`,
+      type: 'file',
+      data: Buffer.from(pruneLines(order, (l) => included.has(moduleNameFromPath(l.trim()))).replace(/\.ko\.(xz|zst|gz)$/gm, '.ko')),
+    },
+    { path: `${modRoot}/modules.builtin`, type: 'file', data: Buffer.from(builtinText ?? '') },
+  );
+
+  progress({ task: 'initramfs: busybox and core', done: 0 });
+  let bbData: Buffer;
+  try {
+    bbData = await readFile(busybox);
+  } catch (e) {
+    throw new StackbootError('IO', `busybox ${busybox} cannot be read`, { cause: e });
+  }
+  checkStaticElf(bbData, arch, busybox);
+  const applets = await busyboxApplets(hostBusybox);
+  entries.push({ path: 'bin/busybox', type: 'file', mode: 0o755, data: bbData });
+  for (const a of applets) entries.push({ path: `bin/${a}`, type: 'symlink', target: 'busybox' });
+  entries.push(
+    { path: 'sbin', type: 'symlink', target: 'bin' },
+    { path: 'usr/bin', type: 'symlink', target: '../bin' },
+    { path: 'usr/sbin', type: 'symlink', target: '../bin' },
+  );
+  const missing = TEMPLATE_APPLETS.filter((a) => !applets.includes(a));
+  if (missing.length) throw new StackbootError('TOOL', `busybox lacks applets the init needs: ${missing.join(' ')}`);
+
+  for (const f of await readCore(opts.coreDir ?? CORE_DIR, hostBusybox)) {
+    entries.push({ path: `${SB_LIB.slice(1)}/${f.name}`, type: 'file', mode: 0o644, data: f.data });
+  }
+  const bootConf = await renderBootConfig(cfg, templatesDir);
+  entries.push({ path: BOOT_CONF.slice(1), type: 'file', mode: 0o644, data: Buffer.from(bootConf) });
+
+  const init = await renderTemplate(
+    'standalone/init.hbs',
+    {
+      sbLib: SB_LIB,
+      bootConf: BOOT_CONF,
+      modules: res.modules.map((m) => m.name),
+      runSize: '10%',
+      fallbackDelay: Math.max(cfg.ON_FAIL_DELAY, 1),
+    },
+    templatesDir,
+  );
+  await checkShellSyntax(init, 'standalone /init', hostBusybox);
+  entries.push({ path: 'init', type: 'file', mode: 0o755, data: Buffer.from(init) });
+
+  for (const d of ['proc', 'sys', 'run', 'root', 'etc', 'var']) entries.push({ path: d, type: 'dir', mode: 0o755 });
+  entries.push(
+    { path: 'dev', type: 'dir', mode: 0o755 },
+    { path: 'dev/console', type: 'char', mode: 0o600, major: 5, minor: 1 },
+    { path: 'dev/null', type: 'char', mode: 0o666, major: 1, minor: 3 },
+    { path: 'tmp', type: 'dir', mode: 0o1777 },
+  );
+
+  progress({ task: 'initramfs: archive', done: 0 });
+  const cpio = writeCpio(entries, { mtime: opts.mtime ?? 0 });
+  const packed = await compressArchive(cpio, compress);
+  await writeAtomic(opts.out, packed, 0o644);
+  progress({ task: 'initramfs: archive', done: packed.length, total: packed.length, unit: 'bytes', final: true });
+  return {
+    flavor: 'standalone',
+    out: opts.out,
+    files: entries.map((e) => e.path).sort(),
+    modules: res.modules.map((m) => m.name),
+    builtin: res.builtin,
+    skipped: res.skipped,
+    kver: res.kver,
+    arch,
+    compress,
+    bytes: packed.length,
+    applets,
+  };
+}
