@@ -28,3 +28,10 @@ export function checkModuleArch(buf: Buffer, arch: Arch, what: string): void {
   const machine = buf.readUInt16LE(18);
   if (machine !== ELF_MACHINE[arch]) throw new StackbootError('CONFIG', `kernel modules in ${what} are not for ${arch} (ELF machine ${machine})`);
 }
+
+/** Checks that an ELF file (a program or library going into the initrd) is for `arch`. */
+export function checkElfArch(buf: Buffer, arch: Arch, what: string): void {
+  if (buf.length < 20 || buf.readUInt32BE(0) !== 0x7f454c46) throw new StackbootError('CONFIG', `${what} is not an ELF file`);
+  const machine = buf.readUInt16LE(18);
+  if (machine !== ELF_MACHINE[arch]) throw new StackbootError('CONFIG', `${what} is built for ELF machine ${machine}, not ${arch}`);
+}

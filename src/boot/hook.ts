@@ -33,6 +33,12 @@ export interface InitramfsOptions {
   templatesDir?: string;
   /** The repo's .cache (for the default target). */
   cacheRoot?: string;
+  /**
+   * Standalone: a sysroot holding sbin/kexec (kexec-tools) and the libraries it needs, for
+   * stacks that carry their own kernel (initramfs/kexec.sh). Without it the initrd has no
+   * kexec, and such a stack fails to boot there (not marked bad).
+   */
+  kexecRoot?: string;
   /** Host busybox used for `sh -n` and `--list`. */
   hostBusybox?: string;
   progress?: ProgressSink;
@@ -56,6 +62,8 @@ export interface InitramfsResult {
   bytes?: number;
   /** busybox applets linked in /bin (standalone). */
   applets?: string[];
+  /** standalone with kexecRoot: kexec and its libraries, as placed in the initrd */
+  kexec?: string[];
 }
 
 /** Writes a file through a temporary beside it and a rename. */

@@ -9,13 +9,14 @@ import zlib from 'node:zlib';
 import { StackbootError, run, archFromNode, isArch, noProgress } from '../sys/index.js';
 import { defaultBootConfig, validateBootConfig } from './bootconfig.js';
 import { writeCpio, type CpioEntry } from './cpio.js';
-import { checkModuleArch, checkStaticElf } from './elf.js';
+import { checkElfArch, checkModuleArch, checkStaticElf } from './elf.js';
 import type { Compression } from './flavor.js';
 import { writeAtomic, type InitramfsOptions, type InitramfsResult } from './hook.js';
 import { renderModulesDep, moduleNameFromPath, normalizeModuleName } from './kernel.js';
 import { resolveShipped } from './modules.js';
 import { BOOT_CONF, CORE_DIR, SB_LIB, TEMPLATES_DIR, checkShellSyntax, readCore, renderBootConfig, renderTemplate } from './render.js';
 import { loadTarget } from './target.js';
+import { programClosure } from './programs.js';
 
 /** The busybox applets the rendered templates call themselves (the core needs more: all applets are linked). */
 export const TEMPLATE_APPLETS: readonly string[] = ['sh', 'mount', 'mkdir', 'sleep', 'reboot', 'setsid', 'cttyhack', 'switch_root', 'grep', 'cat'];
@@ -139,6 +140,20 @@ export async function buildStandalone(opts: InitramfsOptions): Promise<Initramfs
   const missing = TEMPLATE_APPLETS.filter((a) => !applets.includes(a));
   if (missing.length) throw new StackbootError('TOOL', `busybox lacks applets the init needs: ${missing.join(' ')}`);
 
+  // kexec (kexec-tools) and its libraries, at their sysroot paths; the program itself in
+  // bin/ (sbin is a link to bin here)
+  const kexec: string[] = [];
+  if (opts.kexecRoot) {
+    progress({ task: 'initramfs: kexec', done: 0 });
+    for (const f of await programClosure(opts.kexecRoot, '/sbin/kexec')) {
+      const at = f.path === '/sbin/kexec' ? 'bin/kexec' : f.path.slice(1);
+      const data = await readFile(f.source);
+      if (f.path === '/sbin/kexec') checkElfArch(data, arch, `${opts.kexecRoot}/sbin/kexec`);
+      entries.push({ path: at, type: 'file', mode: 0o755, data });
+      kexec.push(at);
+    }
+  }
+
   for (const f of await readCore(opts.coreDir ?? CORE_DIR, hostBusybox)) {
     entries.push({ path: `${SB_LIB.slice(1)}/${f.name}`, type: 'file', mode: 0o644, data: f.data });
   }
@@ -184,5 +199,6 @@ export async function buildStandalone(opts: InitramfsOptions): Promise<Initramfs
     compress,
     bytes: packed.length,
     applets,
+    ...(kexec.length ? { kexec } : {}),
   };
 }

@@ -8,3 +8,5 @@ export * from './sources/run.js';
 export * from './sources/tar.js';
 export * from './squashfs.js';
 export * from './stack.js';
+export * from './stack-kernel.js';
+export * from './squashfs-read.js';

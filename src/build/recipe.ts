@@ -12,8 +12,13 @@
  *     { "name": "img",  "source": { "type": "oci", "path": "image.tar" } },
  *     { "name": "pkgs", "source": { "type": "run", "command": "apt-get install -y curl" } }
  *   ],
- *   "boot": { "TRIES": "3", "VERIFY": "size" }
+ *   "boot": { "TRIES": "3", "VERIFY": "size" },
+ *   "kernel": { "path": "/boot/vmlinuz-6.12.48+deb12-amd64" }   // optional: the stack's own kernel
  * }
+ *
+ * `kernel` (docs/recipes.md "The stack's own kernel"): `path` of the kernel file in the
+ * stack's merged root, `release` (default from the file name vmlinuz-<release>), `fdt`
+ * (a device tree file in the stack, arm64), `modules` (extra modules for its initrd).
  *
  * Strings may use ${arch} (the target architecture, amd64|arm64) and ${recipeDir}.
  */
@@ -47,6 +52,18 @@ export interface LayerSpec {
   devices: boolean;
 }
 
+/** The stack's own kernel (booted with kexec when it is not the running one). */
+export interface KernelSpec {
+  /** absolute path of the kernel file in the stack's merged root */
+  path: string;
+  /** `uname -r` of that kernel (default: from the file name) */
+  release?: string;
+  /** absolute path of a device tree file in the stack */
+  fdt?: string;
+  /** modules added to its initrd's defaults */
+  modules: string[];
+}
+
 export interface Recipe {
   file: string;
   dir: string;
@@ -57,6 +74,7 @@ export interface Recipe {
   blockSize: number;
   layers: LayerSpec[];
   boot: Record<string, string>;
+  kernel?: KernelSpec;
 }
 
 const LEVELS: Record<Compressor, [number, number] | null> = {
@@ -105,7 +123,7 @@ export function parseRecipe(text: string, file: string, vars: Record<string, str
       return allVars[k];
     });
   const r = c.obj(raw, '(top level)');
-  c.keys(r, '(top level)', ['name', 'version', 'compatible', 'compression', 'blockSize', 'layers', 'boot', 'description']);
+  c.keys(r, '(top level)', ['name', 'version', 'compatible', 'compression', 'blockSize', 'layers', 'boot', 'kernel', 'description']);
   const name = c.str(r.name, 'name', NAME_RE, 'a name of letters, digits, ".", "_" or "-" (at most 64)');
   const version = c.str(r.version, 'version', WORD, 'a version without spaces');
   const compatible = c.str(r.compatible, 'compatible', WORD, 'a compatible string without spaces');
@@ -207,7 +225,27 @@ export function parseRecipe(text: string, file: string, vars: Record<string, str
       boot[k] = String(v);
     }
   }
-  return { file, dir, name, version, compatible, compression, blockSize, layers, boot };
+  let kernel: KernelSpec | undefined;
+  if (r.kernel !== undefined) {
+    const k = c.obj(r.kernel, 'kernel');
+    c.keys(k, 'kernel', ['path', 'release', 'fdt', 'modules']);
+    const abs = /^(\/[A-Za-z0-9._+@-]+)+$/;
+    const absPath = (v: unknown, field: string) => {
+      const p = c.str(v, field, abs, 'an absolute path in the stack without spaces, like "/boot/vmlinuz-6.12.48+deb12-amd64"');
+      if (p.split('/').includes('..')) c.fail(field, 'a path without ".." parts', p);
+      return p;
+    };
+    kernel = { path: absPath(k.path, 'kernel.path'), modules: [] };
+    if (k.release !== undefined) kernel.release = c.str(k.release, 'kernel.release', /^[A-Za-z0-9._+~-]{1,64}$/, 'a kernel release as uname -r prints it');
+    if (k.fdt !== undefined) kernel.fdt = absPath(k.fdt, 'kernel.fdt');
+    if (k.modules !== undefined) {
+      if (!Array.isArray(k.modules)) c.fail('kernel.modules', 'an array of module names', k.modules);
+      kernel.modules = (k.modules as unknown[]).map((m, i) => c.str(m, `kernel.modules[${i}]`, /^[A-Za-z0-9_-]+$/, 'a kernel module name'));
+    }
+    const clash = layers.findIndex((l) => l.name === 'initrd');
+    if (clash >= 0) c.fail(`layers[${clash}].name`, 'a name other than "initrd" (a recipe with a kernel gets a layer of that name: its initrd)', 'initrd');
+  }
+  return { file, dir, name, version, compatible, compression, blockSize, layers, boot, ...(kernel ? { kernel } : {}) };
 }
 
 /** Loads `<dirOrFile>/recipe.json` (or the file itself). */

@@ -10,6 +10,7 @@ import { buildDirLayer, buildTarLayer, cachedLayer, rememberLayer, type BuiltLay
 import { NAME_RE, serializeManifest, stackId, type Manifest } from '../format/index.js';
 import type { Recipe } from './recipe.js';
 import { toolVersion } from './squashfs.js';
+import { INITRD_LAYER, prepareStackKernel } from './stack-kernel.js';
 
 export interface BuildOptions {
   outDir: string;
@@ -23,6 +24,10 @@ export interface BuildOptions {
   uid: number | undefined;
   /** host variables a run source's command gets (its proxies; see sources/run.ts PASSED_THROUGH) */
   runEnv?: Record<string, string>;
+  /** a recipe with a kernel: busybox-static for its initrd (default: the setup target's) */
+  busybox?: string;
+  /** a recipe with a kernel: a sysroot with sbin/kexec for its initrd (default: the setup target's, if any) */
+  kexecRoot?: string;
   progress: ProgressSink;
 }
 
@@ -87,6 +92,26 @@ async function checkSourcesOutside(recipe: Recipe, dirs: { what: string; dir: st
       if (inside(t.real, src)) throw new StackbootError('USAGE', `${recipe.file}: layers[${i}] (${l.name}): the ${t.what} ${t.dir} is inside its source folder ${l.source.path}: the layer would take in the stack's own files; give a folder outside it`);
     }
   }
+}
+
+/** The stack's own kernel: its initrd made from the built layers, as a layer on top (pushed onto BUILT). */
+async function stackKernelLayer(ctx: LayerContext, recipe: Recipe, built: BuiltLayer[], o: BuildOptions) {
+  const sk = await prepareStackKernel({
+    layers: built.map((l) => l.file),
+    spec: recipe.kernel!,
+    arch: o.arch,
+    epoch: o.epoch,
+    boot: recipe.boot,
+    busybox: o.busybox,
+    kexecRoot: o.kexecRoot,
+    progress: o.progress,
+  });
+  try {
+    built.push(await buildDirLayer(ctx, { name: INITRD_LAYER, dir: sk.layerDir, owner: 'root', devices: false }));
+  } finally {
+    await sk.cleanup();
+  }
+  return sk;
 }
 
 export async function buildStack(recipe: Recipe, o: BuildOptions): Promise<BuildResult> {
@@ -156,12 +181,14 @@ export async function buildStack(recipe: Recipe, o: BuildOptions): Promise<Build
       }
     }
   }
+  const boot = recipe.kernel ? await stackKernelLayer(ctx, recipe, built, o) : undefined;
   const manifest: Manifest = {
     name: recipe.name,
     version: recipe.version,
     compatible: recipe.compatible,
     created: o.epoch,
     compression: recipe.compression.algorithm,
+    ...(boot ? { kernel: boot.kernel, initrd: boot.initrd, ...(boot.fdt ? { fdt: boot.fdt } : {}) } : {}),
     layers: built.map((l) => ({ digest: l.digest, size: l.size, name: l.name })),
   };
   const text = serializeManifest(manifest);
