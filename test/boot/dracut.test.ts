@@ -1,0 +1,41 @@
+// The dracut flavor: the module's files, the cmdline hook claiming root=stackboot, and
+// the mount hook booting once when sourced twice.
+import { describe, it, expect } from 'vitest';
+import { writeFile, readFile } from 'node:fs/promises';
+import path from 'node:path';
+import { run } from '../../src/sys/exec.js';
+import { buildDracut } from '../../src/boot/dracut.js';
+import { DEFAULT_MODULES } from '../../src/boot/modules.js';
+import { makeFakeCore, testTmp } from '../support/boot-fixtures.js';
+
+const tmp = testTmp('sb-dracut-test-');
+
+describe('dracut flavor', () => {
+  it('writes the module; the mount hook is safe to source twice', async () => {
+    const coreDir = await makeFakeCore(path.join(tmp(), 'core-dr'), true);
+    const out = path.join(tmp(), 'dr');
+    const r = await buildDracut({ flavor: 'dracut', out, coreDir });
+    const m = 'modules.d/90stackboot';
+    expect(r.files).toEqual(expect.arrayContaining([`${m}/module-setup.sh`, `${m}/parse-stackboot.sh`, `${m}/mount-stackboot.sh`, `${m}/boot.conf`, `${m}/lib/stackboot.sh`, 'dracut.conf.d/stackboot.conf', 'INSTALL']));
+    const setup = await readFile(path.join(out, m, 'module-setup.sh'), 'utf8');
+    expect(setup).toMatch(/^check\(\) \{$/m);
+    expect(setup).toContain(`hostonly='' instmods ${DEFAULT_MODULES.join(' ')}`);
+    expect(setup).toContain('inst_hook cmdline 30 "$moddir/parse-stackboot.sh"');
+    expect(setup).toContain('inst_hook mount 99 "$moddir/mount-stackboot.sh"');
+
+    const parse = await readFile(path.join(out, m, 'parse-stackboot.sh'), 'utf8');
+    const p = await run('busybox', ['sh', '-c', `getarg() { echo stackboot; }; root=; ${parse}\necho "root=$root rootok=$rootok"`]);
+    expect(p.stdout.trim()).toBe('root=stackboot rootok=1');
+
+    const hook = (await readFile(path.join(out, m, 'mount-stackboot.sh'), 'utf8')).replace("SB_LIB='/lib/stackboot'", `SB_LIB=${coreDir}`).replace('SB_LIB=/lib/stackboot', `SB_LIB=${coreDir}`);
+    const hookFile = path.join(tmp(), 'mount-hook.sh');
+    await writeFile(hookFile, hook.replace(/\/run\/stackboot/g, path.join(tmp(), 'dr-run')));
+    const trace = path.join(tmp(), 'dr-trace');
+    const sh = `root=stackboot; NEWROOT=/sysroot; SB_TRACE=${trace}; SB_RUN=${path.join(tmp(), 'dr-run')}
+getarg() { return 1; }; die() { echo "die $*"; }; ismounted() { return 1; }
+. ${hookFile}; . ${hookFile}; echo done`;
+    const res = await run('busybox', ['sh', '-c', sh]);
+    expect(res.stdout).toContain('done');
+    expect((await readFile(trace, 'utf8')).match(/^boot \/sysroot$/gm)).toHaveLength(1);
+  });
+});
