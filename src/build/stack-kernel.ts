@@ -12,7 +12,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { StackbootError, run, isArch, type Arch, type ProgressSink } from '../sys/index.js';
 import type { BootFile, KernelRef } from '../format/index.js';
-import { buildInitramfs, makeBootConfig } from '../boot/index.js';
+import { buildInitramfs, loadTarget, makeBootConfig } from '../boot/index.js';
 import { extractFromImage, hashInImage, statInImage, xattrNamesInImage, type ImageEntry } from './squashfs-read.js';
 import type { KernelSpec } from './recipe.js';
 
@@ -128,6 +128,8 @@ export async function prepareStackKernel(o: StackKernelOptions): Promise<StackKe
     const rel = `boot/stackboot/initrd-${release}.img`;
     await fs.mkdir(path.dirname(path.join(layerDir, rel)), { recursive: true });
     const cfg = makeBootConfig({ set: Object.entries(o.boot) });
+    // its initrd can kexec too (a fallback from it to a stack with another kernel)
+    const kexecRoot = o.kexecRoot ?? (await loadTarget(arch).then((t) => t.kexecRoot, () => undefined));
     const r = await buildInitramfs({
       flavor: 'standalone',
       out: path.join(layerDir, rel),
@@ -137,7 +139,7 @@ export async function prepareStackKernel(o: StackKernelOptions): Promise<StackKe
       config: cfg,
       modules: o.spec.modules,
       mtime: o.epoch,
-      kexecRoot: o.kexecRoot,
+      kexecRoot,
       progress: o.progress,
     });
     const data = await fs.readFile(r.out);

@@ -68,6 +68,11 @@ export interface ImageOptions {
   bmap?: boolean;
   /** the repo's .cache (default target kernel/busybox) */
   cacheRoot?: string;
+  /**
+   * a sysroot with sbin/kexec for the initrd (default, for a stack that carries its own
+   * kernel: the setup target's kexec-root)
+   */
+  kexecRoot?: string;
   /** scratch folder (default os.tmpdir()) */
   tmpDir?: string;
   progress?: ProgressSink;
@@ -83,6 +88,8 @@ export interface ImagePlan {
   seed: string;
   epoch: number;
   layersBytes: number;
+  /** the stack's own kernel release, when it carries one (the boot initrd gets kexec) */
+  kernel?: string;
   parts: { name: string; fs: 'vfat' | 'ext4'; label: string; sizeMiB: number }[];
   totalMiB: number;
 }
@@ -150,6 +157,7 @@ export async function planImage(o: ImageOptions): Promise<ImagePlan> {
     seed,
     epoch: checkEpoch(o.epoch ?? 0),
     layersBytes,
+    ...(manifest.kernel ? { kernel: manifest.kernel.release } : {}),
     parts: [
       { name: BOOT_LABEL, fs: 'vfat', label: BOOT_LABEL, sizeMiB: bootMiB },
       { name: STORE_LABEL, fs: 'ext4', label: STORE_LABEL, sizeMiB: storeMiB },
@@ -193,7 +201,9 @@ export async function buildImage(o: ImageOptions): Promise<ImageResult> {
     if (o.initrd) await fs.copyFile(o.initrd, path.join(boot, 'initrd.img'));
     else {
       o.progress?.({ task: 'initrd', done: 0 });
-      await buildInitramfs({ flavor: 'standalone', out: path.join(boot, 'initrd.img'), arch: o.arch, cacheRoot: o.cacheRoot, config: o.bootConfig ?? makeBootConfig(), mtime: plan.epoch });
+      const kexecRoot = o.kexecRoot ?? (plan.kernel ? await loadTarget(o.arch ?? 'amd64', o.cacheRoot).then((t) => t.kexecRoot, () => undefined) : undefined);
+      if (plan.kernel && !kexecRoot) throw new StackbootError('USAGE', `the stack carries its own kernel (${plan.kernel}): its boot initrd needs kexec: give --kexec-root (a sysroot with sbin/kexec and its libraries)`);
+      await buildInitramfs({ flavor: 'standalone', out: path.join(boot, 'initrd.img'), arch: o.arch, cacheRoot: o.cacheRoot, config: o.bootConfig ?? makeBootConfig(), mtime: plan.epoch, kexecRoot });
     }
     await fs.writeFile(
       path.join(boot, 'extlinux', 'extlinux.conf'),

@@ -82,6 +82,8 @@ export interface SlotStatus {
   tries?: number;
   name?: string;
   version?: string;
+  /** the stack's own kernel release (it boots by kexec when another kernel runs) */
+  kernel?: string;
   /** the manifest hashes to the state's stack id */
   matches: boolean;
   booted: boolean;
@@ -112,6 +114,7 @@ export async function nodeStatus(ctx: NodeContext, nEvents = 5): Promise<NodeSta
       tries: v?.tries,
       name: m?.manifest.name,
       version: m?.manifest.version,
+      ...(m?.manifest.kernel ? { kernel: m.manifest.kernel.release } : {}),
       matches: !!v && !!m && m.id === v.stack,
       booted: ctx.bootedSlot === s,
       current: st.current === s,

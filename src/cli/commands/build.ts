@@ -14,28 +14,31 @@ export const buildCommand: CommandModule<any, any> = {
       .option('cache', { type: 'string', describe: 'layer cache folder (default: $XDG_CACHE_HOME/stackboot or ~/.cache/stackboot)' })
       .option('no-cache', { type: 'boolean', describe: 'build every layer, do not read or write the cache' })
       .option('jobs', { alias: 'j', type: 'number', coerce: wholeNumber('jobs', 1, 1024), describe: 'compressor threads (output does not depend on it)' })
+      .option('busybox', { type: 'string', describe: 'a recipe with a kernel: busybox-static for its initrd (default: the setup target)' })
+      .option('kexec-root', { type: 'string', describe: 'a recipe with a kernel: sysroot with sbin/kexec for its initrd (default: the setup target)' })
       .example('$0 build images/demo --out out/demo', 'build the demo stack'),
   handler: async (a) => {
     // loaded here, not at the top: a CLI start stays small for every other command
-    const [{ loadRecipe }, { buildStack }] = await Promise.all([import('../../build/index.js'), import('../../build/index.js')]);
+    const { loadRecipe, buildStack, PASSED_THROUGH } = await import('../../build/index.js');
     const out = makeOut(a);
     const arch = (a.arch as string | undefined) ?? archFromNode(process.arch) ?? 'amd64';
     const recipe = await loadRecipe(a.recipe, { arch });
     const cacheDir = a.noCache || a.cache === false ? null : (a.cache ?? defaultCacheDir());
     const epoch = sourceDateEpoch();
     // a run source's command gets the host's proxies, and nothing else of its environment
-    const { PASSED_THROUGH } = await import('../../build/index.js');
     const runEnv = Object.fromEntries(PASSED_THROUGH.flatMap((k) => (process.env[k] ? [[k, process.env[k]!]] : [])));
-    const r = await buildStack(recipe, { outDir: a.out, cacheDir, epoch, arch, jobs: a.jobs, uid: process.getuid?.(), runEnv, progress: out.progress });
+    const r = await buildStack(recipe, { outDir: a.out, cacheDir, epoch, arch, jobs: a.jobs, uid: process.getuid?.(), runEnv, busybox: a.busybox, kexecRoot: a.kexecRoot, progress: out.progress });
     out.result({
       stack: r.stackId,
       manifest: r.manifestFile,
       name: r.manifest.name,
       version: r.manifest.version,
+      ...(r.manifest.kernel ? { kernel: r.manifest.kernel, initrd: r.manifest.initrd } : {}),
       layers: r.layers.map((l) => ({ name: l.name, digest: l.digest, size: l.size, cached: l.cached, builder: l.builder })),
     });
     out.line(`stack ${r.stackId}  ${r.manifest.name} ${r.manifest.version}`);
     for (const l of r.layers) out.line(`  ${l.name.padEnd(16)} sha256:${l.digest.slice(0, 16)}…  ${fmtBytes(l.size).padStart(10)}  ${l.cached ? 'cached' : `built (${l.builder})`}`);
+    if (r.manifest.kernel) out.line(`kernel ${r.manifest.kernel.release} (${r.manifest.kernel.path}), initrd ${r.manifest.initrd!.path}`);
     out.line(`manifest: ${r.manifestFile}`);
   },
 };

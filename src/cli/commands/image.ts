@@ -23,6 +23,7 @@ export const imageCommand: CommandModule<any, any> = {
       .option('kernel', { type: 'string', describe: 'kernel image (default: the setup target)' })
       .option('fdt', { type: 'string', describe: 'device tree blob for extlinux.conf' })
       .option('initrd', { type: 'string', describe: 'use this initrd instead of building the standalone stackboot initrd' })
+      .option('kexec-root', { type: 'string', describe: 'sysroot with sbin/kexec for the initrd (default for a stack with its own kernel: the setup target)' })
       .option('append', { type: 'string', describe: 'kernel command line in extlinux.conf' })
       .option('set', { type: 'string', array: true, describe: 'initrd boot config KEY=VALUE (repeatable)' })
       .option('store-id', { type: 'string', describe: 'store id, 32 hex (default: derived from the stack id)' })
@@ -49,6 +50,7 @@ export const imageCommand: CommandModule<any, any> = {
       kernel: a.kernel,
       fdt: a.fdt,
       initrd: a.initrd,
+      kexecRoot: a.kexecRoot,
       append: a.append ?? spec.append,
       bootConfig: makeBootConfig({ set: [...Object.entries(recipe?.boot ?? {}), ...((a.set as string[] | undefined) ?? [])] }),
       storeId: a.storeId,

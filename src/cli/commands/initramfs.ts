@@ -13,6 +13,7 @@ interface Args extends GlobalArgs {
   arch?: Arch;
   'modules-dir'?: string;
   busybox?: string;
+  'kexec-root'?: string;
   config?: string;
   set?: string[];
   module?: string[];
@@ -29,12 +30,13 @@ export const initramfsCommand: CommandModule<GlobalArgs, Args> = {
       .option('arch', { choices: ['amd64', 'arm64'] as Arch[], describe: 'target arch (standalone; default: the host)' })
       .option('modules-dir', { type: 'string', describe: 'kernel modules dir, lib/modules/<kver> (default: the setup target)' })
       .option('busybox', { type: 'string', describe: 'busybox-static for the target (default: the setup target)' })
+      .option('kexec-root', { type: 'string', describe: 'standalone: a sysroot with sbin/kexec and its libraries, for stacks with their own kernel (setup: .cache/targets/<arch>/kexec-root)' })
       .option('config', { type: 'string', describe: 'boot.conf to start from (KEY=value)' })
       .option('set', { type: 'string', array: true, describe: 'boot config KEY=VALUE (repeatable)' })
       .option('module', { alias: 'm', type: 'string', array: true, describe: 'extra kernel module (repeatable)' })
       .option('compress', { choices: COMPRESSIONS as Compression[], default: 'gzip' as Compression, describe: 'initrd compression (standalone)' }) as never,
   handler: async (argv) => {
-    const [{ buildInitramfs }, { makeBootConfig }] = await Promise.all([import('../../boot/index.js'), import('../../boot/index.js')]);
+    const { buildInitramfs, makeBootConfig } = await import('../../boot/index.js');
     const out = makeOut(argv);
     let text: string | undefined;
     if (argv.config) {
@@ -51,6 +53,7 @@ export const initramfsCommand: CommandModule<GlobalArgs, Args> = {
       arch: argv.arch,
       modulesDir: argv['modules-dir'],
       busybox: argv.busybox,
+      kexecRoot: argv['kexec-root'],
       config,
       modules: (argv.module ?? []).flatMap((m) => m.split(/[\s,]+/)).filter((m) => m !== ''),
       compress: argv.compress,
@@ -59,7 +62,7 @@ export const initramfsCommand: CommandModule<GlobalArgs, Args> = {
     });
     out.result(r);
     if (r.flavor === 'standalone') {
-      out.line(`${r.out}: ${r.arch} initrd for ${r.kver}, ${r.compress}, ${r.bytes} bytes, ${r.modules.length} modules${r.builtin.length ? ` (built in: ${r.builtin.join(' ')})` : ''}`);
+      out.line(`${r.out}: ${r.arch} initrd for ${r.kver}, ${r.compress}, ${r.bytes} bytes, ${r.modules.length} modules${r.builtin.length ? ` (built in: ${r.builtin.join(' ')})` : ''}${r.kexec ? `, kexec with ${r.kexec.length - 1} libraries` : ''}`);
     } else {
       out.line(`${r.out}: ${r.flavor} files (${r.files.length}); see ${r.out}/INSTALL`);
     }

@@ -139,7 +139,7 @@ export const statusCommand: CommandModule<any, any> = {
     out.result(s);
     out.report(`store ${s.store} (${s.storeId})`);
     if (s.booted) out.report(`booted: slot ${s.booted.slot} ${s.booted.stack.slice(0, 12)} ${s.booted.status}${s.booted.tries ? ` tries=${s.booted.tries}` : ''}${s.booted.fallback ? ` fallback: ${s.booted.fallback}` : ''}`);
-    for (const x of s.slots) out.report(`slot ${x.slot}: ${x.status}${x.stack ? ` ${x.stack.slice(0, 12)}` : ''}${x.tries !== undefined ? ` tries=${x.tries}` : ''}${x.name ? ` ${x.name} ${x.version}` : ''}${x.stack && !x.matches ? ' (manifest mismatch)' : ''}${x.current ? ' current' : ''}${x.booted ? ' booted' : ''}`);
+    for (const x of s.slots) out.report(`slot ${x.slot}: ${x.status}${x.stack ? ` ${x.stack.slice(0, 12)}` : ''}${x.tries !== undefined ? ` tries=${x.tries}` : ''}${x.name ? ` ${x.name} ${x.version}` : ''}${x.kernel ? ` kernel ${x.kernel}` : ''}${x.stack && !x.matches ? ' (manifest mismatch)' : ''}${x.current ? ' current' : ''}${x.booted ? ' booted' : ''}`);
     out.report(`next boot: ${s.next.map((c) => `${c.slot} (${c.why})`).join(', ') || 'nothing bootable'}`);
   },
 };

@@ -1,0 +1,202 @@
+/**
+ * Stack kernels on real QEMU nodes (TCG): the firmware boots the boot partition's kernel
+ * (Debian 12's 6.1) with the stackboot initrd (kexec-tools inside); a stack that carries
+ * Debian 12's 6.12 kernel is booted by kexec into that kernel and the initrd its build
+ * made from its own modules, without counting a second try; a kernel that panics uses
+ * its tries and the node falls back to the last good stack and its kernel; a kernel file
+ * corrupt in the store is refused before kexec; a power cut during the kexec'ed boot
+ * counts as a used try.
+ */
+import { promises as fs } from 'node:fs';
+import path from 'node:path';
+import { afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { buildInitramfs, makeBootConfig } from '../../src/boot/initramfs.js';
+import type { Target } from '../../src/boot/target.js';
+import { parseRecipe } from '../../src/build/recipe.js';
+import { buildStack, type BuildResult } from '../../src/build/stack.js';
+import { serializeManifest, parseManifest, stackId } from '../../src/format/manifest.js';
+import type { Arch } from '../../src/sys/arch.js';
+import { run } from '../../src/sys/exec.js';
+import { CACHE, REPO, WORK, demoStack, scratch, storeDisk, target } from './fixtures.js';
+import { bootDemo, corruptLayer, readStore, tailOf, type DemoBoot } from './inspect.js';
+import { bootOnce, useVmCleanup, type Disk } from './qemu.js';
+
+useVmCleanup(afterEach);
+
+const BOOT = { STORES: 'vda', DEVICE_TIMEOUT: '5', TRIES: '2' };
+
+interface Fixture {
+  T: Target;
+  dir: string;
+  /** the first stage: the boot partition's initrd (6.1 modules, kexec) */
+  rd: string;
+  v1: BuildResult;
+  /** the demo with Debian 12's 6.12 kernel as its own */
+  v2: BuildResult;
+}
+
+const fixtures = new Map<Arch, Promise<Fixture>>();
+
+/** images/demo plus the 6.12 kernel (modules and kernel file in two layers) and a probe. */
+async function kernelStack(T: Target, dir: string, arch: Arch): Promise<BuildResult> {
+  const k2 = T.kernel2!;
+  const kroot = path.dirname(path.dirname(path.dirname(k2.modules)));
+  const probe = path.join(dir, 'probe');
+  await fs.mkdir(path.join(probe, 'etc/demo.d'), { recursive: true });
+  await fs.writeFile(
+    path.join(probe, 'etc/demo.d/kernel.sh'),
+    'say "kernel $(uname -r)"\nfor m in virtio_blk squashfs overlay; do grep -q "^$m " /proc/modules && say "module $m loaded"; done\n',
+  );
+  const recipe = parseRecipe(
+    JSON.stringify({
+      name: 'demo',
+      version: '2',
+      compatible: 'stackboot-demo',
+      layers: [
+        { name: 'busybox', source: { type: 'dir', path: '${recipeDir}/../../.cache/targets/${arch}/busybox' }, owner: 'root' },
+        { name: 'stackboot', source: { type: 'dir', path: '${recipeDir}/../../initramfs', into: 'usr/lib/stackboot' }, owner: 'root' },
+        { name: 'base', source: { type: 'dir', path: 'rootfs' }, owner: 'root' },
+        { name: 'modules', source: { type: 'dir', path: path.join(kroot, 'lib'), into: 'lib' }, owner: 'root' },
+        { name: 'vmlinuz', source: { type: 'dir', path: path.join(kroot, 'boot'), into: 'boot' }, owner: 'root' },
+        { name: 'app', source: { type: 'dir', path: 'update-good' }, owner: 'root' },
+        { name: 'probe', source: { type: 'dir', path: probe }, owner: 'root' },
+      ],
+      boot: BOOT,
+      kernel: { path: `/boot/vmlinuz-${k2.kver}` },
+    }),
+    path.join(REPO, 'images/demo/kernel-recipe.json'),
+    { arch },
+  );
+  return buildStack(recipe, { outDir: path.join(dir, 'v2'), cacheDir: path.join(WORK, 'layer-cache'), epoch: 0, arch, uid: 0, kexecRoot: T.kexecRoot, progress: () => {} });
+}
+
+function fixture(arch: Arch): Promise<Fixture> {
+  let f = fixtures.get(arch);
+  if (!f) {
+    f = (async () => {
+      const T = await target(arch);
+      if (!T.kernel2 || !T.kexecRoot) throw new Error(`scripts/setup.sh prepares KERNEL2 and KEXEC_ROOT for ${arch}`);
+      const dir = await scratch(`kexec-${arch}`);
+      const rd = path.join(dir, 'initrd.img');
+      await buildInitramfs({ flavor: 'standalone', out: rd, arch, cacheRoot: CACHE, config: makeBootConfig({ set: Object.entries(BOOT) }), kexecRoot: T.kexecRoot });
+      const [v1, v2] = await Promise.all([demoStack('demo', arch), kernelStack(T, dir, arch)]);
+      return { T, dir, rd, v1, v2 };
+    })();
+    fixtures.set(arch, f);
+  }
+  return f;
+}
+
+function boot(f: Fixture, disks: Disk[], append = ''): Promise<DemoBoot> {
+  return bootDemo({ target: f.T, initrd: f.rd, disks, append: `quiet ${append}`.trim(), memoryMiB: 768, timeoutMs: 300_000 });
+}
+
+const esc = (s: string) => s.replace(/[.+*?^$()[\]{}|\\]/g, '\\$&');
+
+async function v1ThenV2(arch: Arch): Promise<void> {
+  const f = await fixture(arch);
+  const k2 = f.T.kernel2!;
+  const img = path.join(f.dir, 'update.img');
+  await storeDisk({ file: img, slots: { a: { buildDir: f.v1.outDir, status: 'good' }, b: { buildDir: f.v2.outDir, status: 'pending', tries: 2 } }, current: 'a', storeMiB: 320 });
+  const b = await boot(f, [{ file: img, bus: 'virtio' }]);
+  expect(b.output, tailOf(b, 'the first stage loads the stack kernel')).toMatch(new RegExp(`slot b runs kernel ${esc(k2.kver)}, not ${esc(f.T.kver)}: loading it for kexec`));
+  expect(b.output, tailOf(b, 'the second stage runs without another try')).toMatch(/second stage of slot b \(kexec\): not counting another try/);
+  expect(b.output, tailOf(b, 'uname -r in the stack')).toMatch(new RegExp(`^DEMO: kernel ${esc(k2.kver)}$`, 'm'));
+  expect(b.output, tailOf(b, 'its modules')).toMatch(/^DEMO: module squashfs loaded$/m);
+  expect(b.booted.slot).toBe('b');
+  expect(b.output, tailOf(b, 'health')).toMatch(/^DEMO: health exit 0$/m);
+  const s = await readStore(img);
+  expect(s.state?.current).toBe('b');
+  expect(s.state?.slots.b).toEqual({ status: 'good', stack: f.v2.stackId });
+  expect(s.events.map((e) => `${e.event} ${e.slot}${e.tries !== undefined ? ` ${e.tries}` : ''}`)).toEqual(['try b 1', 'kexec b 1', 'boot b 1', 'good b']);
+  expect(s.events.find((e) => e.event === 'kexec')!.reason).toBe(`kernel ${f.T.kver} -> ${k2.kver}`);
+}
+
+describe('stack kernels: kexec into the stack kernel', () => {
+  beforeAll(async () => {
+    await Promise.all([fixture('amd64'), fixture('arm64')]);
+  }, 900_000);
+
+  it('amd64: v1 on the boot partition kernel, v2 pending with its own 6.12 kernel: kexec, uname -r is 6.12, its modules load, health marks it good', async () => {
+    await v1ThenV2('amd64');
+  });
+
+  it('arm64: v1 on the boot partition kernel, v2 pending with its own 6.12 kernel: kexec, uname -r is 6.12, its modules load, health marks it good', async () => {
+    await v1ThenV2('arm64');
+  });
+
+  it('amd64: a v3 whose kernel panics uses its tries, then the node falls back to v2 and v2 kernel, the events saying why', async () => {
+    const f = await fixture('amd64');
+    const k2 = f.T.kernel2!;
+    // v3: v2 with an initrd the kernel cannot use (garbage of the right digest)
+    const v3 = path.join(f.dir, 'v3');
+    await fs.mkdir(path.join(v3, 'layers'), { recursive: true });
+    const junkRoot = path.join(f.dir, 'junk-initrd');
+    const rel = f.v2.manifest.initrd!.path;
+    await fs.mkdir(path.dirname(path.join(junkRoot, rel)), { recursive: true });
+    await fs.writeFile(path.join(junkRoot, rel), Buffer.alloc(1 << 20, 0x5a));
+    const junkLayer = path.join(f.dir, 'junk.sqfs');
+    await run('gensquashfs', ['-D', junkRoot, '--all-root', '-f', '-q', junkLayer]);
+    const [jd, js] = await Promise.all([run('sha256sum', [junkLayer]).then((r) => r.stdout.split(' ')[0]!), fs.stat(junkLayer).then((s) => s.size)]);
+    const idig = (await run('sha256sum', [path.join(junkRoot, rel)])).stdout.split(' ')[0]!;
+    const m = parseManifest(await fs.readFile(f.v2.manifestFile, 'utf8'));
+    const layers = m.layers.map((l) => (l.name === 'initrd' ? { name: 'initrd', digest: jd, size: js } : l));
+    const text = serializeManifest({ ...m, version: '3', initrd: { path: rel, digest: idig, size: 1 << 20 }, layers });
+    await fs.writeFile(path.join(v3, 'manifest'), text);
+    for (const l of layers) await fs.copyFile(l.name === 'initrd' ? junkLayer : path.join(f.v2.outDir, 'layers', `${l.digest}.sqfs`), path.join(v3, 'layers', `${l.digest}.sqfs`));
+    const img = path.join(f.dir, 'panic.img');
+    await storeDisk({ file: img, slots: { a: { buildDir: f.v2.outDir, status: 'good' }, b: { buildDir: v3, status: 'pending', tries: 2 } }, current: 'a', storeMiB: 320 });
+    // boots 1 and 2: v3's kernel starts and panics (panic=-1: at once; QEMU -no-reboot ends)
+    for (let i = 1; i <= 2; i++) {
+      const r = await bootOnce({ target: f.T, initrd: f.rd, disks: [{ file: img, bus: 'virtio' }], append: 'quiet', memoryMiB: 768, timeoutMs: 240_000 });
+      expect(r.output, `boot ${i}: ${r.output.slice(-3000)}`).toMatch(/loading it for kexec/);
+      expect(r.output, `boot ${i}: ${r.output.slice(-3000)}`).toMatch(/Kernel panic/);
+      expect(r.output).not.toMatch(/^DEMO: running/m);
+    }
+    let s = await readStore(img);
+    expect(s.state?.slots.b).toEqual({ status: 'pending', stack: stackId(text), tries: 0 });
+    // boot 3: no tries left: v3 is bad, v2 (good) boots with its own kernel
+    const b = await boot(f, [{ file: img, bus: 'virtio' }]);
+    expect(b.output, tailOf(b, 'v3 ran out of tries')).toMatch(/slot b \([0-9a-f]{12}\) ran out of tries: bad/);
+    expect(b.booted.slot).toBe('a');
+    expect(b.output, tailOf(b, 'v2 on its kernel')).toMatch(new RegExp(`^DEMO: kernel ${esc(k2.kver)}$`, 'm'));
+    s = await readStore(img);
+    expect(s.state?.slots.b?.status).toBe('bad');
+    expect(s.state?.current).toBe('a');
+    expect(s.events.map((e) => `${e.event} ${e.slot}`)).toEqual(['try b', 'kexec b', 'try b', 'kexec b', 'exhausted b', 'kexec a', 'boot a']);
+  });
+
+  it('amd64: a stack whose kernel file is corrupt in the store is refused before kexec and the node falls back on the same boot', async () => {
+    const f = await fixture('amd64');
+    const img = path.join(f.dir, 'corrupt.img');
+    await storeDisk({ file: img, slots: { a: { buildDir: f.v1.outDir, status: 'good' }, b: { buildDir: f.v2.outDir, status: 'pending', tries: 2 } }, current: 'a', storeMiB: 320 });
+    await corruptLayer(img, f.v2.manifest.layers.find((l) => l.name === 'vmlinuz')!.digest);
+    const b = await boot(f, [{ file: img, bus: 'virtio' }]);
+    expect(b.output, tailOf(b, 'refused')).toMatch(/kernel \/boot\/vmlinuz-\S+ is corrupt|kernel \/boot\/vmlinuz-\S+ has \d+ bytes/);
+    expect(b.output).not.toMatch(/loading it for kexec/);
+    expect(b.booted.slot).toBe('a');
+    expect(b.output, tailOf(b, 'v1 on the boot partition kernel')).toMatch(/^DEMO: running .*\(version 1\)$/m);
+    const s = await readStore(img);
+    expect(s.state?.slots.b?.status).toBe('bad');
+    expect(s.events.map((e) => `${e.event} ${e.slot}`)).toEqual(['try b', 'fail b', 'boot a', 'good a'].filter((x) => x !== 'good a' || s.events.some((e) => e.event === 'good')));
+  });
+
+  it('amd64: a power cut during the kexec boot (after the jump, before the second stage mounts) counts as a used try', async () => {
+    const f = await fixture('amd64');
+    const k2 = f.T.kernel2!;
+    const img = path.join(f.dir, 'cut.img');
+    await storeDisk({ file: img, slots: { a: { buildDir: f.v1.outDir, status: 'good' }, b: { buildDir: f.v2.outDir, status: 'pending', tries: 2 } }, current: 'a', storeMiB: 320 });
+    // the new kernel's banner: it runs, the second stage has not mounted anything yet
+    const cut = await bootOnce({ target: f.T, initrd: f.rd, disks: [{ file: img, bus: 'virtio' }], append: '', memoryMiB: 768, timeoutMs: 240_000, until: new RegExp(`Linux version ${esc(k2.kver)}`), killOnMatch: true });
+    expect(cut.how).toBe('killed');
+    let s = await readStore(img);
+    expect(s.state?.slots.b).toEqual({ status: 'pending', stack: f.v2.stackId, tries: 1 });
+    // the next boot: the last try, and v2 boots (health marks it good)
+    const b = await boot(f, [{ file: img, bus: 'virtio' }]);
+    expect(b.booted.slot).toBe('b');
+    expect(b.output, tailOf(b, 'v2 kernel')).toMatch(new RegExp(`^DEMO: kernel ${esc(k2.kver)}$`, 'm'));
+    s = await readStore(img);
+    expect(s.state?.slots.b?.status).toBe('good');
+    expect(s.events.map((e) => `${e.event} ${e.slot}${e.tries !== undefined ? ` ${e.tries}` : ''}`)).toEqual(['try b 1', 'kexec b 1', 'try b 0', 'kexec b 0', 'boot b 0', 'good b']);
+  });
+});
