@@ -7,7 +7,8 @@ import { hookInputs, writeTree, type InitramfsOptions, type InitramfsResult, typ
 import { BOOT_CONF, SB_LIB, renderBootConfig, renderTemplate } from './render.js';
 
 /** Tools the initramfs-tools hook copies when the build host has them (util-linux versions). */
-const ITOOLS_COPY_EXEC = ['blkid', 'losetup'];
+// kexec (kexec-tools): for stacks that carry their own kernel (initramfs/kexec.sh)
+const ITOOLS_COPY_EXEC = ['blkid', 'losetup', 'kexec'];
 
 const SHARE_DIR = '/usr/share/stackboot';
 
