@@ -252,7 +252,9 @@ export async function buildTarLayer(ctx: LayerContext, spec: TarLayerSpec): Prom
   });
   if (!st.isFile()) throw new StackbootError('SOURCE', `layer ${spec.name}: ${spec.file} is not a file`);
   const content = spec.contentDigest ?? (await sha256File(spec.file));
-  return produceLayer(ctx, spec.name, { source: 'tar', content, whiteouts: spec.whiteouts, owner: spec.owner, devices: spec.devices }, async (tmp) => {
+  // reader 2: our own tar reader (GNU device numbers, sparse files) and the OCI changeset
+  // rules; a layer cached by the first reader from the same tar may be wrong
+  return produceLayer(ctx, spec.name, { source: 'tar', reader: 2, content, whiteouts: spec.whiteouts, owner: spec.owner, devices: spec.devices }, async (tmp) => {
     // an OCI blob is named by its digest, which is also its cache key: it must hash to it
     // (else a swapped blob would be built, and cached under the genuine one's name)
     if (spec.contentDigest) {
