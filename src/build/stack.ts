@@ -93,6 +93,21 @@ export async function buildStack(recipe: Recipe, o: BuildOptions): Promise<Build
   checkEpoch(o.epoch);
   await checkOutDir(o.outDir);
   await checkSourcesOutside(recipe, [{ what: 'output folder', dir: o.outDir }, ...(o.cacheDir ? [{ what: 'cache folder', dir: o.cacheDir }] : [])]);
+  const layersDir = path.join(o.outDir, 'layers');
+  const existed = { out: await isThere(o.outDir), layers: await isThere(layersDir) };
+  try {
+    return await buildLayersAndManifest(recipe, o);
+  } catch (e) {
+    // a failed build leaves no empty folders it made (the layers it did build stay)
+    if (!existed.layers) await fs.rmdir(layersDir).catch(() => {});
+    if (!existed.out) await fs.rmdir(o.outDir).catch(() => {});
+    throw e;
+  }
+}
+
+const isThere = (p: string): Promise<boolean> => fs.lstat(p).then(() => true, () => false);
+
+async function buildLayersAndManifest(recipe: Recipe, o: BuildOptions): Promise<BuildResult> {
   await makeDir(path.join(o.outDir, 'layers'));
   const ctx: LayerContext = {
     outDir: o.outDir,
@@ -114,7 +129,7 @@ export async function buildStack(recipe: Recipe, o: BuildOptions): Promise<Build
         break;
       case 'oci': {
         const { openImage } = await import('./sources/oci.js');
-        const img = await openImage(src.path, o.arch);
+        const img = await openImage(src.path, o.arch, src.ref);
         try {
           const names = img.layers.length === 1 ? [spec.name] : img.layers.map((_, i) => `${spec.name}-${i + 1}`);
           checkImageNames(recipe, spec.name, names, built);
