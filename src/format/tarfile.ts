@@ -19,7 +19,11 @@ let tarModule: typeof TarLib | undefined;
  * do not pay for parsing it (in the bundled CLI it is a file of its own).
  */
 async function tarLib(): Promise<typeof TarLib> {
-  return (tarModule ??= await import('tar'));
+  if (tarModule) return tarModule;
+  const m = (await import('tar')) as typeof TarLib & { default?: typeof TarLib };
+  // the bundled CLI imports node-tar from a CommonJS part of its own, whose exports
+  // arrive as the namespace's default (no named Header there)
+  return (tarModule = typeof m.Header === 'function' ? m : (m.default ?? m));
 }
 
 export type EntryType = 'file' | 'dir' | 'symlink' | 'hardlink' | 'char' | 'block' | 'fifo';
