@@ -10,6 +10,7 @@ import { buildDirLayer, buildTarLayer, cachedLayer, rememberLayer, type BuiltLay
 import { NAME_RE, serializeManifest, stackId, type Manifest, writeDurable } from '../format/index.js';
 import type { Recipe } from './recipe.js';
 import { toolVersion } from './squashfs.js';
+import type { FolderAttrs } from './sources/tar.js';
 
 export interface BuildOptions {
   outDir: string;
@@ -133,6 +134,18 @@ async function buildLayersAndManifest(recipe: Recipe, o: BuildOptions): Promise<
         try {
           const names = img.layers.length === 1 ? [spec.name] : img.layers.map((_, i) => `${spec.name}-${i + 1}`);
           checkImageNames(recipe, spec.name, names, built);
+          const { foldersAfter, planTar } = await import('./sources/tar.js');
+          // the folders the image's layers make, one layer after the other: read (a
+          // header pass) only when a layer above is built, not served from the cache
+          const folders: FolderAttrs[] = [new Map()];
+          const foldersBelow = async (i: number): Promise<FolderAttrs> => {
+            for (let k = folders.length - 1; k < i; k++) {
+              const plan = await planTar(img.layers[k].file, { whiteouts: 'oci', devices: spec.devices, owner: spec.owner, epoch: o.epoch, lowerFolders: folders[k] });
+              folders.push(foldersAfter(folders[k], plan));
+            }
+            return folders[i];
+          };
+          const first = built.length;
           for (let i = 0; i < img.layers.length; i++) {
             const b = img.layers[i];
             built.push(
@@ -143,6 +156,8 @@ async function buildLayersAndManifest(recipe: Recipe, o: BuildOptions): Promise<
                 owner: spec.owner,
                 devices: spec.devices,
                 contentDigest: b.digest,
+                lowerKeys: built.slice(first).map((l) => l.key),
+                lowerFolders: () => foldersBelow(i),
               }),
             );
           }

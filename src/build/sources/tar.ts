@@ -23,6 +23,11 @@
  * not a folder at the end of the layer (`umoci repack` writes `usr` as a file and
  * whiteouts under it) are dropped: the file already hides everything below it.
  *
+ * A folder an OCI layer needs but does not hold (`umoci repack` writes `srv/data/b`
+ * without `srv/`) takes the mode and owner the image's lower layers give it
+ * (`lowerFolders`), as umoci and containerd make missing parents; else 0755 0:0. Without
+ * it the layer's implicit folder, on top in the overlay, would hide the lower one's.
+ *
  * Entries must make one tree: a kept entry whose parent is, in the same archive, a file,
  * a symlink or a device (in a plain tar a later entry replaced the folder; in any tar
  * an entry that goes through a file) is refused, naming both.
@@ -37,7 +42,12 @@ export interface TarPlanOptions {
   owner: 'keep' | 'root';
   /** mtime of every entry (SOURCE_DATE_EPOCH or 0) */
   epoch: number;
+  /** OCI: the folders the image's lower layers make, for the folders this layer needs but lacks */
+  lowerFolders?: FolderAttrs;
 }
+
+/** Mode and owner of each folder of a merged image so far, by normalised path. */
+export type FolderAttrs = Map<string, { mode: number; uid: number; gid: number }>;
 
 interface Kept {
   entry: OutEntry;
@@ -269,6 +279,11 @@ export async function planTar(file: string, o: TarPlanOptions): Promise<TarPlan>
   }
   const before = new Map<number, OutEntry[]>();
   const tail: OutEntry[] = [];
+  // a folder this layer needs and lacks: as the lower layers have it (0755 0:0 if they do not)
+  const lower = (dir: string) => {
+    const l = o.lowerFolders?.get(dir);
+    return l ? { mode: l.mode, uid: o.owner === 'root' ? 0 : l.uid, gid: o.owner === 'root' ? 0 : l.gid } : { mode: 0o755, uid: 0, gid: 0 };
+  };
   for (const [dir, markerIndex] of opaqueDirs) {
     const key = dir === '' ? '.' : dir;
     const e = byPath.get(key);
@@ -276,14 +291,49 @@ export async function planTar(file: string, o: TarPlanOptions): Promise<TarPlan>
       if (e.entry.type !== 'dir') unsafe(file, `${dir}/${OPQ}`, `opaque marker inside ${dir}, which is not a directory`);
       e.entry.xattrs = { ...(e.entry.xattrs ?? {}), [OPAQUE]: Buffer.from('y') };
     } else {
-      const synth: OutEntry = { path: key, type: 'dir', mode: 0o755, uid: 0, gid: 0, mtime: o.epoch, xattrs: { [OPAQUE]: Buffer.from('y') } };
+      const synth: OutEntry = { path: key, type: 'dir', ...lower(dir), mtime: o.epoch, xattrs: { [OPAQUE]: Buffer.from('y') } };
       // emit it where its marker was, so it precedes anything inside it that follows
       const list = before.get(markerIndex) ?? [];
       list.push(synth);
       before.set(markerIndex, list);
     }
   }
+  if (o.lowerFolders?.size) {
+    const made = new Set([...opaqueDirs.keys()].filter((d) => !byPath.has(d === '' ? '.' : d)));
+    const implicit = new Set<string>();
+    for (const [p] of byPath) for (let cur = parentOf(p); cur !== '' && !byPath.has(cur) && !made.has(cur) && !implicit.has(cur); cur = parentOf(cur)) implicit.add(cur);
+    // ahead of everything (parents first), so they precede what is inside them
+    const first = [...implicit].filter((d) => o.lowerFolders!.has(d)).sort().map((d): OutEntry => ({ path: d, type: 'dir', ...lower(d), mtime: o.epoch }));
+    if (first.length) before.set(0, [...first, ...(before.get(0) ?? [])]);
+  }
   return { file, keep, before, tail, count, dataBytes };
+}
+
+/**
+ * The folders of the merged image once `plan`'s layer is applied over `lower`: its
+ * whiteouts and non-folders remove paths (and all below), opaque folders their contents,
+ * its folders (own or implicit) are set.
+ */
+export function foldersAfter(lower: FolderAttrs, plan: TarPlan): FolderAttrs {
+  const out: FolderAttrs = new Map(lower);
+  const dropUnder = (p: string, self: boolean) => {
+    if (self) out.delete(p);
+    const pre = p === '' ? '' : `${p}/`;
+    for (const k of [...out.keys()]) if (k.startsWith(pre) && k !== p) out.delete(k);
+  };
+  const entries = [...plan.keep.values()].map((k) => k.entry).concat([...plan.before.values()].flat());
+  for (const e of entries) {
+    const p = e.path === '.' ? '' : e.path;
+    if (e.type !== 'dir') dropUnder(p, true);
+    else if (e.xattrs?.[OPAQUE]) dropUnder(p, false);
+  }
+  for (const e of entries) {
+    const p = e.path === '.' ? '' : e.path;
+    if (e.type === 'dir' && p !== '') out.set(p, { mode: e.mode, uid: e.uid, gid: e.gid });
+    // the parents the layer makes implicitly exist from now on (0755 0:0 if unknown)
+    for (let cur = parentOf(p); cur !== ''; cur = parentOf(cur)) if (!out.has(cur)) out.set(cur, { mode: 0o755, uid: 0, gid: 0 });
+  }
+  return out;
 }
 
 /** Second pass: streams the kept entries into the writer. */

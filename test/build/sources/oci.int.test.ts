@@ -1,7 +1,9 @@
 /**
  * OCI images written by umoci (and copied by skopeo into an oci-archive and a
  * docker-archive): several layers with whiteouts, an opaque folder and a folder replaced
- * by a file (as `umoci repack` writes it: `usr` a file, whiteouts under it). The built
+ * by a file (as `umoci repack` writes it: `usr` a file, whiteouts under it), a file put
+ * in a lower folder of mode 0750 and owner 1000:1001 by a layer that does not hold the
+ * folder (umoci writes `srv/data/b` alone: the folder keeps the lower mode). The built
  * stack, its layers mounted as an overlay by the real kernel, equals `umoci unpack` of the
  * same image entry by entry. A layout with several images (tags) needs a choice.
  */
@@ -56,7 +58,9 @@ echo tool > $R/opt/app/tool; chmod 4755 $R/opt/app/tool; chown 1000:1001 $R/opt/
 ln $R/opt/app/tool $R/opt/app/tool.hard
 ln -s app/tool $R/opt/link
 setfattr -n user.oci -v layered $R/etc/keep
+mkdir -p $R/srv/data; chmod 0750 $R/srv; chown 1000:1001 $R/srv; echo a > $R/srv/data/a
 umoci repack --refresh-bundle --image L:base B
+echo b > $R/srv/data/b
 rm -rf $R/usr; echo 'now a file' > $R/usr
 rm $R/etc/gone
 rm -rf $R/var/opq; mkdir $R/var/opq; echo n > $R/var/opq/new
@@ -95,6 +99,8 @@ describe('OCI images from umoci and skopeo: the merged stack equals umoci unpack
     expect(want.has('etc/gone')).toBe(false);
     expect(want.has('etc/keep')).toBe(false);
     expect(want.get('opt/app/tool.hard')?.linkedTo).toBe('opt/app/tool');
+    expect(want.get('srv')).toMatchObject({ mode: '750', owner: '1000:1001' });
+    expect(want.has('srv/data/b')).toBe(true);
   });
 
   it.each([

@@ -1,6 +1,6 @@
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { normalizeTarPath, planTar, type TarPlanOptions } from '../../../src/build/sources/tar.js';
+import { foldersAfter, normalizeTarPath, planTar, type FolderAttrs, type TarPlanOptions } from '../../../src/build/sources/tar.js';
 import { rawHeader, tmpdir, writeRawTar, writeTar, type FixtureEntry } from './tarfixture.js';
 
 const opts: TarPlanOptions = { whiteouts: 'oci', devices: false, owner: 'keep', epoch: 7 };
@@ -157,6 +157,25 @@ describe('tar source: OCI changeset rules (as umoci and container runtimes apply
 
   it('still refuses an entry below a file that stays a file', async () => {
     await expect(plan([{ path: 'f', data: 'file' }, { path: 'f/x', data: 'x' }])).rejects.toThrow(/entry "f\/x": its parent f is a file/);
+  });
+});
+
+describe('tar source: folders an OCI layer needs but lacks', () => {
+  it('take the mode and owner the lower layers give them, and the next layer sees them', async () => {
+    const d = await tmpdir('sb-tar-');
+    const f = path.join(d, 'layer.tar');
+    await writeTar(f, [{ path: 'srv/data/b', data: 'b' }, { path: 'etc/.wh.gone', data: '' }]);
+    const lowerFolders: FolderAttrs = new Map([['srv', { mode: 0o750, uid: 1000, gid: 1001 }], ['etc', { mode: 0o711, uid: 0, gid: 0 }], ['gone', { mode: 0o755, uid: 0, gid: 0 }]]);
+    const p = await planTar(f, { ...opts, lowerFolders });
+    const made = p.before.get(0)!;
+    // srv/data is not in the lower layers: left to tar2sqfs (0755 0:0)
+    expect(made.map((e) => [e.path, e.mode, e.uid, e.gid])).toEqual([['etc', 0o711, 0, 0], ['srv', 0o750, 1000, 1001]]);
+    const next = foldersAfter(lowerFolders, p);
+    expect(next.get('srv')).toEqual({ mode: 0o750, uid: 1000, gid: 1001 });
+    expect(next.get('srv/data')).toEqual({ mode: 0o755, uid: 0, gid: 0 });
+    // owner "root": the mode stays, the owner is 0:0
+    const r = await planTar(f, { ...opts, owner: 'root', lowerFolders });
+    expect(r.before.get(0)!.find((e) => e.path === 'srv')).toMatchObject({ mode: 0o750, uid: 0, gid: 0 });
   });
 });
 
