@@ -238,6 +238,37 @@ describe('tar conformance: every writer, every entry kind, built into a layer', 
   });
 });
 
+describe('tar conformance: a 2 GiB sparse file', () => {
+  it.each([['gnu'], ['posix']])('GNU tar --format=%s --sparse: the layer has the whole file, its data where it was', async (format) => {
+    const d = await tmpdir('sb-conf-');
+    try {
+      await fs.mkdir(path.join(d, 't'));
+      const fh = await fs.open(path.join(d, 't/big'), 'w');
+      await fh.write(Buffer.from('start'), 0, 5, 4096);
+      await fh.write(Buffer.from('end'), 0, 3, 2 ** 31 - 3);
+      await fh.close();
+      const tar = path.join(d, 'big.tar');
+      await run('tar', [`--format=${format}`, '--sparse', '-C', path.join(d, 't'), '-cf', tar, '.']);
+      expect((await fs.stat(tar)).size).toBeLessThan(1 << 20);
+      const r = await buildLayers(d, [{ name: 'big', source: { type: 'tar', path: tar } }]);
+      const layer = await mountLayer(r.layers[0].file, path.join(d, 'layer'));
+      const big = await fs.open(path.join(layer, 'big'));
+      const at = async (pos: number, n: number) => {
+        const b = Buffer.alloc(n);
+        await big.read(b, 0, n, pos);
+        return b.toString('latin1');
+      };
+      expect((await big.stat()).size).toBe(2 ** 31);
+      expect(await at(4090, 12)).toBe('\0\0\0\0\0\0start\0');
+      expect(await at(2 ** 31 - 5, 5)).toBe('\0\0end');
+      await big.close();
+    } finally {
+      await umountAll(mounted.splice(0));
+      await fs.rm(d, { recursive: true, force: true });
+    }
+  });
+});
+
 describe('tar conformance: what is refused', () => {
   it('a GNU-format tar of a device in a layer without devices (the device was read as 0:0, a whiteout, and passed)', async () => {
     const d = await tmpdir('sb-conf-');
