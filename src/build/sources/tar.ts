@@ -316,7 +316,9 @@ export async function planTar(file: string, o: TarPlanOptions): Promise<TarPlan>
  */
 export function foldersAfter(lower: FolderAttrs, plan: TarPlan): FolderAttrs {
   const out: FolderAttrs = new Map(lower);
+  // every folder's parents are in the map too: a path not in it has nothing below it
   const dropUnder = (p: string, self: boolean) => {
+    if (p !== '' && !out.has(p)) return;
     if (self) out.delete(p);
     const pre = p === '' ? '' : `${p}/`;
     for (const k of [...out.keys()]) if (k.startsWith(pre) && k !== p) out.delete(k);
