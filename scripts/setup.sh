@@ -49,6 +49,8 @@ PACKAGES=(
   squashfs-tools-ng squashfs-tools qemu-system-x86 qemu-system-arm busybox-static
   e2fsprogs mtools dosfstools fdisk cpio zstd xz-utils mmdebstrap kmod gdisk qemu-utils
   util-linux tar attr time
+  # the tar and OCI conformance tests: writers of tars and images to read
+  libarchive-tools umoci skopeo golang-go
   # installed with --no-install-recommends, so name what is really used from recommends:
   # mmdebstrap's unshare mode and foreign-arch checks.
   uidmap arch-test fakeroot gpg

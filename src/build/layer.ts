@@ -10,6 +10,7 @@ import { sha256File, StackbootError, wrap, type ProgressSink, RateMeter, makeDir
 import { cacheLookup, cacheStore } from './cache.js';
 import { checkSquashfs, gensquashfsDir, gensquashfsPack, tar2sqfs, tarDirToSquashfs, treeHasXattrs, type SquashOptions } from './squashfs.js';
 import { scanDir, type DirScan } from './sources/dir.js';
+import type { FolderAttrs } from './sources/tar.js';
 
 /** Part of every cache key: changed when a builder's output for the same input changes (2: roots 0755 0:0 and no sockets on every path). */
 export const BUILDER_VERSION = 'stackboot-layer-2';
@@ -185,6 +186,10 @@ export interface TarLayerSpec {
   devices: boolean;
   /** content digest of the tar file, when known (OCI blobs); else it is hashed */
   contentDigest?: string;
+  /** OCI: the keys of the image's layers below (the layer's implicit folders take their modes) */
+  lowerKeys?: string[];
+  /** OCI: the folders those layers make, asked only when the layer is built */
+  lowerFolders?: () => Promise<FolderAttrs>;
 }
 
 export async function buildTarLayer(ctx: LayerContext, spec: TarLayerSpec): Promise<BuiltLayer> {
@@ -193,7 +198,9 @@ export async function buildTarLayer(ctx: LayerContext, spec: TarLayerSpec): Prom
   });
   if (!st.isFile()) throw new StackbootError('SOURCE', `layer ${spec.name}: ${spec.file} is not a file`);
   const content = spec.contentDigest ?? (await sha256File(spec.file));
-  return produceLayer(ctx, spec.name, { source: 'tar', content, whiteouts: spec.whiteouts, owner: spec.owner, devices: spec.devices }, async (tmp) => {
+  // reader 2: our own tar reader (GNU device numbers, sparse files) and the OCI changeset
+  // rules; a layer cached by the first reader from the same tar may be wrong
+  return produceLayer(ctx, spec.name, { source: 'tar', reader: 2, content, whiteouts: spec.whiteouts, owner: spec.owner, devices: spec.devices, lowers: spec.lowerKeys ?? [] }, async (tmp) => {
     // an OCI blob is named by its digest, which is also its cache key: it must hash to it
     // (else a swapped blob would be built, and cached under the genuine one's name)
     if (spec.contentDigest) {
@@ -201,7 +208,7 @@ export async function buildTarLayer(ctx: LayerContext, spec: TarLayerSpec): Prom
       if (got !== spec.contentDigest) throw new StackbootError('VERIFY', `layer ${spec.name}: ${spec.file} hashes to ${got}, not to its digest ${spec.contentDigest}`);
     }
     const [{ emitTar, planTar }, { TarWriter }] = await Promise.all([import('./sources/tar.js'), import('../format/index.js')]);
-    const plan = await planTar(spec.file, { whiteouts: spec.whiteouts, devices: spec.devices, owner: spec.owner, epoch: ctx.squash.epoch });
+    const plan = await planTar(spec.file, { whiteouts: spec.whiteouts, devices: spec.devices, owner: spec.owner, epoch: ctx.squash.epoch, lowerFolders: await spec.lowerFolders?.() });
     const meter = new RateMeter(ctx.progress, `compress ${spec.name}`, plan.dataBytes, 'bytes');
     await tar2sqfs(tmp, ctx.squash, async (stdin) => {
       const w = new TarWriter(stdin);

@@ -10,6 +10,7 @@
  *     { "name": "base", "source": { "type": "dir", "path": "rootfs" }, "owner": "root" },
  *     { "name": "app",  "source": { "type": "tar", "path": "app.tar.zst" } },
  *     { "name": "img",  "source": { "type": "oci", "path": "image.tar" } },
+ *     { "name": "tagd", "source": { "type": "oci", "path": "layout", "ref": "v2" } },  // tag or sha256: digest
  *     { "name": "pkgs", "source": { "type": "run", "command": "apt-get install -y curl" } }
  *   ],
  *   "boot": { "TRIES": "3", "VERIFY": "size" },
@@ -40,7 +41,8 @@ export interface Compression {
 export type Source =
   | { type: 'dir'; path: string; into?: string }
   | { type: 'tar'; path: string }
-  | { type: 'oci'; path: string }
+  /** ref: the image of a layout with several, by tag (org.opencontainers.image.ref.name) or digest */
+  | { type: 'oci'; path: string; ref?: string }
   | { type: 'run'; command: string; env?: Record<string, string> };
 
 export interface LayerSpec {
@@ -96,6 +98,7 @@ class Checker {
     return v as Record<string, unknown>;
   }
   str(v: unknown, field: string, re?: RegExp, what = 'a string'): string {
+    if (v === undefined) throw new StackbootError('RECIPE', `${this.file}: ${field}: the field is missing (expected ${what})`);
     if (typeof v !== 'string' || v.length === 0) this.fail(field, what, v);
     if (re && !re.test(v)) this.fail(field, what, v);
     return v;
@@ -167,7 +170,7 @@ export function parseRecipe(text: string, file: string, vars: Record<string, str
       case 'dir':
       case 'tar':
       case 'oci': {
-        c.keys(s, `${f}.source`, type === 'dir' ? ['type', 'path', 'into'] : ['type', 'path']);
+        c.keys(s, `${f}.source`, type === 'dir' ? ['type', 'path', 'into'] : type === 'oci' ? ['type', 'path', 'ref'] : ['type', 'path']);
         const p = subst(c.str(s.path, `${f}.source.path`), `${f}.source.path`);
         source = { type, path: path.resolve(dir, p) };
         if (type === 'dir' && s.into !== undefined) {
@@ -175,6 +178,7 @@ export function parseRecipe(text: string, file: string, vars: Record<string, str
           if (into.split('/').some((x) => x === '..' || x === '.')) c.fail(`${f}.source.into`, 'a path without "." or ".." parts', into);
           source = { type: 'dir', path: path.resolve(dir, p), into };
         }
+        if (type === 'oci' && s.ref !== undefined) source = { type, path: path.resolve(dir, p), ref: subst(c.str(s.ref, `${f}.source.ref`, WORD, 'a tag or a sha256:<digest> without spaces'), `${f}.source.ref`) };
         break;
       }
       case 'run': {

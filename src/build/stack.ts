@@ -11,6 +11,7 @@ import { NAME_RE, serializeManifest, stackId, type Manifest } from '../format/in
 import type { Recipe } from './recipe.js';
 import { toolVersion } from './squashfs.js';
 import { INITRD_LAYER, prepareStackKernel } from './stack-kernel.js';
+import type { FolderAttrs } from './sources/tar.js';
 
 export interface BuildOptions {
   outDir: string;
@@ -118,6 +119,21 @@ export async function buildStack(recipe: Recipe, o: BuildOptions): Promise<Build
   checkEpoch(o.epoch);
   await checkOutDir(o.outDir);
   await checkSourcesOutside(recipe, [{ what: 'output folder', dir: o.outDir }, ...(o.cacheDir ? [{ what: 'cache folder', dir: o.cacheDir }] : [])]);
+  const layersDir = path.join(o.outDir, 'layers');
+  const existed = { out: await isThere(o.outDir), layers: await isThere(layersDir) };
+  try {
+    return await buildLayersAndManifest(recipe, o);
+  } catch (e) {
+    // a failed build leaves no empty folders it made (the layers it did build stay)
+    if (!existed.layers) await fs.rmdir(layersDir).catch(() => {});
+    if (!existed.out) await fs.rmdir(o.outDir).catch(() => {});
+    throw e;
+  }
+}
+
+const isThere = (p: string): Promise<boolean> => fs.lstat(p).then(() => true, () => false);
+
+async function buildLayersAndManifest(recipe: Recipe, o: BuildOptions): Promise<BuildResult> {
   await makeDir(path.join(o.outDir, 'layers'));
   const ctx: LayerContext = {
     outDir: o.outDir,
@@ -139,10 +155,22 @@ export async function buildStack(recipe: Recipe, o: BuildOptions): Promise<Build
         break;
       case 'oci': {
         const { openImage } = await import('./sources/oci.js');
-        const img = await openImage(src.path, o.arch);
+        const img = await openImage(src.path, o.arch, src.ref);
         try {
           const names = img.layers.length === 1 ? [spec.name] : img.layers.map((_, i) => `${spec.name}-${i + 1}`);
           checkImageNames(recipe, spec.name, names, built);
+          const { foldersAfter, planTar } = await import('./sources/tar.js');
+          // the folders the image's layers make, one layer after the other: read (a
+          // header pass) only when a layer above is built, not served from the cache
+          const folders: FolderAttrs[] = [new Map()];
+          const foldersBelow = async (i: number): Promise<FolderAttrs> => {
+            for (let k = folders.length - 1; k < i; k++) {
+              const plan = await planTar(img.layers[k].file, { whiteouts: 'oci', devices: spec.devices, owner: spec.owner, epoch: o.epoch, lowerFolders: folders[k] });
+              folders.push(foldersAfter(folders[k], plan));
+            }
+            return folders[i];
+          };
+          const first = built.length;
           for (let i = 0; i < img.layers.length; i++) {
             const b = img.layers[i];
             built.push(
@@ -153,6 +181,8 @@ export async function buildStack(recipe: Recipe, o: BuildOptions): Promise<Build
                 owner: spec.owner,
                 devices: spec.devices,
                 contentDigest: b.digest,
+                lowerKeys: built.slice(first).map((l) => l.key),
+                lowerFolders: () => foldersBelow(i),
               }),
             );
           }

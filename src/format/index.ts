@@ -5,3 +5,4 @@ export * from './signature.js';
 export * from './state.js';
 export * from './store.js';
 export * from './tarfile.js';
+export * from './version.js';

@@ -19,6 +19,11 @@ describe('recipe', () => {
     expect(r.layers.map((l) => l.name)).toEqual(['base', 'base-2']);
   });
 
+  it('keeps the ref of an OCI source', () => {
+    const r = p({ ...ok, layers: [{ name: 'img', source: { type: 'oci', path: 'layout', ref: 'v2' } }] });
+    expect(r.layers[0].source).toEqual({ type: 'oci', path: '/x/images/demo/layout', ref: 'v2' });
+  });
+
   it('substitutes ${arch} and ${recipeDir}', () => {
     const r = p({ ...ok, layers: [{ name: 'bb', source: { type: 'dir', path: '${recipeDir}/../t/${arch}', into: 'usr/lib/x' } }] }, { arch: 'arm64' });
     expect(r.layers[0].source).toEqual({ type: 'dir', path: '/x/images/t/arm64', into: 'usr/lib/x' });
@@ -26,6 +31,10 @@ describe('recipe', () => {
 
   it.each([
     ['bad JSON', '{', /recipe.json: not valid JSON/],
+    ['no compatible', { ...ok, compatible: undefined }, /compatible: the field is missing \(expected a compatible string without spaces\)$/],
+    ['no version', { ...ok, version: undefined }, /version: the field is missing/],
+    ['empty compatible', { ...ok, compatible: '' }, /compatible: expected a compatible string without spaces, got ""$/],
+    ['bad OCI ref', { ...ok, layers: [{ name: 'a', source: { type: 'oci', path: 'x', ref: 'a b' } }] }, /layers\[0\]\.source\.ref: expected a tag or a sha256:<digest> without spaces/],
     ['unknown top key', { ...ok, nme: 1 }, /\(top level\)\.nme: expected one of the keys/],
     ['bad compressor', { ...ok, compression: { algorithm: 'brotli' } }, /compression\.algorithm: expected one of zstd, xz, gzip, lz4, lzo, got "brotli"/],
     ['zstd level too high', { ...ok, compression: { algorithm: 'zstd', level: 30 } }, /compression\.level: expected an integer from 1 to 22/],

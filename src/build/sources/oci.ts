@@ -1,6 +1,9 @@
 /**
  * OCI image layouts (a directory or a tar of one) and `docker save` archives. Each image
  * layer becomes one stackboot layer, bottom first, with its `.wh.` whiteouts converted.
+ * A layout or archive of several images (tags) needs a choice: `ref`, a tag
+ * (org.opencontainers.image.ref.name, or a docker RepoTag) or a manifest digest;
+ * without one it is refused, listing them.
  */
 import { promises as fs } from 'node:fs';
 import os from 'node:os';
@@ -41,7 +44,29 @@ const INDEX_TYPES = ['application/vnd.oci.image.index.v1+json', 'application/vnd
 
 const isObject = (v: unknown): v is Record<string, any> => typeof v === 'object' && v !== null && !Array.isArray(v);
 
-async function ociLayers(root: string, arch: string): Promise<OciLayerBlob[]> {
+const REF_NAME = 'org.opencontainers.image.ref.name';
+const refOf = (m: Record<string, any>): string | undefined => (isObject(m.annotations) && typeof m.annotations[REF_NAME] === 'string' ? m.annotations[REF_NAME] : undefined);
+const listed = (ms: Record<string, any>[]): string => ms.map((m) => (refOf(m) ? `${refOf(m)} (${m.digest})` : m.digest)).join(', ');
+
+/**
+ * The images of the layout's index.json that `ref` names (all of them without a ref);
+ * several different images named by tags need a choice.
+ */
+function chooseImage(root: string, ms: Record<string, any>[], ref: string | undefined): Record<string, any>[] {
+  if (ref !== undefined) {
+    const hit = ms.filter((m) => refOf(m) === ref || m.digest === ref);
+    if (hit.length === 0) throw new StackbootError('SOURCE', `${root}: no image ${JSON.stringify(ref)} in the layout (it has ${listed(ms)})`);
+    return hit;
+  }
+  const digests = new Set(ms.map((m) => m.digest));
+  if (digests.size > 1 && ms.some((m) => refOf(m) !== undefined)) {
+    throw new StackbootError('SOURCE', `${root}: the layout holds ${digests.size} images: ${listed(ms)}; choose one with "ref" (a tag or a digest) in the layer's source`);
+  }
+  // several tags of one image: any of them
+  return digests.size === 1 ? [ms[0]] : ms;
+}
+
+async function ociLayers(root: string, arch: string, ref: string | undefined): Promise<OciLayerBlob[]> {
   let file = path.join(root, 'index.json');
   let doc = await readJson(file);
   for (let depth = 0; depth < 4; depth++) {
@@ -57,11 +82,12 @@ async function ociLayers(root: string, arch: string): Promise<OciLayerBlob[]> {
     manifests.forEach((m, i) => {
       if (!isObject(m) || typeof m.digest !== 'string') throw new StackbootError('SOURCE', `${file}: manifests[${i}] has no digest`);
     });
-    const ms = manifests as Record<string, any>[];
+    const ms = depth === 0 ? chooseImage(root, manifests as Record<string, any>[], ref) : (manifests as Record<string, any>[]);
     const archOf = (m: Record<string, any>): string | undefined => (isObject(m.platform) && typeof m.platform.architecture === 'string' ? m.platform.architecture : undefined);
     // a manifest for another architecture is refused even when it is the only one; one
     // without a platform is taken (single-image layouts often leave it out)
     const pick = ms.find((m) => archOf(m) === arch && m.platform?.os !== 'unknown') ?? (ms.length === 1 && archOf(ms[0]) === undefined ? ms[0] : undefined);
+    if (!pick && ms.every((m) => archOf(m) === undefined)) throw new StackbootError('SOURCE', `${root}: the layout holds ${ms.length} images and none names its platform: ${listed(ms)}; choose one with "ref" (a tag or a digest) in the layer's source`);
     if (!pick) throw new StackbootError('SOURCE', `${root}: no image for architecture ${arch} (has ${ms.map((m) => archOf(m) ?? '?').join(', ')})`);
     file = blobPath(root, pick.digest);
     doc = await readJson(file);
@@ -71,7 +97,7 @@ async function ociLayers(root: string, arch: string): Promise<OciLayerBlob[]> {
 }
 
 /** Opens an OCI layout dir, an OCI layout tar or a docker-save tar. */
-export async function openImage(source: string, arch: string): Promise<OpenedImage> {
+export async function openImage(source: string, arch: string, ref?: string): Promise<OpenedImage> {
   const st = await fs.stat(source).catch((e) => {
     throw new StackbootError('SOURCE', `OCI source ${source} does not exist`, { cause: e });
   });
@@ -89,10 +115,17 @@ export async function openImage(source: string, arch: string): Promise<OpenedIma
     const hasIndex = await fs.stat(path.join(root, 'index.json')).then(() => true, () => false);
     const hasDocker = await fs.stat(path.join(root, 'manifest.json')).then(() => true, () => false);
     let layers: OciLayerBlob[];
-    if (hasIndex) layers = await ociLayers(root, arch);
+    if (hasIndex) layers = await ociLayers(root, arch, ref);
     else if (hasDocker) {
-      const m = await readJson(path.join(root, 'manifest.json'));
-      if (!Array.isArray(m) || !isObject(m[0]) || !Array.isArray(m[0].Layers)) throw new StackbootError('SOURCE', `${source}: manifest.json has no Layers`);
+      const all = await readJson(path.join(root, 'manifest.json'));
+      if (!Array.isArray(all) || !all.every(isObject)) throw new StackbootError('SOURCE', `${source}: manifest.json is not a list of images`);
+      const tags = (x: Record<string, any>): string[] => (Array.isArray(x.RepoTags) ? x.RepoTags.filter((t: unknown) => typeof t === 'string') : []);
+      const named = (x: Record<string, any>) => tags(x).join(' ') || String(x.Config);
+      const chosen = ref === undefined ? all : all.filter((x) => tags(x).some((t) => t === ref || t.slice(t.lastIndexOf(':') + 1) === ref) || x.Config === ref || `sha256:${path.basename(String(x.Config)).replace(/\.json$/, '')}` === ref);
+      if (chosen.length === 0) throw new StackbootError('SOURCE', `${source}: no image ${JSON.stringify(ref)} in the archive (it has ${all.map(named).join(', ')})`);
+      if (chosen.length > 1) throw new StackbootError('SOURCE', `${source}: the archive holds ${chosen.length} images: ${chosen.map(named).join(', ')}; choose one with "ref" (a tag) in the layer's source`);
+      const m = chosen;
+      if (!Array.isArray(m[0].Layers)) throw new StackbootError('SOURCE', `${source}: manifest.json has no Layers`);
       // the image config names its architecture: another one is refused
       if (typeof m[0].Config === 'string') {
         const cfgFile = path.resolve(root, m[0].Config);

@@ -38,3 +38,36 @@ export async function makeSocketFile(p: string): Promise<void> {
   const { run } = await import('../../../src/sys/exec.js');
   await run(process.execPath, ['-e', "require('net').createServer().listen(process.argv[1], () => process.exit(0))", p]);
 }
+
+/** One raw 512-byte tar header, for archives the project's writer cannot make (GNU magic, odd types, hand-made pax). */
+export function rawHeader(h: { name: string; type: string; size?: number; mode?: number; magic?: 'gnu' | 'ustar'; devmajor?: number; devminor?: number; uid?: number | Buffer }): Buffer {
+  const b = Buffer.alloc(512);
+  const oct = (v: number, off: number, len: number) => b.write(`${v.toString(8).padStart(len - 1, '0')}\0`, off, len, 'latin1');
+  b.write(h.name, 0, 100, 'utf8');
+  oct(h.mode ?? 0o644, 100, 8);
+  if (Buffer.isBuffer(h.uid)) h.uid.copy(b, 108);
+  else oct(h.uid ?? 0, 108, 8);
+  oct(0, 116, 8);
+  oct(h.size ?? 0, 124, 12);
+  oct(1234, 136, 12);
+  b.write(h.type, 156, 1, 'latin1');
+  b.write(h.magic === 'ustar' ? 'ustar\u000000' : 'ustar  \0', 257, 8, 'latin1');
+  oct(h.devmajor ?? 0, 329, 8);
+  oct(h.devminor ?? 0, 337, 8);
+  b.fill(0x20, 148, 156);
+  let sum = 0;
+  for (const x of b) sum += x;
+  b.write(`${sum.toString(8).padStart(6, '0')}\0 `, 148, 8, 'latin1');
+  return b;
+}
+
+/** A raw archive: headers with their data (padded), then the end blocks. */
+export async function writeRawTar(file: string, entries: { header: Buffer; data?: Buffer }[]): Promise<void> {
+  const parts: Buffer[] = [];
+  for (const e of entries) {
+    parts.push(e.header);
+    if (e.data) parts.push(e.data, Buffer.alloc((512 - (e.data.length % 512)) % 512));
+  }
+  parts.push(Buffer.alloc(1024));
+  await fs.writeFile(file, Buffer.concat(parts));
+}
