@@ -24,7 +24,7 @@
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import type { Readable } from 'node:stream';
-import { readBundle, type BundleHead, type LayerRef, verifyWithKeyDir, installTarget, type BootState, type SlotName, type Store } from '../format/index.js';
+import { compareVersions, readBundle, type BundleHead, type LayerRef, verifyWithKeyDir, installTarget, type BootState, type SlotName, type Store } from '../format/index.js';
 import { StackbootError, remount, RateMeter, noProgress, type ProgressSink } from '../sys/index.js';
 import { withStoreLock, type NodeContext } from './context.js';
 
@@ -36,6 +36,8 @@ export interface InstallOptions {
   label: string;
   keysDir: string;
   allowUnsigned?: boolean;
+  /** install a stack older (by version) than the store's newest good one of the same compatible */
+  allowDowngrade?: boolean;
   /** the compatible string the node accepts (default: the booted or current stack's) */
   compatible?: string | null;
   tries: number;
@@ -49,7 +51,7 @@ export interface InstallOptions {
 }
 
 export type InstallEvent =
-  | { event: 'plan'; stack: string; name: string; version: string; slot: SlotName; write: string[]; have: string[]; bytes: number; free: number }
+  | { event: 'plan'; stack: string; name: string; version: string; slot: SlotName; write: string[]; have: string[]; bytes: number; free: number; downgradeFrom?: string }
   | { event: 'step'; step: string }
   | { event: 'layer'; name: string; digest: string; size: number }
   | { event: 'done'; stack: string; slot: SlotName; tries: number };
@@ -67,6 +69,8 @@ export interface InstallPlan {
   bytes: number;
   free: number;
   signedBy: string | null;
+  /** an allowed downgrade: the newer good stack it goes below */
+  downgradeFrom?: { slot: SlotName; version: string };
 }
 
 export interface InstallResult {
@@ -152,9 +156,10 @@ async function planAndCheck(run: InstallRun, h: BundleHead): Promise<Set<string>
   await checkCompatible(run.o, state, h);
   run.already = await installedAlready(run.store, state, h);
   if (run.already) throw new PlanOnly();
-  run.plan = await planInstall(run.o, state, h, signedBy);
+  const downgradeFrom = await checkDowngrade(run.o, run.store, state, h);
+  run.plan = { ...(await planInstall(run.o, state, h, signedBy)), ...(downgradeFrom ? { downgradeFrom } : {}) };
   const p = run.plan;
-  run.emit({ event: 'plan', stack: p.stack, name: p.name, version: p.version, slot: p.slot, write: p.write.map((l) => l.name), have: p.have.map((l) => l.name), bytes: p.bytes, free: p.free });
+  run.emit({ event: 'plan', stack: p.stack, name: p.name, version: p.version, slot: p.slot, write: p.write.map((l) => l.name), have: p.have.map((l) => l.name), bytes: p.bytes, free: p.free, ...(p.downgradeFrom ? { downgradeFrom: p.downgradeFrom.version } : {}) });
   checkSpace(run.o, run.store, p);
   if (run.o.dryRun) throw new PlanOnly();
   if (run.o.ctx.remount) {
@@ -184,6 +189,31 @@ async function checkCompatible(o: InstallOptions, state: BootState, h: BundleHea
   if (want !== null && h.manifest.compatible !== want) {
     throw new StackbootError('INCOMPATIBLE', `${o.label}: stack ${h.manifest.name} ${h.manifest.version} is for "${h.manifest.compatible}", this node takes "${want}"`);
   }
+}
+
+/**
+ * A stack older than the newest good stack of the same compatible in this store is a
+ * downgrade: refused (DOWNGRADE), so that an old signed bundle with known holes cannot be
+ * replayed onto a node, unless allowed; then it is said in an event. Versions compare as
+ * Debian's (format/version.ts). Rolling back to a stack the store holds is `rollback`.
+ */
+async function checkDowngrade(o: InstallOptions, store: Store, state: BootState, h: BundleHead): Promise<InstallPlan['downgradeFrom']> {
+  let newest: { slot: SlotName; version: string; name: string } | undefined;
+  for (const s of ['a', 'b'] as SlotName[]) {
+    if (state.slots[s]?.status !== 'good') continue;
+    const m = await store.slotManifest(s).catch(() => null);
+    if (!m || m.id !== state.slots[s]!.stack || m.manifest.compatible !== h.manifest.compatible) continue;
+    if (!newest || compareVersions(m.manifest.version, newest.version) > 0) newest = { slot: s, version: m.manifest.version, name: m.manifest.name };
+  }
+  if (!newest || compareVersions(h.manifest.version, newest.version) >= 0) return undefined;
+  if (!o.allowDowngrade) {
+    throw new StackbootError(
+      'DOWNGRADE',
+      `${o.label}: stack ${h.manifest.name} ${h.manifest.version} is older than ${newest.name} ${newest.version}, good in slot ${newest.slot}: a downgrade is refused (give --allow-downgrade to install it anyway, or roll back to a stack the store holds with stackboot rollback)`,
+      { details: { version: h.manifest.version, newest: newest.version, slot: newest.slot } },
+    );
+  }
+  return { slot: newest.slot, version: newest.version };
 }
 
 /** The slot that holds this stack already, whole and not bad (then nothing is done). */
@@ -263,6 +293,7 @@ async function commitSlot(run: InstallRun, p: InstallPlan, head: BundleHead): Pr
   run.emit({ event: 'step', step: `manifest into slot ${p.slot}` });
   await store.writeSlot(p.slot, head.manifestText, head.sig || null);
   run.emit({ event: 'step', step: `slot ${p.slot} pending` });
+  if (p.downgradeFrom) await store.appendEvent('downgrade', { slot: p.slot, stack: p.stack, reason: `${p.name} ${p.version} below ${p.downgradeFrom.version} (good in slot ${p.downgradeFrom.slot}), allowed by --allow-downgrade` });
   await store.markPending(p.slot, p.stack, o.tries);
   await store.appendEvent('install', { slot: p.slot, stack: p.stack, tries: o.tries, reason: `${p.name} ${p.version} from ${o.label}` });
   run.meter?.update(run.doneBytes, true);

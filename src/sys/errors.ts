@@ -22,6 +22,7 @@ export type ErrorCode =
   | 'VERIFY' // a read-back or digest check failed
   | 'NETWORK' // a download failed
   | 'CONFIG' // a node config is invalid
+  | 'DOWNGRADE' // a stack older than the store's good one (install --allow-downgrade)
   | 'INTERNAL';
 
 const EXIT_CODES: Record<ErrorCode, number> = {
@@ -43,6 +44,7 @@ const EXIT_CODES: Record<ErrorCode, number> = {
   VERIFY: 17,
   NETWORK: 18,
   CONFIG: 19,
+  DOWNGRADE: 20,
   INTERNAL: 70,
 };
 

@@ -45,6 +45,7 @@ export const installCommand: CommandModule<any, any> = {
       .option('keys', { type: 'string', describe: 'public keys folder (default: KEYS_DIR of the config, /etc/stackboot/keys)' })
       .option('tries', { type: 'number', coerce: wholeNumber('tries', 1, 1000), describe: 'tries of the new pending stack (default: TRIES of the config)' })
       .option('dry-run', { type: 'boolean', describe: 'plan and check only' })
+      .option('allow-downgrade', { type: 'boolean', describe: 'install a stack older than the store\'s newest good one (an event says so)' })
       .example('$0 install https://updates.example/node-2.stackbundle', ''),
   handler: async (a) => {
     const { install } = await import('../../node/index.js');
@@ -55,7 +56,7 @@ export const installCommand: CommandModule<any, any> = {
     const { stream, label } = await openSource(a.source, cfg.node.ALLOW_UNSIGNED, (s) => (a.json ? jsonLine({ event: 'retry', note: s }) : process.stderr.write(`stackboot: ${s}\n`)));
     const onEvent = (ev: InstallEvent) => {
       if (a.json) return jsonLine(ev);
-      if (ev.event === 'plan') out.line(`installing ${ev.name} ${ev.version} (${ev.stack.slice(0, 12)}) into slot ${ev.slot}: ${ev.write.length} layer(s) to write (${fmtBytes(ev.bytes)}), ${ev.have.length} present; ${fmtBytes(ev.free)} free`);
+      if (ev.event === 'plan') out.line(`installing ${ev.name} ${ev.version} (${ev.stack.slice(0, 12)}) into slot ${ev.slot}: ${ev.write.length} layer(s) to write (${fmtBytes(ev.bytes)}), ${ev.have.length} present; ${fmtBytes(ev.free)} free${ev.downgradeFrom ? `; a DOWNGRADE from ${ev.downgradeFrom}` : ''}`);
       else if (ev.event === 'layer') out.line(`  layer ${ev.name} ${ev.digest.slice(0, 12)} ${fmtBytes(ev.size)}`);
       else if (a.verbose && ev.event === 'step') out.line(`  ${ev.step}`);
     };
@@ -65,6 +66,7 @@ export const installCommand: CommandModule<any, any> = {
       label,
       keysDir: a.keys ?? cfg.node.KEYS_DIR,
       allowUnsigned: cfg.node.ALLOW_UNSIGNED,
+      allowDowngrade: a.allowDowngrade,
       compatible: cfg.node.COMPATIBLE,
       tries: a.tries ?? cfg.boot.TRIES,
       minFree: cfg.node.MIN_FREE,
