@@ -24,7 +24,7 @@ export interface CredentialSources {
   password?: string;
   /** an auths file to read (REGISTRY_AUTH_FILE, the node's REGISTRY_AUTH) */
   authFile?: string;
-  /** refuse an auth file readable by group or others (the node's) */
+  /** the node's file: refused when readable by group or others; no other file is read */
   rootOnly?: boolean;
   /** the environment to read REGISTRY_AUTH_FILE, DOCKER_CONFIG, HOME from */
   env?: NodeJS.ProcessEnv;
@@ -74,9 +74,12 @@ export async function findCredentials(registry: string, o: CredentialSources = {
     return { username: o.username, password: o.password };
   }
   const env = o.env ?? process.env;
+  // a node (rootOnly) reads its configured file only, never a user's docker config
   const files = o.authFile
     ? [o.authFile]
-    : [env.REGISTRY_AUTH_FILE, path.join(env.DOCKER_CONFIG || path.join(env.HOME || os.homedir(), '.docker'), 'config.json')].filter((f): f is string => !!f);
+    : o.rootOnly
+      ? []
+      : [env.REGISTRY_AUTH_FILE, path.join(env.DOCKER_CONFIG || path.join(env.HOME || os.homedir(), '.docker'), 'config.json')].filter((f): f is string => !!f);
   for (const f of files) {
     const json = await readAuthFile(f, !!o.rootOnly);
     if (json === null) {

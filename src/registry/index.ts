@@ -3,6 +3,7 @@ export * from './artifact.js';
 export * from './auth.js';
 export * from './blob.js';
 export * from './client.js';
+export * from './connect.js';
 export * from './pull.js';
 export * from './push.js';
 export * from './reference.js';
