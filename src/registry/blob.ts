@@ -10,7 +10,7 @@ import { createHash } from 'node:crypto';
 import { Readable } from 'node:stream';
 import { StackbootError } from '../sys/index.js';
 import { registryError, type RegistryClient } from './client.js';
-import { MAX_MANIFEST_BYTES, type Descriptor } from './artifact.js';
+import type { Descriptor } from './artifact.js';
 
 export interface BlobFetchOptions {
   /** reconnects in a row without progress (default 5) */
@@ -88,7 +88,7 @@ export function blobStream(client: RegistryClient, repo: string, desc: Descripto
 
 /** A small blob (manifest, signature), whole, size-limited and digest-checked. */
 export async function fetchSmallBlob(client: RegistryClient, repo: string, desc: Descriptor, what: string): Promise<Buffer> {
-  if (desc.size > MAX_MANIFEST_BYTES) throw new StackbootError('MANIFEST', `${what} is ${desc.size} bytes, more than the limit of ${MAX_MANIFEST_BYTES}: refused`);
+  if (desc.size > client.maxManifestBytes) throw new StackbootError('MANIFEST', `${what} is ${desc.size} bytes, more than the limit of ${client.maxManifestBytes}: refused`);
   const parts: Buffer[] = [];
   for await (const c of blobStream(client, repo, desc)) parts.push(c as Buffer);
   return Buffer.concat(parts);

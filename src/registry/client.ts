@@ -20,6 +20,7 @@ import type { Readable } from 'node:stream';
 import { StackbootError } from '../sys/index.js';
 import { basicHeader, parseChallenge, type Credentials } from './auth.js';
 import { isLoopback } from './reference.js';
+import { MAX_MANIFEST_BYTES } from './artifact.js';
 
 export interface ClientOptions {
   credentials?: Credentials | null;
@@ -31,6 +32,8 @@ export interface ClientOptions {
   maxRetryAfter?: number;
   /** ms without data before a connection is dropped (default 30 000) */
   idleTimeoutMs?: number;
+  /** the largest manifest, text manifest or signature read (default MAX_MANIFEST_BYTES, 4 MiB) */
+  maxManifestBytes?: number;
   /** warnings and retries, one line each */
   onNote?(note: string): void;
 }
@@ -110,6 +113,10 @@ export class RegistryClient {
         throw new StackbootError('CONFIG', `cannot read the CA file ${o.caFile}`, { cause: e });
       }
     }
+  }
+
+  get maxManifestBytes(): number {
+    return this.o.maxManifestBytes ?? MAX_MANIFEST_BYTES;
   }
 
   get base(): string {

@@ -6,14 +6,14 @@
  * then writes a build output folder (layers through `.part` files, renamed only when
  * whole and matching).
  */
-import { promises as fs } from 'node:fs';
+import { createWriteStream, promises as fs } from 'node:fs';
 import path from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { StackbootError, makeDir, parsing } from '../sys/index.js';
 import { parseManifest, stackId, type Manifest } from '../format/index.js';
 import { readBody, registryError, type RegistryClient } from './client.js';
 import { blobStream, fetchSmallBlob, type BlobFetchOptions } from './blob.js';
-import { MAX_MANIFEST_BYTES, OCI_MANIFEST_TYPE, checkArtifactMatches, parseStackArtifact, sha256Digest, type StackArtifact } from './artifact.js';
+import { OCI_MANIFEST_TYPE, checkArtifactMatches, parseStackArtifact, sha256Digest, type StackArtifact } from './artifact.js';
 import { formatReference, manifestTarget, type Reference } from './reference.js';
 
 export interface RemoteStack {
@@ -47,7 +47,7 @@ export async function resolveStack(client: RegistryClient, ref: Reference): Prom
   }
   const res = await client.send({ method: 'GET', path: `/v2/${ref.repository}/manifests/${manifestTarget(ref)}`, scope: `repository:${ref.repository}:pull`, headers: { Accept: ACCEPT } });
   if (res.statusCode !== 200) throw await registryError(name, res);
-  const body = await readBody(res, MAX_MANIFEST_BYTES, `${name}: the manifest`);
+  const body = await readBody(res, client.maxManifestBytes, `${name}: the manifest`);
   const digest = sha256Digest(body);
   if (ref.digest && digest !== ref.digest) throw new StackbootError('VERIFY', `${name}: the registry sent a manifest whose digest is ${digest}: tampered or corrupt`);
   const said = res.headers['docker-content-digest'];
@@ -97,7 +97,7 @@ export async function pullStack(client: RegistryClient, ref: Reference, out: str
     o.onLayer?.(l.name, l.size);
     const part = `${file}.part`;
     try {
-      await pipeline(blobStream(client, ref.repository, remote.artifact.layers[i], o), (await fs.open(part, 'w')).createWriteStream());
+      await pipeline(blobStream(client, ref.repository, remote.artifact.layers[i], o), createWriteStream(part));
       await fs.rename(part, file);
     } catch (e) {
       await fs.rm(part, { force: true });

@@ -88,6 +88,13 @@ export async function openRegistrySource(o: RegistrySourceOptions): Promise<Regi
     }
     await w.finish();
   };
-  write().catch((e) => out.destroy(e));
+  // a failure (a tampered layer, a dead link) is handed to the reader only once it has
+  // taken what was buffered before it: the reader is then inside the layer's body (its
+  // .part file open, which install removes on the error) rather than opening it while
+  // install's cleanup runs. Bounded: a reader that stopped reading gets it after 2 s.
+  write().catch(async (e) => {
+    for (let waited = 0; out.readableLength > 0 && !out.destroyed && waited < 2000; waited += 20) await new Promise((r) => setTimeout(r, 20));
+    out.destroy(e);
+  });
   return { stream: out, label, remote, signedBy, fetch, have, bytes: fetch.reduce((n, l) => n + l.size, 0) };
 }
