@@ -12,9 +12,15 @@
  *      goes to the existing install, so every install check and the power-cut-safe
  *      order apply unchanged. A dry run's stream stops after the contents: no layer
  *      byte crosses the wire.
+ *
+ * A layer that fails (a blob whose sha256 is wrong, a link that stays down) is not ended
+ * by destroying the stream: the bundle reader would leave the layer's temp file open and
+ * in the store. Its entry is filled up with zeros instead and the bundle ended, so the
+ * install's own sha256 check refuses it and removes its temp file; `failure` keeps the
+ * registry's reason (callers report it: `installError`).
  */
 import { promises as fs } from 'node:fs';
-import { PassThrough, type Readable } from 'node:stream';
+import { PassThrough, Readable } from 'node:stream';
 import { StackbootError } from '../sys/index.js';
 import { TarWriter, verifyWithKeyDir, type LayerRef, type Store } from '../format/index.js';
 import type { RegistryClient } from './client.js';
@@ -42,6 +48,32 @@ export interface RegistrySource {
   have: LayerRef[];
   /** bytes of the layers to fetch */
   bytes: number;
+  /** why a layer could not be fetched whole and right (then the install fails on it) */
+  failure: Error | null;
+}
+
+/** A layer's bytes, or, after a failure, zeros up to its size (the reader refuses them). */
+async function* layerOrFill(src: Readable, size: number, onFail: (e: Error) => void): AsyncGenerator<Buffer> {
+  let sent = 0;
+  try {
+    for await (const c of src) {
+      sent += (c as Buffer).length;
+      yield c as Buffer;
+    }
+  } catch (e) {
+    onFail(e as Error);
+    const zeros = Buffer.alloc(Math.min(1 << 20, size - sent));
+    for (; sent < size; sent += zeros.length) yield zeros.subarray(0, Math.min(zeros.length, size - sent));
+  } finally {
+    src.destroy();
+  }
+}
+
+/** The install's error, or the registry's reason for it when a layer failed to come. */
+export function installError(src: RegistrySource, e: unknown): unknown {
+  if (!src.failure) return e;
+  const f = src.failure;
+  return f instanceof StackbootError ? new StackbootError(f.code, f.message, { cause: e, details: f.details }) : new StackbootError('NETWORK', `${src.label}: ${f.message}`, { cause: e });
 }
 
 async function verifyRemote(r: RemoteStack, keysDir: string, allowUnsigned: boolean, label: string): Promise<string | null> {
@@ -68,7 +100,8 @@ export async function openRegistrySource(o: RegistrySourceOptions): Promise<Regi
     if (st && st.size === l.size) have.push(l);
     else if (!fetch.some((f) => f.digest === l.digest)) fetch.push(l);
   }
-  const out = new PassThrough({ highWaterMark: 1 << 20 });
+  const source: RegistrySource = { stream: new PassThrough({ highWaterMark: 1 << 20 }), label, remote, signedBy, fetch, have, bytes: fetch.reduce((n, l) => n + l.size, 0), failure: null };
+  const out = source.stream as PassThrough;
   // install may take the store lock before it reads: an early error waits in out.errored
   out.on('error', () => {});
   const write = async () => {
@@ -80,21 +113,14 @@ export async function openRegistrySource(o: RegistrySourceOptions): Promise<Regi
     await file('manifest', remote.manifestText);
     if (remote.sig !== null) await file('manifest.sig', remote.sig);
     await file('contents', fetch.map((l) => `${l.digest} ${l.size}\n`).join(''));
-    if (!o.headOnly) {
-      for (const l of fetch) {
-        const desc = remote.artifact.layers.find((d) => d.digest === `sha256:${l.digest}`)!;
-        await w.add({ path: `layers/${l.digest}.sqfs`, type: 'file', mode: 0o644, uid: 0, gid: 0, mtime: remote.manifest.created, size: l.size }, blobStream(o.client, o.ref.repository, desc, o));
-      }
+    for (const l of o.headOnly ? [] : fetch) {
+      const desc = remote.artifact.layers.find((d) => d.digest === `sha256:${l.digest}`)!;
+      const body = Readable.from(layerOrFill(blobStream(o.client, o.ref.repository, desc, o), l.size, (e) => (source.failure = e)));
+      await w.add({ path: `layers/${l.digest}.sqfs`, type: 'file', mode: 0o644, uid: 0, gid: 0, mtime: remote.manifest.created, size: l.size }, body);
+      if (source.failure) break;
     }
     await w.finish();
   };
-  // a failure (a tampered layer, a dead link) is handed to the reader only once it has
-  // taken what was buffered before it: the reader is then inside the layer's body (its
-  // .part file open, which install removes on the error) rather than opening it while
-  // install's cleanup runs. Bounded: a reader that stopped reading gets it after 2 s.
-  write().catch(async (e) => {
-    for (let waited = 0; out.readableLength > 0 && !out.destroyed && waited < 2000; waited += 20) await new Promise((r) => setTimeout(r, 20));
-    out.destroy(e);
-  });
-  return { stream: out, label, remote, signedBy, fetch, have, bytes: fetch.reduce((n, l) => n + l.size, 0) };
+  write().catch((e) => out.destroy(e));
+  return source;
 }

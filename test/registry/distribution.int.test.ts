@@ -15,7 +15,7 @@ import { install } from '../../src/node/install.js';
 import type { NodeContext } from '../../src/node/context.js';
 import { parseState } from '../../src/format/state.js';
 import { bundleStreamFromBuild } from '../../src/format/bundle.js';
-import { RegistryClient, readBody, openRegistrySource, parseReference, pushStack, pullStack, type PushResult, type ClientOptions } from '../../src/registry/index.js';
+import { RegistryClient, installError, readBody, openRegistrySource, parseReference, pushStack, pullStack, type PushResult, type ClientOptions } from '../../src/registry/index.js';
 import { loopStore, snapshot, type LoopStore } from '../support/store-loop.js';
 import { makePki, startProxy, startRegistry, sha256hex, type CountingProxy, type Pki, type RunningRegistry } from './harness.js';
 import { buildSigned, keys, type BuiltStack } from './stacks.js';
@@ -50,7 +50,9 @@ function ctx(s: LoopStore): NodeContext {
 async function installRef(s: LoopStore, ref: string, o: { client?: RegistryClient; keysDir?: string; dryRun?: boolean } = {}) {
   const client = o.client ?? viaProxy();
   const src = await openRegistrySource({ client, ref: parseReference(ref), store: s.store, keysDir: o.keysDir ?? k.keysDir, headOnly: o.dryRun, backoffMs: 50 });
-  const r = await install({ ctx: ctx(s), stream: src.stream, label: src.label, keysDir: o.keysDir ?? k.keysDir, tries: 3, dryRun: o.dryRun });
+  const r = await install({ ctx: ctx(s), stream: src.stream, label: src.label, keysDir: o.keysDir ?? k.keysDir, tries: 3, dryRun: o.dryRun }).catch((e) => {
+    throw installError(src, e);
+  });
   return { src, r };
 }
 
@@ -210,9 +212,23 @@ describe('install oci://… on a node', () => {
     bad[bad.length - 100] ^= 0xff;
     await fs.writeFile(app, bad);
     try {
+      // the registry's reason, with the install's own refusal of the bytes as its cause
+      const e = await installRef(s, ref2).catch((x: Error) => x);
+      expect(e).toBeInstanceOf(Error);
+      expect((e as Error).message).toMatch(/sha256 .*tampered or corrupt blob/);
+      expect(((e as Error).cause as Error).message).toMatch(/does not match the signed manifest/);
       await check(installRef(s, ref2), /sha256 .*tampered or corrupt blob/);
     } finally {
       await fs.writeFile(app, good);
+    }
+
+    // a link that drops every time before a byte of the layer passes: given up after the
+    // retries (a link that drops after some progress keeps going: each try resumes)
+    proxy.dropOnce(layer(v2, 'app').digest, 0, 100);
+    try {
+      await check(installRef(s, ref2), /failed after 5 retries at byte 0 of \d+/);
+    } finally {
+      proxy.dropOnce('nothing', 0);
     }
 
     // the OCI manifest edited in storage (the tag still links to the old digest)

@@ -140,8 +140,8 @@ export interface CountingProxy {
   /** 127.0.0.1:<port> (plain HTTP: the client falls back to it on loopback) */
   host: string;
   records: ProxyRecord[];
-  /** drop the client connection once, after `afterBytes` body bytes of the first GET whose path has `pathPart` */
-  dropOnce(pathPart: string, afterBytes: number): void;
+  /** drop the client connection after `afterBytes` body bytes of the next GET (or `times` GETs) whose path has `pathPart` */
+  dropOnce(pathPart: string, afterBytes: number, times?: number): void;
   /** body bytes of answered (2xx) GETs since the last reset */
   bytes(filter?: (r: ProxyRecord) => boolean): number;
   reset(): void;
@@ -161,7 +161,7 @@ export interface ProxyOptions {
 export async function startProxy(registryPort: number, pki: Pki, o: ProxyOptions = {}): Promise<CountingProxy & { authSeen: (string | undefined)[] }> {
   const records: ProxyRecord[] = [];
   const authSeen: (string | undefined)[] = [];
-  let drop: { pathPart: string; afterBytes: number } | null = null;
+  let drop: { pathPart: string; afterBytes: number; times: number } | null = null;
   let tooMany = o.tooManyOnce ?? null;
   const ca = caOf(pki);
   const server = http.createServer((req, res) => {
@@ -185,7 +185,7 @@ export async function startProxy(registryPort: number, pki: Pki, o: ProxyOptions
       records.push(rec);
       res.writeHead(ur.statusCode ?? 502, ur.headers);
       const cut = drop && req.method === 'GET' && req.url!.includes(drop.pathPart) ? drop : null;
-      if (cut) drop = null;
+      if (cut && --cut.times <= 0) drop = null;
       ur.on('data', (c: Buffer) => {
         if (cut && rec.bytes + c.length > cut.afterBytes) {
           const k = cut.afterBytes - rec.bytes;
@@ -210,7 +210,7 @@ export async function startProxy(registryPort: number, pki: Pki, o: ProxyOptions
     host: `127.0.0.1:${port}`,
     records,
     authSeen,
-    dropOnce: (pathPart, afterBytes) => (drop = { pathPart, afterBytes }),
+    dropOnce: (pathPart, afterBytes, times = 1) => (drop = { pathPart, afterBytes, times }),
     bytes: (filter) => records.slice(since).filter((r) => r.method === 'GET' && r.status >= 200 && r.status < 300 && (!filter || filter(r))).reduce((n, r) => n + r.bytes, 0),
     reset: () => (since = records.length),
     stop: () => new Promise<void>((r) => {

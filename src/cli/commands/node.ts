@@ -27,14 +27,14 @@ async function ctxOf(a: any) {
 }
 
 /** `oci://…`: the registry source (signature checked first, then only the layers the store lacks). */
-async function openRegistry(src: string, a: any, cfg: NodeConfig, store: Store, note: (s: string) => void): Promise<{ stream: Readable; label: string }> {
-  const { connectRegistry, openRegistrySource, parseReference } = await import('../../registry/index.js');
+async function openRegistry(src: string, a: any, cfg: NodeConfig, store: Store, note: (s: string) => void): Promise<{ stream: Readable; label: string; explain(e: unknown): unknown }> {
+  const { connectRegistry, openRegistrySource, parseReference, installError } = await import('../../registry/index.js');
   const ref = parseReference(src);
   const client = await connectRegistry(ref, { authFile: cfg.node.REGISTRY_AUTH ?? undefined, rootOnly: true, caFile: cfg.node.REGISTRY_CA ?? undefined, insecure: a.insecure, onNote: note });
   const r = await openRegistrySource({ client, ref, store, keysDir: a.keys ?? cfg.node.KEYS_DIR, allowUnsigned: cfg.node.ALLOW_UNSIGNED, headOnly: a.dryRun, onRetry: (x) => note(`layer ${x.digest.slice(7, 19)}: ${x.reason}; resuming at byte ${x.received} (try ${x.attempt})`) });
   if (a.json) process.stdout.write(JSON.stringify({ event: 'fetch', reference: r.label, dryRun: !!a.dryRun, layers: r.fetch, bytes: r.bytes, have: r.have.length }) + '\n');
   else note(`${r.label}: ${r.fetch.length ? `${a.dryRun ? 'would fetch' : 'fetching'} ${r.fetch.map((l) => l.name).join(', ')} (${r.bytes} bytes)` : 'no layer to fetch'}; ${r.have.length} layer(s) in the store`);
-  return { stream: r.stream, label: r.label };
+  return { stream: r.stream, label: r.label, explain: (e) => installError(r, e) };
 }
 
 async function openSource(src: string, allowUnsigned: boolean, onRetry: (s: string) => void): Promise<{ stream: Readable; label: string }> {
@@ -67,7 +67,7 @@ export const installCommand: CommandModule<any, any> = {
     const ctx = await ctxOf(a);
     const jsonLine = (o: unknown) => process.stdout.write(JSON.stringify(o) + '\n');
     const note = (event: string) => (s: string) => (a.json ? jsonLine({ event, note: s }) : process.stderr.write(`stackboot: ${s}\n`));
-    const { stream, label } = a.source.startsWith('oci://') ? await openRegistry(a.source, a, cfg, ctx.store, note('note')) : await openSource(a.source, cfg.node.ALLOW_UNSIGNED, note('retry'));
+    const { stream, label, explain } = a.source.startsWith('oci://') ? await openRegistry(a.source, a, cfg, ctx.store, note('note')) : { ...(await openSource(a.source, cfg.node.ALLOW_UNSIGNED, note('retry'))), explain: (e: unknown) => e };
     const onEvent = (ev: InstallEvent) => {
       if (a.json) return jsonLine(ev);
       if (ev.event === 'plan') out.line(`installing ${ev.name} ${ev.version} (${ev.stack.slice(0, 12)}) into slot ${ev.slot}: ${ev.write.length} layer(s) to write (${fmtBytes(ev.bytes)}), ${ev.have.length} present; ${fmtBytes(ev.free)} free`);
@@ -86,6 +86,8 @@ export const installCommand: CommandModule<any, any> = {
       dryRun: a.dryRun,
       progress: a.json ? () => {} : out.progress,
       onEvent,
+    }).catch((e) => {
+      throw explain(e);
     });
     if (stream !== process.stdin) stream.destroy();
     if (a.json) jsonLine({ event: 'result', installed: r.installed, dryRun: r.dryRun, already: r.already ?? null, slot: r.plan?.slot ?? null, stack: r.plan?.stack ?? null });
