@@ -3,13 +3,13 @@
  * limited, its digest checked when asked by digest, and a tag given with a digest must
  * still point to it), then the text manifest and the signature blobs, each digest-
  * checked; the artifact must agree with the signed manifest (artifact.ts). `pullStack`
- * then writes a build output folder (layers through `.part` files, renamed only when
- * whole and matching).
+ * then writes a build output folder (each file through sys's durable writes: a temp name,
+ * renamed only when whole and matching).
  */
 import { createWriteStream, promises as fs } from 'node:fs';
 import path from 'node:path';
 import { pipeline } from 'node:stream/promises';
-import { StackbootError, makeDir, parsing } from '../sys/index.js';
+import { StackbootError, isTempName, makeDir, parsing, writeDurable, writeDurableFrom } from '../sys/index.js';
 import { parseManifest, stackId, type Manifest } from '../format/index.js';
 import { readBody, registryError, type RegistryClient } from './client.js';
 import { blobStream, fetchSmallBlob, type BlobFetchOptions } from './blob.js';
@@ -82,7 +82,7 @@ async function sameSize(file: string, size: number): Promise<boolean> {
  */
 export async function pullStack(client: RegistryClient, ref: Reference, out: string, o: BlobFetchOptions & { onLayer?(name: string, size: number): void } = {}): Promise<PullResult> {
   const names = await fs.readdir(out).catch(() => [] as string[]);
-  const strange = names.filter((n) => !['manifest', 'manifest.sig', 'layers'].includes(n));
+  const strange = names.filter((n) => !['manifest', 'manifest.sig', 'layers'].includes(n) && !isTempName(n));
   if (strange.length) throw new StackbootError('USAGE', `${out} is not empty and not a build output (${strange.slice(0, 3).join(', ')}): pull into a new folder`);
   const remote = await resolveStack(client, ref);
   await makeDir(path.join(out, 'layers'));
@@ -95,20 +95,12 @@ export async function pullStack(client: RegistryClient, ref: Reference, out: str
       continue;
     }
     o.onLayer?.(l.name, l.size);
-    const part = `${file}.part`;
-    try {
-      await pipeline(blobStream(client, ref.repository, remote.artifact.layers[i], o), createWriteStream(part));
-      await fs.rename(part, file);
-    } catch (e) {
-      await fs.rm(part, { force: true });
-      throw e;
-    }
+    await writeDurableFrom(file, (tmp) => pipeline(blobStream(client, ref.repository, remote.artifact.layers[i], o), createWriteStream(tmp, { flags: 'wx' })));
     fetched.push(l);
   }
   // manifest last: a folder with a manifest is a whole build output
   await fs.rm(path.join(out, 'manifest.sig'), { force: true });
-  if (remote.sig !== null) await fs.writeFile(path.join(out, 'manifest.sig'), remote.sig);
-  await fs.writeFile(path.join(out, 'manifest.tmp'), remote.manifestText);
-  await fs.rename(path.join(out, 'manifest.tmp'), path.join(out, 'manifest'));
+  if (remote.sig !== null) await writeDurable(path.join(out, 'manifest.sig'), remote.sig);
+  await writeDurable(path.join(out, 'manifest'), remote.manifestText);
   return { reference: formatReference({ ...ref, digest: null }, remote.digest), digest: remote.digest, stack: remote.stackId, dir: out, fetched, present, bytes: fetched.reduce((n, l) => n + l.size, 0) };
 }

@@ -218,6 +218,11 @@ describe('install oci://… on a node', () => {
       expect((e as Error).message).toMatch(/sha256 .*tampered or corrupt blob/);
       expect(((e as Error).cause as Error).message).toMatch(/does not match the signed manifest/);
       await check(installRef(s, ref2), /sha256 .*tampered or corrupt blob/);
+      // pull too: no layer file, no temp, no manifest
+      const out = path.join(tmp, 'pull-tampered');
+      await expect(pullStack(viaProxy(), parseReference(ref2), out)).rejects.toThrow(/tampered or corrupt blob/);
+      expect((await fs.readdir(path.join(out, 'layers'))).filter((n) => !n.startsWith(layer(v2, 'base').digest))).toEqual([]);
+      expect(await fs.readdir(out)).toEqual(['layers']);
     } finally {
       await fs.writeFile(app, good);
     }
