@@ -51,6 +51,9 @@ PACKAGES=(
   util-linux tar attr time
   # the tar and OCI conformance tests: writers of tars and images to read
   libarchive-tools umoci skopeo golang-go
+  # the registry tests: Docker Distribution 2.8 (skopeo above reads and copies what is
+  # pushed), htpasswd and openssl for the registry's basic auth and TLS
+  docker-registry apache2-utils openssl
   # installed with --no-install-recommends, so name what is really used from recommends:
   # mmdebstrap's unshare mode and foreign-arch checks.
   uidmap arch-test fakeroot gpg

@@ -8,6 +8,9 @@
  *                                  booted stack's)
  *   ALLOW_UNSIGNED=0|1             install stacks without a valid signature (default 0)
  *   MIN_FREE=<bytes>               space to keep free on the store after an install
+ *   REGISTRY_AUTH=<file>           credentials for `install oci://…`: a docker-style auths
+ *                                  file ({"auths": {"host:port": {"auth": …}}}), mode 0600
+ *   REGISTRY_CA=<file>             CAs (PEM) trusted for registries besides the system's
  */
 import { promises as fs } from 'node:fs';
 import { StackbootError } from '../sys/index.js';
@@ -21,6 +24,8 @@ export interface NodeOnly {
   COMPATIBLE: string | null;
   ALLOW_UNSIGNED: boolean;
   MIN_FREE: number;
+  REGISTRY_AUTH: string | null;
+  REGISTRY_CA: string | null;
 }
 
 export interface NodeConfig {
@@ -30,10 +35,10 @@ export interface NodeConfig {
   file: string | null;
 }
 
-export const NODE_ONLY_KEYS = ['KEYS_DIR', 'COMPATIBLE', 'ALLOW_UNSIGNED', 'MIN_FREE'] as const;
+export const NODE_ONLY_KEYS = ['KEYS_DIR', 'COMPATIBLE', 'ALLOW_UNSIGNED', 'MIN_FREE', 'REGISTRY_AUTH', 'REGISTRY_CA'] as const;
 
 export function parseNodeConfig(text: string, origin = 'node config'): NodeConfig {
-  const node: NodeOnly = { KEYS_DIR: DEFAULT_KEYS_DIR, COMPATIBLE: null, ALLOW_UNSIGNED: false, MIN_FREE: 1 << 20 };
+  const node: NodeOnly = { KEYS_DIR: DEFAULT_KEYS_DIR, COMPATIBLE: null, ALLOW_UNSIGNED: false, MIN_FREE: 1 << 20, REGISTRY_AUTH: null, REGISTRY_CA: null };
   const bootPairs: [string, string][] = [];
   for (const [k, v] of parseBootConfigText(text, origin)) {
     switch (k) {
@@ -52,6 +57,11 @@ export function parseNodeConfig(text: string, origin = 'node config'): NodeConfi
       case 'MIN_FREE':
         if (!/^\d+$/.test(v)) throw new StackbootError('CONFIG', `${origin}: MIN_FREE must be a number of bytes`);
         node.MIN_FREE = Number(v);
+        break;
+      case 'REGISTRY_AUTH':
+      case 'REGISTRY_CA':
+        if (!v.startsWith('/')) throw new StackbootError('CONFIG', `${origin}: ${k} must be an absolute path`);
+        node[k] = v;
         break;
       default:
         bootPairs.push([k, v]);

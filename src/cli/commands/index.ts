@@ -9,6 +9,8 @@ import { migrateCommand } from './migrate.js';
 import { bundleCommand } from './bundle.js';
 import { initStoreCommand } from './store.js';
 import { cacheCommand } from './cache.js';
+import { pushCommand } from './push.js';
+import { pullCommand } from './pull.js';
 import { installCommand, rollbackCommand, gcCommand, doctorCommand, statusCommand, markGoodCommand, markBadCommand } from './node.js';
 
 export const commands: CommandModule<any, any>[] = [
@@ -22,5 +24,8 @@ export const commands: CommandModule<any, any>[] = [
   flashCommand,
   migrateCommand,
   initStoreCommand,
-  bundleCommand, installCommand, rollbackCommand, gcCommand, doctorCommand, statusCommand, markGoodCommand, markBadCommand,
+  bundleCommand,
+  pushCommand,
+  pullCommand,
+  installCommand, rollbackCommand, gcCommand, doctorCommand, statusCommand, markGoodCommand, markBadCommand,
 ];

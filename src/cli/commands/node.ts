@@ -4,7 +4,8 @@ import { stat } from 'node:fs/promises';
 import type { Readable } from 'node:stream';
 import type { Argv, CommandModule } from 'yargs';
 import { StackbootError } from '../../sys/index.js';
-import { type InstallEvent, NODE_CONFIG } from '../../node/index.js';
+import { type InstallEvent, type NodeConfig, NODE_CONFIG } from '../../node/index.js';
+import type { Store } from '../../format/index.js';
 import { fmtBytes, makeOut } from '../output.js';
 import { isStdio, wholeNumber } from '../args.js';
 
@@ -25,6 +26,17 @@ async function ctxOf(a: any) {
   return nodeContext({ store: a.store, bootedSlot: a.bootedSlot, runDir: a.runDir });
 }
 
+/** `oci://…`: the registry source (signature checked first, then only the layers the store lacks). */
+async function openRegistry(src: string, a: any, cfg: NodeConfig, store: Store, note: (s: string) => void): Promise<{ stream: Readable; label: string; explain(e: unknown): unknown }> {
+  const { connectRegistry, openRegistrySource, parseReference, installError } = await import('../../registry/index.js');
+  const ref = parseReference(src);
+  const client = await connectRegistry(ref, { authFile: cfg.node.REGISTRY_AUTH ?? undefined, rootOnly: true, caFile: cfg.node.REGISTRY_CA ?? undefined, insecure: a.insecure, onNote: note });
+  const r = await openRegistrySource({ client, ref, store, keysDir: a.keys ?? cfg.node.KEYS_DIR, allowUnsigned: cfg.node.ALLOW_UNSIGNED, headOnly: a.dryRun, onRetry: (x) => note(`layer ${x.digest.slice(7, 19)}: ${x.reason}; resuming at byte ${x.received} (try ${x.attempt})`) });
+  if (a.json) process.stdout.write(JSON.stringify({ event: 'fetch', reference: r.label, dryRun: !!a.dryRun, layers: r.fetch, bytes: r.bytes, have: r.have.length }) + '\n');
+  else note(`${r.label}: ${r.fetch.length ? `${a.dryRun ? 'would fetch' : 'fetching'} ${r.fetch.map((l) => l.name).join(', ')} (${r.bytes} bytes)` : 'no layer to fetch'}; ${r.have.length} layer(s) in the store`);
+  return { stream: r.stream, label: r.label, explain: (e) => installError(r, e) };
+}
+
 async function openSource(src: string, allowUnsigned: boolean, onRetry: (s: string) => void): Promise<{ stream: Readable; label: string }> {
   if (isStdio(src)) return { stream: process.stdin, label: 'stdin' };
   const [{ download, isUrl }, { bundleStreamFromBuild }] = await Promise.all([import('../../node/index.js'), import('../../format/index.js')]);
@@ -38,7 +50,7 @@ async function openSource(src: string, allowUnsigned: boolean, onRetry: (s: stri
 
 export const installCommand: CommandModule<any, any> = {
   command: 'install <source>',
-  describe: 'install a stack into the inactive slot (bundle file, - for stdin, http(s) URL, or build output)',
+  describe: 'install a stack into the inactive slot (bundle file, - for stdin, http(s) URL, oci:// reference, or build output)',
   builder: (y) =>
     nodeOptions(y)
       .positional('source', { type: 'string', demandOption: true })
@@ -46,14 +58,17 @@ export const installCommand: CommandModule<any, any> = {
       .option('tries', { type: 'number', coerce: wholeNumber('tries', 1, 1000), describe: 'tries of the new pending stack (default: TRIES of the config)' })
       .option('dry-run', { type: 'boolean', describe: 'plan and check only' })
       .option('allow-downgrade', { type: 'boolean', describe: 'install a stack older than the store\'s newest good one (an event says so)' })
-      .example('$0 install https://updates.example/node-2.stackbundle', ''),
+      .option('insecure', { type: 'boolean', describe: 'oci:// over plain HTTP to any host (loud)' })
+      .example('$0 install https://updates.example/node-2.stackbundle', '')
+      .example('$0 install oci://registry.example/fleet/node:2', 'credentials: REGISTRY_AUTH of the node config'),
   handler: async (a) => {
     const { install } = await import('../../node/index.js');
     const out = makeOut(a);
     const cfg = await loadConfig(a.config);
     const ctx = await ctxOf(a);
     const jsonLine = (o: unknown) => process.stdout.write(JSON.stringify(o) + '\n');
-    const { stream, label } = await openSource(a.source, cfg.node.ALLOW_UNSIGNED, (s) => (a.json ? jsonLine({ event: 'retry', note: s }) : process.stderr.write(`stackboot: ${s}\n`)));
+    const note = (event: string) => (s: string) => (a.json ? jsonLine({ event, note: s }) : process.stderr.write(`stackboot: ${s}\n`));
+    const { stream, label, explain } = a.source.startsWith('oci://') ? await openRegistry(a.source, a, cfg, ctx.store, note('note')) : { ...(await openSource(a.source, cfg.node.ALLOW_UNSIGNED, note('retry'))), explain: (e: unknown) => e };
     const onEvent = (ev: InstallEvent) => {
       if (a.json) return jsonLine(ev);
       if (ev.event === 'plan') out.line(`installing ${ev.name} ${ev.version} (${ev.stack.slice(0, 12)}) into slot ${ev.slot}: ${ev.write.length} layer(s) to write (${fmtBytes(ev.bytes)}), ${ev.have.length} present; ${fmtBytes(ev.free)} free${ev.downgradeFrom ? `; a DOWNGRADE from ${ev.downgradeFrom}` : ''}`);
@@ -73,6 +88,8 @@ export const installCommand: CommandModule<any, any> = {
       dryRun: a.dryRun,
       progress: a.json ? () => {} : out.progress,
       onEvent,
+    }).catch((e) => {
+      throw explain(e);
     });
     if (stream !== process.stdin) stream.destroy();
     if (a.json) jsonLine({ event: 'result', installed: r.installed, dryRun: r.dryRun, already: r.already ?? null, slot: r.plan?.slot ?? null, stack: r.plan?.stack ?? null });
