@@ -14,6 +14,7 @@ import { download } from '../../src/node/download.js';
 import { install, type InstallEvent } from '../../src/node/install.js';
 import type { NodeContext } from '../../src/node/context.js';
 import { parseState } from '../../src/format/state.js';
+import { StackbootError } from '../../src/sys/errors.js';
 import { fakeBuild, keys, layerBytes, sha256Of, type FakeBuild } from '../support/update-fixtures.js';
 import { loopStore, snapshot, type LoopStore } from '../support/store-loop.js';
 
@@ -336,6 +337,55 @@ describe('install (ext4 store on a loop device)', () => {
 });
 
 describe('state after install', () => {
+  it('refuses a downgrade (an older signed bundle replayed onto the node) with its own code naming both versions; --allow-downgrade installs it with an event; a replay of the pending one is a no-op', async () => {
+    // v2 good in slot a
+    const s = await newStore('downgrade');
+    await install({ ctx: ctx(s), ...fromFile(full2), ...opts() });
+    const st = await s.store.readState();
+    st.slots.a = { status: 'good', stack: v2.id };
+    st.current = 'a';
+    await s.store.writeState(st);
+    const before = await snapshot(s.dir);
+    const e = await install({ ctx: ctx(s, 'a'), ...fromFile(full1), ...opts() }).catch((x: unknown) => x as StackbootError);
+    expect(e).toBeInstanceOf(StackbootError);
+    expect((e as StackbootError).code).toBe('DOWNGRADE');
+    expect((e as StackbootError).exitCode).toBe(20);
+    expect((e as StackbootError).message).toMatch(/stack node 1 is older than node 2, good in slot a: a downgrade is refused \(give --allow-downgrade/);
+    expect(await snapshot(s.dir)).toEqual(before);
+    // allowed: installed pending, and an event says so before the install event
+    const r = await install({ ctx: ctx(s, 'a'), ...fromFile(full1), ...opts(), allowDowngrade: true });
+    expect(r.installed).toBe(true);
+    expect(r.plan!.downgradeFrom).toEqual({ slot: 'a', version: '2' });
+    expect((await s.store.readState()).slots.b).toEqual({ status: 'pending', stack: v1.id, tries: 3 });
+    const ev = await s.store.events();
+    expect(ev.at(-2)).toMatch(/downgrade slot=b .* reason=node 1 below 2 \(good in slot a\), allowed by --allow-downgrade/);
+    expect(ev.at(-1)).toMatch(/ install slot=b /);
+    // the same bundle again: already pending, nothing done, no new event
+    const again = await install({ ctx: ctx(s, 'a'), ...fromFile(full1), ...opts() });
+    expect(again.installed).toBe(false);
+    expect(again.already).toEqual({ slot: 'b', status: 'pending' });
+    expect(await s.store.events()).toEqual(ev);
+  });
+
+  it('orders versions as Debian does: 12.9 is older than 12.10 (refused), 12.10~rc1 too, 12.10+fix1 is newer (installed)', async () => {
+    const base = layerBytes(100_000, 'dv');
+    const mk = async (version: string) => {
+      const b = await fakeBuild(path.join(tmp, `dv-${version}`), { version, key: k.key, layers: [{ name: 'base', data: base }, { name: 'app', data: layerBytes(1000, version) }] });
+      const f = path.join(tmp, `dv-${version}.sb`);
+      await writeBundleFile({ buildDir: b.dir, file: f });
+      return { b, f };
+    };
+    const [good, older, rc, newer] = await Promise.all(['12.10', '12.9', '12.10~rc1', '12.10+fix1'].map(mk));
+    const s = await newStore('debian-order');
+    await install({ ctx: ctx(s), ...fromFile(good!.f), ...opts() });
+    const st = await s.store.readState();
+    st.slots.a = { status: 'good', stack: good!.b.id };
+    st.current = 'a';
+    await s.store.writeState(st);
+    for (const x of [older!, rc!]) await expect(install({ ctx: ctx(s, 'a'), ...fromFile(x.f), ...opts() })).rejects.toMatchObject({ code: 'DOWNGRADE' });
+    expect((await install({ ctx: ctx(s, 'a'), ...fromFile(newer!.f), ...opts() })).installed).toBe(true);
+  });
+
   it('the pending line is parseable by the boot protocol', () => {
     expect(parseState('stackboot-state 1\ncurrent a\na good ' + 'a'.repeat(64) + '\nb pending ' + 'b'.repeat(64) + ' 3\n').slots.b?.tries).toBe(3);
   });
