@@ -236,10 +236,12 @@ export async function readBundle(stream: Readable, handlers: ReadBundleHandlers,
     head = { manifestText, manifest, stackId: stackId(manifestText), sig, contents: contents ?? [] };
     wanted = await abortOnError(() => handlers.onHead(head!));
   };
+  let entries = 0;
   await walkTarStream(
     stream,
     {
       onEntry: async (meta, body) => {
+        entries++;
         const p = meta.rawPath.replace(/^\.\//, '');
         if (meta.index === 0 && p !== 'manifest') throw new StackbootError('MANIFEST', `${label}: not a bundle (its first entry is ${JSON.stringify(p)}, not "manifest")`);
         if (meta.type !== 'file') {
@@ -275,7 +277,13 @@ export async function readBundle(stream: Readable, handlers: ReadBundleHandlers,
       },
     },
     label,
-  );
+  ).catch((e: unknown) => {
+    // not even a first entry: some other file (an image, a text, random bytes)
+    if (entries === 0 && e instanceof StackbootError && e.code === 'SOURCE' && / invalid tar: /.test(e.message)) {
+      throw new StackbootError('MANIFEST', `${label}: not a stackboot bundle (not a tar archive: ${e.message.replace(/^.* invalid tar: /, '')})`, { cause: e });
+    }
+    throw e;
+  });
   await startHead();
   return head!;
 }

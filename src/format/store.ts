@@ -122,7 +122,9 @@ export class Store {
 
   async events(): Promise<string[]> {
     const t = await fs.readFile(path.join(this.dir, 'events'), 'utf8').catch(() => '');
-    return t.split('\n').filter((l) => /^\d+ \w+ slot=/.test(l));
+    // as the hook reads them (sb_events_valid): a time, a lowercase event, slot, stack and
+    // reason; a line cut by a power cut is skipped
+    return t.split('\n').filter((l) => /^\d+ [a-z]+(?: .*)? slot=.* stack=.* reason=/.test(l));
   }
 
   /** The manifest of a slot and its stack id, or null when the slot has none. */

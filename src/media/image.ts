@@ -117,6 +117,13 @@ async function readBuild(buildDir: string): Promise<{ text: string; manifest: Ma
 
 /** Works out the partitions and sizes (no writes). */
 export async function planImage(o: ImageOptions): Promise<ImagePlan> {
+  // the files given for the boot partition, before anything is made (a dry run says it too)
+  for (const [flag, p] of [['--kernel', o.kernel], ['--initrd', o.initrd], ['--fdt', o.fdt]] as const) {
+    if (p === undefined) continue;
+    const st = await fs.stat(p).catch(() => null);
+    if (!st) throw new StackbootError('USAGE', `${flag} ${p}: no such file`);
+    if (!st.isFile()) throw new StackbootError('USAGE', `${flag} ${p}: not a file`);
+  }
   const { text, manifest } = await readBuild(o.buildDir);
   const id = stackId(text);
   const layout = o.layout ?? 'sd';

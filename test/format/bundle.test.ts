@@ -135,4 +135,12 @@ describe('bundle', () => {
     await w.finish();
     await expect(readBundleHead(createReadStream(f))).rejects.toMatchObject({ code: 'MANIFEST' });
   });
+
+  it('says a file that is not even a tar (random bytes, a text) is not a bundle', async () => {
+    for (const [name, data] of [['random.bin', Buffer.from(Array.from({ length: 4096 }, (_, i) => (i * 7919) % 251))], ['text.txt', Buffer.from('hello\n')]] as const) {
+      const f = path.join(tmp, name);
+      await fs.writeFile(f, data);
+      await expect(readBundleHead(createReadStream(f), f)).rejects.toMatchObject({ code: 'MANIFEST', message: expect.stringMatching(new RegExp(`^${f}: not a stackboot bundle \\(not a tar archive: `)) });
+    }
+  });
 });

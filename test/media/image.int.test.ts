@@ -32,6 +32,11 @@ describe('stackboot image', () => {
     expect(nv.totalMiB).toBe(1024);
     expect(nv.parts.map((p) => p.sizeMiB).reduce((a, b) => a + b) + 2).toBe(1024);
     await expect(planImage({ buildDir, out: 'x', storeMiB: 1 })).rejects.toThrow(/cannot hold/);
+    // a missing boot file is the user's mistake, with its flag, before anything is made
+    for (const [k, flag] of [['kernel', '--kernel'], ['initrd', '--initrd'], ['fdt', '--fdt']] as const) {
+      await expect(planImage({ buildDir, out: 'x', [k]: '/no/such/file' })).rejects.toMatchObject({ code: 'USAGE', message: `${flag} /no/such/file: no such file` });
+    }
+    await expect(planImage({ buildDir, out: 'x', kernel: buildDir })).rejects.toMatchObject({ code: 'USAGE', message: `--kernel ${buildDir}: not a file` });
     expect(sd.stackId).toBe(stackId);
   });
 
