@@ -54,6 +54,8 @@ PACKAGES=(
   # the registry tests: Docker Distribution 2.8 (skopeo above reads and copies what is
   # pushed), htpasswd and openssl for the registry's basic auth and TLS
   docker-registry apache2-utils openssl
+  # readelf: the library closure of kexec (and any program) put into the standalone initrd
+  binutils
   # installed with --no-install-recommends, so name what is really used from recommends:
   # mmdebstrap's unshare mode and foreign-arch checks.
   uidmap arch-test fakeroot gpg
