@@ -14,6 +14,7 @@
  * operator knows is reached without TLS).
  */
 import { describe, it, expect, beforeAll, afterAll, afterEach } from 'vitest';
+import { rm } from 'node:fs/promises';
 import path from 'node:path';
 import type { BuildResult } from '../../src/build/stack.js';
 import type { Target } from '../../src/boot/target.js';
@@ -53,6 +54,8 @@ beforeAll(async () => {
 afterAll(async () => {
   await proxy?.stop();
   await reg?.stop();
+  // the disk image and the registry's storage: removed unless SB_KEEP_E2E is set
+  if (dir && !process.env.SB_KEEP_E2E) await rm(dir, { recursive: true, force: true });
 });
 
 function boot(disks: Disk[], append: string): Promise<DemoBoot> {
