@@ -61,6 +61,12 @@ export interface BootOptions {
   timeoutMs?: number;
   /** Append the console to this file too. */
   logFile?: string;
+  /**
+   * A network card: 'user' is a virtio-net NIC on QEMU's user-mode network (slirp, no
+   * root, no host interface): the guest's eth0 reaches the host's 127.0.0.1 as
+   * 10.0.2.2. Default none (no NIC at all).
+   */
+  nic?: 'none' | 'user';
   /** Extra QEMU arguments, appended last. */
   qemuArgs?: string[];
   /** A label for messages (default: the arch). */
@@ -156,7 +162,8 @@ export function qemuCommand(o: BootOptions): { cmd: string; args: string[] } {
     // not -nographic: with it (and no VGA) SeaBIOS also writes its banner and escape
     // sequences to the serial port, glued to the guest's first line
     '-display', 'none', '-vga', 'none', '-serial', 'stdio', '-monitor', 'none',
-    '-nic', 'none', // no default NIC (and no iPXE option ROM to load)
+    // no default NIC; a user-mode one without its iPXE option ROM (booted by -kernel)
+    ...(o.nic === 'user' ? ['-netdev', 'user,id=net0', '-device', 'virtio-net-pci,netdev=net0,romfile='] : ['-nic', 'none']),
     '-no-reboot',
     '-kernel', o.kernel ?? o.target.vmlinux ?? o.target.kernel,
     '-initrd', o.initrd,
