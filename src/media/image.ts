@@ -17,7 +17,8 @@ import os from 'node:os';
 import path from 'node:path';
 import { assembleDisk, MiB, type AssembledPart, type PartSpec } from './disk.js';
 import { StackbootError, checkEpoch, type ProgressSink, type Arch, makeDir, onInterrupt } from '../sys/index.js';
-import { makeBootConfig, type BootConfig, buildInitramfs, renderTemplate, loadTarget } from '../boot/index.js';
+import { makeBootConfig, type BootConfig, buildInitramfs, loadTarget } from '../boot/index.js';
+import { renderBootConf } from './bootpart.js';
 import { parseManifest, stackId, type Manifest, DATA_LABEL, STORE_LABEL, stageStore } from '../format/index.js';
 import { writeBmapFor, type Bmap } from './bmap.js';
 import { IMAGE_LAYOUTS, LAYOUT_DEFAULTS, type ImageLayout } from './layout.js';
@@ -174,18 +175,12 @@ export async function planImage(o: ImageOptions): Promise<ImagePlan> {
   };
 }
 
-/** Renders extlinux.conf (templates/boot/extlinux.conf.hbs). */
+/** Renders extlinux.conf (templates/boot/extlinux.conf.hbs) for a new image: one entry. */
 export async function renderExtlinux(c: { name: string; version: string; stackId: string; kernel: string; initrd: string; fdt?: string; append: string; timeout?: number }): Promise<string> {
-  return renderTemplate('boot/extlinux.conf.hbs', {
-    label: 'stackboot',
+  return renderBootConf({
     timeout: c.timeout ?? 10,
-    name: c.name,
-    version: c.version,
-    stackShort: c.stackId.slice(0, 12),
-    kernel: c.kernel,
-    initrd: c.initrd,
-    fdt: c.fdt ?? '',
-    append: c.append,
+    title: `${c.name} ${c.version}`,
+    entries: [{ label: 'stackboot', menu: `stackboot (${c.name} ${c.version}, stack ${c.stackId.slice(0, 12)})`, kernel: c.kernel, initrd: c.initrd, fdt: c.fdt, append: c.append }],
   });
 }
 

@@ -5,3 +5,4 @@ export * from './disk.js';
 export * from './flash.js';
 export * from './image.js';
 export * from './layout.js';
+export * from './bootpart.js';

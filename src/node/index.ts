@@ -9,3 +9,4 @@ export * from './lock.js';
 export * from './migrate.js';
 export * from './paths.js';
 export * from './rollback.js';
+export * from './boot-update.js';

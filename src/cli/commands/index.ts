@@ -11,6 +11,7 @@ import { initStoreCommand } from './store.js';
 import { cacheCommand } from './cache.js';
 import { pushCommand } from './push.js';
 import { pullCommand } from './pull.js';
+import { bootUpdateCommand } from './boot-update.js';
 import { installCommand, rollbackCommand, gcCommand, doctorCommand, statusCommand, markGoodCommand, markBadCommand } from './node.js';
 
 export const commands: CommandModule<any, any>[] = [
@@ -27,5 +28,6 @@ export const commands: CommandModule<any, any>[] = [
   bundleCommand,
   pushCommand,
   pullCommand,
+  bootUpdateCommand,
   installCommand, rollbackCommand, gcCommand, doctorCommand, statusCommand, markGoodCommand, markBadCommand,
 ];

@@ -1,0 +1,182 @@
+/**
+ * The boot partition's kernel, initrd and extlinux.conf (a vfat partition the firmware
+ * reads: U-Boot's distro boot, the Jetson launcher). `image` writes the first entry;
+ * `boot-update` replaces the kernel and initrd safely on a running node:
+ *
+ *   plan   read extlinux/extlinux.conf; the new files are named by their content
+ *          (vmlinuz-<sha12>, initrd-<sha12>.img, <sha12>-<name>.dtb), so the same files
+ *          twice change nothing; the entry the firmware boots now becomes `previous`.
+ *   steps  1. the new files beside the old ones, each durably (temp, fsync, rename,
+ *             fsync the folder);
+ *          2. extlinux.conf.new written and fsynced, renamed over extlinux.conf: the one
+ *             switch. Its default is the new entry, its second label the old one;
+ *          3. only then the files no entry names any more are removed.
+ *
+ * A power cut before step 2 leaves the old extlinux.conf and all its files; after it, the
+ * new one and all of its files (the old entry's too). FAT has no journal: the rename
+ * rewrites one directory entry, which is as atomic as vfat gets (docs/boot.md says what
+ * the firmware must do for the fallback to the second label).
+ */
+import { createHash } from 'node:crypto';
+import { createReadStream, promises as fs } from 'node:fs';
+import path from 'node:path';
+import { StackbootError, writeDurable, writeDurableFrom, fsyncPath } from '../sys/index.js';
+import { renderTemplate } from '../boot/index.js';
+
+export const EXTLINUX_CONF = 'extlinux/extlinux.conf';
+
+export interface BootEntry {
+  label: string;
+  /** `menu label` */
+  menu: string;
+  /** file names relative to the partition's root */
+  kernel: string;
+  initrd: string;
+  fdt?: string;
+  append: string;
+}
+
+export interface BootConf {
+  timeout: number;
+  title: string;
+  entries: BootEntry[];
+}
+
+/** Renders extlinux.conf (templates/boot/extlinux.conf.hbs): the first entry is the default. */
+export async function renderBootConf(c: BootConf): Promise<string> {
+  if (c.entries.length === 0) throw new StackbootError('INTERNAL', 'extlinux.conf needs an entry');
+  return renderTemplate('boot/extlinux.conf.hbs', { timeout: c.timeout, default: c.entries[0]!.label, title: c.title, entries: c.entries.map((e) => ({ ...e, fdt: e.fdt ?? '' })) });
+}
+
+/** Reads an extlinux.conf (pure): its timeout, title and labels, the default first. */
+export function parseBootConf(text: string, file = EXTLINUX_CONF): BootConf {
+  let timeout = 10;
+  let title = '';
+  let def: string | undefined;
+  const entries: BootEntry[] = [];
+  let cur: Partial<BootEntry> | null = null;
+  const done = () => {
+    if (!cur) return;
+    if (!cur.kernel) throw new StackbootError('CONFIG', `${file}: label ${cur.label} has no linux line`);
+    entries.push({ label: cur.label!, menu: cur.menu ?? cur.label!, kernel: cur.kernel, initrd: cur.initrd ?? '', fdt: cur.fdt, append: cur.append ?? '' });
+    cur = null;
+  };
+  for (const raw of text.split('\n')) {
+    const line = raw.trim();
+    if (line === '' || line.startsWith('#')) continue;
+    const [k, ...rest] = line.split(/\s+/);
+    const v = line.slice(k!.length).trim();
+    switch (k!.toLowerCase()) {
+      case 'timeout':
+        if (/^\d+$/.test(v)) timeout = Number(v);
+        break;
+      case 'default':
+        def = v;
+        break;
+      case 'menu':
+        if (rest[0] === 'title') title = v.replace(/^title\s*/, '');
+        else if (rest[0] === 'label' && cur) cur.menu = v.replace(/^label\s*/, '');
+        break;
+      case 'label':
+        done();
+        cur = { label: v };
+        break;
+      case 'linux':
+      case 'kernel':
+        if (cur) cur.kernel = v.replace(/^\//, '');
+        break;
+      case 'initrd':
+        if (cur) cur.initrd = v.replace(/^\//, '');
+        break;
+      case 'fdt':
+      case 'devicetree':
+        if (cur) cur.fdt = v.replace(/^\//, '');
+        break;
+      case 'append':
+        if (cur) cur.append = v;
+        break;
+    }
+  }
+  done();
+  if (entries.length === 0) throw new StackbootError('CONFIG', `${file} has no boot entry`);
+  const i = def ? entries.findIndex((e) => e.label === def) : 0;
+  if (i > 0) entries.unshift(...entries.splice(i, 1));
+  return { timeout, title, entries };
+}
+
+async function sha256Of(file: string): Promise<string> {
+  const h = createHash('sha256');
+  for await (const c of createReadStream(file)) h.update(c as Buffer);
+  return h.digest('hex');
+}
+
+export interface BootUpdateOptions {
+  /** the boot partition, mounted read-write */
+  bootDir: string;
+  kernel: string;
+  initrd: string;
+  fdt?: string;
+  /** the new entry's command line (default: the current entry's) */
+  append?: string;
+  /** what the menu says of the new entry, e.g. "demo 2, kernel 6.12.48+deb12-amd64" */
+  describe: string;
+  dryRun?: boolean;
+}
+
+export interface BootUpdatePlan {
+  bootDir: string;
+  /** nothing to do: the default entry boots these files already */
+  current: boolean;
+  entry: BootEntry;
+  previous: BootEntry;
+  /** files to write: source on the host -> name on the partition */
+  write: { from: string; to: string }[];
+  /** files no entry names after the switch */
+  remove: string[];
+}
+
+/** Works out the new entry and what to write and remove (no writes). */
+export async function planBootUpdate(o: BootUpdateOptions): Promise<BootUpdatePlan> {
+  const confFile = path.join(o.bootDir, EXTLINUX_CONF);
+  const text = await fs.readFile(confFile, 'utf8').catch((e) => {
+    throw new StackbootError('USAGE', `${o.bootDir} is not a stackboot boot partition (no ${EXTLINUX_CONF})`, { cause: e });
+  });
+  const conf = parseBootConf(text, confFile);
+  const now = conf.entries[0]!;
+  const named = async (what: string, file: string, name: (h: string) => string) => {
+    const st = await fs.stat(file).catch(() => null);
+    if (!st?.isFile()) throw new StackbootError('USAGE', `--${what} ${file}: no such file`);
+    return { from: file, to: name((await sha256Of(file)).slice(0, 12)) };
+  };
+  const files = [
+    await named('kernel', o.kernel, (h) => `vmlinuz-${h}`),
+    await named('initrd', o.initrd, (h) => `initrd-${h}.img`),
+    ...(o.fdt ? [await named('fdt', o.fdt, (h) => `${h}-${path.basename(o.fdt!)}`)] : []),
+  ];
+  const entry: BootEntry = { label: 'stackboot', menu: `stackboot (${o.describe})`, kernel: files[0]!.to, initrd: files[1]!.to, fdt: files[2]?.to, append: o.append ?? now.append };
+  const current = now.kernel === entry.kernel && now.initrd === entry.initrd && (now.fdt ?? '') === (entry.fdt ?? '') && now.append === entry.append;
+  const previous: BootEntry = { ...now, label: 'previous', menu: now.label === 'previous' ? now.menu : `previous: ${now.menu}` };
+  const keep = new Set([entry.kernel, entry.initrd, entry.fdt, previous.kernel, previous.initrd, previous.fdt].filter(Boolean) as string[]);
+  const remove = [...new Set(conf.entries.flatMap((e) => [e.kernel, e.initrd, e.fdt]).filter((f): f is string => !!f && !keep.has(f)))];
+  const write: BootUpdatePlan['write'] = [];
+  for (const f of files) if (!(await fs.stat(path.join(o.bootDir, f.to)).catch(() => null))) write.push(f);
+  return { bootDir: o.bootDir, current, entry, previous, write: current ? [] : write, remove: current ? [] : remove };
+}
+
+export interface BootUpdateResult extends BootUpdatePlan {
+  dryRun: boolean;
+}
+
+/** The update's steps (see the top): new files, the switch, then the cleanup. */
+export async function bootUpdate(o: BootUpdateOptions, hooks: { beforeSwitch?(): Promise<void> } = {}): Promise<BootUpdateResult> {
+  const plan = await planBootUpdate(o);
+  if (o.dryRun || plan.current) return { ...plan, dryRun: !!o.dryRun };
+  for (const f of plan.write) await writeDurableFrom(path.join(o.bootDir, f.to), (tmp) => fs.copyFile(f.from, tmp));
+  await hooks.beforeSwitch?.();
+  const old = parseBootConf(await fs.readFile(path.join(o.bootDir, EXTLINUX_CONF), 'utf8'));
+  const text = await renderBootConf({ timeout: old.timeout, title: old.title || o.describe, entries: [plan.entry, plan.previous] });
+  await writeDurable(path.join(o.bootDir, EXTLINUX_CONF), text);
+  for (const f of plan.remove) await fs.rm(path.join(o.bootDir, f), { force: true });
+  if (plan.remove.length) await fsyncPath(o.bootDir);
+  return { ...plan, dryRun: false };
+}

@@ -1,0 +1,89 @@
+/**
+ * `boot-update` on a node: the boot partition's kernel and initrd replaced safely
+ * (media/bootpart.ts does the steps). The files come from the command line, or with
+ * `fromStack` from the booted stack itself: its manifest's kernel and initrd, read in the
+ * running root and checked against the manifest's digests first, so the firmware then
+ * starts the stack's own kernel and no kexec is needed. The partition is the mounted
+ * folder given, or the partition labelled sb-boot, mounted for the update.
+ */
+import { createHash } from 'node:crypto';
+import { createReadStream, promises as fs } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { StackbootError, run, mountDevice, umount } from '../sys/index.js';
+import { BOOT_LABEL, bootUpdate, type BootUpdateResult } from '../media/index.js';
+import type { NodeContext } from './context.js';
+
+export interface NodeBootUpdateOptions {
+  /** the mounted boot partition (default: the partition labelled sb-boot, mounted for the update) */
+  bootDir?: string;
+  kernel?: string;
+  initrd?: string;
+  fdt?: string;
+  append?: string;
+  /** the booted stack's own kernel and initrd */
+  fromStack?: boolean;
+  /** the running root, where the stack's files are read (default /) */
+  root?: string;
+  dryRun?: boolean;
+}
+
+async function sha256Of(file: string): Promise<string> {
+  const h = createHash('sha256');
+  for await (const c of createReadStream(file)) h.update(c as Buffer);
+  return h.digest('hex');
+}
+
+/** The booted stack's boot files in the running root, each checked against the manifest. */
+async function stackBootFiles(ctx: NodeContext | null, root: string): Promise<{ kernel: string; initrd: string; fdt?: string; describe: string }> {
+  if (!ctx?.bootedSlot) throw new StackbootError('USAGE', '--from-stack needs a booted stack (on a test store pass --booted-slot)');
+  const m = await ctx.store.slotManifest(ctx.bootedSlot);
+  if (!m) throw new StackbootError('STORE', `slot ${ctx.bootedSlot} has no manifest`);
+  const { kernel, initrd, fdt } = m.manifest;
+  if (!kernel || !initrd) throw new StackbootError('USAGE', `the booted stack ${m.manifest.name} ${m.manifest.version} carries no kernel of its own: give --kernel and --initrd`);
+  const check = async (what: string, f: { path: string; digest: string; size: number }) => {
+    const file = path.join(root, f.path);
+    const got = await sha256Of(file).catch((e) => {
+      throw new StackbootError('STORE', `the stack's ${what} ${f.path} cannot be read in ${root}`, { cause: e });
+    });
+    if (got !== f.digest) throw new StackbootError('VERIFY', `the stack's ${what} ${file} does not match its manifest (sha256 ${got.slice(0, 12)}, the manifest says ${f.digest.slice(0, 12)})`);
+    return file;
+  };
+  return {
+    kernel: await check('kernel', kernel),
+    initrd: await check('initrd', initrd),
+    ...(fdt ? { fdt: await check('device tree', fdt) } : {}),
+    describe: `${m.manifest.name} ${m.manifest.version}, kernel ${kernel.release}`,
+  };
+}
+
+/** The partition labelled sb-boot, mounted at a temporary folder for FN. */
+async function withBootPartition<T>(fn: (dir: string) => Promise<T>): Promise<T> {
+  const r = await run('blkid', ['-L', BOOT_LABEL], { reject: false });
+  const dev = r.stdout.trim();
+  if (r.exitCode !== 0 || !dev) throw new StackbootError('DEVICE', `no partition labelled ${BOOT_LABEL}: give the mounted boot partition with --boot`);
+  const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'sb-boot-'));
+  try {
+    await mountDevice(dev, dir);
+    try {
+      return await fn(dir);
+    } finally {
+      await umount(dir);
+    }
+  } finally {
+    await fs.rmdir(dir).catch(() => {});
+  }
+}
+
+export async function nodeBootUpdate(ctx: NodeContext | null, o: NodeBootUpdateOptions): Promise<BootUpdateResult> {
+  let files: { kernel: string; initrd: string; fdt?: string; describe: string };
+  if (o.fromStack) {
+    if (o.kernel || o.initrd) throw new StackbootError('USAGE', '--from-stack takes the kernel and initrd from the stack: not with --kernel/--initrd');
+    files = await stackBootFiles(ctx, o.root ?? '/');
+  } else {
+    if (!o.kernel || !o.initrd) throw new StackbootError('USAGE', 'give --kernel and --initrd, or --from-stack');
+    files = { kernel: o.kernel, initrd: o.initrd, ...(o.fdt ? { fdt: o.fdt } : {}), describe: `kernel ${path.basename(o.kernel)}` };
+  }
+  const go = (bootDir: string) => bootUpdate({ bootDir, ...files, append: o.append, dryRun: o.dryRun });
+  return o.bootDir ? go(o.bootDir) : withBootPartition(go);
+}

@@ -1,0 +1,87 @@
+/**
+ * Updating the boot partition's kernel and initrd (the host's kernel here has no vfat, as
+ * `image` knows, so the partition's files are a folder; the code only renames within it
+ * and fsyncs, as on a node's mounted vfat): the new files beside the old, the switch by one rename of extlinux.conf, the old
+ * entry kept as the second label, the files of older entries removed only after the
+ * switch; a stop before the switch leaves the old configuration whole.
+ */
+import { promises as fs } from 'node:fs';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { bootUpdate, parseBootConf, planBootUpdate, renderExtlinux } from '../../src/media/index.js';
+import { tmpdir } from '../build/sources/tarfixture.js';
+
+let work: string;
+let mnt: string;
+beforeAll(async () => {
+  work = await tmpdir('sb-bootpart-');
+  mnt = path.join(work, 'boot');
+  await fs.mkdir(mnt);
+  // the partition as `stackboot image` writes it
+  await fs.mkdir(path.join(mnt, 'extlinux'));
+  await fs.writeFile(path.join(mnt, 'vmlinuz'), 'kernel 6.1');
+  await fs.writeFile(path.join(mnt, 'initrd.img'), 'initrd 6.1');
+  await fs.writeFile(path.join(mnt, 'extlinux/extlinux.conf'), await renderExtlinux({ name: 'demo', version: '1', stackId: 'a'.repeat(64), kernel: 'vmlinuz', initrd: 'initrd.img', append: 'console=ttyS0 panic=10' }));
+});
+afterAll(async () => {
+  await fs.rm(work, { recursive: true, force: true });
+});
+
+async function files(name: string, kernel: string, initrd: string) {
+  const d = path.join(work, name);
+  await fs.mkdir(d, { recursive: true });
+  await fs.writeFile(path.join(d, 'vmlinuz'), kernel);
+  await fs.writeFile(path.join(d, 'initrd.img'), initrd);
+  return { kernel: path.join(d, 'vmlinuz'), initrd: path.join(d, 'initrd.img') };
+}
+
+const conf = async () => parseBootConf(await fs.readFile(path.join(mnt, 'extlinux/extlinux.conf'), 'utf8'));
+const ls = async () => (await fs.readdir(mnt)).filter((n) => n !== 'extlinux').sort();
+
+describe('boot partition update', () => {
+  it('reads the extlinux.conf that image writes', async () => {
+    const c = await conf();
+    expect(c.entries).toEqual([{ label: 'stackboot', menu: `stackboot (demo 1, stack ${'a'.repeat(12)})`, kernel: 'vmlinuz', initrd: 'initrd.img', append: 'console=ttyS0 panic=10' }]);
+  });
+
+  it('a dry run writes nothing; a stop before the switch leaves the old entry and its files whole', async () => {
+    const f = await files('v2', 'kernel 6.12', 'initrd 6.12');
+    const before = await fs.readFile(path.join(mnt, 'extlinux/extlinux.conf'), 'utf8');
+    const dry = await bootUpdate({ bootDir: mnt, ...f, describe: 'demo 2', dryRun: true });
+    expect(dry.dryRun).toBe(true);
+    expect(dry.write.map((w) => w.to)).toEqual([dry.entry.kernel, dry.entry.initrd]);
+    expect(await ls()).toEqual(['initrd.img', 'vmlinuz']);
+    await expect(bootUpdate({ bootDir: mnt, ...f, describe: 'demo 2' }, { beforeSwitch: async () => { throw new Error('power cut'); } })).rejects.toThrow(/power cut/);
+    expect(await fs.readFile(path.join(mnt, 'extlinux/extlinux.conf'), 'utf8')).toBe(before);
+    // the old files are all there (the new ones too, unused; the next update takes them)
+    expect(await ls()).toEqual(expect.arrayContaining(['initrd.img', 'vmlinuz']));
+    expect((await fs.readdir(path.join(mnt, 'extlinux'))).filter((n) => n !== 'extlinux.conf')).toEqual([]);
+  });
+
+  it('switches to the new kernel and initrd and keeps the old entry as the second label; the next update removes the oldest files', async () => {
+    const f2 = await files('v2', 'kernel 6.12', 'initrd 6.12');
+    const r = await bootUpdate({ bootDir: mnt, ...f2, describe: 'demo 2, kernel 6.12' });
+    let c = await conf();
+    expect(c.entries.map((e) => e.label)).toEqual(['stackboot', 'previous']);
+    expect(c.entries[0]).toMatchObject({ kernel: r.entry.kernel, initrd: r.entry.initrd, append: 'console=ttyS0 panic=10', menu: 'stackboot (demo 2, kernel 6.12)' });
+    expect(c.entries[1]).toMatchObject({ kernel: 'vmlinuz', initrd: 'initrd.img' });
+    expect(await fs.readFile(path.join(mnt, r.entry.kernel), 'utf8')).toBe('kernel 6.12');
+    expect(r.entry.kernel).toMatch(/^vmlinuz-[0-9a-f]{12}$/);
+    // the same files again: nothing to do
+    const again = await bootUpdate({ bootDir: mnt, ...f2, describe: 'demo 2, kernel 6.12' });
+    expect(again.current).toBe(true);
+    // a third kernel: v2 becomes the previous entry, the image's first files go
+    const f3 = await files('v3', 'kernel 6.13', 'initrd 6.13');
+    const r3 = await bootUpdate({ bootDir: mnt, ...f3, describe: 'demo 3', append: 'console=ttyS0 panic=10 quiet' });
+    c = await conf();
+    expect(c.entries.map((e) => [e.label, e.kernel])).toEqual([['stackboot', r3.entry.kernel], ['previous', r.entry.kernel]]);
+    expect(c.entries[0]!.append).toBe('console=ttyS0 panic=10 quiet');
+    expect(r3.remove).toEqual(['vmlinuz', 'initrd.img']);
+    expect(await ls()).toEqual([r.entry.initrd, r3.entry.initrd, r.entry.kernel, r3.entry.kernel].sort());
+  });
+
+  it('refuses a folder that is not a boot partition, and a missing kernel', async () => {
+    await expect(planBootUpdate({ bootDir: work, kernel: '/x', initrd: '/y', describe: 'x' })).rejects.toThrow(/is not a stackboot boot partition/);
+    await expect(planBootUpdate({ bootDir: mnt, kernel: '/no/such', initrd: '/y', describe: 'x' })).rejects.toThrow(/--kernel \/no\/such: no such file/);
+  });
+});
