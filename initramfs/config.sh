@@ -20,6 +20,8 @@
 #                        the missing higher-priority disks      (2)
 #   SB_HEALTH_TIMEOUT    seconds per health check (node side)  (60)
 #   SB_HEALTH_REBOOT_DELAY seconds before a health reboot       (10)
+#   SB_FIRMWARE          none | jetson | uboot: the firmware-slot backend mark-good
+#                        also tells (node config; src/node/firmware.ts)      (none)
 #
 # Kernel command line (override the file):
 #   stackboot.slot=a|b        SB_FORCE_SLOT
@@ -55,6 +57,7 @@ sb_config_defaults() {
 	: "${SB_BREAK=0}"
 	: "${SB_DEBUG=0}"
 	: "${SB_KEXEC_FROM=}"
+	: "${SB_FIRMWARE=none}"
 }
 
 # sb_config_set KEY VALUE [ORIGIN]: validate and assign SB_<KEY>. Unknown keys and
@@ -72,6 +75,7 @@ sb_config_set() {
 	STORE_LABEL | DATA_LABEL) case "$val" in '' | *[!A-Za-z0-9._-]*) ok=0 ;; esac ;;
 	STORES) case "$val" in *[!A-Za-z0-9._*?' '-]*) ok=0 ;; esac ;;
 	PERSIST) case "$val" in *[!A-Za-z0-9._/' '+@-]*) ok=0 ;; esac ;;
+	FIRMWARE) case "$val" in none | jetson | uboot) ;; *) ok=0 ;; esac ;;
 	*)
 		sb_debug "$origin: unknown key $key ignored"
 		return 0

@@ -8,6 +8,7 @@
  *                                  booted stack's)
  *   ALLOW_UNSIGNED=0|1             install stacks without a valid signature (default 0)
  *   MIN_FREE=<bytes>               space to keep free on the store after an install
+ *   FIRMWARE=none|jetson|uboot     a firmware-slot backend mark-good also tells (firmware.ts)
  *   REGISTRY_AUTH=<file>           credentials for `install oci://…`: a docker-style auths
  *                                  file ({"auths": {"host:port": {"auth": …}}}), mode 0600
  *   REGISTRY_CA=<file>             CAs (PEM) trusted for registries besides the system's
@@ -17,6 +18,7 @@ import { StackbootError } from '../sys/index.js';
 import { BOOT_CONFIG_KEYS, makeBootConfig, parseBootConfigText, type BootConfig, type BootConfigKey } from '../boot/index.js';
 
 import { DEFAULT_KEYS_DIR, NODE_CONFIG } from './paths.js';
+import { FIRMWARE_KINDS, type FirmwareKind } from './firmware.js';
 export { DEFAULT_KEYS_DIR, NODE_CONFIG };
 
 export interface NodeOnly {
@@ -26,6 +28,8 @@ export interface NodeOnly {
   MIN_FREE: number;
   REGISTRY_AUTH: string | null;
   REGISTRY_CA: string | null;
+  /** the firmware-slot backend mark-good also tells (node/firmware.ts) */
+  FIRMWARE: FirmwareKind;
 }
 
 export interface NodeConfig {
@@ -35,10 +39,10 @@ export interface NodeConfig {
   file: string | null;
 }
 
-export const NODE_ONLY_KEYS = ['KEYS_DIR', 'COMPATIBLE', 'ALLOW_UNSIGNED', 'MIN_FREE', 'REGISTRY_AUTH', 'REGISTRY_CA'] as const;
+export const NODE_ONLY_KEYS = ['KEYS_DIR', 'COMPATIBLE', 'ALLOW_UNSIGNED', 'MIN_FREE', 'REGISTRY_AUTH', 'REGISTRY_CA', 'FIRMWARE'] as const;
 
 export function parseNodeConfig(text: string, origin = 'node config'): NodeConfig {
-  const node: NodeOnly = { KEYS_DIR: DEFAULT_KEYS_DIR, COMPATIBLE: null, ALLOW_UNSIGNED: false, MIN_FREE: 1 << 20, REGISTRY_AUTH: null, REGISTRY_CA: null };
+  const node: NodeOnly = { KEYS_DIR: DEFAULT_KEYS_DIR, COMPATIBLE: null, ALLOW_UNSIGNED: false, MIN_FREE: 1 << 20, REGISTRY_AUTH: null, REGISTRY_CA: null, FIRMWARE: 'none' };
   const bootPairs: [string, string][] = [];
   for (const [k, v] of parseBootConfigText(text, origin)) {
     switch (k) {
@@ -62,6 +66,10 @@ export function parseNodeConfig(text: string, origin = 'node config'): NodeConfi
       case 'REGISTRY_CA':
         if (!v.startsWith('/')) throw new StackbootError('CONFIG', `${origin}: ${k} must be an absolute path`);
         node[k] = v;
+        break;
+      case 'FIRMWARE':
+        if (!(FIRMWARE_KINDS as readonly string[]).includes(v)) throw new StackbootError('CONFIG', `${origin}: FIRMWARE must be one of ${FIRMWARE_KINDS.join(', ')}`);
+        node.FIRMWARE = v as FirmwareKind;
         break;
       default:
         bootPairs.push([k, v]);

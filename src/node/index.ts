@@ -10,3 +10,4 @@ export * from './migrate.js';
 export * from './paths.js';
 export * from './rollback.js';
 export * from './boot-update.js';
+export * from './firmware.js';

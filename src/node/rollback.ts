@@ -5,6 +5,7 @@
  */
 import { StackbootError } from '../sys/index.js';
 import { updateBooted, withStoreLock, withWritableStore, type NodeContext } from './context.js';
+import type { FirmwareSlots } from './firmware.js';
 import { candidates, markBad, markGood, rollback as rollbackState, SLOTS, type BootState, type SlotName } from '../format/index.js';
 
 export interface RollbackResult {
@@ -36,7 +37,21 @@ function bootedOrThrow(ctx: NodeContext): { slot: SlotName; stack: string } {
   return { slot: ctx.bootedSlot, stack: stack ?? '' };
 }
 
-export function markBootedGood(ctx: NodeContext): Promise<{ slot: SlotName; stack: string; was: string }> {
+/**
+ * The booted stack becomes good; then, with a firmware-slot backend (FIRMWARE= in the node
+ * config), the firmware is told this boot was good too: only after stackboot's own state
+ * says so, so a failure there leaves the stack good and says the firmware was not told.
+ */
+export async function markBootedGood(ctx: NodeContext, firmware: FirmwareSlots | null = null): Promise<{ slot: SlotName; stack: string; was: string; firmware?: string }> {
+  const r = await markGoodInStore(ctx);
+  if (!firmware) return r;
+  await firmware.markGood().catch((e: unknown) => {
+    throw new StackbootError('TOOL', `slot ${r.slot} is good, but the ${firmware.kind} firmware was not told (it may switch its boot slot): ${(e as Error).message}`, { cause: e });
+  });
+  return { ...r, firmware: firmware.kind };
+}
+
+function markGoodInStore(ctx: NodeContext): Promise<{ slot: SlotName; stack: string; was: string }> {
   const b = bootedOrThrow(ctx);
   return withStoreLock(ctx, 'mark-good', async () => {
     const st = await ctx.store.readState();

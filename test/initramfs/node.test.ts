@@ -55,6 +55,30 @@ describe('stackboot-node', () => {
     expect(readEvents(store).filter((e) => e.event === 'good').length).toBe(1);
   });
 
+  it('mark-good tells the firmware-slot backend of the node config after the state is good (FIRMWARE=jetson, uboot)', async () => {
+    for (const fw of ['jetson', 'uboot'] as const) {
+      const { r, store } = await booted({ current: 'a', a: { status: 'good' }, b: { status: 'pending', tries: 3 } });
+      const bin = join(r.dir, 'bin');
+      mkdirSync(bin);
+      const log = join(r.dir, 'fw.log');
+      // fakes that record what they were asked, and the state file as it was then
+      writeFileSync(join(bin, 'nvbootctrl'), `#!/bin/sh\necho "nvbootctrl $*" >> ${log}\ngrep '^b ' ${store.dir}/state >> ${log}\n`);
+      writeFileSync(join(bin, 'fw_setenv'), `#!/bin/sh\necho "fw_setenv $1 $(tr '\\n' ';' < $2)" >> ${log}\ngrep '^b ' ${store.dir}/state >> ${log}\n`);
+      for (const t of ['nvbootctrl', 'fw_setenv']) chmodSync(join(bin, t), 0o755);
+      writeFileSync(join(r.dir, 'node.conf'), `STORES=vda\nFIRMWARE=${fw}\n`);
+      writeFileSync(join(r.dir, 'cmdline'), 'console=ttyS0 rauc.slot=B\n');
+      const out = await run('busybox', ['sh', NODE_TOOL, 'mark-good'], {
+        env: r.env({ PATH: `${bin}:${process.env.PATH}`, SB_TEST_OVERRIDES: join(r.dir, 'overrides.sh'), SB_CONFIG: join(r.dir, 'node.conf'), SB_CMDLINE_FILE: join(r.dir, 'cmdline'), SB_KMSG: '' }),
+        reject: false,
+      });
+      expect(out.exitCode, out.stderr).toBe(0);
+      const told = readFileSync(log, 'utf8').trim().split('\n');
+      expect(told[0]).toEqual(fw === 'jetson' ? 'nvbootctrl -t rootfs verify' : expect.stringMatching(/^fw_setenv --script BOOT_B_LEFT 3;bootcount 0;upgrade_available 0;$/));
+      expect(told[1]).toBe(`b good ${store.stack.b}`);
+      expect(out.stderr).toMatch(new RegExp(`the ${fw} firmware was told this boot was good`));
+    }
+  });
+
   it('mark-bad: booted current good -> bad, current moves to the other good', async () => {
     const { store, node } = await booted({ current: 'a', a: { status: 'good' }, b: { status: 'good' } });
     const res = await node('mark-bad');

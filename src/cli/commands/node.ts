@@ -169,10 +169,11 @@ export const markGoodCommand: CommandModule<any, any> = {
   builder: (y) => nodeOptions(y),
   handler: async (a) => {
     const out = makeOut(a);
-    const { markBootedGood } = await rollbackLib();
-    const r = await markBootedGood(await ctxOf(a));
+    const { markBootedGood, firmwareSlots } = await rollbackLib();
+    const cfg = await loadConfig(a.config);
+    const r = await markBootedGood(await ctxOf(a), firmwareSlots(cfg.node.FIRMWARE));
     out.result(r);
-    out.line(`slot ${r.slot} (${r.stack.slice(0, 12)}) is good and current (was ${r.was})`);
+    out.line(`slot ${r.slot} (${r.stack.slice(0, 12)}) is good and current (was ${r.was})${r.firmware ? `; the ${r.firmware} firmware was told` : ''}`);
   },
 };
 
