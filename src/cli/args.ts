@@ -21,7 +21,7 @@ export function byteSize(flag: string): (v: unknown) => number | undefined {
   };
 }
 
-/** The build date of this run: SOURCE_DATE_EPOCH, checked (see src/epoch.ts). */
+/** The build date of this run: SOURCE_DATE_EPOCH, checked (see src/sys/epoch.ts). */
 export const sourceDateEpoch = (): number => parseSourceDateEpoch(process.env.SOURCE_DATE_EPOCH);
 
 /** A whole number from `min` to `max` (yargs has already turned the text into a number). */

@@ -131,7 +131,7 @@ async function main(argv: string[]): Promise<void> {
 
 /**
  * Ctrl-C or SIGTERM: stop the tools, undo the work in progress (temp files, a run
- * source's mounts: src/interrupt.ts), then exit 130 / 143. A second signal during that
+ * source's mounts: src/sys/interrupt.ts), then exit 130 / 143. A second signal during that
  * exits at once.
  */
 function exitCleanlyOnSignals(): void {

@@ -1,5 +1,5 @@
 /**
- * Bundles: one uncompressed tar (written and parsed through src/tarfile.ts) that carries
+ * Bundles: one uncompressed tar (written and parsed through src/format/tarfile.ts) that carries
  * a stack to a node, in this order so that a reader can verify before it reads layers:
  *
  *   manifest             the stack's manifest (signed)

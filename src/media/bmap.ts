@@ -8,9 +8,9 @@
  * allocated blocks, as bmaptool does. A zero-block scan alone is NOT enough: it drops
  * zeros the image writer wrote on purpose (a GPT's empty partition entries), and a
  * target with old bytes there then has a broken partition table (seen in
- * test/flash.int.test.ts). Without FIEMAP (tmpfs) it falls back to a scan that maps
+ * test/media/flash.int.test.ts). Without FIEMAP (tmpfs) it falls back to a scan that maps
  * non-zero blocks and the whole first and last MiB. The images stackboot assembles are
- * sparse where their filesystems are zero (src/disk.ts copySparse).
+ * sparse where their filesystems are zero (src/media/disk.ts copySparse).
  */
 import { createHash } from 'node:crypto';
 import { promises as fs } from 'node:fs';

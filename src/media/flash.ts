@@ -9,14 +9,14 @@
  * 2. The target is opened with O_EXCL for block devices (as bmaptool does): Linux then
  *    refuses it (EBUSY) while anything has it open exclusively, a mount included.
  * 3. Only the mapped ranges of the block map are written (`<image>.bmap` when present,
- *    else a map built by reading the image, see src/bmap.ts). A file target is first
+ *    else a map built by reading the image, see src/media/bmap.ts). A file target is first
  *    truncated to zero and to the image size, so it ends up sparse and equal.
  * 4. fsync, then the target's cached pages are dropped (`blockdev --flushbufs` for a
  *    device, posix_fadvise DONTNEED through `dd iflag=nocache` for a file), so the
  *    read-back comes from the medium, and every range's sha256 is checked.
  *
  * Flashing a build output (a folder with a manifest) assembles the image into a
- * temporary sparse file first (src/image.ts; holes cost nothing) and flashes that: the
+ * temporary sparse file first (src/media/image.ts; holes cost nothing) and flashes that: the
  * same code path, guards and verify, no image file left behind.
  */
 import { createHash } from 'node:crypto';

@@ -2,11 +2,11 @@
  * Node disk images: a GPT image with a boot partition (vfat: kernel, the stackboot
  * standalone initrd, extlinux/extlinux.conf), a store partition (ext4: slot a filled
  * with the build output, `current a`) and a data partition (ext4, empty). Built without
- * root by src/disk.ts (mkfs -d / mcopy into files, sfdisk on the image, sparse copy).
+ * root by src/media/disk.ts (mkfs -d / mcopy into files, sfdisk on the image, sparse copy).
  *
  * Reproducible: the partition and filesystem UUIDs and the store id are derived from the
  * stack id (unless given), every timestamp is SOURCE_DATE_EPOCH, so one build output and
- * one set of options give the same bytes. A block map (src/bmap.ts) is written beside.
+ * one set of options give the same bytes. A block map (src/media/bmap.ts) is written beside.
  *
  * Plan, then steps: `planImage` computes the layout and sizes (used by --dry-run), and
  * `buildImage` carries it out.

@@ -1,6 +1,6 @@
 /**
  * The node's config, `/etc/stackboot/config`: the same KEY=value format as the boot.conf
- * baked into the initramfs (parsed by src/initramfs.ts, never a second parser), plus
+ * baked into the initramfs (parsed by src/boot/bootconfig.ts, never a second parser), plus
  * node-only keys:
  *
  *   KEYS_DIR=/etc/stackboot/keys   public keys (*.pub) that may sign stacks

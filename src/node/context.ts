@@ -34,7 +34,7 @@ export interface NodeContext {
   bootedFile: string | null;
   /** remount the store rw around writes (a real booted store that is kept read-only) */
   remount: boolean;
-  /** the store lock (src/lock.ts): in /run on a booted node, in the folder for --store */
+  /** the store lock (src/node/lock.ts): in /run on a booted node, in the folder for --store */
   lockDir: string;
 }
 
@@ -82,7 +82,7 @@ export async function nodeContext(o: NodeOptions = {}): Promise<NodeContext> {
 }
 
 /**
- * Runs fn holding the store lock (src/lock.ts) for `what`. Commands that read the state
+ * Runs fn holding the store lock (src/node/lock.ts) for `what`. Commands that read the state
  * and then write it take it around both, so no other writer comes in between.
  */
 export function withStoreLock<T>(ctx: NodeContext, what: string, fn: () => Promise<T>): Promise<T> {

@@ -115,7 +115,7 @@ async function expectedCompatible(ctx: NodeContext, st: BootState, configured: s
 
 /**
  * Installs a bundle into the inactive slot (checks, then the steps). The steps run under
- * the store lock (src/lock.ts), taken before the state is read; a dry run only reads.
+ * the store lock (src/node/lock.ts), taken before the state is read; a dry run only reads.
  */
 export async function install(o: InstallOptions): Promise<InstallResult> {
   // the source can fail (HTTP 404, a build without manifest.sig) while the lock is being

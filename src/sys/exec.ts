@@ -49,7 +49,7 @@ export async function run(cmd: string, args: readonly string[], opts: RunOptions
       input: opts.input,
       inputFile: opts.inputFile,
       timeout: opts.timeout,
-      // a signal of the caller's, else the command's interrupt (src/interrupt.ts); a tool
+      // a signal of the caller's, else the command's interrupt (src/sys/interrupt.ts); a tool
       // started after it (an unmount of the interrupt's own cleanup) is not stopped
       cancelSignal: opts.signal ?? (interruptSignal.aborted ? undefined : interruptSignal),
       reject: false,

@@ -1,5 +1,5 @@
 /**
- * squashfs-tools-ng through src/squashfs.ts: the progress of a compression, read from the
+ * squashfs-tools-ng through src/build/squashfs.ts: the progress of a compression, read from the
  * tools' /proc/<pid>/io while they run. Real gensquashfs, tar and tar2sqfs on a tree made
  * here: 32 MiB of random bytes at zstd level 19 keep the tools busy for about a second.
  */

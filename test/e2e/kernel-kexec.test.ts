@@ -58,8 +58,10 @@ describe('stack kernels: kexec into the stack kernel', () => {
     await v1ThenV2('arm64');
   });
 
-  it('amd64: a v3 whose kernel panics uses its tries, then the node falls back to v2 and v2 kernel, the events saying why', async () => {
-    const f = await fixture('amd64');
+  for (const arch of ['amd64', 'arm64'] as const) it(`${arch}: a v3 whose kernel panics uses its tries, then the node falls back to v2 and v2 kernel, the events saying why`, () => panicFallsBack(arch));
+
+  async function panicFallsBack(arch: Arch): Promise<void> {
+    const f = await fixture(arch);
     const k2 = f.T.kernel2!;
     // v3: v2 with an initrd the kernel cannot use (garbage of the right digest)
     const v3 = path.join(f.dir, 'v3');
@@ -97,10 +99,12 @@ describe('stack kernels: kexec into the stack kernel', () => {
     expect(s.state?.slots.b?.status).toBe('bad');
     expect(s.state?.current).toBe('a');
     expect(s.events.map((e) => `${e.event} ${e.slot}`)).toEqual(['try b', 'kexec b', 'try b', 'kexec b', 'exhausted b', 'kexec a', 'boot a']);
-  });
+  }
 
-  it('amd64: a stack whose kernel file is corrupt in the store is refused before kexec and the node falls back on the same boot', async () => {
-    const f = await fixture('amd64');
+  for (const arch of ['amd64', 'arm64'] as const) it(`${arch}: a stack whose kernel file is corrupt in the store is refused before kexec and the node falls back on the same boot`, () => corruptKernel(arch));
+
+  async function corruptKernel(arch: Arch): Promise<void> {
+    const f = await fixture(arch);
     const img = path.join(f.dir, 'corrupt.img');
     await storeDisk({ file: img, slots: { a: { buildDir: f.v1.outDir, status: 'good' }, b: { buildDir: f.v2.outDir, status: 'pending', tries: 2 } }, current: 'a', storeMiB: 320 });
     await corruptLayer(img, f.v2.manifest.layers.find((l) => l.name === 'vmlinuz')!.digest);
@@ -112,10 +116,12 @@ describe('stack kernels: kexec into the stack kernel', () => {
     const s = await readStore(img);
     expect(s.state?.slots.b?.status).toBe('bad');
     expect(s.events.map((e) => `${e.event} ${e.slot}`)).toEqual(['try b', 'fail b', 'boot a', 'good a'].filter((x) => x !== 'good a' || s.events.some((e) => e.event === 'good')));
-  });
+  }
 
-  it('amd64: a power cut during the kexec boot (after the jump, before the second stage mounts) counts as a used try', async () => {
-    const f = await fixture('amd64');
+  for (const arch of ['amd64', 'arm64'] as const) it(`${arch}: a power cut during the kexec boot (after the jump, before the second stage mounts) counts as a used try`, () => powerCut(arch));
+
+  async function powerCut(arch: Arch): Promise<void> {
+    const f = await fixture(arch);
     const k2 = f.T.kernel2!;
     const img = path.join(f.dir, 'cut.img');
     await storeDisk({ file: img, slots: { a: { buildDir: f.v1.outDir, status: 'good' }, b: { buildDir: f.v2.outDir, status: 'pending', tries: 2 } }, current: 'a', storeMiB: 320 });
@@ -131,5 +137,5 @@ describe('stack kernels: kexec into the stack kernel', () => {
     s = await readStore(img);
     expect(s.state?.slots.b?.status).toBe('good');
     expect(s.events.map((e) => `${e.event} ${e.slot}${e.tries !== undefined ? ` ${e.tries}` : ''}`)).toEqual(['try b 1', 'kexec b 1', 'try b 0', 'kexec b 0', 'boot b 0', 'good b']);
-  });
+  }
 });

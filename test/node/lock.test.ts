@@ -1,5 +1,5 @@
 /**
- * src/lock.ts: the store lock, with real processes (a live holder, a dead one) and the
+ * src/node/lock.ts: the store lock, with real processes (a live holder, a dead one) and the
  * shell side's protocol (stackboot-node's node_lock, run under busybox sh).
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';

@@ -1,5 +1,5 @@
 /**
- * makeDir (src/dirs.ts): mkdir -p on the real file system, including the paths where
+ * makeDir (src/sys/dirs.ts): mkdir -p on the real file system, including the paths where
  * Node's own recursive mkdir never returns (a parent under /proc that exists but cannot
  * hold children).
  */

@@ -1,5 +1,5 @@
 /**
- * src/interrupt.ts: what an interrupt (Ctrl-C) does in the library: the running tools are
+ * src/sys/interrupt.ts: what an interrupt (Ctrl-C) does in the library: the running tools are
  * stopped, the registered undo steps run newest first, and the tools the undo steps start
  * (an unmount) are not stopped. (Its own module state: vitest isolates each test file.)
  * The CLI end to end: test/cli/main.int.test.ts, a run source interrupted.

@@ -1,5 +1,5 @@
 /**
- * src/proc.ts on real processes: a shell with a child, followed through /proc.
+ * src/sys/proc.ts on real processes: a shell with a child, followed through /proc.
  */
 import { describe, expect, it } from 'vitest';
 import { spawn } from '../../src/sys/exec.js';
