@@ -96,6 +96,19 @@ target_ready() {
   [ -f "$KERNEL" ] && [ -f "$MODULES/modules.dep" ] && [ -x "$BUSYBOX" ]
 }
 
+# unpack_kernel <deb> <dest> <package name>: dpkg -x a kernel package, check it has its
+# vmlinuz and modules, and make modules.dep (the .deb carries none: its postinst runs
+# depmod). Sets UNPACKED_KVER.
+unpack_kernel() {
+  local kdir
+  dpkg -x "$1" "$2"
+  kdir=$(ls -d "$2/lib/modules"/*/ 2>/dev/null | head -n 1)
+  [ -n "$kdir" ] || die "no lib/modules in $3"
+  UNPACKED_KVER=$(basename "$kdir")
+  [ -f "$2/boot/vmlinuz-$UNPACKED_KVER" ] || die "no boot/vmlinuz-$UNPACKED_KVER in $3"
+  depmod -b "$2" "$UNPACKED_KVER" || die "depmod failed for $UNPACKED_KVER"
+}
+
 todo=()
 for a in $ARCHES; do
   case "$a" in amd64|arm64) ;; *) die "unknown target arch $a (amd64|arm64)";; esac
@@ -152,15 +165,9 @@ if [ "${#todo[@]}" -gt 0 ]; then
     out="$CACHE/targets/$a"
     new="$d/out"
     mkdir -p "$new"
-    dpkg -x "$d/kernel"/*.deb "$new/kernel"
+    unpack_kernel "$d/kernel"/*.deb "$new/kernel" "$real"
+    kver=$UNPACKED_KVER
     dpkg -x "$d/busybox"/*.deb "$new/busybox"
-
-    kdir=$(ls -d "$new/kernel/lib/modules"/*/ 2>/dev/null | head -n 1)
-    [ -n "$kdir" ] || die "no lib/modules in $real"
-    kver=$(basename "$kdir")
-    [ -f "$new/kernel/boot/vmlinuz-$kver" ] || die "no boot/vmlinuz-$kver in $real"
-    # the .deb carries no modules.dep (its postinst runs depmod): make it here
-    depmod -b "$new/kernel" "$kver" || die "depmod failed for $kver"
     [ -x "$new/busybox/bin/busybox" ] || die "no bin/busybox in busybox-static$q"
     kernel="$out/kernel/boot/vmlinuz-$kver"
     bb="$out/busybox/bin/busybox"
@@ -237,7 +244,7 @@ apt_fetch() { # <dir> <pkg>: apt-get download, after one apt-get update if the l
   (cd "$1" && apt-get "${APT_OPTS[@]}" download "$2" >/dev/null 2>"$1/.err") || die "apt-get download $2 failed: $(tail -n 3 "$1/.err")"
 }
 ensure_stack_fixtures() { # <arch>
-  local a=$1 dir="$CACHE/targets/$1" q='' tmp meta real kdir kver
+  local a=$1 dir="$CACHE/targets/$1" q='' tmp meta real kver
   local env="$dir/target.env" KERNEL2='' MODULES2='' KEXEC_ROOT=''
   [ "$a" = "$HOST_ARCH" ] || q=":$a"
   # shellcheck disable=SC1090
@@ -251,12 +258,8 @@ ensure_stack_fixtures() { # <arch>
     real=$(dpkg-deb -f "$meta" Depends | tr ',' '\n' | sed -n 's/^ *\(linux-image-6\.12[^ ]*\).*/\1/p' | head -n 1)
     [ -n "$real" ] || die "cannot find the kernel package that linux-image-6.12-$a depends on"
     apt_fetch "$tmp/kernel" "$real$q"
-    dpkg -x "$tmp/kernel"/*.deb "$tmp/out"
-    kdir=$(ls -d "$tmp/out/lib/modules"/*/ 2>/dev/null | head -n 1)
-    [ -n "$kdir" ] || die "no lib/modules in $real"
-    kver=$(basename "$kdir")
-    [ -f "$tmp/out/boot/vmlinuz-$kver" ] || die "no boot/vmlinuz-$kver in $real"
-    depmod -b "$tmp/out" "$kver" || die "depmod failed for $kver"
+    unpack_kernel "$tmp/kernel"/*.deb "$tmp/out" "$real"
+    kver=$UNPACKED_KVER
     rm -rf "$dir/kernel2"
     mv "$tmp/out" "$dir/kernel2"
     rm -rf "$tmp"

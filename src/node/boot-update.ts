@@ -10,7 +10,7 @@ import { createHash } from 'node:crypto';
 import { createReadStream, promises as fs } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { StackbootError, run, mountDevice, umount } from '../sys/index.js';
+import { StackbootError, run, withDeviceMounted } from '../sys/index.js';
 import { BOOT_LABEL, bootUpdate, type BootUpdateResult } from '../media/index.js';
 import type { NodeContext } from './context.js';
 
@@ -64,12 +64,7 @@ async function withBootPartition<T>(fn: (dir: string) => Promise<T>): Promise<T>
   if (r.exitCode !== 0 || !dev) throw new StackbootError('DEVICE', `no partition labelled ${BOOT_LABEL}: give the mounted boot partition with --boot`);
   const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'sb-boot-'));
   try {
-    await mountDevice(dev, dir);
-    try {
-      return await fn(dir);
-    } finally {
-      await umount(dir);
-    }
+    return await withDeviceMounted(dev, dir, fn);
   } finally {
     await fs.rmdir(dir).catch(() => {});
   }

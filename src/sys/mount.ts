@@ -111,14 +111,19 @@ export async function detachLoop(dev: string): Promise<void> {
 export async function withPartitionMounted<T>(image: string, part: { start: number; size: number }, dir: string, fn: (dir: string) => Promise<T>, readonly = false): Promise<T> {
   const dev = await attachLoop(image, { offset: part.start, sizelimit: part.size, readonly });
   try {
-    await mountDevice(dev, dir, readonly ? ['ro'] : []);
-    try {
-      return await fn(dir);
-    } finally {
-      await run('sync', []);
-      await umount(dir);
-    }
+    return await withDeviceMounted(dev, dir, fn, readonly);
   } finally {
     await detachLoop(dev);
+  }
+}
+
+/** Mounts a block device on `dir`, runs fn on it, then syncs and unmounts whatever happens. */
+export async function withDeviceMounted<T>(dev: string, dir: string, fn: (dir: string) => Promise<T>, readonly = false): Promise<T> {
+  await mountDevice(dev, dir, readonly ? ['ro'] : []);
+  try {
+    return await fn(dir);
+  } finally {
+    await run('sync', []);
+    await umount(dir);
   }
 }

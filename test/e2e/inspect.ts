@@ -13,6 +13,7 @@
  * the next boot does its own recovery. Writes first replay the journal in place (what
  * the guest's next mount would do), so a later replay cannot undo them.
  */
+import { expect } from 'vitest';
 import { promises as fs } from 'node:fs';
 import { run } from '../../src/sys/exec.js';
 import { parseState, type BootState } from '../../src/format/state.js';
@@ -538,4 +539,24 @@ export function summarize(results: TrialResult[]): string {
   const head = `${'cut in'.padEnd(7)} | ${'state after the cut'.padEnd(38)} | ${'recovery boot'.padEnd(18)} | rule | trials`;
   const lines = [...rows.entries()].sort().map(([k, n]) => `${k} | ${n}`);
   return [head, '-'.repeat(head.length), ...lines].join('\n');
+}
+
+/** Fails with the console tail when the console does not show RE. */
+export function expectOnConsole(b: { output: string }, re: RegExp, what: string): void {
+  expect(b.output, tailOf(b, what)).toMatch(re);
+}
+
+/**
+ * The second boot of an update: the node boots the new stack from slot b (pending), its
+ * health check passes, and the store has it good and current, the old one good in slot a.
+ */
+export async function expectPendingThenGood(b2: DemoBoot, img: string, o: { version: string; old: string; now: string }): Promise<void> {
+  expect(b2.version, tailOf(b2, `v${o.version} should run`)).toBe(o.version);
+  expect(b2.booted.slot).toBe('b');
+  expect(b2.booted.status).toBe('pending');
+  expectOnConsole(b2, /DEMO: health exit 0/, 'health should pass');
+  const s = await readStore(img);
+  expect(s.state?.current).toBe('b');
+  expect(s.state?.slots.b).toEqual({ status: 'good', stack: o.now });
+  expect(s.state?.slots.a).toEqual({ status: 'good', stack: o.old });
 }
