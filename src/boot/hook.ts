@@ -3,9 +3,9 @@
  * initramfs`), the inputs of the two hook flavors (the validated config, the checked
  * modules, the core), and writing their output atomically, shell checked with sh -n first.
  */
-import { writeFile, rename, rm, stat, chmod } from 'node:fs/promises';
+import { writeFile, stat, chmod } from 'node:fs/promises';
 import path from 'node:path';
-import { StackbootError, wrap, makeDir, type Arch, type ProgressSink } from '../sys/index.js';
+import { StackbootError, wrap, makeDir, writeDurableFrom, type Arch, type ProgressSink } from '../sys/index.js';
 import { defaultBootConfig, validateBootConfig, type BootConfig } from './bootconfig.js';
 import type { Compression, Flavor } from './flavor.js';
 import { checkedModules } from './modules.js';
@@ -66,18 +66,15 @@ export interface InitramfsResult {
   kexec?: string[];
 }
 
-/** Writes a file through a temporary beside it and a rename. */
+/** Writes a file durably (sys/durable: temp beside it, fsync, rename), with exactly MODE. */
 export async function writeAtomic(file: string, data: Buffer | string, mode = 0o644): Promise<void> {
   await makeDir(path.dirname(file));
-  const tmp = `${file}.tmp-${process.pid}`;
-  try {
-    await writeFile(tmp, data, { mode });
+  await writeDurableFrom(file, async (tmp) => {
+    await writeFile(tmp, data, { mode, flag: 'wx' });
     await chmod(tmp, mode);
-    await rename(tmp, file);
-  } catch (e) {
-    await rm(tmp, { force: true });
+  }).catch((e: unknown) => {
     throw wrap('IO', `cannot write ${file}`, e);
-  }
+  });
 }
 
 export interface OutFile {

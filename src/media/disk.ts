@@ -10,7 +10,7 @@ import { promises as fs } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { isZero } from './bmap.js';
-import { StackbootError, run, type ProgressSink, onInterrupt } from '../sys/index.js';
+import { StackbootError, run, type ProgressSink, onInterrupt, writeDurableFrom } from '../sys/index.js';
 import { gptScript, makeFilesystem, writePartitionTable, type GptType } from './blockdev.js';
 
 export const MiB = 1024 * 1024;
@@ -179,11 +179,7 @@ export async function copySparse(src: string, dst: string, offset: number, onByt
 export async function assembleDisk(out: string, layout: DiskLayout, progress?: ProgressSink): Promise<AssembledPart[]> {
   if (layout.parts.length === 0) throw new StackbootError('USAGE', 'a disk needs at least one partition');
   const work = await fs.mkdtemp(path.join(os.tmpdir(), 'sb-disk-'));
-  const tmpOut = `${out}.tmp-${process.pid}`;
-  const off = onInterrupt(async () => {
-    await fs.rm(tmpOut, { force: true });
-    await fs.rm(work, { recursive: true, force: true });
-  });
+  const off = onInterrupt(() => fs.rm(work, { recursive: true, force: true }));
   try {
     let start = ALIGN;
     const placed: (AssembledPart & { spec: PartSpec; file?: string })[] = [];
@@ -214,25 +210,24 @@ export async function assembleDisk(out: string, layout: DiskLayout, progress?: P
       start += size;
     }
     const total = start + ALIGN; // room for the backup GPT
-    const fh = await fs.open(tmpOut, 'w');
-    await fh.truncate(total);
-    await fh.close();
-    const script = gptScript({
-      labelId: seededUuid(layout.seed, 'disk').toUpperCase(),
-      unit: 'sectors',
-      firstLba: 2048,
-      parts: placed.map((p) => ({ start: p.start / 512, size: p.size / 512, type: p.spec.type, uuid: p.uuid, name: p.name })),
+    // the image is assembled in a temp file beside `out` and renamed in place when whole
+    await writeDurableFrom(out, async (tmpOut) => {
+      const fh = await fs.open(tmpOut, 'wx');
+      await fh.truncate(total);
+      await fh.close();
+      const script = gptScript({
+        labelId: seededUuid(layout.seed, 'disk').toUpperCase(),
+        unit: 'sectors',
+        firstLba: 2048,
+        parts: placed.map((p) => ({ start: p.start / 512, size: p.size / 512, type: p.spec.type, uuid: p.uuid, name: p.name })),
+      });
+      await writePartitionTable(tmpOut, script, 'image');
+      for (const p of placed) {
+        if (!p.file) continue;
+        await copySparse(p.file, tmpOut, p.start, (n) => progress?.({ task: `write ${p.name}`, done: n, total: p.size, unit: 'bytes' }));
+      }
     });
-    await writePartitionTable(tmpOut, script, 'image');
-    for (const p of placed) {
-      if (!p.file) continue;
-      await copySparse(p.file, tmpOut, p.start, (n) => progress?.({ task: `write ${p.name}`, done: n, total: p.size, unit: 'bytes' }));
-    }
-    await fs.rename(tmpOut, out);
     return placed.map(({ spec: _s, file: _f, ...rest }) => rest);
-  } catch (e) {
-    await fs.rm(tmpOut, { force: true });
-    throw e;
   } finally {
     await fs.rm(work, { recursive: true, force: true });
     off();

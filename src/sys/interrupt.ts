@@ -2,7 +2,7 @@
  * Work in progress to undo when a command is interrupted (Ctrl-C, SIGTERM): temporary
  * files and folders, a run source's mounts. Without it an interrupted build left temp
  * files in `layers/` (durable.ts registers each of its temp files here), an interrupted
- * `image` a 256 MiB `.tmp-<pid>` image and scratch folders, and an interrupted run source
+ * `image` a 256 MiB temp image (sys/durable) and scratch folders, and an interrupted run source
  * its loop, overlay and bind mounts (/proc, /dev and /sys of the host among them, under a
  * temp folder a later `rm -rf` could walk into).
  *
