@@ -9,3 +9,5 @@ export * from './lock.js';
 export * from './migrate.js';
 export * from './paths.js';
 export * from './rollback.js';
+export * from './chunk-install.js';
+export * from './chunk-source.js';

@@ -24,9 +24,11 @@
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import type { Readable } from 'node:stream';
-import { compareVersions, readBundle, type BundleHead, type LayerRef, verifyWithKeyDir, installTarget, type BootState, type SlotName, type Store } from '../format/index.js';
+import { chunkIndexRefs, compareVersions, readBundle, type BundleHead, type LayerRef, verifyWithKeyDir, installTarget, type BootState, type SlotName, type Store } from '../format/index.js';
 import { StackbootError, remount, RateMeter, noProgress, type ProgressSink } from '../sys/index.js';
 import { withStoreLock, type NodeContext } from './context.js';
+import { installChunked, planChunks, type ChunkPlan } from './chunk-install.js';
+import type { ChunkSource } from './chunk-source.js';
 
 export interface InstallOptions {
   ctx: NodeContext;
@@ -46,6 +48,8 @@ export interface InstallOptions {
   dryRun?: boolean;
   progress?: ProgressSink;
   onEvent?(ev: InstallEvent): void;
+  /** chunk deltas: where the chunks of a layer the bundle does not carry come from (chunk-install.ts) */
+  chunkSource?: ChunkSource;
   /** test hook: free bytes instead of statfs */
   freeBytes?: () => Promise<number>;
 }
@@ -54,6 +58,7 @@ export type InstallEvent =
   | { event: 'plan'; stack: string; name: string; version: string; slot: SlotName; write: string[]; have: string[]; bytes: number; free: number; downgradeFrom?: string }
   | { event: 'step'; step: string }
   | { event: 'layer'; name: string; digest: string; size: number }
+  | { event: 'chunks'; name: string; digest: string; size: number; had: number; fetch: number; fetched?: number; fallback?: string }
   | { event: 'done'; stack: string; slot: SlotName; tries: number };
 
 export interface InstallPlan {
@@ -66,6 +71,8 @@ export interface InstallPlan {
   write: LayerRef[];
   /** layers the store has */
   have: LayerRef[];
+  /** of `write`, the layers rebuilt from chunks (the store's and fetched ones) */
+  chunked: ChunkPlan[];
   bytes: number;
   free: number;
   signedBy: string | null;
@@ -137,6 +144,7 @@ async function installUnlocked(o: InstallOptions): Promise<InstallResult> {
       throw e;
     }
     if (!run.plan) throw new StackbootError('INTERNAL', 'bundle read without a plan');
+    for (const c of run.plan.chunked) await receiveChunked(run, c);
     await checkLayersIn(run, run.plan, head);
     await commitSlot(run, run.plan, head);
     return { plan: run.plan, dryRun: false, installed: true };
@@ -160,6 +168,7 @@ async function planAndCheck(run: InstallRun, h: BundleHead): Promise<Set<string>
   run.plan = { ...(await planInstall(run.o, state, h, signedBy)), ...(downgradeFrom ? { downgradeFrom } : {}) };
   const p = run.plan;
   run.emit({ event: 'plan', stack: p.stack, name: p.name, version: p.version, slot: p.slot, write: p.write.map((l) => l.name), have: p.have.map((l) => l.name), bytes: p.bytes, free: p.free, ...(p.downgradeFrom ? { downgradeFrom: p.downgradeFrom.version } : {}) });
+  for (const c of p.chunked) run.emit({ event: 'chunks', name: c.layer.name, digest: c.layer.digest, size: c.layer.size, had: c.have, fetch: c.fetch + c.indexBytes });
   checkSpace(run.o, run.store, p);
   if (run.o.dryRun) throw new PlanOnly();
   if (run.o.ctx.remount) {
@@ -239,7 +248,8 @@ async function planInstall(o: InstallOptions, state: BootState, h: BundleHead, s
     else if (!write.some((w) => w.digest === l.digest)) write.push(l);
   }
   const carried = new Set(h.contents.map((c) => c.digest));
-  const lacking = write.filter((l) => !carried.has(l.digest));
+  const chunked = await planChunked(o, h, write.filter((l) => !carried.has(l.digest)));
+  const lacking = write.filter((l) => !carried.has(l.digest) && !chunked.some((c) => c.layer.digest === l.digest));
   if (lacking.length) {
     throw new StackbootError(
       'MISSING_LAYERS',
@@ -249,7 +259,19 @@ async function planInstall(o: InstallOptions, state: BootState, h: BundleHead, s
   }
   const bytes = write.reduce((n, l) => n + l.size, 0);
   const free = await (o.freeBytes ? o.freeBytes() : freeBytesOf(path.join(store.dir, 'layers')));
-  return { stack: h.stackId, name: h.manifest.name, version: h.manifest.version, compatible: h.manifest.compatible, slot, write, have, bytes, free, signedBy };
+  return { stack: h.stackId, name: h.manifest.name, version: h.manifest.version, compatible: h.manifest.compatible, slot, write, have, chunked, bytes, free, signedBy };
+}
+
+/** The layers the bundle does not carry that a chunk source and the manifest's chunk index can rebuild. */
+async function planChunked(o: InstallOptions, h: BundleHead, notCarried: LayerRef[]): Promise<ChunkPlan[]> {
+  if (!o.chunkSource || notCarried.length === 0) return [];
+  const refs = chunkIndexRefs(h.manifest);
+  const out: ChunkPlan[] = [];
+  for (const l of notCarried) {
+    const ref = refs.get(l.digest);
+    if (ref) out.push(await planChunks(o.ctx.store, l, ref, o.chunkSource));
+  }
+  return out;
 }
 
 function checkSpace(o: InstallOptions, store: Store, p: InstallPlan): void {
@@ -274,6 +296,13 @@ async function receiveLayer(run: InstallRun, digest: string, size: number, body:
     onBytes: (n) => run.meter?.update((run.doneBytes += n)),
   });
   run.written.add(digest);
+}
+
+/** Step 1, a layer rebuilt from chunks (the store's, and the missing ones fetched); checked like any other. */
+async function receiveChunked(run: InstallRun, c: ChunkPlan): Promise<void> {
+  const r = await installChunked(run.store, c, run.o.chunkSource!, (n) => run.meter?.update((run.doneBytes += n)));
+  run.emit({ event: 'chunks', name: c.layer.name, digest: c.layer.digest, size: c.layer.size, had: r.had, fetch: c.fetch + c.indexBytes, fetched: r.fetched, ...(r.fallback ? { fallback: r.fallback } : {}) });
+  run.written.add(c.layer.digest);
 }
 
 /** After step 1: every planned layer came, and the stack's layers are all in the store. */
