@@ -2,6 +2,13 @@ import type { CommandModule } from 'yargs';
 import { fmtBytes, makeOut } from '../output.js';
 import { isStdio } from '../args.js';
 
+/** The layers of a build output that its manifest names a chunk index for. */
+async function chunkedLayers(buildDir: string): Promise<string[]> {
+  const { chunkIndexRefs, parseManifest } = await import('../../format/index.js');
+  const { readFile } = await import('node:fs/promises');
+  return [...chunkIndexRefs(parseManifest(await readFile(`${buildDir}/manifest`, 'utf8'))).keys()];
+}
+
 export const bundleCommand: CommandModule<any, any> = {
   command: 'bundle <build>',
   describe: 'write a signed bundle (tar: manifest, manifest.sig, layers) of a build output',
@@ -10,6 +17,7 @@ export const bundleCommand: CommandModule<any, any> = {
       .positional('build', { type: 'string', demandOption: true, describe: 'build output folder (manifest, layers/)' })
       .option('out', { alias: 'o', type: 'string', demandOption: true, describe: 'bundle file, or - for stdout (then --json prints its result on stderr)' })
       .option('key', { type: 'string', describe: 'private key to sign with (default: the build output\'s manifest.sig)' })
+      .option('chunks', { type: 'boolean', describe: 'leave out every layer that has a chunk index (build --chunks): nodes rebuild them from their chunks and fetch the rest (install --chunks-from)' })
       .option('base', { type: 'string', describe: 'a manifest, build output or bundle: keep only the layers it lacks (delta)' })
       .example('$0 bundle out/demo -o demo.stackbundle --key keys/release.key', 'a full bundle')
       .example('$0 bundle out/demo2 -o d.stackbundle --base out/demo/manifest --key k.key', 'a delta bundle'),
@@ -17,7 +25,8 @@ export const bundleCommand: CommandModule<any, any> = {
     const { baseLayers, writeBundle, writeBundleFile } = await import('../../format/index.js');
     const out = makeOut(a);
     const base = a.base ? await baseLayers(a.base) : null;
-    const opts = { buildDir: a.build, key: a.key, baseDigests: base?.digests, progress: out.progress };
+    const chunked = a.chunks ? await chunkedLayers(a.build) : [];
+    const opts = { buildDir: a.build, key: a.key, baseDigests: base || chunked.length ? new Set([...(base?.digests ?? []), ...chunked]) : undefined, progress: out.progress };
     const toStdout = isStdio(a.out);
     const r = toStdout ? await writeBundle({ ...opts, out: process.stdout }) : await writeBundleFile({ ...opts, file: a.out });
     const result = { stack: r.stackId, bytes: r.bytes, carried: r.carried.map((l) => l.name), skipped: r.skipped.map((l) => l.name), base: base ? base.manifest.version : null };
