@@ -3,7 +3,7 @@
  * module; a part whose prerequisites are missing says so in its row instead of failing
  * the whole run. A row a part has judged against its goal (`ok`) says met or not met in
  * the goal column, and the run ends with the list of goals not met.
- * `npx tsx bench/run.ts <part>…` runs only the parts named (build, boot, flash, delta).
+ * `npx tsx bench/run.ts <part>…` runs only the parts named (build, boot, flash, delta, chunks).
  */
 import { existsSync } from 'node:fs';
 import path from 'node:path';
@@ -89,6 +89,7 @@ const rows: Row[] = [
   ...(await part('boot', 'boot.ts', 'benchBoot')),
   ...(await flashRows()),
   ...(await part('delta', 'delta.ts', 'benchDeltaRows')),
+  ...(await part('chunks', 'chunks.ts', 'benchChunks')),
 ];
 process.stdout.write(table(rows) + '\n');
 const unmet = rows.filter((r) => r.ok === false);

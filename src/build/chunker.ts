@@ -16,9 +16,9 @@ import { chunkIndexName, serializeChunkIndex, type ChunkEntry, type ChunkIndexRe
 import { writeDurable } from '../sys/index.js';
 
 /** The gear table: 256 fixed pseudo-random words (sha256 of "stackboot-gear <i>"). */
-const GEAR: Uint32Array = (() => {
-  const g = new Uint32Array(256);
-  for (let i = 0; i < 256; i++) g[i] = createHash('sha256').update(`stackboot-gear ${i}`).digest().readUInt32BE(0);
+const GEAR: Int32Array = (() => {
+  const g = new Int32Array(256);
+  for (let i = 0; i < 256; i++) g[i] = createHash('sha256').update(`stackboot-gear ${i}`).digest().readInt32BE(0);
   return g;
 })();
 
@@ -61,7 +61,8 @@ export class Chunker {
   push(buf: Buffer): ChunkEntry[] {
     const out: ChunkEntry[] = [];
     const { min, avg, max } = this.sizes;
-    const { maskS, maskL } = this;
+    const maskS = this.maskS | 0;
+    const maskL = this.maskL | 0;
     let start = 0;
     let h = this.hash;
     let len = this.len;
@@ -69,25 +70,31 @@ export class Chunker {
     while (i < buf.length) {
       const forced = this.cutIdx < this.cuts.length ? this.cuts[this.cutIdx] - this.offset : Infinity;
       // bytes of buf up to the next forced cut, or to the max chunk size
-      const room = Math.min(buf.length - i, forced - len, max - len);
+      const end = i + Math.min(buf.length - i, forced - len, max - len);
+      // the chunk's length when buf[x - 1] is its last byte is base + x
+      const base = len - i;
       let cut = -1;
-      let j = i;
       // the first `min` bytes of a chunk are not looked at (FastCDC's skip)
-      if (len < min) {
-        const skip = Math.min(room, min - len);
-        j += skip;
-        len += skip;
-      }
-      const end = i + room;
-      while (j < end) {
-        h = ((h << 1) + GEAR[buf[j]]) >>> 0;
-        j++;
-        len++;
-        if ((h & (len < avg ? maskS : maskL)) === 0) {
+      let j = Math.min(end, Math.max(i, min - base));
+      // before the average size the harder mask, after it the easier one (normalized chunking)
+      const mid = Math.min(end, avg - base);
+      while (j < mid) {
+        h = ((h << 1) + GEAR[buf[j++]]) | 0;
+        if ((h & maskS) === 0) {
           cut = j;
           break;
         }
       }
+      if (cut < 0) {
+        while (j < end) {
+          h = ((h << 1) + GEAR[buf[j++]]) | 0;
+          if ((h & maskL) === 0) {
+            cut = j;
+            break;
+          }
+        }
+      }
+      len = base + j;
       if (cut < 0 && (len === max || len === forced)) cut = j;
       if (cut < 0) {
         i = j;

@@ -66,9 +66,11 @@ export async function planChunks(store: Store, layer: LayerRef, ref: ChunkIndexR
   return { layer, index, local, have: got, fetch: layer.size - got, indexBytes: ref.size };
 }
 
-/** A run of chunks that come from one place: the store, or one Range request. */
+/** A run of chunks that come from one place: one read of a store's layer, or one Range request. */
 interface Segment {
   remote: boolean;
+  /** local: where the run lies in a layer of the store */
+  at?: LocalChunk;
   /** first chunk, end chunk (exclusive) */
   from: number;
   to: number;
@@ -81,12 +83,15 @@ function segments(p: ChunkPlan): Segment[] {
   const out: Segment[] = [];
   let at = 0;
   p.index.chunks.forEach((c, i) => {
-    const remote = p.local[i] === null;
+    const loc = p.local[i];
+    const remote = loc === null;
     const last = out[out.length - 1];
-    if (last && last.remote === remote && (!remote || last.end - last.start + c.size <= RUN_BYTES)) {
+    // a local run goes on while the chunks follow each other in one file
+    const follows = (l: Segment) => (remote ? l.remote : !l.remote && l.at!.file === loc.file && l.at!.offset + (l.end - l.start) === loc.offset);
+    if (last && follows(last) && last.end - last.start + c.size <= RUN_BYTES) {
       last.to = i + 1;
       last.end += c.size;
-    } else out.push({ remote, from: i, to: i + 1, start: at, end: at + c.size });
+    } else out.push({ remote, from: i, to: i + 1, start: at, end: at + c.size, ...(loc ? { at: loc } : {}) });
     at += c.size;
   });
   return out;
@@ -148,21 +153,34 @@ async function* assemble(p: ChunkPlan, source: ChunkSource, onFetched: (n: numbe
         yield bytes;
         continue;
       }
-      for (let i = s.from; i < s.to; i++) yield await localChunk(p, i, files, source, onFetched);
+      const bytes = await readLocal(s, files);
+      if (badChunk(p, s, bytes) < 0) yield bytes;
+      else for (let i = s.from; i < s.to; i++) yield await localChunk(p, i, files, source, onFetched);
     }
   } finally {
     for (const fh of files.values()) await fh.close().catch(() => {});
   }
 }
 
+async function fileOf(files: Map<string, fs.FileHandle>, file: string): Promise<fs.FileHandle> {
+  let fh = files.get(file);
+  if (!fh) files.set(file, (fh = await fs.open(file, 'r')));
+  return fh;
+}
+
+/** A local run's bytes, in one read. */
+async function readLocal(s: Segment, files: Map<string, fs.FileHandle>): Promise<Buffer> {
+  const b = Buffer.allocUnsafe(s.end - s.start);
+  const { bytesRead } = await (await fileOf(files, s.at!.file)).read(b, 0, b.length, s.at!.offset);
+  return b.subarray(0, bytesRead);
+}
+
 /** Chunk i from the store's copy; a copy that does not match (rot) is fetched instead. */
 async function localChunk(p: ChunkPlan, i: number, files: Map<string, fs.FileHandle>, source: ChunkSource, onFetched: (n: number) => void): Promise<Buffer> {
   const loc = p.local[i]!;
   const c = p.index.chunks[i];
-  let fh = files.get(loc.file);
-  if (!fh) files.set(loc.file, (fh = await fs.open(loc.file, 'r')));
   const b = Buffer.allocUnsafe(c.size);
-  const { bytesRead } = await fh.read(b, 0, c.size, loc.offset);
+  const { bytesRead } = await (await fileOf(files, loc.file)).read(b, 0, c.size, loc.offset);
   if (bytesRead === c.size && sha(b) === c.digest) return b;
   let start = 0;
   for (let k = 0; k < i; k++) start += p.index.chunks[k].size;

@@ -18,6 +18,7 @@ import { chunkIndexLine } from '../../src/format/chunks.js';
 import { serializeManifest, stackId, type Manifest } from '../../src/format/manifest.js';
 import { signBytes } from '../../src/format/signature.js';
 import { run } from '../../src/sys/exec.js';
+import { sha256File } from '../../src/sys/digest.js';
 
 export interface ServerOptions {
   /** honour Range (default true) */
@@ -54,18 +55,25 @@ export async function chunkServer(dir: string, opts: ServerOptions = {}): Promis
   const server = http.createServer(async (req, res) => {
     const rel = decodeURIComponent(new URL(req.url ?? '/', 'http://x').pathname).replace(/^\/+/, '');
     const file = path.join(dir, rel);
-    let data: Buffer;
-    try {
-      data = await fs.readFile(file);
-    } catch {
+    const st = await fs.stat(file).catch(() => null);
+    if (!st?.isFile()) {
       res.writeHead(404).end();
       return;
     }
-    if (s.opts.tamperAt !== undefined && rel.endsWith('.sqfs') && s.opts.tamperAt < data.length) {
-      data = Buffer.from(data);
-      data[s.opts.tamperAt] ^= 0xff;
-    }
-    const etag = `"${createHash('sha256').update(data).digest('hex').slice(0, 16)}"`;
+    const etag = `"${st.size.toString(16)}-${st.mtimeMs.toString(16)}"`;
+    /** bytes [start, end] of the file (only those are read: layers can be a GiB), tampered if asked */
+    const read = async (start: number, end: number): Promise<Buffer> => {
+      const b = Buffer.alloc(end + 1 - start);
+      const fh = await fs.open(file, 'r');
+      try {
+        await fh.read(b, 0, b.length, start);
+      } finally {
+        await fh.close();
+      }
+      const t = s.opts.tamperAt;
+      if (t !== undefined && rel.endsWith('.sqfs') && t >= start && t <= end) b[t - start] ^= 0xff;
+      return b;
+    };
     const m = /^bytes=(\d+)-(\d*)$/.exec(String(req.headers.range ?? ''));
     const send = (body: Buffer, status: number, headers: Record<string, string | number>) => {
       res.writeHead(status, { 'Content-Length': body.length, ETag: etag, ...headers });
@@ -93,27 +101,33 @@ export async function chunkServer(dir: string, opts: ServerOptions = {}): Promis
     };
     if (m && s.opts.range !== false) {
       const start = Number(m[1]);
-      const end = m[2] ? Math.min(Number(m[2]), data.length - 1) : data.length - 1;
+      const end = m[2] ? Math.min(Number(m[2]), st.size - 1) : st.size - 1;
       s.ranges++;
-      send(data.subarray(start, end + 1), 206, { 'Content-Range': `bytes ${start}-${end}/${data.length}` });
-    } else send(data, 200, {});
+      send(await read(start, end), 206, { 'Content-Range': `bytes ${start}-${end}/${st.size}` });
+    } else send(await read(0, st.size - 1), 200, {});
   });
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
   s.url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
   return s;
 }
 
-/** A build output whose manifest names a chunk index for each layer (signed with `key`). */
-export async function chunkedBuild(dir: string, o: { version: string; key: string; layers: { name: string; data: Buffer }[] }): Promise<{ dir: string; manifest: Manifest; id: string }> {
+/**
+ * A build output whose manifest names a chunk index for each layer (signed with `key`).
+ * A layer is its bytes, or a function that writes its file (a big one, without a buffer).
+ */
+export async function chunkedBuild(dir: string, o: { version: string; key: string; layers: { name: string; data: Buffer | ((file: string) => Promise<void>) }[] }): Promise<{ dir: string; manifest: Manifest; id: string }> {
   await fs.mkdir(path.join(dir, 'layers'), { recursive: true });
   const layers = [];
   const extra: [string, string][] = [];
   for (const l of o.layers) {
-    const digest = createHash('sha256').update(l.data).digest('hex');
+    const tmp = path.join(dir, 'layers', `${l.name}.tmp`);
+    if (Buffer.isBuffer(l.data)) await fs.writeFile(tmp, l.data);
+    else await l.data(tmp);
+    const digest = await sha256File(tmp);
     const file = path.join(dir, 'layers', `${digest}.sqfs`);
-    await fs.writeFile(file, l.data);
+    await fs.rename(tmp, file);
     extra.push(chunkIndexLine(await writeChunkIndex(file, digest)));
-    layers.push({ digest, size: l.data.length, name: l.name });
+    layers.push({ digest, size: (await fs.stat(file)).size, name: l.name });
   }
   const manifest: Manifest = { name: 'node', version: o.version, compatible: 'test-node', created: 0, compression: 'zstd', extra, layers };
   const text = serializeManifest(manifest);
