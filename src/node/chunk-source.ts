@@ -58,7 +58,11 @@ export function httpChunkSource(base: string, o: HttpChunkSourceOptions = {}): C
       while (at < end) {
         try {
           const etag = etags.get(url);
-          const r = await get(url, { Range: `bytes=${at}-${end - 1}`, ...(etag ? { 'If-Range': etag } : {}) }, end - at, (b) => parts.push(b) && (at += b.length));
+          const r = await get(url, { Range: `bytes=${at}-${end - 1}`, ...(etag ? { 'If-Range': etag } : {}) }, end - at, (b) => {
+            parts.push(b);
+            at += b.length;
+            failures = 0; // progress: the retries count again from here
+          });
           if (r.status === 200) throw new RangeUnsupported(url);
           if (r.status !== 206) throw new StackbootError('NETWORK', `${url}: HTTP ${r.status}`, { details: { status: r.status } });
           if (r.etag) etags.set(url, r.etag);
