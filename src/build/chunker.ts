@@ -12,7 +12,7 @@
 import { createHash } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
-import { chunkIndexName, serializeChunkIndex, type ChunkEntry, type ChunkIndexRef, type ChunkSizes } from '../format/index.js';
+import { chunkIndexName, parseChunkIndex, serializeChunkIndex, type BundleChunks, type ChunkEntry, type ChunkIndexRef, type ChunkSizes } from '../format/index.js';
 import { writeDurable } from '../sys/index.js';
 
 /** The gear table: 256 fixed pseudo-random words (sha256 of "stackboot-gear <i>"). */
@@ -160,4 +160,28 @@ export async function writeChunkIndex(layerFile: string, layerDigest: string, si
   const bytes = serializeChunkIndex({ sizes, layerSize: chunks.reduce((n, c) => n + c.size, 0), chunks });
   await writeDurable(path.join(path.dirname(layerFile), chunkIndexName(layerDigest)), bytes);
   return { layer: layerDigest, digest: createHash('sha256').update(bytes).digest('hex'), size: bytes.length };
+}
+
+/**
+ * A layer's chunk delta against base layers (`bundle --base … --chunks`): the chunks of
+ * the new layer (its index) that none of `baseFiles` has, as chunk numbers and as the
+ * byte ranges of the layer file that hold them (adjacent ones merged), in order.
+ */
+export async function chunkDelta(layer: string, indexBytes: Buffer, baseFiles: string[]): Promise<BundleChunks> {
+  const ix = parseChunkIndex(indexBytes);
+  const have = new Set<string>();
+  for (const f of baseFiles) for (const c of await chunkFile(f, ix.sizes)) have.add(c.digest);
+  const carried: number[] = [];
+  const ranges: { start: number; end: number }[] = [];
+  let at = 0;
+  ix.chunks.forEach((c, i) => {
+    if (!have.has(c.digest)) {
+      carried.push(i);
+      const last = ranges[ranges.length - 1];
+      if (last && last.end === at) last.end += c.size;
+      else ranges.push({ start: at, end: at + c.size });
+    }
+    at += c.size;
+  });
+  return { layer, index: indexBytes, carried, ranges };
 }

@@ -56,11 +56,19 @@ export async function storeChunks(store: Store, sizes: ChunkSizes, except: Set<s
   return out;
 }
 
-/** Fetches and checks a layer's index, and maps its chunks onto the store. */
-export async function planChunks(store: Store, layer: LayerRef, ref: ChunkIndexRef, source: ChunkSource): Promise<ChunkPlan> {
+/**
+ * Fetches and checks a layer's index, and maps its chunks onto the store. With `carried`
+ * (a bundle's chunk delta) exactly those chunks come from the source, the others must
+ * be in the store.
+ */
+export async function planChunks(store: Store, layer: LayerRef, ref: ChunkIndexRef, source: ChunkSource, carried?: Set<number>): Promise<ChunkPlan> {
   const index = verifyChunkIndex(ref, layer.size, await source.index(ref), source.label);
   const have = await storeChunks(store, index.sizes, new Set([layer.digest]));
-  const local = index.chunks.map((c) => have.get(c.digest) ?? null);
+  const local = index.chunks.map((c, i) => (carried?.has(i) ? null : have.get(c.digest) ?? null));
+  const lacking = carried ? local.findIndex((l, i) => l === null && !carried.has(i)) : -1;
+  if (lacking >= 0) {
+    throw new StackbootError('MISSING_LAYERS', `${source.label}: chunk ${lacking} of layer ${layer.name} (sha256 ${index.chunks[lacking].digest.slice(0, 12)}) is neither in the store nor in the bundle: the bundle's base is not this store's stack; install a full bundle`);
+  }
   let got = 0;
   index.chunks.forEach((c, i) => (got += local[i] ? c.size : 0));
   return { layer, index, local, have: got, fetch: layer.size - got, indexBytes: ref.size };
@@ -187,6 +195,45 @@ async function localChunk(p: ChunkPlan, i: number, files: Map<string, fs.FileHan
   const bytes = await fetchSegment(p, { remote: true, from: i, to: i + 1, start, end: start + c.size }, source);
   onFetched(bytes.length);
   return bytes;
+}
+
+/**
+ * A bundle's chunk delta as a ChunkSource: the index from the bundle's head, and the
+ * carried chunks' bytes read in order from the `.data` entry (the reassembly asks for
+ * them in order). There is no whole layer to fall back to: a wrong chunk fails.
+ */
+export function bundleChunkSource(label: string, index: Buffer, body?: AsyncIterable<Buffer>): ChunkSource {
+  const it = body?.[Symbol.asyncIterator]();
+  let rest: Buffer = Buffer.alloc(0);
+  let chain: Promise<unknown> = Promise.resolve();
+  const take = async (n: number): Promise<Buffer> => {
+    const parts: Buffer[] = [];
+    let got = 0;
+    while (got < n) {
+      if (rest.length === 0) {
+        const r = it ? await it.next() : { done: true as const, value: undefined };
+        if (r.done) throw new StackbootError('VERIFY', `${label}: the bundle's chunk data ended early`);
+        rest = r.value;
+      }
+      const k = Math.min(n - got, rest.length);
+      parts.push(rest.subarray(0, k));
+      rest = rest.subarray(k);
+      got += k;
+    }
+    return Buffer.concat(parts);
+  };
+  return {
+    label,
+    index: async () => index,
+    range: (_layer, start, end) => {
+      const p = chain.then(() => take(end - start));
+      chain = p.catch(() => {});
+      return p;
+    },
+    whole: (layer) => {
+      throw new StackbootError('VERIFY', `${label}: the bundle carries wrong chunks of layer ${layer.name} (no whole layer to fall back to)`);
+    },
+  };
 }
 
 export interface ChunkInstallResult {

@@ -27,7 +27,7 @@ import type { Readable } from 'node:stream';
 import { chunkIndexRefs, compareVersions, readBundle, type BundleHead, type LayerRef, verifyWithKeyDir, installTarget, type BootState, type SlotName, type Store } from '../format/index.js';
 import { StackbootError, remount, RateMeter, noProgress, type ProgressSink } from '../sys/index.js';
 import { withStoreLock, type NodeContext } from './context.js';
-import { installChunked, planChunks, type ChunkPlan } from './chunk-install.js';
+import { bundleChunkSource, installChunked, planChunks, type ChunkPlan } from './chunk-install.js';
 import type { ChunkSource } from './chunk-source.js';
 
 export interface InstallOptions {
@@ -103,6 +103,8 @@ interface InstallRun {
   written: Set<string>;
   meter: RateMeter | null;
   doneBytes: number;
+  /** the bundle's chunk deltas (its head's) */
+  bundleChunks?: BundleHead['chunks'];
 }
 
 async function freeBytesOf(dir: string): Promise<number> {
@@ -138,13 +140,17 @@ async function installUnlocked(o: InstallOptions): Promise<InstallResult> {
     let head: BundleHead;
     try {
       // plan and checks on the bundle's head, then step 1 as its layers stream in
-      head = await readBundle(o.stream, { onHead: (h) => planAndCheck(run, h), onLayer: (digest, size, body) => receiveLayer(run, digest, size, body) }, o.label);
+      head = await readBundle(
+        o.stream,
+        { onHead: (h) => planAndCheck(run, h), onLayer: (digest, size, body) => receiveLayer(run, digest, size, body), onChunkData: (digest, _size, body) => receiveChunkData(run, digest, body) },
+        o.label,
+      );
     } catch (e) {
       if (e instanceof PlanOnly || (e as { cause?: unknown }).cause instanceof PlanOnly) return { plan: run.plan, already: run.already, dryRun: !run.already, installed: false };
       throw e;
     }
     if (!run.plan) throw new StackbootError('INTERNAL', 'bundle read without a plan');
-    for (const c of run.plan.chunked) await receiveChunked(run, c);
+    for (const c of run.plan.chunked) if (!run.written.has(c.layer.digest)) await receiveChunked(run, c, o.chunkSource);
     await checkLayersIn(run, run.plan, head);
     await commitSlot(run, run.plan, head);
     return { plan: run.plan, dryRun: false, installed: true };
@@ -160,6 +166,7 @@ async function installUnlocked(o: InstallOptions): Promise<InstallResult> {
 /** The bundle head's callback: checks, the plan, and the store made writable; returns the layers to deliver. */
 async function planAndCheck(run: InstallRun, h: BundleHead): Promise<Set<string>> {
   const signedBy = await checkSignature(run.o, h);
+  run.bundleChunks = h.chunks;
   const state = await run.store.readState();
   await checkCompatible(run.o, state, h);
   run.already = await installedAlready(run.store, state, h);
@@ -262,14 +269,18 @@ async function planInstall(o: InstallOptions, state: BootState, h: BundleHead, s
   return { stack: h.stackId, name: h.manifest.name, version: h.manifest.version, compatible: h.manifest.compatible, slot, write, have, chunked, bytes, free, signedBy };
 }
 
-/** The layers the bundle does not carry that a chunk source and the manifest's chunk index can rebuild. */
+/**
+ * The layers the bundle does not carry whole that the manifest's chunk index lets the
+ * node rebuild: from the bundle's chunk delta of the layer, or from a chunk source.
+ */
 async function planChunked(o: InstallOptions, h: BundleHead, notCarried: LayerRef[]): Promise<ChunkPlan[]> {
-  if (!o.chunkSource || notCarried.length === 0) return [];
   const refs = chunkIndexRefs(h.manifest);
   const out: ChunkPlan[] = [];
   for (const l of notCarried) {
     const ref = refs.get(l.digest);
-    if (ref) out.push(await planChunks(o.ctx.store, l, ref, o.chunkSource));
+    const inBundle = h.chunks.get(l.digest);
+    if (ref && inBundle) out.push(await planChunks(o.ctx.store, l, ref, bundleChunkSource(o.label, inBundle.index), new Set(inBundle.carried)));
+    else if (ref && o.chunkSource) out.push(await planChunks(o.ctx.store, l, ref, o.chunkSource));
   }
   return out;
 }
@@ -298,9 +309,21 @@ async function receiveLayer(run: InstallRun, digest: string, size: number, body:
   run.written.add(digest);
 }
 
+/** Step 1, a layer rebuilt from the bundle's chunk delta (its carried chunks streamed in order) and the store's chunks. */
+async function receiveChunkData(run: InstallRun, digest: string, body: Readable): Promise<void> {
+  const c = run.plan!.chunked.find((x) => x.layer.digest === digest);
+  const inBundle = run.bundleChunks?.get(digest);
+  if (!c || !inBundle) {
+    body.resume();
+    return;
+  }
+  await receiveChunked(run, c, bundleChunkSource(run.o.label, inBundle.index, body));
+}
+
 /** Step 1, a layer rebuilt from chunks (the store's, and the missing ones fetched); checked like any other. */
-async function receiveChunked(run: InstallRun, c: ChunkPlan): Promise<void> {
-  const r = await installChunked(run.store, c, run.o.chunkSource!, (n) => run.meter?.update((run.doneBytes += n)));
+async function receiveChunked(run: InstallRun, c: ChunkPlan, source: ChunkSource | undefined): Promise<void> {
+  if (!source) throw new StackbootError('SOURCE', `${run.o.label} ended before the chunks of layer ${c.layer.name} (truncated bundle?)`);
+  const r = await installChunked(run.store, c, source, (n) => run.meter?.update((run.doneBytes += n)));
   run.emit({ event: 'chunks', name: c.layer.name, digest: c.layer.digest, size: c.layer.size, had: r.had, fetch: c.fetch + c.indexBytes, fetched: r.fetched, ...(r.fallback ? { fallback: r.fallback } : {}) });
   run.written.add(c.layer.digest);
 }

@@ -18,7 +18,7 @@ import { createReadStream, promises as fs } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { Chunker } from '../../src/build/chunker.js';
+import { Chunker, chunkDelta } from '../../src/build/chunker.js';
 import { writeBundleFile } from '../../src/format/bundle.js';
 import { chunkIndexRefs } from '../../src/format/chunks.js';
 import { parseManifest } from '../../src/format/manifest.js';
@@ -111,6 +111,36 @@ describe('chunk install: the Debian base-layer security update', () => {
   }, 900_000);
 });
 
+/** A bundle of `newBuild` whose chunked layers go as chunk deltas against `oldBuild`'s layers (`bundle --base old --chunks`). */
+async function chunkBundle(name: string, oldBuild: string, newBuild: string): Promise<{ file: string; bytes: number }> {
+  const m = parseManifest(await fs.readFile(path.join(newBuild, 'manifest'), 'utf8'));
+  const old = parseManifest(await fs.readFile(path.join(oldBuild, 'manifest'), 'utf8'));
+  const base = new Set(old.layers.map((l) => l.digest));
+  const deltas = [];
+  for (const d of chunkIndexRefs(m).keys()) {
+    if (base.has(d)) continue;
+    deltas.push(await chunkDelta(d, await fs.readFile(path.join(newBuild, 'layers', `${d}.chunks`)), [...base].map((b) => path.join(oldBuild, 'layers', `${b}.sqfs`))));
+  }
+  const file = path.join(tmp, `${name}.sb`);
+  const r = await writeBundleFile({ buildDir: newBuild, file, key: k.key, baseDigests: base, chunks: deltas });
+  expect(r.carried).toEqual([]);
+  return { file, bytes: r.bytes };
+}
+
+describe('chunk install: a bundle that carries only the missing chunks', () => {
+  it('the Debian update from a bundle: a fraction of the layer, byte-identical, no server', async () => {
+    const b = await debianBases();
+    const store = await stageStore(path.join(tmp, 'debian-bundle', 'store'), { slots: { a: { buildDir: b.old, status: 'good' } } });
+    const bundle = await chunkBundle('debian-chunks', b.old, b.new);
+    const layer = parseManifest(await fs.readFile(path.join(b.new, 'manifest'), 'utf8')).layers[0];
+    const r = await install({ ctx: ctxOf(store), stream: createReadStream(bundle.file), label: 'debian-chunks.sb', keysDir: k.keysDir, tries: 3 });
+    expect(r.installed).toBe(true);
+    expect(await sha256Of(store.layerPath(layer.digest))).toBe(layer.digest);
+    process.stderr.write(`chunk bundle, Debian base update: ${bundle.bytes} bytes for a ${layer.size}-byte layer (${((bundle.bytes / layer.size) * 100).toFixed(2)} %)\n`);
+    expect(bundle.bytes / layer.size).toBeLessThanOrEqual(0.18);
+  }, 900_000);
+});
+
 describe('chunk install: failures', () => {
   // v1's layer, and v2's: v1's with a changed region in the middle and a new tail
   const v1Data = layerBytes(3 << 20, 'chunks-v1');
@@ -125,6 +155,28 @@ describe('chunk install: failures', () => {
     v2 = b2.dir;
     v2Digest = b2.manifest.layers[0].digest;
     fresh = 1_000_000; // the first offset v2 differs from v1 at
+  });
+
+  it('a bundle with the missing chunks: installed without a server; a tampered one refused, the store unchanged; a store without the base: MISSING_LAYERS', async () => {
+    const bundle = await chunkBundle('v2-chunks', v1, v2);
+    expect(bundle.bytes).toBeLessThan(300_000);
+    const ok = await stageStore(path.join(tmp, 'bundle-ok', 'store'), { slots: { a: { buildDir: v1, status: 'good' } } });
+    const r = await install({ ctx: ctxOf(ok), stream: createReadStream(bundle.file), label: 'v2-chunks.sb', keysDir: k.keysDir, tries: 3 });
+    expect(r.installed).toBe(true);
+    expect(await sha256Of(ok.layerPath(v2Digest))).toBe(v2Digest);
+
+    const bad = Buffer.from(await fs.readFile(bundle.file));
+    bad[bad.length - 1024 - 2000] ^= 0xff; // inside the last entry: the chunk data
+    const badFile = path.join(tmp, 'v2-chunks-bad.sb');
+    await fs.writeFile(badFile, bad);
+    const s2 = await stageStore(path.join(tmp, 'bundle-bad', 'store'), { slots: { a: { buildDir: v1, status: 'good' } } });
+    const before = await snapshot(s2.dir);
+    await expect(install({ ctx: ctxOf(s2), stream: createReadStream(badFile), label: 'bad.sb', keysDir: k.keysDir, tries: 3 })).rejects.toMatchObject({ code: 'VERIFY' });
+    expect(await snapshot(s2.dir)).toBe(before);
+
+    const other = await chunkedBuild(path.join(tmp, 'other'), { version: '0', key: k.key, layers: [{ name: 'base', data: layerBytes(1 << 20, 'other') }] });
+    const s3 = await stageStore(path.join(tmp, 'bundle-nobase', 'store'), { slots: { a: { buildDir: other.dir, status: 'good' } } });
+    await expect(install({ ctx: ctxOf(s3), stream: createReadStream(bundle.file), label: 'v2-chunks.sb', keysDir: k.keysDir, tries: 3 })).rejects.toMatchObject({ code: 'MISSING_LAYERS' });
   });
 
   it('resumes a range after a dropped connection', async () => {
