@@ -1,7 +1,8 @@
 /**
  * Chunk deltas through the CLI as users run it (dist/stackboot.cjs from `npm run build`):
  * `build --chunks` (real gensquashfs) writes the indexes and the manifest's chunks lines,
- * `bundle --chunks` leaves the chunked layers out, `install --chunks-from` rebuilds the
+ * `bundle --chunks` leaves the chunked layers out (with `--base`, carries only the missing
+ * chunks), `install --chunks-from` rebuilds the
  * changed layer from the store and a static HTTP server, --dry-run and --json say what
  * the node has and fetches.
  */
@@ -87,6 +88,21 @@ describe('chunk deltas through the CLI', () => {
     } finally {
       await srv.close();
     }
+  }, 180_000);
+
+  it('bundle --base <old build> --chunks carries only the missing chunks; install needs no server', async () => {
+    const k = await keys(work, 'third');
+    const v1 = path.join(work, 'v1');
+    const v4 = await build('v4', '4', [42]);
+    const file = path.join(work, 'v4.chunks');
+    const b = await sb(['bundle', v4, '-o', file, '--base', v1, '--chunks', '--key', k.key, '--json']);
+    expect(b.exitCode, b.stderr).toBe(0);
+    const layer = parseManifest(await fs.readFile(path.join(v4, 'manifest'), 'utf8')).layers[0];
+    expect(JSON.parse(b.stdout).bytes).toBeLessThan(layer.size / 2);
+    const store = await stageStore(path.join(work, 'store4'), { slots: { a: { buildDir: v1, status: 'good' } } });
+    const r = await sb(['install', file, '--store', store.dir, '--booted-slot', 'a', '--keys', k.keysDir]);
+    expect(r.exitCode, r.stderr).toBe(0);
+    expect(await sha256Of(store.layerPath(layer.digest))).toBe(layer.digest);
   }, 180_000);
 
   it('without --chunks-from, a bundle without its chunked layers is a delta whose base the store lacks', async () => {
