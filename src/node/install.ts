@@ -5,11 +5,14 @@
  *           (never the booted one, never the current good one); list the layers the store
  *           lacks.
  *   checks  signature against the keys dir; compatible; every missing layer is carried by
- *           the bundle (a delta needs its base: else MISSING_LAYERS, listing them, and
+ *           the bundle or can be rebuilt from chunks (a delta needs its base: else MISSING_LAYERS, listing them, and
  *           nothing changes); free space (statfs).
  *   steps   1. each missing layer streamed into the store (Store.putLayer: a temp file
  *              beside `layers/<sha>.sqfs`, fsync, sha256 and size checked, rename, fsync
- *              the dir; new files only: no slot changes);
+ *              the dir; new files only: no slot changes); a layer with a chunk index that
+ *              the bundle does not carry whole is rebuilt the same way from the store's
+ *              chunks and the missing ones (the bundle's chunk delta, or a chunk source:
+ *              chunk-install.ts);
  *           2. once every layer is in and verified: state with the target slot cleared
  *              (durable), its old manifest removed;
  *           3. the manifest (+ sig) into the slot, durably;
