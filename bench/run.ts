@@ -3,7 +3,7 @@
  * module; a part whose prerequisites are missing says so in its row instead of failing
  * the whole run. A row a part has judged against its goal (`ok`) says met or not met in
  * the goal column, and the run ends with the list of goals not met.
- * `npx tsx bench/run.ts <part>…` runs only the parts named (build, boot, flash, delta, kexec, registry).
+ * `npx tsx bench/run.ts <part>…` runs only the parts named (build, boot, flash, delta, kexec, registry, chunks).
  */
 import { existsSync } from 'node:fs';
 import path from 'node:path';
@@ -91,6 +91,7 @@ const rows: Row[] = [
   ...(await part('delta', 'delta.ts', 'benchDeltaRows')),
   ...(await part('kexec', 'kexec.ts', 'benchKexec')),
   ...(await part('registry', 'registry.ts', 'benchRegistryRows')),
+  ...(await part('chunks', 'chunks.ts', 'benchChunks')),
 ];
 process.stdout.write(table(rows) + '\n');
 const unmet = rows.filter((r) => r.ok === false);

@@ -7,9 +7,10 @@ import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { StackbootError, type ProgressSink, makeDir, checkEpoch, writeDurable } from '../sys/index.js';
 import { buildDirLayer, buildTarLayer, cachedLayer, rememberLayer, type BuiltLayer, type LayerContext } from './layer.js';
-import { NAME_RE, serializeManifest, stackId, type Manifest } from '../format/index.js';
+import { NAME_RE, chunkIndexLine, serializeManifest, stackId, type Manifest } from '../format/index.js';
 import type { Recipe } from './recipe.js';
 import { toolVersion } from './squashfs.js';
+import { writeChunkIndex } from './chunker.js';
 import { INITRD_LAYER, prepareStackKernel } from './stack-kernel.js';
 import type { FolderAttrs } from './sources/tar.js';
 
@@ -29,6 +30,8 @@ export interface BuildOptions {
   busybox?: string;
   /** a recipe with a kernel: a sysroot with sbin/kexec for its initrd (default: the setup target's, if any) */
   kexecRoot?: string;
+  /** write a chunk index beside each layer, named in the manifest (chunk deltas: build/chunker.ts) */
+  chunks?: boolean;
   progress: ProgressSink;
 }
 
@@ -221,6 +224,7 @@ async function buildLayersAndManifest(recipe: Recipe, o: BuildOptions): Promise<
     ...(boot ? { kernel: boot.kernel, initrd: boot.initrd, ...(boot.fdt ? { fdt: boot.fdt } : {}) } : {}),
     layers: built.map((l) => ({ digest: l.digest, size: l.size, name: l.name })),
   };
+  if (o.chunks) manifest.extra = await Promise.all(built.map(async (l) => chunkIndexLine(await writeChunkIndex(l.file, l.digest))));
   const text = serializeManifest(manifest);
   const manifestFile = path.join(o.outDir, 'manifest');
   await writeDurable(manifestFile, text);

@@ -7,13 +7,16 @@
  *   contents             one line per carried layer: `<sha256> <bytes>` (not signed: each
  *                        layer is checked against the signed manifest anyway)
  *   layers/<sha256>.sqfs the layers, bottom first
+ *   chunks/<sha256>.chunks, .carried, .data   a chunk delta of a layer (bundle --base --chunks):
+ *                        its chunk index, the numbers of the chunks carried (u32 BE each),
+ *                        then their bytes in index order (docs/PROTOCOL.md, "Chunk index")
  *
  * A full bundle carries every layer; a delta bundle (`base`) only the layers the base
- * stack lacks. The squashfs layers are compressed already, so the tar is not.
+ * stack lacks, or of a layer only the chunks the base lacks. The squashfs layers are compressed already, so the tar is not.
  */
 import { createReadStream, createWriteStream, promises as fs } from 'node:fs';
 import path from 'node:path';
-import { PassThrough, type Readable, type Writable } from 'node:stream';
+import { PassThrough, Readable, type Writable } from 'node:stream';
 import { parsing, StackbootError, RateMeter, noProgress, type ProgressSink, writeDurableFrom } from '../sys/index.js';
 import { parseManifest, stackId, type LayerRef, type Manifest } from './manifest.js';
 import { parseSignature, signBytes } from './signature.js';
@@ -21,6 +24,15 @@ import { TarWriter, walkTarStream, type TarEntryMeta } from './tarfile.js';
 
 export const MAX_MANIFEST_BYTES = 1 << 20;
 const LAYER_ENTRY = /^(?:\.\/)?layers\/([0-9a-f]{64})\.sqfs$/;
+const CHUNK_ENTRY = /^(?:\.\/)?chunks\/([0-9a-f]{64})\.(chunks|carried|data)$/;
+
+/** A layer's chunk delta in a bundle: its index, the chunks carried, and where their bytes lie in the layer file (in order). */
+export interface BundleChunks {
+  layer: string;
+  index: Buffer;
+  carried: number[];
+  ranges: { start: number; end: number }[];
+}
 
 export interface BundleContent {
   digest: string;
@@ -69,6 +81,8 @@ export interface WriteBundleOptions {
   key?: string;
   /** layers the base already has (a delta) */
   baseDigests?: Set<string>;
+  /** chunk deltas of layers the base lacks (those layers are then not carried whole) */
+  chunks?: BundleChunks[];
   progress?: ProgressSink;
   /**
    * Without a key and without manifest.sig: write the bundle unsigned (a node installs
@@ -108,8 +122,9 @@ export async function writeBundle(o: WriteBundleOptions): Promise<WriteBundleRes
       throw new StackbootError('SIGNATURE', `${o.buildDir}/manifest.sig is not a signature: sign the build again (stackboot sign) or pass --key`, { cause: e });
     }
   }
-  const carried = manifest.layers.filter((l) => !o.baseDigests?.has(l.digest));
-  const skipped = manifest.layers.filter((l) => o.baseDigests?.has(l.digest));
+  const asChunks = new Set((o.chunks ?? []).map((c) => c.layer));
+  const carried = manifest.layers.filter((l) => !o.baseDigests?.has(l.digest) && !asChunks.has(l.digest));
+  const skipped = manifest.layers.filter((l) => o.baseDigests?.has(l.digest) || asChunks.has(l.digest));
   for (const l of carried) {
     const st = await fs.stat(path.join(o.buildDir, 'layers', `${l.digest}.sqfs`)).catch(() => null);
     if (!st) throw new StackbootError('SOURCE', `layer ${l.name} (${l.digest.slice(0, 12)}) is missing from ${o.buildDir}/layers`);
@@ -123,6 +138,12 @@ export async function writeBundle(o: WriteBundleOptions): Promise<WriteBundleRes
   await file('manifest', manifestBuf);
   if (sig !== null) await file('manifest.sig', sig);
   await file('contents', carried.map((l) => `${l.digest} ${l.size}\n`).join(''));
+  for (const c of o.chunks ?? []) {
+    await file(`chunks/${c.layer}.chunks`, c.index);
+    const list = Buffer.alloc(4 * c.carried.length);
+    c.carried.forEach((n, i) => list.writeUInt32BE(n, 4 * i));
+    await file(`chunks/${c.layer}.carried`, list);
+  }
   const total = carried.reduce((n, l) => n + l.size, 0);
   const meter = new RateMeter(o.progress ?? noProgress, 'bundle', total);
   let done = 0;
@@ -134,9 +155,21 @@ export async function writeBundle(o: WriteBundleOptions): Promise<WriteBundleRes
     });
     await w.add({ path: `layers/${l.digest}.sqfs`, type: 'file', mode: 0o644, uid: 0, gid: 0, mtime: manifest.created, size: l.size }, src);
   }
+  for (const c of o.chunks ?? []) {
+    const size = c.ranges.reduce((n, r) => n + r.end - r.start, 0);
+    await w.add({ path: `chunks/${c.layer}.data`, type: 'file', mode: 0o644, uid: 0, gid: 0, mtime: manifest.created, size }, rangesOf(path.join(o.buildDir, 'layers', `${c.layer}.sqfs`), c.ranges));
+  }
   await w.finish();
   meter.update(done, true);
   return { stackId: stackId(manifestBuf), manifest, carried, skipped, bytes: w.bytes };
+}
+
+/** Byte ranges of a file, one after the other, as a stream. */
+function rangesOf(file: string, ranges: { start: number; end: number }[]): Readable {
+  async function* gen(): AsyncGenerator<Buffer> {
+    for (const r of ranges) for await (const c of createReadStream(file, { start: r.start, end: r.end - 1, highWaterMark: 1 << 20 })) yield c as Buffer;
+  }
+  return Readable.from(gen(), { objectMode: false });
 }
 
 /** Writes a bundle file durably (sys/durable.ts: temp beside it, fsync, rename). */
@@ -182,6 +215,8 @@ export interface BundleHead {
   stackId: string;
   sig: string | null;
   contents: BundleContent[];
+  /** chunk deltas the bundle carries, by layer: the index and the numbers of the chunks carried */
+  chunks: Map<string, { index: Buffer; carried: number[] }>;
 }
 
 export interface ReadBundleHandlers {
@@ -192,6 +227,8 @@ export interface ReadBundleHandlers {
   onHead(head: BundleHead): Promise<Set<string>> | Set<string>;
   /** One wanted layer, its body streamed. Must consume the whole body. */
   onLayer(digest: string, size: number, body: Readable): Promise<void>;
+  /** The carried chunks of a wanted layer (head.chunks), their bytes streamed. Must consume the whole body. */
+  onChunkData?(digest: string, size: number, body: Readable): Promise<void>;
   /** Bytes read so far (for progress). */
   onBytes?(n: number): void;
 }
@@ -213,6 +250,7 @@ export async function readBundle(stream: Readable, handlers: ReadBundleHandlers,
   let manifestText: string | null = null;
   let sig: string | null = null;
   let contents: BundleContent[] | null = null;
+  const chunks = new Map<string, { index: Buffer; carried: number[] }>();
   let head: BundleHead | null = null;
   let wanted = new Set<string>();
   const seen = new Set<string>();
@@ -233,7 +271,7 @@ export async function readBundle(stream: Readable, handlers: ReadBundleHandlers,
     if (head) return;
     if (manifestText === null) throw new StackbootError('MANIFEST', `${label}: not a bundle (its first entry must be "manifest")`);
     const manifest = parsing(`${label}: manifest`, () => parseManifest(manifestText!));
-    head = { manifestText, manifest, stackId: stackId(manifestText), sig, contents: contents ?? [] };
+    head = { manifestText, manifest, stackId: stackId(manifestText), sig, contents: contents ?? [], chunks };
     wanted = await abortOnError(() => handlers.onHead(head!));
   };
   let entries = 0;
@@ -259,6 +297,23 @@ export async function readBundle(stream: Readable, handlers: ReadBundleHandlers,
         if (p === 'contents' && !head) {
           contents = parseContents((await readSmall(meta, body, 'contents')).toString('utf8'));
           return;
+        }
+        const c = CHUNK_ENTRY.exec(p);
+        if (c && c[2] !== 'data' && !head) {
+          const b = await readSmall(meta, body, p);
+          const e = chunks.get(c[1]) ?? { index: Buffer.alloc(0), carried: [] };
+          if (c[2] === 'chunks') e.index = b;
+          else for (let i = 0; i + 4 <= b.length; i += 4) e.carried.push(b.readUInt32BE(i));
+          chunks.set(c[1], e);
+          return;
+        }
+        if (c && c[2] === 'data' && handlers.onChunkData) {
+          await startHead();
+          if (!seen.has(`chunks:${c[1]}`) && wanted.has(c[1]) && chunks.has(c[1])) {
+            seen.add(`chunks:${c[1]}`);
+            await abortOnError(() => handlers.onChunkData!(c[1], meta.size, body));
+            return;
+          }
         }
         const m = LAYER_ENTRY.exec(p);
         if (!m) {

@@ -1,5 +1,6 @@
 /** The public module of src/format/: what the other parts may use. */
 export * from './bundle.js';
+export * from './chunks.js';
 export * from './manifest.js';
 export * from './signature.js';
 export * from './state.js';

@@ -11,3 +11,5 @@ export * from './paths.js';
 export * from './rollback.js';
 export * from './boot-update.js';
 export * from './firmware.js';
+export * from './chunk-install.js';
+export * from './chunk-source.js';

@@ -5,11 +5,14 @@
  *           (never the booted one, never the current good one); list the layers the store
  *           lacks.
  *   checks  signature against the keys dir; compatible; every missing layer is carried by
- *           the bundle (a delta needs its base: else MISSING_LAYERS, listing them, and
+ *           the bundle or can be rebuilt from chunks (a delta needs its base: else MISSING_LAYERS, listing them, and
  *           nothing changes); free space (statfs).
  *   steps   1. each missing layer streamed into the store (Store.putLayer: a temp file
  *              beside `layers/<sha>.sqfs`, fsync, sha256 and size checked, rename, fsync
- *              the dir; new files only: no slot changes);
+ *              the dir; new files only: no slot changes); a layer with a chunk index that
+ *              the bundle does not carry whole is rebuilt the same way from the store's
+ *              chunks and the missing ones (the bundle's chunk delta, or a chunk source:
+ *              chunk-install.ts);
  *           2. once every layer is in and verified: state with the target slot cleared
  *              (durable), its old manifest removed;
  *           3. the manifest (+ sig) into the slot, durably;
@@ -24,9 +27,11 @@
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import type { Readable } from 'node:stream';
-import { compareVersions, readBundle, type BundleHead, type LayerRef, verifyWithKeyDir, installTarget, type BootState, type SlotName, type Store } from '../format/index.js';
+import { chunkIndexRefs, compareVersions, readBundle, type BundleHead, type LayerRef, verifyWithKeyDir, installTarget, type BootState, type SlotName, type Store } from '../format/index.js';
 import { StackbootError, remount, RateMeter, noProgress, type ProgressSink } from '../sys/index.js';
 import { withStoreLock, type NodeContext } from './context.js';
+import { bundleChunkSource, installChunked, planChunks, type ChunkPlan } from './chunk-install.js';
+import type { ChunkSource } from './chunk-source.js';
 
 export interface InstallOptions {
   ctx: NodeContext;
@@ -46,6 +51,8 @@ export interface InstallOptions {
   dryRun?: boolean;
   progress?: ProgressSink;
   onEvent?(ev: InstallEvent): void;
+  /** chunk deltas: where the chunks of a layer the bundle does not carry come from (chunk-install.ts) */
+  chunkSource?: ChunkSource;
   /** test hook: free bytes instead of statfs */
   freeBytes?: () => Promise<number>;
 }
@@ -54,6 +61,7 @@ export type InstallEvent =
   | { event: 'plan'; stack: string; name: string; version: string; slot: SlotName; write: string[]; have: string[]; bytes: number; free: number; downgradeFrom?: string }
   | { event: 'step'; step: string }
   | { event: 'layer'; name: string; digest: string; size: number }
+  | { event: 'chunks'; name: string; digest: string; size: number; had: number; fetch: number; fetched?: number; fallback?: string }
   | { event: 'done'; stack: string; slot: SlotName; tries: number };
 
 export interface InstallPlan {
@@ -66,6 +74,8 @@ export interface InstallPlan {
   write: LayerRef[];
   /** layers the store has */
   have: LayerRef[];
+  /** of `write`, the layers rebuilt from chunks (the store's and fetched ones) */
+  chunked: ChunkPlan[];
   bytes: number;
   free: number;
   signedBy: string | null;
@@ -96,6 +106,8 @@ interface InstallRun {
   written: Set<string>;
   meter: RateMeter | null;
   doneBytes: number;
+  /** the bundle's chunk deltas (its head's) */
+  bundleChunks?: BundleHead['chunks'];
 }
 
 async function freeBytesOf(dir: string): Promise<number> {
@@ -131,12 +143,17 @@ async function installUnlocked(o: InstallOptions): Promise<InstallResult> {
     let head: BundleHead;
     try {
       // plan and checks on the bundle's head, then step 1 as its layers stream in
-      head = await readBundle(o.stream, { onHead: (h) => planAndCheck(run, h), onLayer: (digest, size, body) => receiveLayer(run, digest, size, body) }, o.label);
+      head = await readBundle(
+        o.stream,
+        { onHead: (h) => planAndCheck(run, h), onLayer: (digest, size, body) => receiveLayer(run, digest, size, body), onChunkData: (digest, _size, body) => receiveChunkData(run, digest, body) },
+        o.label,
+      );
     } catch (e) {
       if (e instanceof PlanOnly || (e as { cause?: unknown }).cause instanceof PlanOnly) return { plan: run.plan, already: run.already, dryRun: !run.already, installed: false };
       throw e;
     }
     if (!run.plan) throw new StackbootError('INTERNAL', 'bundle read without a plan');
+    for (const c of run.plan.chunked) if (!run.written.has(c.layer.digest)) await receiveChunked(run, c, o.chunkSource);
     await checkLayersIn(run, run.plan, head);
     await commitSlot(run, run.plan, head);
     return { plan: run.plan, dryRun: false, installed: true };
@@ -152,6 +169,7 @@ async function installUnlocked(o: InstallOptions): Promise<InstallResult> {
 /** The bundle head's callback: checks, the plan, and the store made writable; returns the layers to deliver. */
 async function planAndCheck(run: InstallRun, h: BundleHead): Promise<Set<string>> {
   const signedBy = await checkSignature(run.o, h);
+  run.bundleChunks = h.chunks;
   const state = await run.store.readState();
   await checkCompatible(run.o, state, h);
   run.already = await installedAlready(run.store, state, h);
@@ -160,6 +178,7 @@ async function planAndCheck(run: InstallRun, h: BundleHead): Promise<Set<string>
   run.plan = { ...(await planInstall(run.o, state, h, signedBy)), ...(downgradeFrom ? { downgradeFrom } : {}) };
   const p = run.plan;
   run.emit({ event: 'plan', stack: p.stack, name: p.name, version: p.version, slot: p.slot, write: p.write.map((l) => l.name), have: p.have.map((l) => l.name), bytes: p.bytes, free: p.free, ...(p.downgradeFrom ? { downgradeFrom: p.downgradeFrom.version } : {}) });
+  for (const c of p.chunked) run.emit({ event: 'chunks', name: c.layer.name, digest: c.layer.digest, size: c.layer.size, had: c.have, fetch: c.fetch + c.indexBytes });
   checkSpace(run.o, run.store, p);
   if (run.o.dryRun) throw new PlanOnly();
   if (run.o.ctx.remount) {
@@ -239,7 +258,8 @@ async function planInstall(o: InstallOptions, state: BootState, h: BundleHead, s
     else if (!write.some((w) => w.digest === l.digest)) write.push(l);
   }
   const carried = new Set(h.contents.map((c) => c.digest));
-  const lacking = write.filter((l) => !carried.has(l.digest));
+  const chunked = await planChunked(o, h, write.filter((l) => !carried.has(l.digest)));
+  const lacking = write.filter((l) => !carried.has(l.digest) && !chunked.some((c) => c.layer.digest === l.digest));
   if (lacking.length) {
     throw new StackbootError(
       'MISSING_LAYERS',
@@ -249,7 +269,23 @@ async function planInstall(o: InstallOptions, state: BootState, h: BundleHead, s
   }
   const bytes = write.reduce((n, l) => n + l.size, 0);
   const free = await (o.freeBytes ? o.freeBytes() : freeBytesOf(path.join(store.dir, 'layers')));
-  return { stack: h.stackId, name: h.manifest.name, version: h.manifest.version, compatible: h.manifest.compatible, slot, write, have, bytes, free, signedBy };
+  return { stack: h.stackId, name: h.manifest.name, version: h.manifest.version, compatible: h.manifest.compatible, slot, write, have, chunked, bytes, free, signedBy };
+}
+
+/**
+ * The layers the bundle does not carry whole that the manifest's chunk index lets the
+ * node rebuild: from the bundle's chunk delta of the layer, or from a chunk source.
+ */
+async function planChunked(o: InstallOptions, h: BundleHead, notCarried: LayerRef[]): Promise<ChunkPlan[]> {
+  const refs = chunkIndexRefs(h.manifest);
+  const out: ChunkPlan[] = [];
+  for (const l of notCarried) {
+    const ref = refs.get(l.digest);
+    const inBundle = h.chunks.get(l.digest);
+    if (ref && inBundle) out.push(await planChunks(o.ctx.store, l, ref, bundleChunkSource(o.label, inBundle.index), new Set(inBundle.carried)));
+    else if (ref && o.chunkSource) out.push(await planChunks(o.ctx.store, l, ref, o.chunkSource));
+  }
+  return out;
 }
 
 function checkSpace(o: InstallOptions, store: Store, p: InstallPlan): void {
@@ -274,6 +310,25 @@ async function receiveLayer(run: InstallRun, digest: string, size: number, body:
     onBytes: (n) => run.meter?.update((run.doneBytes += n)),
   });
   run.written.add(digest);
+}
+
+/** Step 1, a layer rebuilt from the bundle's chunk delta (its carried chunks streamed in order) and the store's chunks. */
+async function receiveChunkData(run: InstallRun, digest: string, body: Readable): Promise<void> {
+  const c = run.plan!.chunked.find((x) => x.layer.digest === digest);
+  const inBundle = run.bundleChunks?.get(digest);
+  if (!c || !inBundle) {
+    body.resume();
+    return;
+  }
+  await receiveChunked(run, c, bundleChunkSource(run.o.label, inBundle.index, body));
+}
+
+/** Step 1, a layer rebuilt from chunks (the store's, and the missing ones fetched); checked like any other. */
+async function receiveChunked(run: InstallRun, c: ChunkPlan, source: ChunkSource | undefined): Promise<void> {
+  if (!source) throw new StackbootError('SOURCE', `${run.o.label} ended before the chunks of layer ${c.layer.name} (truncated bundle?)`);
+  const r = await installChunked(run.store, c, source, (n) => run.meter?.update((run.doneBytes += n)));
+  run.emit({ event: 'chunks', name: c.layer.name, digest: c.layer.digest, size: c.layer.size, had: r.had, fetch: c.fetch + c.indexBytes, fetched: r.fetched, ...(r.fallback ? { fallback: r.fallback } : {}) });
+  run.written.add(c.layer.digest);
 }
 
 /** After step 1: every planned layer came, and the stack's layers are all in the store. */

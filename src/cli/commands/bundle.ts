@@ -2,6 +2,27 @@ import type { CommandModule } from 'yargs';
 import { fmtBytes, makeOut } from '../output.js';
 import { isStdio } from '../args.js';
 
+/** The layers of a build output that its manifest names a chunk index for. */
+async function chunkedLayers(buildDir: string): Promise<string[]> {
+  const { chunkIndexRefs, parseManifest } = await import('../../format/index.js');
+  const { readFile } = await import('node:fs/promises');
+  return [...chunkIndexRefs(parseManifest(await readFile(`${buildDir}/manifest`, 'utf8'))).keys()];
+}
+
+/** The chunk deltas of the chunked layers that the base lacks, against the base build output's layers. */
+async function chunkDeltas(buildDir: string, baseDir: string, baseDigests: Set<string>, chunked: string[]) {
+  const { chunkDelta } = await import('../../build/index.js');
+  const { StackbootError } = await import('../../sys/index.js');
+  const { readFile, stat } = await import('node:fs/promises');
+  const baseFiles = [...baseDigests].map((d) => `${baseDir}/layers/${d}.sqfs`);
+  for (const f of baseFiles) {
+    if (!(await stat(f).catch(() => null))) throw new StackbootError('USAGE', `--chunks with --base needs the base's layers: ${f} is missing (give the base's build output folder)`);
+  }
+  const out = [];
+  for (const d of chunked.filter((x) => !baseDigests.has(x))) out.push(await chunkDelta(d, await readFile(`${buildDir}/layers/${d}.chunks`), baseFiles));
+  return out;
+}
+
 export const bundleCommand: CommandModule<any, any> = {
   command: 'bundle <build>',
   describe: 'write a signed bundle (tar: manifest, manifest.sig, layers) of a build output',
@@ -10,6 +31,7 @@ export const bundleCommand: CommandModule<any, any> = {
       .positional('build', { type: 'string', demandOption: true, describe: 'build output folder (manifest, layers/)' })
       .option('out', { alias: 'o', type: 'string', demandOption: true, describe: 'bundle file, or - for stdout (then --json prints its result on stderr)' })
       .option('key', { type: 'string', describe: 'private key to sign with (default: the build output\'s manifest.sig)' })
+      .option('chunks', { type: 'boolean', describe: 'layers with a chunk index (build --chunks): with --base (a build output folder), only the chunks its layers lack; without, none (nodes fetch them: install --chunks-from)' })
       .option('base', { type: 'string', describe: 'a manifest, build output or bundle: keep only the layers it lacks (delta)' })
       .example('$0 bundle out/demo -o demo.stackbundle --key keys/release.key', 'a full bundle')
       .example('$0 bundle out/demo2 -o d.stackbundle --base out/demo/manifest --key k.key', 'a delta bundle'),
@@ -17,7 +39,11 @@ export const bundleCommand: CommandModule<any, any> = {
     const { baseLayers, writeBundle, writeBundleFile } = await import('../../format/index.js');
     const out = makeOut(a);
     const base = a.base ? await baseLayers(a.base) : null;
-    const opts = { buildDir: a.build, key: a.key, baseDigests: base?.digests, progress: out.progress };
+    const chunked = a.chunks ? await chunkedLayers(a.build) : [];
+    // with a base: the chunked layers it lacks go as chunk deltas against its layers; without: not at all
+    const deltas = a.chunks && base ? await chunkDeltas(a.build, a.base, base.digests, chunked) : undefined;
+    const whole = deltas ? [...(base?.digests ?? [])] : [...(base?.digests ?? []), ...chunked];
+    const opts = { buildDir: a.build, key: a.key, baseDigests: whole.length ? new Set(whole) : undefined, chunks: deltas, progress: out.progress };
     const toStdout = isStdio(a.out);
     const r = toStdout ? await writeBundle({ ...opts, out: process.stdout }) : await writeBundleFile({ ...opts, file: a.out });
     const result = { stack: r.stackId, bytes: r.bytes, carried: r.carried.map((l) => l.name), skipped: r.skipped.map((l) => l.name), base: base ? base.manifest.version : null };

@@ -48,6 +48,12 @@ async function openSource(src: string, allowUnsigned: boolean, onRetry: (s: stri
   return { stream: createReadStream(src, { highWaterMark: 1 << 20 }), label: src };
 }
 
+async function chunkSourceOf(url: string, note: (s: string) => void) {
+  const { httpChunkSource, isUrl } = await import('../../node/index.js');
+  if (!isUrl(url)) throw new StackbootError('USAGE', `--chunks-from takes an http(s) URL of a build output folder, got ${JSON.stringify(url)}`);
+  return httpChunkSource(url, { onRetry: (r) => note(`${r.what}: ${r.reason}; resuming at byte ${r.received} of the range (try ${r.attempt})`) });
+}
+
 export const installCommand: CommandModule<any, any> = {
   command: 'install <source>',
   describe: 'install a stack into the inactive slot (bundle file, - for stdin, http(s) URL, oci:// reference, or build output)',
@@ -59,8 +65,10 @@ export const installCommand: CommandModule<any, any> = {
       .option('dry-run', { type: 'boolean', describe: 'plan and check only' })
       .option('allow-downgrade', { type: 'boolean', describe: 'install a stack older than the store\'s newest good one (an event says so)' })
       .option('insecure', { type: 'boolean', describe: 'oci:// over plain HTTP to any host (loud)' })
+      .option('chunks-from', { type: 'string', describe: 'http(s) URL of the build output folder: layers the bundle does not carry are rebuilt from the store\'s chunks, fetching only the missing ones (Range requests)' })
       .example('$0 install https://updates.example/node-2.stackbundle', '')
-      .example('$0 install oci://registry.example/fleet/node:2', 'credentials: REGISTRY_AUTH of the node config'),
+      .example('$0 install oci://registry.example/fleet/node:2', 'credentials: REGISTRY_AUTH of the node config')
+      .example('$0 install https://updates.example/node-2/delta.stackbundle --chunks-from https://updates.example/node-2', 'a chunk delta'),
   handler: async (a) => {
     const { install } = await import('../../node/index.js');
     const out = makeOut(a);
@@ -73,6 +81,8 @@ export const installCommand: CommandModule<any, any> = {
       if (a.json) return jsonLine(ev);
       if (ev.event === 'plan') out.line(`installing ${ev.name} ${ev.version} (${ev.stack.slice(0, 12)}) into slot ${ev.slot}: ${ev.write.length} layer(s) to write (${fmtBytes(ev.bytes)}), ${ev.have.length} present; ${fmtBytes(ev.free)} free${ev.downgradeFrom ? `; a DOWNGRADE from ${ev.downgradeFrom}` : ''}`);
       else if (ev.event === 'layer') out.line(`  layer ${ev.name} ${ev.digest.slice(0, 12)} ${fmtBytes(ev.size)}`);
+      else if (ev.event === 'chunks' && ev.fetched === undefined) out.line(`  layer ${ev.name} ${ev.digest.slice(0, 12)} from chunks: ${fmtBytes(ev.had)} in the store, ${fmtBytes(ev.fetch)} to fetch (${((ev.fetch / ev.size) * 100).toFixed(1)} %)`);
+      else if (ev.event === 'chunks') out.line(ev.fallback ? `  layer ${ev.name}: fetched whole (${fmtBytes(ev.fetched!)}): ${ev.fallback}` : `  layer ${ev.name} rebuilt: ${fmtBytes(ev.had)} from the store, ${fmtBytes(ev.fetched!)} fetched`);
       else if (a.verbose && ev.event === 'step') out.line(`  ${ev.step}`);
     };
     const r = await install({
@@ -88,6 +98,7 @@ export const installCommand: CommandModule<any, any> = {
       dryRun: a.dryRun,
       progress: a.json ? () => {} : out.progress,
       onEvent,
+      ...(a.chunksFrom ? { chunkSource: await chunkSourceOf(a.chunksFrom, note('retry')) } : {}),
     }).catch((e) => {
       throw explain(e);
     });

@@ -1,0 +1,130 @@
+/**
+ * Where a chunked install fetches what the node lacks: a static HTTP(S) server that
+ * serves a build output folder (`layers/<sha256>.sqfs` and `layers/<sha256>.chunks`; the
+ * same files serve whole-layer installs). Missing chunks are Range requests into the
+ * full layer file; a dropped connection resumes from the byte it reached (If-Range on
+ * the ETag); a server that answers a Range with the whole file is RangeUnsupported.
+ */
+import http from 'node:http';
+import https from 'node:https';
+import type { Readable } from 'node:stream';
+import { StackbootError } from '../sys/index.js';
+import { chunkIndexName, type ChunkIndexRef, type LayerRef } from '../format/index.js';
+import { download } from './download.js';
+
+/** What a chunked install reads from (HTTP here; the registry's blob source has the same shape). */
+export interface ChunkSource {
+  label: string;
+  /** the bytes of a layer's chunk index (the caller checks them against the manifest) */
+  index(ref: ChunkIndexRef): Promise<Buffer>;
+  /** bytes [start, end) of a layer file, exactly (resumed across dropped connections) */
+  range(layer: LayerRef, start: number, end: number): Promise<Buffer>;
+  /** the whole layer file (the fallback) */
+  whole(layer: LayerRef): Readable;
+}
+
+/** The server sent the whole file to a Range request (or no Range support): fall back to the whole layer. */
+export class RangeUnsupported extends StackbootError {
+  constructor(what: string) {
+    super('NETWORK', `${what}: the server does not honour Range requests`);
+  }
+}
+
+export interface HttpChunkSourceOptions {
+  /** reconnects in a row without progress (default 5) */
+  retries?: number;
+  backoffMs?: number;
+  onRetry?(info: { what: string; attempt: number; received: number; reason: string }): void;
+}
+
+/** A build output folder served over HTTP(S) at `base` (…/manifest, …/layers/<sha256>.sqfs). */
+export function httpChunkSource(base: string, o: HttpChunkSourceOptions = {}): ChunkSource {
+  const root = base.replace(/\/+$/, '');
+  const layerUrl = (l: LayerRef) => `${root}/layers/${l.digest}.sqfs`;
+  const etags = new Map<string, string>();
+  return {
+    label: root,
+    async index(ref) {
+      const url = `${root}/layers/${chunkIndexName(ref.layer)}`;
+      const { body, status } = await get(url, {}, ref.size + 1);
+      if (status !== 200) throw new StackbootError('NETWORK', `${url}: HTTP ${status}`, { details: { status } });
+      return body;
+    },
+    async range(layer, start, end) {
+      const url = layerUrl(layer);
+      const parts: Buffer[] = [];
+      let at = start;
+      let failures = 0;
+      while (at < end) {
+        try {
+          const etag = etags.get(url);
+          const r = await get(url, { Range: `bytes=${at}-${end - 1}`, ...(etag ? { 'If-Range': etag } : {}) }, end - at, (b) => {
+            parts.push(b);
+            at += b.length;
+            failures = 0; // progress: the retries count again from here
+          });
+          if (r.status === 200) throw new RangeUnsupported(url);
+          if (r.status !== 206) throw new StackbootError('NETWORK', `${url}: HTTP ${r.status}`, { details: { status: r.status } });
+          if (r.etag) etags.set(url, r.etag);
+          if (at < end) throw new Error(`connection closed at byte ${at} of ${start}-${end}`);
+        } catch (e) {
+          if (e instanceof StackbootError) throw e;
+          if (++failures > (o.retries ?? 5)) throw new StackbootError('NETWORK', `${url}: failed after ${o.retries ?? 5} retries at byte ${at}: ${(e as Error).message}`, { cause: e });
+          o.onRetry?.({ what: url, attempt: failures, received: at - start, reason: (e as Error).message });
+          await new Promise((res) => setTimeout(res, (o.backoffMs ?? 500) * 2 ** (failures - 1)));
+        }
+      }
+      return Buffer.concat(parts);
+    },
+    whole(layer) {
+      return download(layerUrl(layer), { retries: o.retries, backoffMs: o.backoffMs });
+    },
+  };
+}
+
+/**
+ * One GET: the status, the ETag, and the body (collected, or handed to `onData` as it
+ * comes), at most `limit` bytes (a 206 must start where it was asked: checked).
+ */
+function get(url: string, headers: Record<string, string>, limit: number, onData?: (b: Buffer) => unknown, redirects = 0): Promise<{ status: number; etag?: string; body: Buffer }> {
+  return new Promise((resolve, reject) => {
+    const mod = url.startsWith('https:') ? https : http;
+    const req = mod.get(url, { headers }, (res) => {
+      const status = res.statusCode ?? 0;
+      if (status >= 300 && status < 400 && res.headers.location && redirects < 5) {
+        res.resume();
+        return get(new URL(res.headers.location, url).toString(), headers, limit, onData, redirects + 1).then(resolve, reject);
+      }
+      if (status === 206 && headers.Range) {
+        const want = /bytes=(\d+)-/.exec(headers.Range)![1];
+        const got = /bytes (\d+)-/.exec(String(res.headers['content-range'] ?? ''))?.[1];
+        if (got !== want) {
+          res.destroy();
+          return reject(new StackbootError('NETWORK', `${url}: asked for byte ${want}, the server sent ${res.headers['content-range']}`));
+        }
+      }
+      if (status !== 206 && (status !== 200 || headers.Range)) {
+        res.resume();
+        return resolve({ status, body: Buffer.alloc(0) });
+      }
+      const parts: Buffer[] = [];
+      let n = 0;
+      res.on('data', (c: Buffer) => {
+        if (n + c.length > limit) {
+          res.destroy();
+          return reject(new StackbootError('NETWORK', `${url}: the server sent more than the ${limit} bytes asked for`));
+        }
+        n += c.length;
+        if (onData) onData(c);
+        else parts.push(c);
+      });
+      res.on('error', () => {});
+      res.on('close', () => {
+        if (res.complete) resolve({ status, etag: res.headers.etag ? String(res.headers.etag) : undefined, body: Buffer.concat(parts) });
+        else reject(new Error(`connection closed after ${n} bytes`));
+      });
+    });
+    req.setTimeout(30_000, () => req.destroy(new Error('no data (timeout)')));
+    req.on('error', reject);
+  });
+}

@@ -1,0 +1,171 @@
+/**
+ * Chunk-delta fixtures: a static HTTP server for a build output folder (Range requests,
+ * or not; a connection dropped once in the middle of a range; a tampered byte; a stall
+ * to kill a process in), build outputs whose manifests name chunk indexes, and the two
+ * Debian bases of issue 15 (bookworm, and bookworm + updates + security, made once with
+ * mmdebstrap into .cache/chunks and built there as one zstd layer each).
+ */
+import { createHash } from 'node:crypto';
+import { existsSync, promises as fs } from 'node:fs';
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { writeChunkIndex } from '../../src/build/chunker.js';
+import { loadRecipe } from '../../src/build/recipe.js';
+import { buildStack } from '../../src/build/stack.js';
+import { chunkIndexLine } from '../../src/format/chunks.js';
+import { serializeManifest, stackId, type Manifest } from '../../src/format/manifest.js';
+import { signBytes } from '../../src/format/signature.js';
+import { run } from '../../src/sys/exec.js';
+import { sha256File } from '../../src/sys/digest.js';
+
+export interface ServerOptions {
+  /** honour Range (default true) */
+  range?: boolean;
+  /** drop the connection once, after this many body bytes of the first ranged response that goes past them */
+  dropAfter?: number;
+  /** flip a byte of the served layer file at this offset */
+  tamperAt?: number;
+  /** hold each ranged response after its first bytes for this many ms */
+  stallMs?: number;
+}
+
+export interface ChunkServer {
+  url: string;
+  /** body bytes sent, per file name */
+  sent: Map<string, number>;
+  total(): number;
+  ranges: number;
+  opts: ServerOptions;
+  close(): Promise<void>;
+}
+
+/** Serves `dir` (a build output folder) over HTTP. */
+export async function chunkServer(dir: string, opts: ServerOptions = {}): Promise<ChunkServer> {
+  const sent = new Map<string, number>();
+  const s: ChunkServer = {
+    url: '',
+    sent,
+    ranges: 0,
+    opts,
+    total: () => [...sent.values()].reduce((a, b) => a + b, 0),
+    close: () => new Promise((r) => server.close(() => r())),
+  };
+  const server = http.createServer(async (req, res) => {
+    const rel = decodeURIComponent(new URL(req.url ?? '/', 'http://x').pathname).replace(/^\/+/, '');
+    const file = path.join(dir, rel);
+    const st = await fs.stat(file).catch(() => null);
+    if (!st?.isFile()) {
+      res.writeHead(404).end();
+      return;
+    }
+    const etag = `"${st.size.toString(16)}-${st.mtimeMs.toString(16)}"`;
+    /** bytes [start, end] of the file (only those are read: layers can be a GiB), tampered if asked */
+    const read = async (start: number, end: number): Promise<Buffer> => {
+      const b = Buffer.alloc(end + 1 - start);
+      const fh = await fs.open(file, 'r');
+      try {
+        await fh.read(b, 0, b.length, start);
+      } finally {
+        await fh.close();
+      }
+      const t = s.opts.tamperAt;
+      if (t !== undefined && rel.endsWith('.sqfs') && t >= start && t <= end) b[t - start] ^= 0xff;
+      return b;
+    };
+    const m = /^bytes=(\d+)-(\d*)$/.exec(String(req.headers.range ?? ''));
+    const send = (body: Buffer, status: number, headers: Record<string, string | number>) => {
+      res.writeHead(status, { 'Content-Length': body.length, ETag: etag, ...headers });
+      const name = path.basename(rel);
+      const count = (n: number) => sent.set(name, (sent.get(name) ?? 0) + n);
+      const drop = s.opts.dropAfter;
+      if (status === 206 && drop !== undefined && body.length > drop) {
+        s.opts.dropAfter = undefined;
+        count(drop);
+        res.write(body.subarray(0, drop), () => setTimeout(() => res.destroy(), 20));
+        return;
+      }
+      if (status === 206 && s.opts.stallMs) {
+        const head = Math.min(body.length, 4096);
+        count(head);
+        res.write(body.subarray(0, head));
+        setTimeout(() => {
+          count(body.length - head);
+          res.end(body.subarray(head));
+        }, s.opts.stallMs);
+        return;
+      }
+      count(body.length);
+      res.end(body);
+    };
+    if (m && s.opts.range !== false) {
+      const start = Number(m[1]);
+      const end = m[2] ? Math.min(Number(m[2]), st.size - 1) : st.size - 1;
+      s.ranges++;
+      send(await read(start, end), 206, { 'Content-Range': `bytes ${start}-${end}/${st.size}` });
+    } else send(await read(0, st.size - 1), 200, {});
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  s.url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  return s;
+}
+
+/**
+ * A build output whose manifest names a chunk index for each layer (signed with `key`).
+ * A layer is its bytes, or a function that writes its file (a big one, without a buffer).
+ */
+export async function chunkedBuild(dir: string, o: { version: string; key: string; layers: { name: string; data: Buffer | ((file: string) => Promise<void>) }[] }): Promise<{ dir: string; manifest: Manifest; id: string }> {
+  await fs.mkdir(path.join(dir, 'layers'), { recursive: true });
+  const layers = [];
+  const extra: [string, string][] = [];
+  for (const l of o.layers) {
+    const tmp = path.join(dir, 'layers', `${l.name}.tmp`);
+    if (Buffer.isBuffer(l.data)) await fs.writeFile(tmp, l.data);
+    else await l.data(tmp);
+    const digest = await sha256File(tmp);
+    const file = path.join(dir, 'layers', `${digest}.sqfs`);
+    await fs.rename(tmp, file);
+    extra.push(chunkIndexLine(await writeChunkIndex(file, digest)));
+    layers.push({ digest, size: (await fs.stat(file)).size, name: l.name });
+  }
+  const manifest: Manifest = { name: 'node', version: o.version, compatible: 'test-node', created: 0, compression: 'zstd', extra, layers };
+  const text = serializeManifest(manifest);
+  await fs.writeFile(path.join(dir, 'manifest'), text);
+  await fs.writeFile(path.join(dir, 'manifest.sig'), await signBytes(Buffer.from(text), o.key));
+  return { dir, manifest, id: stackId(text) };
+}
+
+const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
+export const CHUNKS_CACHE = path.join(REPO, '.cache', 'chunks');
+
+const SUITES: Record<'old' | 'new', string[]> = {
+  old: ['deb http://deb.debian.org/debian bookworm main'],
+  new: ['deb http://deb.debian.org/debian bookworm main', 'deb http://deb.debian.org/debian bookworm-updates main', 'deb http://deb.debian.org/debian-security bookworm-security main'],
+};
+
+/** A Debian 12 minbase + systemd root as a tar (made once with mmdebstrap, then cached). */
+async function debianTar(which: 'old' | 'new'): Promise<string> {
+  const tar = path.join(CHUNKS_CACHE, `bookworm-${which}.tar`);
+  if (existsSync(tar)) return tar;
+  await fs.mkdir(CHUNKS_CACHE, { recursive: true });
+  const tmp = `${tar}.tmp-${process.pid}`;
+  await run('mmdebstrap', ['--variant=minbase', '--include=systemd', 'bookworm', tmp, ...SUITES[which]]);
+  await fs.rename(tmp, tar);
+  return tar;
+}
+
+/** The two Debian bases, each built (with chunk indexes) as a one-layer stack: build output folders. */
+export async function debianBases(): Promise<{ old: string; new: string }> {
+  const out = { old: '', new: '' };
+  for (const which of ['old', 'new'] as const) {
+    const tar = await debianTar(which);
+    const recipeDir = path.join(CHUNKS_CACHE, `recipe-${which}`);
+    await fs.mkdir(recipeDir, { recursive: true });
+    await fs.writeFile(path.join(recipeDir, 'recipe.json'), JSON.stringify({ name: 'debian', version: which === 'old' ? '12.0' : '12.1', compatible: 'debian-chunks', layers: [{ name: 'base', devices: true, source: { type: 'tar', path: tar } }] }));
+    const recipe = await loadRecipe(recipeDir, { arch: 'amd64' });
+    out[which] = path.join(CHUNKS_CACHE, `build-${which}`);
+    await buildStack(recipe, { outDir: out[which], cacheDir: path.join(CHUNKS_CACHE, 'layer-cache'), epoch: 0, arch: 'amd64', uid: 0, chunks: true, progress: () => {} });
+  }
+  return out;
+}
