@@ -17,7 +17,7 @@ import { createCipheriv } from 'node:crypto';
 import { createReadStream, promises as fs } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { Chunker } from '../src/build/chunker.js';
+import { Chunker } from '../src/format/chunker.js';
 import { writeBundleFile } from '../src/format/bundle.js';
 import { chunkIndexRefs } from '../src/format/chunks.js';
 import { parseManifest } from '../src/format/manifest.js';

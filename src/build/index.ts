@@ -10,4 +10,3 @@ export * from './squashfs.js';
 export * from './stack.js';
 export * from './stack-kernel.js';
 export * from './squashfs-read.js';
-export * from './chunker.js';

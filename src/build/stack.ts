@@ -10,7 +10,7 @@ import { buildDirLayer, buildTarLayer, cachedLayer, rememberLayer, type BuiltLay
 import { NAME_RE, chunkIndexLine, serializeManifest, stackId, type Manifest } from '../format/index.js';
 import type { Recipe } from './recipe.js';
 import { toolVersion } from './squashfs.js';
-import { writeChunkIndex } from './chunker.js';
+import { writeChunkIndex } from '../format/index.js';
 import { INITRD_LAYER, prepareStackKernel } from './stack-kernel.js';
 import type { FolderAttrs } from './sources/tar.js';
 

@@ -7,3 +7,4 @@ export * from './state.js';
 export * from './store.js';
 export * from './tarfile.js';
 export * from './version.js';
+export * from './chunker.js';

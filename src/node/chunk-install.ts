@@ -12,7 +12,7 @@
  */
 import { createHash } from 'node:crypto';
 import { promises as fs } from 'node:fs';
-import { chunkFile } from '../build/index.js';
+import { chunkFile } from '../format/index.js';
 import { StackbootError } from '../sys/index.js';
 import { verifyChunkIndex, type ChunkIndex, type ChunkIndexRef, type ChunkSizes, type LayerRef, type Store } from '../format/index.js';
 import { RangeUnsupported, type ChunkSource } from './chunk-source.js';

@@ -18,7 +18,7 @@ import { createReadStream, promises as fs } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { Chunker, chunkDelta } from '../../src/build/chunker.js';
+import { Chunker, chunkDelta } from '../../src/format/chunker.js';
 import { writeBundleFile } from '../../src/format/bundle.js';
 import { chunkIndexRefs } from '../../src/format/chunks.js';
 import { parseManifest } from '../../src/format/manifest.js';

@@ -11,7 +11,7 @@ import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { writeChunkIndex } from '../../src/build/chunker.js';
+import { writeChunkIndex } from '../../src/format/chunker.js';
 import { loadRecipe } from '../../src/build/recipe.js';
 import { buildStack } from '../../src/build/stack.js';
 import { chunkIndexLine } from '../../src/format/chunks.js';

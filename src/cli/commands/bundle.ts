@@ -11,7 +11,7 @@ async function chunkedLayers(buildDir: string): Promise<string[]> {
 
 /** The chunk deltas of the chunked layers that the base lacks, against the base build output's layers. */
 async function chunkDeltas(buildDir: string, baseDir: string, baseDigests: Set<string>, chunked: string[]) {
-  const { chunkDelta } = await import('../../build/index.js');
+  const { chunkDelta } = await import('../../format/index.js');
   const { StackbootError } = await import('../../sys/index.js');
   const { readFile, stat } = await import('node:fs/promises');
   const baseFiles = [...baseDigests].map((d) => `${baseDir}/layers/${d}.sqfs`);

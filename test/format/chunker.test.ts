@@ -5,7 +5,7 @@
  */
 import { describe, it, expect } from 'vitest';
 import { createHash } from 'node:crypto';
-import { Chunker, squashfsCuts } from '../../src/build/chunker.js';
+import { Chunker, squashfsCuts } from '../../src/format/chunker.js';
 import { chunkIndexLine, chunkIndexRefs, parseChunkIndex, serializeChunkIndex, verifyChunkIndex, type ChunkEntry } from '../../src/format/chunks.js';
 import { parseManifest, serializeManifest } from '../../src/format/manifest.js';
 import { layerBytes } from '../support/update-fixtures.js';

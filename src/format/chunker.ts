@@ -12,7 +12,8 @@
 import { createHash } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
-import { chunkIndexName, parseChunkIndex, serializeChunkIndex, type BundleChunks, type ChunkEntry, type ChunkIndexRef, type ChunkSizes } from '../format/index.js';
+import { chunkIndexName, parseChunkIndex, serializeChunkIndex, type ChunkEntry, type ChunkIndexRef, type ChunkSizes } from './chunks.js';
+import type { BundleChunks } from './bundle.js';
 import { writeDurable } from '../sys/index.js';
 
 /** The gear table: 256 fixed pseudo-random words (sha256 of "stackboot-gear <i>"). */
