@@ -10,6 +10,7 @@ import { buildDirLayer, buildTarLayer, cachedLayer, rememberLayer, type BuiltLay
 import { NAME_RE, serializeManifest, stackId, type Manifest } from '../format/index.js';
 import type { Recipe } from './recipe.js';
 import { toolVersion } from './squashfs.js';
+import { readVerity } from './verity.js';
 import { INITRD_LAYER, prepareStackKernel } from './stack-kernel.js';
 import type { FolderAttrs } from './sources/tar.js';
 
@@ -219,7 +220,7 @@ async function buildLayersAndManifest(recipe: Recipe, o: BuildOptions): Promise<
     created: o.epoch,
     compression: recipe.compression.algorithm,
     ...(boot ? { kernel: boot.kernel, initrd: boot.initrd, ...(boot.fdt ? { fdt: boot.fdt } : {}) } : {}),
-    layers: built.map((l) => ({ digest: l.digest, size: l.size, name: l.name })),
+    layers: await Promise.all(built.map(async (l) => ({ digest: l.digest, size: l.size, name: l.name, verity: l.verity ?? (await readVerity(l.file)) }))),
   };
   const text = serializeManifest(manifest);
   const manifestFile = path.join(o.outDir, 'manifest');
