@@ -115,16 +115,6 @@ sb_verity_plan() {
 	SB_STACK_VERITY=1
 }
 
-# sb__bytes S: prints the byte count S without leading zeros; fails when S is not a
-# number or has more than 15 digits (shell arithmetic is 64-bit; 010 would be octal).
-sb__bytes() {
-	local s="$1"
-	sb_is_uint "$s" || return 1
-	while :; do case "$s" in 0?*) s=${s#0} ;; *) break ;; esac; done
-	[ ${#s} -le 15 ] || return 1
-	printf '%s' "$s"
-}
-
 # sb__salt_ok S: true when S is 2 to 256 lowercase hex characters, an even number.
 sb__salt_ok() {
 	case "$1" in '' | *[!0-9a-f]*) return 1 ;; esac
@@ -157,9 +147,9 @@ sb_manifest_verity() {
 			SB_MANIFEST_WHY="manifest: verity root hash of layer $(sb_short "$h") is not 64 hex characters (${#r})"
 		elif ! sb__salt_ok "$s"; then
 			SB_MANIFEST_WHY="manifest: verity salt of layer $(sb_short "$h") is not 2 to 256 hex characters"
-		elif ! d=$(sb__bytes "$d") || [ "$d" = 0 ] || [ $((d % 4096)) != 0 ]; then
+		elif ! d=$(sb_uint_norm "$d" 15) || [ "$d" = 0 ] || [ $((d % 4096)) != 0 ]; then
 			SB_MANIFEST_WHY="manifest: verity data size of layer $(sb_short "$h") is not a positive multiple of 4096"
-		elif ! o=$(sb__bytes "$o") || [ $((o % 4096)) != 0 ] || [ "$o" -lt "$d" ]; then
+		elif ! o=$(sb_uint_norm "$o" 15) || [ $((o % 4096)) != 0 ] || [ "$o" -lt "$d" ]; then
 			SB_MANIFEST_WHY="manifest: verity hash offset of layer $(sb_short "$h") is not a multiple of 4096 at or past its data"
 		else
 			SB_V_ROOT=$r SB_V_SALT=$s SB_V_DATA=$d SB_V_OFF=$o
