@@ -10,7 +10,9 @@
 #   SB_TRIES             tries given to a new pending stack     (3; used by installers)
 #   SB_UPPER             tmpfs | disk                           (tmpfs)
 #   SB_UPPER_SIZE        size= of the tmpfs upper               (50%)
-#   SB_VERIFY            size | sha256                          (size)
+#   SB_VERIFY            size | sha256 | verity                 (verity: dm-verity when the
+#                        stack has verity lines and the kernel can, else size; verity.sh)
+#   SB_ALLOW_UNSIGNED    1: boot a manifest whose signature fails (development)  (0)
 #   SB_PERSIST           paths bound from the data partition    (empty)
 #   SB_ON_FAIL           reboot | shell                         (reboot)
 #   SB_ON_FAIL_DELAY     seconds before that reboot             (10)
@@ -32,7 +34,7 @@
 #   stackboot.kexec=ID:SLOT:STACK  SB_KEXEC_FROM: this is the kexec'ed second stage of
 #                             SLOT (its try is already counted; initramfs/kexec.sh)
 #   stackboot.tries=N         SB_TRIES
-#   stackboot.verify=size|sha256, stackboot.upper=tmpfs|disk, stackboot.onfail=reboot|shell
+#   stackboot.verify=size|sha256|verity, stackboot.upper=tmpfs|disk, stackboot.onfail=reboot|shell
 
 # sb_config_defaults: set every SB_* config variable that is still unset.
 sb_config_defaults() {
@@ -42,7 +44,8 @@ sb_config_defaults() {
 	: "${SB_TRIES=3}"
 	: "${SB_UPPER=tmpfs}"
 	: "${SB_UPPER_SIZE=50%}"
-	: "${SB_VERIFY=size}"
+	: "${SB_VERIFY=verity}"
+	: "${SB_ALLOW_UNSIGNED=0}"
 	: "${SB_PERSIST=}"
 	: "${SB_ON_FAIL=reboot}"
 	: "${SB_ON_FAIL_DELAY=10}"
@@ -68,7 +71,8 @@ sb_config_set() {
 	TRIES | ON_FAIL_DELAY | DEVICE_TIMEOUT | DEVICE_SETTLE | HEALTH_TIMEOUT | HEALTH_REBOOT_DELAY)
 		if n=$(sb_uint_norm "$val"); then val=$n; else ok=0; fi ;;
 	UPPER) case "$val" in tmpfs | disk) ;; *) ok=0 ;; esac ;;
-	VERIFY) case "$val" in size | sha256) ;; full) val=sha256 ;; *) ok=0 ;; esac ;;
+	VERIFY) case "$val" in size | sha256 | verity) ;; full) val=sha256 ;; *) ok=0 ;; esac ;;
+	ALLOW_UNSIGNED) case "$val" in 0 | 1) ;; *) ok=0 ;; esac ;;
 	ON_FAIL) case "$val" in reboot | shell) ;; *) ok=0 ;; esac ;;
 	UPPER_SIZE) case "$val" in '' | *[!0-9kmgKMG%]*) ok=0 ;; esac ;;
 	INIT) case "$val" in /*) case "$val" in *[!A-Za-z0-9._/+-]*) ok=0 ;; esac ;; *) ok=0 ;; esac ;;

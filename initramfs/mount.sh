@@ -22,6 +22,7 @@ sb_unmount_stack() {
 	for m in $SB_MOUNTED; do
 		case "$m" in
 		L:*) sb_sys_umount_layer "${m#L:}" || sb_warn "cannot unmount ${m#L:}" ;;
+		V:*) sb_sys_verity_umount "${m#V:}" "$(cat "${m#V:}.dm" 2>/dev/null)" || sb_warn "cannot unmount ${m#V:}" ;;
 		M:*) sb_sys_umount "${m#M:}" || sb_warn "cannot unmount ${m#M:}" ;;
 		esac
 	done
@@ -39,22 +40,34 @@ sb_mount_stack() {
 	SB_MOUNTED= SB_FAIL_WHY= SB_FAIL_ENV=
 	list="$SB_RUN/sb/layers-$slot"
 	mkdir -p "$SB_RUN/sb"
+	# its signature before anything of it is trusted (verity.sh)
+	sb_manifest_trusted "$store/slots/$slot/manifest" || return 1
 	if ! sb_manifest_layers "$store/slots/$slot/manifest" >"$list"; then
 		SB_FAIL_WHY=${SB_MANIFEST_WHY:-bad manifest}
 		return 1
 	fi
+	SB_VERIFY_MANIFEST="$store/slots/$slot/manifest"
+	sb_verity_plan "$SB_VERIFY_MANIFEST"
 	sb_verify_layers "$store" "$list" || return 1
 	while read -r h sz name; do
 		dir="$SB_RUN/sb/l$n"
 		mkdir -p "$dir"
-		if ! sb_sys_mount_layer "$store/layers/$h.sqfs" "$dir"; then
+		if [ "$SB_STACK_VERITY" = 1 ]; then
+			echo "sbv-$slot$n-$(sb_short "$h")" >"$dir.dm"
+			if ! sb_verity_mount_layer "$SB_VERIFY_MANIFEST" "$h" "$name" "$store/layers/$h.sqfs" "$dir" "$(cat "$dir.dm")"; then
+				sb_unmount_stack
+				return 1
+			fi
+			sb__pushed "V:$dir"
+		elif sb_sys_mount_layer "$store/layers/$h.sqfs" "$dir"; then
+			sb__pushed "L:$dir"
+		else
 			SB_FAIL_WHY="cannot mount layer $name ($(sb_short "$h"))"
 			sb_sys_fs_known squashfs || SB_FAIL_ENV=1 SB_FAIL_WHY="$SB_FAIL_WHY: this kernel has no squashfs"
 			[ -e "$SB_DEV/loop-control" ] || [ -e "$SB_DEV/loop0" ] || SB_FAIL_ENV=1 SB_FAIL_WHY="$SB_FAIL_WHY: no loop devices"
 			sb_unmount_stack
 			return 1
 		fi
-		sb__pushed "L:$dir"
 		if [ -z "$lower" ]; then lower=$dir; else lower="$dir:$lower"; fi
 		n=$((n + 1))
 	done <"$list"

@@ -8,12 +8,13 @@ sb_is_uint() {
 
 # sb_uint_norm S: prints the non-negative decimal S without leading zeros (shell
 # arithmetic reads 010 as octal, and 08 is a fatal error there: the whole script stops).
-# Fails when S is not a number or has more than 9 digits.
+# Fails when S is not a number or has more than MAX digits (default 9; at most 18 fit
+# shell arithmetic, which is 64-bit).
 sb_uint_norm() {
 	local s="$1"
 	sb_is_uint "$s" || return 1
 	while :; do case "$s" in 0?*) s=${s#0} ;; *) break ;; esac; done
-	[ ${#s} -le 9 ] || return 1
+	[ ${#s} -le "${2:-9}" ] || return 1
 	printf '%s' "$s"
 }
 

@@ -56,6 +56,8 @@ PACKAGES=(
   docker-registry apache2-utils openssl
   # readelf: the library closure of kexec (and any program) put into the standalone initrd
   binutils
+  # verified boot: veritysetup checks the hash trees the build writes (issue 14)
+  cryptsetup-bin
   # installed with --no-install-recommends, so name what is really used from recommends:
   # mmdebstrap's unshare mode and foreign-arch checks.
   uidmap arch-test fakeroot gpg
@@ -231,7 +233,11 @@ case " $ARCHES " in *" amd64 "*) ensure_vmlinux "$CACHE/targets/amd64";; esac
 #   - kexec-tools with the shared libraries its kexec binary needs, unpacked under
 #     targets/<arch>/kexec-root/ (a sysroot: sbin/kexec, lib/…): the standalone initrd
 #     takes kexec and its library closure from there. target.env gets KEXEC_ROOT=.
+#   - dmsetup and openssl with their libraries under targets/<arch>/verity-root/ (verified
+#     boot: the standalone initrd opens layers through dm-verity and checks the manifest's
+#     ed25519 signature with them). target.env gets VERITY_ROOT=.
 # Downloaded with apt-get download and unpacked with dpkg -x: never installed here.
+VERITY_PKGS="dmsetup libdevmapper1.02.1 libselinux1 libpcre2-8-0 libudev1 libcap2 openssl libssl3 libc6"
 KEXEC_PKGS="kexec-tools libc6 zlib1g libxenmisc4.17 libxentoollog1 libxencall1 libxenevtchn1 libxengnttab1 libxenforeignmemory1 libxendevicemodel1 libxentoolcore1"
 env_set() { # <env file> <KEY> <value>
   grep -v "^$2=" "$1" >"$1.new" || true
@@ -243,9 +249,28 @@ apt_fetch() { # <dir> <pkg>: apt-get download, after one apt-get update if the l
   apt_update_once
   (cd "$1" && apt-get "${APT_OPTS[@]}" download "$2" >/dev/null 2>"$1/.err") || die "apt-get download $2 failed: $(tail -n 3 "$1/.err")"
 }
+ensure_sysroot() { # <arch> <dir name> <env key> <program> <packages>: packages unpacked into targets/<arch>/<dir>
+  local a=$1 dir="$CACHE/targets/$1" q='' tmp cur
+  [ "$a" = "$HOST_ARCH" ] || q=":$a"
+  cur=$(sed -n "s/^$3=//p" "$dir/target.env")
+  if [ "${STACKBOOT_SETUP_REFRESH:-0}" = 1 ] || [ ! -x "$cur/$4" ] || [ "$(cat "$cur/.pkgs" 2>/dev/null)" != "$5" ]; then
+    log "downloading $5 ($a)"
+    tmp=$(mktemp -d "$CACHE/tmp/root.XXXXXX")
+    mkdir -p "$tmp/debs"
+    for p in $5; do apt_fetch "$tmp/debs" "$p$q"; done
+    for d in "$tmp/debs"/*.deb; do dpkg -x "$d" "$tmp/root"; done
+    [ -x "$tmp/root/$4" ] || die "no $4 in $5 ($a)"
+    echo "$5" >"$tmp/root/.pkgs"
+    rm -rf "${dir:?}/$2"
+    mv "$tmp/root" "$dir/$2"
+    rm -rf "$tmp"
+    env_set "$dir/target.env" "$3" "$dir/$2"
+    log "$2 $a ready"
+  fi
+}
 ensure_stack_fixtures() { # <arch>
   local a=$1 dir="$CACHE/targets/$1" q='' tmp meta real kver
-  local env="$dir/target.env" KERNEL2='' MODULES2='' KEXEC_ROOT=''
+  local env="$dir/target.env" KERNEL2='' MODULES2=''
   [ "$a" = "$HOST_ARCH" ] || q=":$a"
   # shellcheck disable=SC1090
   . "$env"
@@ -268,20 +293,8 @@ ensure_stack_fixtures() { # <arch>
     env_set "$env" KVER2 "$kver"
     log "second kernel $a $kver ready"
   fi
-  if [ "${STACKBOOT_SETUP_REFRESH:-0}" = 1 ] || [ ! -x "$KEXEC_ROOT/sbin/kexec" ] || [ "$(cat "$KEXEC_ROOT/.pkgs" 2>/dev/null)" != "$KEXEC_PKGS" ]; then
-    log "downloading kexec-tools $a"
-    tmp=$(mktemp -d "$CACHE/tmp/kx.XXXXXX")
-    mkdir -p "$tmp/debs"
-    for p in $KEXEC_PKGS; do apt_fetch "$tmp/debs" "$p$q"; done
-    for d in "$tmp/debs"/*.deb; do dpkg -x "$d" "$tmp/root"; done
-    [ -x "$tmp/root/sbin/kexec" ] || die "no sbin/kexec in kexec-tools$q"
-    echo "$KEXEC_PKGS" >"$tmp/root/.pkgs"
-    rm -rf "$dir/kexec-root"
-    mv "$tmp/root" "$dir/kexec-root"
-    rm -rf "$tmp"
-    env_set "$env" KEXEC_ROOT "$dir/kexec-root"
-    log "kexec-tools $a ready"
-  fi
+  ensure_sysroot "$a" kexec-root KEXEC_ROOT sbin/kexec "$KEXEC_PKGS"
+  ensure_sysroot "$a" verity-root VERITY_ROOT sbin/dmsetup "$VERITY_PKGS"
 }
 mkdir -p "$CACHE/tmp"
 for a in $ARCHES; do ensure_stack_fixtures "$a"; done

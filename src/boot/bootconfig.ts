@@ -6,7 +6,8 @@
 import { StackbootError } from '../sys/index.js';
 
 export type UpperKind = 'tmpfs' | 'disk';
-export type VerifyMode = 'size' | 'sha256';
+/** verity: each layer through dm-verity when its stack has verity data and the kernel can, else size (initramfs/verity.sh). */
+export type VerifyMode = 'size' | 'sha256' | 'verity';
 export type OnFail = 'reboot' | 'shell';
 
 /** `/etc/stackboot/boot.conf` (docs/PROTOCOL.md "Boot config"), typed. */
@@ -21,6 +22,8 @@ export interface BootConfig {
   /** tmpfs `size=` of the upper: `50%`, `512m`, `1g`, bytes. */
   UPPER_SIZE: string;
   VERIFY: VerifyMode;
+  /** 1: boot manifests without a valid signature when the initrd has keys (development only; said in the boot log). */
+  ALLOW_UNSIGNED: 0 | 1;
   /** Absolute paths bind-mounted from the data partition. */
   PERSIST: string[];
   ON_FAIL: OnFail;
@@ -49,6 +52,7 @@ export const BOOT_CONFIG_KEYS: readonly BootConfigKey[] = [
   'UPPER',
   'UPPER_SIZE',
   'VERIFY',
+  'ALLOW_UNSIGNED',
   'PERSIST',
   'ON_FAIL',
   'ON_FAIL_DELAY',
@@ -67,7 +71,8 @@ export function defaultBootConfig(): BootConfig {
     TRIES: 3,
     UPPER: 'tmpfs',
     UPPER_SIZE: '50%',
-    VERIFY: 'size',
+    VERIFY: 'verity',
+    ALLOW_UNSIGNED: 0,
     PERSIST: [],
     ON_FAIL: 'reboot',
     ON_FAIL_DELAY: 10,
@@ -136,8 +141,12 @@ export function setBootConfigValue(cfg: BootConfig, key: string, value: string):
       return;
     }
     case 'VERIFY':
-      if (v !== 'size' && v !== 'sha256') throw bad(key, value, 'size or sha256');
+      if (v !== 'size' && v !== 'sha256' && v !== 'verity') throw bad(key, value, 'size, sha256 or verity');
       cfg.VERIFY = v;
+      return;
+    case 'ALLOW_UNSIGNED':
+      if (v !== '0' && v !== '1') throw bad(key, value, '0 or 1');
+      cfg.ALLOW_UNSIGNED = v === '1' ? 1 : 0;
       return;
     case 'PERSIST': {
       const w = words(v);

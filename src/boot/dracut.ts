@@ -3,13 +3,14 @@
  * `modules.d/90stackboot` module (module-setup.sh, the cmdline and mount hooks, the shell
  * core, boot.conf), a dracut.conf.d snippet and INSTALL, for the host's dracut to build.
  */
-import { hookInputs, writeTree, type InitramfsOptions, type InitramfsResult, type OutFile } from './hook.js';
+import { hookInputs, pubKeyFiles, writeTree, type InitramfsOptions, type InitramfsResult, type OutFile } from './hook.js';
 import { BOOT_CONF, SB_LIB, renderBootConfig, renderTemplate } from './render.js';
 
 /** Tools the dracut module installs: the ones the core runs (required; dracut's base module brings only a few) and nice-to-have ones. */
 export const DRACUT_REQUIRED_TOOLS: readonly string[] = ['tail', 'losetup', 'sha256sum', 'sync', 'dd', 'od', 'tr', 'wc', 'cat', 'cp', 'mv', 'rm', 'mkdir', 'readlink', 'date', 'sleep', 'mount', 'umount', 'modprobe'];
 // kexec (kexec-tools): for stacks that carry their own kernel (initramfs/kexec.sh)
-const DRACUT_OPTIONAL_TOOLS = ['blkid', 'reboot', 'stat', 'sed', 'grep', 'awk', 'setsid', 'kexec'];
+/** kexec: stack kernels; dmsetup, openssl, base64: verified boot (initramfs/verity.sh). */
+const DRACUT_OPTIONAL_TOOLS = ['blkid', 'reboot', 'stat', 'sed', 'grep', 'awk', 'setsid', 'kexec', 'dmsetup', 'openssl', 'base64'];
 
 /** dracut: modules.d/90stackboot/ (module-setup.sh, the hooks, the core, boot.conf), dracut.conf.d/stackboot.conf, INSTALL. */
 export async function buildDracut(opts: InitramfsOptions): Promise<InitramfsResult> {
@@ -29,6 +30,7 @@ export async function buildDracut(opts: InitramfsOptions): Promise<InitramfsResu
     { rel: `${m}/mount-stackboot.sh`, data: await renderTemplate('dracut/mount-stackboot.sh.hbs', ctx, templatesDir), mode: 0o755, shell: true },
     { rel: `${m}/boot.conf`, data: await renderBootConfig(cfg, templatesDir), mode: 0o644 },
     ...core.map((f) => ({ rel: `${m}/lib/${f.name}`, data: f.data, mode: 0o644 })),
+    ...(await pubKeyFiles(opts.pubKeys ?? [], `${m}/keys`)),
     { rel: 'dracut.conf.d/stackboot.conf', data: await renderTemplate('dracut/dracut.conf.hbs', ctx, templatesDir), mode: 0o644, shell: true },
     { rel: 'INSTALL', data: await renderTemplate('dracut/INSTALL.hbs', ctx, templatesDir), mode: 0o644 },
   ];

@@ -3,9 +3,10 @@
  * initramfs`), the inputs of the two hook flavors (the validated config, the checked
  * modules, the core), and writing their output atomically, shell checked with sh -n first.
  */
-import { writeFile, stat, chmod } from 'node:fs/promises';
+import { readFile, writeFile, stat, chmod } from 'node:fs/promises';
 import path from 'node:path';
 import { StackbootError, wrap, makeDir, writeDurableFrom, type Arch, type ProgressSink } from '../sys/index.js';
+import { checkPublicKey } from '../format/index.js';
 import { defaultBootConfig, validateBootConfig, type BootConfig } from './bootconfig.js';
 import type { Compression, Flavor } from './flavor.js';
 import { checkedModules } from './modules.js';
@@ -39,6 +40,14 @@ export interface InitramfsOptions {
    * kexec, and such a stack fails to boot there (not marked bad).
    */
   kexecRoot?: string;
+  /**
+   * Standalone: a sysroot holding sbin/dmsetup and usr/bin/openssl with their libraries
+   * (verified boot, initramfs/verity.sh): layers opened through dm-verity, manifest
+   * signatures checked. Without it VERIFY=verity falls back to size checks.
+   */
+  verityRoot?: string;
+  /** Standalone: ed25519 public keys (PEM) built in as /etc/stackboot/keys/*.pub: manifests must be signed by one (needs verityRoot). */
+  pubKeys?: readonly string[];
   /** Host busybox used for `sh -n` and `--list`. */
   hostBusybox?: string;
   progress?: ProgressSink;
@@ -64,6 +73,10 @@ export interface InitramfsResult {
   applets?: string[];
   /** standalone with kexecRoot: kexec and its libraries, as placed in the initrd */
   kexec?: string[];
+  /** standalone with verityRoot: dmsetup, openssl and their libraries, as placed in the initrd */
+  verity?: string[];
+  /** standalone: the public keys built in */
+  keys?: string[];
 }
 
 /** Writes a file durably (sys/durable: temp beside it, fsync, rename), with exactly MODE. */
@@ -99,6 +112,18 @@ export async function writeTree(outDir: string, files: OutFile[], hostBusybox: s
 }
 
 /** What the hook flavors share: the validated config, the checked modules, the core. */
+/** The public keys (`--pub`) as files under DIR, each checked (ed25519, not a private key), named <name>.pub. */
+export async function pubKeyFiles(files: readonly string[], dir: string): Promise<OutFile[]> {
+  const out: OutFile[] = [];
+  for (const f of files) {
+    await checkPublicKey(f);
+    const rel = `${dir}/${path.basename(f).replace(/\.pub$|$/, '.pub')}`;
+    if (out.some((o) => o.rel === rel)) throw new StackbootError('USAGE', `two public keys named ${path.basename(f)}`);
+    out.push({ rel, data: await readFile(f), mode: 0o644 });
+  }
+  return out;
+}
+
 export async function hookInputs(opts: InitramfsOptions) {
   const hostBusybox = opts.hostBusybox ?? 'busybox';
   const templatesDir = opts.templatesDir ?? TEMPLATES_DIR;

@@ -3,12 +3,13 @@
  * a hook (hooks/stackboot), a `boot=stackboot` script (scripts/stackboot) and a conf hook,
  * beside the shell core, boot.conf and INSTALL, for the host's update-initramfs to build.
  */
-import { hookInputs, writeTree, type InitramfsOptions, type InitramfsResult, type OutFile } from './hook.js';
+import { hookInputs, pubKeyFiles, writeTree, type InitramfsOptions, type InitramfsResult, type OutFile } from './hook.js';
 import { BOOT_CONF, SB_LIB, renderBootConfig, renderTemplate } from './render.js';
 
 /** Tools the initramfs-tools hook copies when the build host has them (util-linux versions). */
 // kexec (kexec-tools): for stacks that carry their own kernel (initramfs/kexec.sh)
-const ITOOLS_COPY_EXEC = ['blkid', 'losetup', 'kexec'];
+/** kexec: stack kernels; dmsetup, openssl, base64: verified boot (initramfs/verity.sh). */
+const ITOOLS_COPY_EXEC = ['blkid', 'losetup', 'kexec', 'dmsetup', 'openssl', 'base64'];
 
 const SHARE_DIR = '/usr/share/stackboot';
 
@@ -30,6 +31,7 @@ export async function buildInitramfsTools(opts: InitramfsOptions): Promise<Initr
     { rel: 'conf-hooks.d/stackboot', data: await renderTemplate('initramfs-tools/conf-hook.hbs', ctx, templatesDir), mode: 0o644, shell: true },
     { rel: 'boot.conf', data: await renderBootConfig(cfg, templatesDir), mode: 0o644 },
     ...core.map((f) => ({ rel: `lib/${f.name}`, data: f.data, mode: 0o644 })),
+    ...(await pubKeyFiles(opts.pubKeys ?? [], 'keys')),
     { rel: 'INSTALL', data: await renderTemplate('initramfs-tools/INSTALL.hbs', ctx, templatesDir), mode: 0o644 },
   ];
   const written = await writeTree(opts.out, files, hostBusybox);

@@ -6,12 +6,12 @@
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import zlib from 'node:zlib';
-import { StackbootError, run, archFromNode, isArch, noProgress } from '../sys/index.js';
+import { StackbootError, run, archFromNode, isArch, noProgress, type Arch } from '../sys/index.js';
 import { defaultBootConfig, validateBootConfig } from './bootconfig.js';
 import { writeCpio, type CpioEntry } from './cpio.js';
 import { checkElfArch, checkModuleArch, checkStaticElf } from './elf.js';
 import type { Compression } from './flavor.js';
-import { writeAtomic, type InitramfsOptions, type InitramfsResult } from './hook.js';
+import { pubKeyFiles, writeAtomic, type InitramfsOptions, type InitramfsResult } from './hook.js';
 import { renderModulesDep, moduleNameFromPath, normalizeModuleName } from './kernel.js';
 import { resolveShipped } from './modules.js';
 import { BOOT_CONF, CORE_DIR, SB_LIB, TEMPLATES_DIR, checkShellSyntax, readCore, renderBootConfig, renderTemplate } from './render.js';
@@ -65,6 +65,37 @@ export async function compressArchive(buf: Buffer, how: Compression): Promise<Bu
   return r.stdoutBuffer!;
 }
 
+/** The programs verified boot runs in the initrd (initramfs/verity.sh), at their Debian paths. */
+export const VERITY_PROGRAMS: readonly string[] = ['/sbin/dmsetup', '/usr/bin/openssl'];
+/** Where the initrd keeps the keys a manifest must be signed by (initramfs/verity.sh SB_KEYS). */
+export const INITRD_KEYS_DIR = 'etc/stackboot/keys';
+
+/** Adds PROGRAMS of the sysroot ROOT (in bin/) and their libraries (at their paths); returns the paths added. */
+async function addPrograms(entries: CpioEntry[], root: string, programs: readonly string[], arch: Arch): Promise<string[]> {
+  const added: string[] = [];
+  const seen = new Set(entries.map((e) => e.path));
+  for (const program of programs) {
+    for (const f of await programClosure(root, program)) {
+      const at = f.path === program ? `bin/${path.posix.basename(program)}` : f.path.slice(1);
+      if (seen.has(at)) continue;
+      seen.add(at);
+      const data = await readFile(f.source);
+      if (f.path === program) checkElfArch(data, arch, `${root}${program}`);
+      entries.push({ path: at, type: 'file', mode: 0o755, data });
+      added.push(at);
+    }
+  }
+  return added;
+}
+
+/** Adds the public keys as etc/stackboot/keys/<name>.pub; refused without a verifier to use them. */
+async function addKeys(entries: CpioEntry[], files: readonly string[], hasVerifier: boolean): Promise<string[]> {
+  if (files.length && !hasVerifier) throw new StackbootError('USAGE', 'public keys need a signature verifier in the initrd: give --verity-root (a sysroot with usr/bin/openssl; setup: .cache/targets/<arch>/verity-root)');
+  const keys = await pubKeyFiles(files, INITRD_KEYS_DIR);
+  for (const k of keys) entries.push({ path: k.rel, type: 'file', mode: k.mode, data: Buffer.from(k.data) });
+  return keys.map((k) => k.rel);
+}
+
 /** The complete standalone initrd: a newc cpio, compressed. */
 export async function buildStandalone(opts: InitramfsOptions): Promise<InitramfsResult> {
   const progress = opts.progress ?? noProgress;
@@ -85,7 +116,8 @@ export async function buildStandalone(opts: InitramfsOptions): Promise<Initramfs
   const compress = opts.compress ?? 'gzip';
 
   progress({ task: 'initramfs: modules', done: 0 });
-  const res = await resolveShipped(modulesDir, opts.modules ?? []);
+  // dm-verity (with dm-mod and dm-bufio by modules.dep) when the initrd can use it
+  const res = await resolveShipped(modulesDir, [...(opts.modules ?? []), ...(opts.verityRoot ? ['dm-verity'] : [])]);
   const entries: CpioEntry[] = [];
   const modRoot = `lib/modules/${res.kver}`;
   let checkedArch = false;
@@ -140,19 +172,19 @@ export async function buildStandalone(opts: InitramfsOptions): Promise<Initramfs
   const missing = TEMPLATE_APPLETS.filter((a) => !applets.includes(a));
   if (missing.length) throw new StackbootError('TOOL', `busybox lacks applets the init needs: ${missing.join(' ')}`);
 
-  // kexec (kexec-tools) and its libraries, at their sysroot paths; the program itself in
-  // bin/ (sbin is a link to bin here)
+  // kexec (kexec-tools), and dmsetup and openssl (verified boot), with their libraries at
+  // their sysroot paths; the programs themselves in bin/ (sbin is a link to bin here)
   const kexec: string[] = [];
   if (opts.kexecRoot) {
     progress({ task: 'initramfs: kexec', done: 0 });
-    for (const f of await programClosure(opts.kexecRoot, '/sbin/kexec')) {
-      const at = f.path === '/sbin/kexec' ? 'bin/kexec' : f.path.slice(1);
-      const data = await readFile(f.source);
-      if (f.path === '/sbin/kexec') checkElfArch(data, arch, `${opts.kexecRoot}/sbin/kexec`);
-      entries.push({ path: at, type: 'file', mode: 0o755, data });
-      kexec.push(at);
-    }
+    kexec.push(...(await addPrograms(entries, opts.kexecRoot, ['/sbin/kexec'], arch)));
   }
+  const verity: string[] = [];
+  if (opts.verityRoot) {
+    progress({ task: 'initramfs: dmsetup, openssl', done: 0 });
+    verity.push(...(await addPrograms(entries, opts.verityRoot, VERITY_PROGRAMS, arch)));
+  }
+  const keys = await addKeys(entries, opts.pubKeys ?? [], !!opts.verityRoot);
 
   for (const f of await readCore(opts.coreDir ?? CORE_DIR, hostBusybox)) {
     entries.push({ path: `${SB_LIB.slice(1)}/${f.name}`, type: 'file', mode: 0o644, data: f.data });
@@ -200,5 +232,7 @@ export async function buildStandalone(opts: InitramfsOptions): Promise<Initramfs
     bytes: packed.length,
     applets,
     ...(kexec.length ? { kexec } : {}),
+    ...(verity.length ? { verity } : {}),
+    ...(keys.length ? { keys } : {}),
   };
 }

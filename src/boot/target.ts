@@ -13,6 +13,7 @@
  *
  *     KERNEL2=… MODULES2=… KVER2=…   the second kernel (6.12) test stacks carry (kexec)
  *     KEXEC_ROOT=/abs/path/.cache/targets/amd64/kexec-root   kexec-tools and its libraries
+ *     VERITY_ROOT=/abs/path/.cache/targets/amd64/verity-root dmsetup, openssl and their libraries
  *
  * MODULES holds a modules.dep made by depmod at setup time (the .deb has none).
  */
@@ -48,6 +49,8 @@ export interface Target {
   kernel2?: { kernel: string; modules: string; kver: string };
   /** A sysroot with kexec-tools' sbin/kexec and the libraries it needs (for the standalone initrd). */
   kexecRoot?: string;
+  /** A sysroot with sbin/dmsetup and usr/bin/openssl and their libraries (verified boot, standalone initrd). */
+  verityRoot?: string;
 }
 
 /** Parses `KEY=value` lines (no quoting, `#` comments, blank lines ignored). */
@@ -115,5 +118,6 @@ export async function loadTarget(arch: Arch, cacheRoot: string = DEFAULT_CACHE_R
   if (env.VMLINUX && (await exists(env.VMLINUX))) t.vmlinux = env.VMLINUX;
   if (env.KERNEL2 && env.MODULES2 && env.KVER2 && (await exists(env.KERNEL2))) t.kernel2 = { kernel: env.KERNEL2, modules: env.MODULES2, kver: env.KVER2 };
   if (env.KEXEC_ROOT && (await exists(path.join(env.KEXEC_ROOT, 'sbin', 'kexec'), constants.X_OK))) t.kexecRoot = env.KEXEC_ROOT;
+  if (env.VERITY_ROOT && (await exists(path.join(env.VERITY_ROOT, 'sbin', 'dmsetup'), constants.X_OK))) t.verityRoot = env.VERITY_ROOT;
   return t;
 }

@@ -10,3 +10,4 @@ export * from './squashfs.js';
 export * from './stack.js';
 export * from './stack-kernel.js';
 export * from './squashfs-read.js';
+export * from './verity.js';

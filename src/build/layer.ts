@@ -9,11 +9,12 @@ import path from 'node:path';
 import { sha256File, StackbootError, wrap, type ProgressSink, RateMeter, makeDir, onInterrupt, placeDurable, tempPathFor, writeDurableFrom } from '../sys/index.js';
 import { cacheLookup, cacheStore } from './cache.js';
 import { checkSquashfs, gensquashfsDir, gensquashfsPack, tar2sqfs, tarDirToSquashfs, treeHasXattrs, type SquashOptions } from './squashfs.js';
+import { appendVerity, type VerityInfo } from './verity.js';
 import { scanDir, type DirScan } from './sources/dir.js';
 import type { FolderAttrs } from './sources/tar.js';
 
-/** Part of every cache key: changed when a builder's output for the same input changes (2: roots 0755 0:0 and no sockets on every path). */
-export const BUILDER_VERSION = 'stackboot-layer-2';
+/** Part of every cache key: changed when a builder's output for the same input changes (2: roots 0755 0:0 and no sockets on every path; 3: a dm-verity tree appended). */
+export const BUILDER_VERSION = 'stackboot-layer-3';
 
 export interface LayerContext {
   /** output folder: layers go to <outDir>/layers */
@@ -35,6 +36,8 @@ export interface BuiltLayer {
   file: string;
   /** the cache key */
   key: string;
+  /** the appended dm-verity tree (a fresh build; a cached layer's is read from its file) */
+  verity?: VerityInfo;
 }
 
 export function layerKey(parts: Record<string, unknown>): string {
@@ -92,13 +95,14 @@ export async function produceLayer(
       async (tmp) => {
         const builder = await make(tmp);
         await checkSquashfs(tmp);
-        return { builder, digest: await sha256File(tmp), size: (await fs.stat(tmp)).size };
+        const verity = await appendVerity(tmp);
+        return { builder, verity, digest: await sha256File(tmp), size: (await fs.stat(tmp)).size };
       },
       { target: (b) => fileOf(b.digest) },
     );
     const dst = fileOf(built.digest);
     if (ctx.cacheDir) await cacheStore(ctx.cacheDir, key, built.digest, dst);
-    return { name, digest: built.digest, size: built.size, cached: false, builder: built.builder, file: dst, key };
+    return { name, digest: built.digest, size: built.size, cached: false, builder: built.builder, file: dst, key, verity: built.verity };
   } catch (e) {
     throw wrap('SOURCE', `layer ${name}: build failed`, e);
   }

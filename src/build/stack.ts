@@ -11,6 +11,7 @@ import { NAME_RE, chunkIndexLine, serializeManifest, stackId, type Manifest } fr
 import type { Recipe } from './recipe.js';
 import { toolVersion } from './squashfs.js';
 import { writeChunkIndex } from '../format/index.js';
+import { readVerity } from './verity.js';
 import { INITRD_LAYER, prepareStackKernel } from './stack-kernel.js';
 import type { FolderAttrs } from './sources/tar.js';
 
@@ -222,7 +223,7 @@ async function buildLayersAndManifest(recipe: Recipe, o: BuildOptions): Promise<
     created: o.epoch,
     compression: recipe.compression.algorithm,
     ...(boot ? { kernel: boot.kernel, initrd: boot.initrd, ...(boot.fdt ? { fdt: boot.fdt } : {}) } : {}),
-    layers: built.map((l) => ({ digest: l.digest, size: l.size, name: l.name })),
+    layers: await Promise.all(built.map(async (l) => ({ digest: l.digest, size: l.size, name: l.name, verity: l.verity ?? (await readVerity(l.file)) }))),
   };
   if (o.chunks) manifest.extra = await Promise.all(built.map(async (l) => chunkIndexLine(await writeChunkIndex(l.file, l.digest))));
   const text = serializeManifest(manifest);

@@ -11,6 +11,7 @@
  *   initrd <path> sha256:<hex> <bytes>               (with kernel: the initrd made for it)
  *   fdt <path> sha256:<hex> <bytes>                  (optional: the device tree, arm64)
  *   layer sha256:<hex> <bytes> <name>
+ *   verity <layer-hex> <root-hex> <salt-hex> <data-bytes> <hash-offset>   (dm-verity; all layers or none)
  *
  * The stack id is the sha256 of the manifest bytes. Layers are listed bottom first. The
  * boot files' paths are absolute paths in the stack's merged root: the hook reads them
@@ -26,6 +27,20 @@ export interface LayerRef {
   digest: string;
   size: number;
   name: string;
+  /** the layer's dm-verity hash tree (docs/PROTOCOL.md "Verity") */
+  verity?: LayerVerity;
+}
+
+/** Where a layer's data ends and its appended hash tree starts, and the tree's root. */
+export interface LayerVerity {
+  /** lowercase hex sha256 root hash */
+  root: string;
+  /** lowercase hex salt */
+  salt: string;
+  /** squashfs data bytes, a positive multiple of 4096 */
+  dataBytes: number;
+  /** byte offset of the hash tree in the layer file, a multiple of 4096, >= dataBytes */
+  hashOffset: number;
 }
 
 /** A file of the stack's merged root that the boot uses (kernel, initrd, device tree). */
@@ -103,7 +118,11 @@ export function serializeManifest(m: Manifest): string {
     if (seen.has(l.name)) bad(`layer name ${l.name} appears twice`);
     seen.add(l.name);
     lines.push(`layer sha256:${l.digest} ${l.size} ${l.name}`);
+    // one verity line per layer file (two layers may be the same file)
+    if (l.verity && !lines.some((x) => x.startsWith(`verity ${l.digest} `))) lines.push(verityText(l));
   }
+  const withVerity = m.layers.filter((l) => l.verity).length;
+  if (withVerity !== 0 && withVerity !== m.layers.length) bad(`verity data for ${withVerity} of ${m.layers.length} layers: all or none`);
   return lines.join('\n') + '\n';
 }
 
@@ -112,6 +131,25 @@ function bootFileText(what: string, f: BootFile): string {
   if (!HEX64.test(f.digest)) bad(`${what}: digest must be 64 lowercase hex chars`);
   if (!Number.isSafeInteger(f.size) || f.size <= 0) bad(`${what}: size must be a positive integer`);
   return `${f.path} sha256:${f.digest} ${f.size}`;
+}
+
+const VERITY_BLOCK = 4096;
+const SALT_RE = /^(?:[0-9a-f]{2}){1,128}$/;
+
+function verityText(l: LayerRef): string {
+  const v = l.verity!;
+  checkVerity(l.name, l.size, v, bad);
+  return `verity ${l.digest} ${v.root} ${v.salt} ${v.dataBytes} ${v.hashOffset}`;
+}
+
+/** The checks the boot makes too (initramfs/verity.sh): lengths, block multiples, the tree inside the file. */
+function checkVerity(name: string, size: number, v: LayerVerity, fail: (msg: string) => never): void {
+  if (!HEX64.test(v.root)) fail(`layer ${name}: verity root must be 64 lowercase hex chars`);
+  if (!SALT_RE.test(v.salt)) fail(`layer ${name}: verity salt must be 2 to 256 lowercase hex chars`);
+  if (!Number.isSafeInteger(v.dataBytes) || v.dataBytes <= 0 || v.dataBytes % VERITY_BLOCK !== 0) fail(`layer ${name}: verity data size ${v.dataBytes} is not a positive multiple of ${VERITY_BLOCK}`);
+  if (!Number.isSafeInteger(v.hashOffset) || v.hashOffset % VERITY_BLOCK !== 0 || v.hashOffset < v.dataBytes) fail(`layer ${name}: verity hash offset ${v.hashOffset} must be a multiple of ${VERITY_BLOCK} at or past the data`);
+  // one data block has no tree (its hash is the root): only then may the tree end the file
+  if (v.hashOffset > size || (v.hashOffset === size && v.dataBytes !== VERITY_BLOCK)) fail(`layer ${name}: verity hash offset ${v.hashOffset} is past the end of the ${size}-byte file`);
 }
 
 /** Parses "<path> sha256:<hex> <bytes>" (the tail of a kernel, initrd or fdt line). */
@@ -129,6 +167,7 @@ export function parseManifest(text: string): Manifest {
   if (lines[lines.length - 1] === '') lines.pop();
   if (lines[0] !== MANIFEST_MAGIC) bad(`not a stackboot manifest (first line must be "${MANIFEST_MAGIC}")`);
   const m: Partial<Manifest> & { layers: LayerRef[]; extra: [string, string][] } = { layers: [], extra: [] };
+  const verity = new Map<string, { v: LayerVerity; line: number }>();
   for (let i = 1; i < lines.length; i++) {
     const line = lines[i];
     const sp = line.indexOf(' ');
@@ -170,6 +209,16 @@ export function parseManifest(text: string): Manifest {
         m.layers.push({ digest: d.slice(7), size: Number(s), name });
         break;
       }
+      case 'verity': {
+        const parts = value.split(' ');
+        if (parts.length !== 5) bad('expected "verity <layer-sha256> <root> <salt> <data-bytes> <hash-offset>"', i + 1);
+        const [d, root, salt, data, off] = parts;
+        if (!HEX64.test(d)) bad(`bad verity layer digest ${JSON.stringify(d)}`, i + 1);
+        if (verity.has(d)) bad(`a second verity line for layer ${d}`, i + 1);
+        if (!/^\d+$/.test(data) || !/^\d+$/.test(off)) bad('verity sizes must be integers', i + 1);
+        verity.set(d, { v: { root, salt, dataBytes: Number(data), hashOffset: Number(off) }, line: i + 1 });
+        break;
+      }
       default:
         m.extra.push([key, value]);
     }
@@ -178,6 +227,16 @@ export function parseManifest(text: string): Manifest {
   if (m.created === undefined) bad('missing "created"');
   if (m.layers.length === 0) bad('no layers');
   if (m.kernel && !m.initrd) bad('a kernel line without an initrd line');
+  for (const [d, { v, line }] of verity) {
+    const ls = m.layers.filter((x) => x.digest === d);
+    if (ls.length === 0) bad(`verity line for ${d.slice(0, 12)}, which is not a layer of the stack`, line);
+    for (const l of ls) {
+      checkVerity(l.name, l.size, v, (msg) => bad(msg, line));
+      l.verity = v;
+    }
+  }
+  const withVerity = m.layers.filter((l) => l.verity).length;
+  if (withVerity !== 0 && withVerity !== m.layers.length) bad(`verity lines for ${withVerity} of ${m.layers.length} layers: all or none`);
   if (!m.kernel && (m.initrd || m.fdt)) bad(`an ${m.initrd ? 'initrd' : 'fdt'} line without a kernel line`);
   return m as Manifest;
 }

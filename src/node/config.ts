@@ -57,6 +57,8 @@ export function parseNodeConfig(text: string, origin = 'node config'): NodeConfi
       case 'ALLOW_UNSIGNED':
         if (!/^[01]$/.test(v)) throw new StackbootError('CONFIG', `${origin}: ALLOW_UNSIGNED must be 0 or 1`);
         node.ALLOW_UNSIGNED = v === '1';
+        // the same key in boot.conf lets the initrd boot unsigned manifests (verified boot)
+        bootPairs.push([k, v]);
         break;
       case 'MIN_FREE':
         if (!/^\d+$/.test(v)) throw new StackbootError('CONFIG', `${origin}: MIN_FREE must be a number of bytes`);

@@ -19,7 +19,7 @@ describe('boot config', () => {
   it('has the protocol defaults', () => {
     const c = defaultBootConfig();
     expect(c.STORES).toEqual(['nvme0n1', 'mmcblk0', 'vda', 'vdb']);
-    expect(c).toMatchObject({ TRIES: 3, UPPER: 'tmpfs', VERIFY: 'size', ON_FAIL: 'reboot', ON_FAIL_DELAY: 10, INIT: '/sbin/init', DEVICE_TIMEOUT: 10 });
+    expect(c).toMatchObject({ TRIES: 3, UPPER: 'tmpfs', VERIFY: 'verity', ALLOW_UNSIGNED: 0, ON_FAIL: 'reboot', ON_FAIL_DELAY: 10, INIT: '/sbin/init', DEVICE_TIMEOUT: 10 });
   });
 
   it('parses KEY=value text with comments and quotes, then --set', () => {

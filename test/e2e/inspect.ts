@@ -220,9 +220,9 @@ async function settle(img: string, part: Partition): Promise<string> {
 /**
  * Flips `count` bytes inside a layer file on the store, in place (same size, so only
  * VERIFY=sha256 or the squashfs mount can notice). Bytes are taken from the middle of
- * the file's first data block, so the squashfs superblock stays intact.
+ * the file's first data block, so the squashfs superblock stays intact; or at byte `filePos` of the file.
  */
-export async function corruptLayer(img: string, digest: string, count = 64): Promise<void> {
+export async function corruptLayer(img: string, digest: string, count = 64, filePos?: number): Promise<void> {
   const part = await partition(img, 'sb-store');
   const dev = await settle(img, part);
   const file = `/layers/${digest}.sqfs`;
@@ -232,7 +232,7 @@ export async function corruptLayer(img: string, digest: string, count = 64): Pro
   const blocks = (await debugfs(dev, `blocks ${file}`)).trim().split(/\s+/).map(Number).filter((n) => n > 0);
   if (!blocks.length || !(size > 0)) throw new Error(`corruptLayer: ${file} has no blocks (size ${size})`);
   // a byte position in the middle of the file, away from the 96-byte superblock
-  const pos = Math.max(256, Math.floor(size / 2) - count);
+  const pos = filePos ?? Math.max(256, Math.floor(size / 2) - count);
   const bi = Math.floor(pos / bsz);
   const within = pos % bsz;
   if (bi >= blocks.length || within + count > bsz) throw new Error(`corruptLayer: ${file}: position ${pos} not in one block`);

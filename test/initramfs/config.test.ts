@@ -19,7 +19,7 @@ describe('sb_config_load', () => {
     const res = await r.sh(`sb_config_load "" ; ${DUMP}`);
     expect(parse(res.out)).toMatchObject({
       STORES: 'nvme0n1 mmcblk0 vda vdb', STORE_LABEL: 'sb-store', DATA_LABEL: 'sb-data', TRIES: '3', UPPER: 'tmpfs',
-      UPPER_SIZE: '50%', VERIFY: 'size', PERSIST: '', ON_FAIL: 'reboot', ON_FAIL_DELAY: '10', INIT: '/sbin/init', DEVICE_TIMEOUT: '10',
+      UPPER_SIZE: '50%', VERIFY: 'verity', PERSIST: '', ON_FAIL: 'reboot', ON_FAIL_DELAY: '10', INIT: '/sbin/init', DEVICE_TIMEOUT: '10',
     });
   });
 

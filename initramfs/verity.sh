@@ -1,0 +1,211 @@
+# stackboot boot core: verified boot (docs/PROTOCOL.md "Verity").
+#
+# Before a stack is trusted its manifest's ed25519 signature is checked against the keys
+# built into this initrd ($SB_KEYS/*.pub, `stackboot initramfs --pub`): busybox cannot,
+# so openssl (pkeyutl -rawin) does. Then, with VERIFY=verity and a stack whose manifest
+# has a `verity` line per layer, each layer file is opened read-only on a loop device
+# through dm-verity (dmsetup, a `verity` table: the tree the build appended to the
+# file) and the overlay's lower is the verity device: the kernel checks every block as
+# it is read. A block that does not match fails its read with EIO (no
+# restart_on_corruption): at mount that fails the stack and the node falls back on the
+# same boot; later, the reading program gets the error and the health checks or the
+# tries settle it.
+
+: "${SB_KEYS=/etc/stackboot/keys}"
+
+# sb_sys_has_verifier: true when this initrd can check an ed25519 signature (openssl).
+sb_sys_has_verifier() { command -v openssl >/dev/null 2>&1; }
+# sb_sys_sig_verify MANIFEST SIG KEY: true when the raw 64-byte SIG of MANIFEST verifies with the PEM KEY.
+sb_sys_sig_verify() { openssl pkeyutl -verify -pubin -inkey "$3" -rawin -in "$1" -sigfile "$2" >/dev/null 2>&1; }
+# sb_sys_has_dm_verity: true when dmsetup is here and the kernel has the verity target.
+sb_sys_has_dm_verity() {
+	command -v dmsetup >/dev/null 2>&1 || return 1
+	sb_sys_modprobe dm-verity 2>/dev/null
+	DM_DISABLE_UDEV=1 dmsetup targets 2>/dev/null | grep -q '^verity '
+}
+# sb_sys_verity_mount FILE DIR NAME DATA_BYTES HASH_OFFSET ROOT SALT: FILE read-only on a
+# loop device, the dm-verity device NAME over it, its squashfs on DIR. 1 when the loop or
+# verity device cannot be made; 2 when the mount fails (a block that does not match).
+sb_sys_verity_mount() {
+	local file="$1" dir="$2" name="$3" data="$4" off="$5" loop
+	loop=$(losetup -f 2>/dev/null) && [ -n "$loop" ] && losetup -r "$loop" "$file" || return 1
+	echo "$loop" >"$SB_RUN/sb/$name.loop"
+	if ! DM_DISABLE_UDEV=1 dmsetup create "$name" --readonly --noudevsync \
+		--table "0 $((data / 512)) verity 1 $loop $loop 4096 4096 $((data / 4096)) $((off / 4096)) sha256 $6 $7" >/dev/null 2>&1; then
+		losetup -d "$loop"
+		return 1
+	fi
+	[ -b "$SB_DEV/mapper/$name" ] || DM_DISABLE_UDEV=1 dmsetup mknodes "$name" >/dev/null 2>&1
+	mount -t squashfs -o ro "$SB_DEV/mapper/$name" "$dir" && return 0
+	sb_sys_verity_close "$name"
+	return 2
+}
+# sb_sys_verity_close NAME: remove the verity device NAME and free its loop device.
+sb_sys_verity_close() {
+	DM_DISABLE_UDEV=1 dmsetup remove "$1" >/dev/null 2>&1
+	[ -r "$SB_RUN/sb/$1.loop" ] && losetup -d "$(cat "$SB_RUN/sb/$1.loop")" 2>/dev/null
+	rm -f "$SB_RUN/sb/$1.loop"
+}
+# sb_sys_verity_umount DIR NAME: unmount a layer opened by sb_sys_verity_mount.
+sb_sys_verity_umount() {
+	umount "$1" || return 1
+	sb_sys_verity_close "$2"
+}
+
+# sb_manifest_trusted MANIFEST: 0 when MANIFEST.sig verifies with a key of this initrd,
+# when this initrd has no keys (said once: signatures are then checked at install only),
+# or with ALLOW_UNSIGNED=1 (said in the log). Else 1 with SB_FAIL_WHY, and SB_FAIL_ENV=1
+# when this initrd has keys but no verifier.
+sb_manifest_trusted() {
+	local man="$1" k keys= why= bin
+	for k in "$SB_KEYS"/*.pub; do [ -f "$k" ] && keys="$keys $k"; done
+	if [ -z "$keys" ]; then
+		[ -n "${SB__NOKEYS_SAID-}" ] || sb_warn "no keys in this initrd ($SB_KEYS): manifest signatures are not checked at boot"
+		SB__NOKEYS_SAID=1
+		return 0
+	fi
+	bin="$SB_RUN/sb/manifest.sig.bin"
+	mkdir -p "$SB_RUN/sb"
+	if [ ! -s "$man.sig" ]; then
+		why="manifest is not signed (no manifest.sig)"
+	elif ! sb_sys_has_verifier; then
+		why="this initrd has keys but no signature verifier (openssl)"
+	elif ! base64 -d <"$man.sig" >"$bin" 2>/dev/null || [ "$(sb_file_size "$bin")" != 64 ]; then
+		why="manifest.sig is not the base64 of a 64-byte ed25519 signature"
+	else
+		for k in $keys; do
+			if sb_sys_sig_verify "$man" "$bin" "$k"; then
+				sb_log "manifest signature verified with ${k##*/}"
+				return 0
+			fi
+		done
+		why="manifest signature does not verify with any key of this initrd"
+	fi
+	if [ "$SB_ALLOW_UNSIGNED" = 1 ]; then
+		sb_warn "ALLOW_UNSIGNED=1 (development only): booting anyway: $why"
+		return 0
+	fi
+	SB_FAIL_WHY=$why
+	case "$why" in *'no signature verifier'*) SB_FAIL_ENV=1 ;; esac
+	return 1
+}
+
+# sb_verity_available: true when this machine can open dm-verity devices (asked once).
+sb_verity_available() {
+	if [ -z "${SB__DMV-}" ]; then
+		if sb_sys_has_dm_verity; then SB__DMV=yes; else SB__DMV=no; fi
+	fi
+	[ "$SB__DMV" = yes ]
+}
+
+# sb_verity_plan MANIFEST: SB_STACK_VERITY=1 when the layers are to be opened through
+# dm-verity: VERIFY=verity, the manifest has verity lines and the machine can. Else 0,
+# and the layers are checked by size (logged).
+sb_verity_plan() {
+	SB_STACK_VERITY=0
+	[ "$SB_VERIFY" = verity ] || return 0
+	if ! sb_manifest_get "$1" verity >/dev/null; then
+		sb_log "the stack has no verity data: checking its layers by size"
+		return 0
+	fi
+	if ! sb_verity_available; then
+		sb_warn "VERIFY=verity but this kernel or initrd has no dm-verity (dmsetup, dm-verity module): checking layers by size"
+		return 0
+	fi
+	SB_STACK_VERITY=1
+}
+
+# sb__salt_ok S: true when S is 2 to 256 lowercase hex characters, an even number.
+sb__salt_ok() {
+	case "$1" in '' | *[!0-9a-f]*) return 1 ;; esac
+	[ $((${#1} % 2)) = 0 ] && [ ${#1} -le 256 ]
+}
+
+# sb_verity_tree_bytes DATA_BYTES: the bytes of the hash tree over DATA_BYTES (the
+# kernel's levels: 128 sha256 digests a 4096-byte block, none for one data block).
+sb_verity_tree_bytes() {
+	local n=$(($1 / 4096)) t=0
+	while [ "$n" -gt 1 ]; do
+		n=$(((n + 127) / 128))
+		t=$((t + n))
+	done
+	echo $((t * 4096))
+}
+
+# sb_manifest_verity MANIFEST SHA256: sets SB_V_ROOT, SB_V_SALT, SB_V_DATA, SB_V_OFF from
+# the layer's verity line, checked (sizes normalised). 1 when there is none; 2 with
+# SB_MANIFEST_WHY when it is malformed. (Variables, not output: a $(...) subshell would
+# lose SB_MANIFEST_WHY.)
+sb_manifest_verity() {
+	local f="$1" want="$2" k h r s d o x
+	SB_MANIFEST_WHY= SB_V_ROOT= SB_V_SALT= SB_V_DATA= SB_V_OFF=
+	while read -r k h r s d o x || [ -n "$k" ]; do
+		[ "$k" = verity ] && [ "$h" = "$want" ] || continue
+		if [ -z "$o" ] || [ -n "$x" ]; then
+			SB_MANIFEST_WHY="manifest: malformed verity line for layer $(sb_short "$h")"
+		elif ! sb_is_hex64 "$r"; then
+			SB_MANIFEST_WHY="manifest: verity root hash of layer $(sb_short "$h") is not 64 hex characters (${#r})"
+		elif ! sb__salt_ok "$s"; then
+			SB_MANIFEST_WHY="manifest: verity salt of layer $(sb_short "$h") is not 2 to 256 hex characters"
+		elif ! d=$(sb_uint_norm "$d" 15) || [ "$d" = 0 ] || [ $((d % 4096)) != 0 ]; then
+			SB_MANIFEST_WHY="manifest: verity data size of layer $(sb_short "$h") is not a positive multiple of 4096"
+		elif ! o=$(sb_uint_norm "$o" 15) || [ $((o % 4096)) != 0 ] || [ "$o" -lt "$d" ]; then
+			SB_MANIFEST_WHY="manifest: verity hash offset of layer $(sb_short "$h") is not a multiple of 4096 at or past its data"
+		else
+			SB_V_ROOT=$r SB_V_SALT=$s SB_V_DATA=$d SB_V_OFF=$o
+			return 0
+		fi
+		return 2
+	done <"$f"
+	return 1
+}
+
+# sb_verity_check_layer MANIFEST SHA256 NAME FILE: the layer's verity line is well formed
+# and its hash tree lies inside FILE. Sets SB_FAIL_WHY on failure.
+sb_verity_check_layer() {
+	local size end
+	sb_manifest_verity "$1" "$2"
+	case $? in
+	0) ;;
+	1)
+		SB_FAIL_WHY="layer $3 ($(sb_short "$2")) has no verity line"
+		return 1
+		;;
+	*)
+		SB_FAIL_WHY=$SB_MANIFEST_WHY
+		return 1
+		;;
+	esac
+	size=$(sb_file_size "$4")
+	end=$((SB_V_OFF + $(sb_verity_tree_bytes "$SB_V_DATA")))
+	if [ "$end" -gt "$size" ]; then
+		SB_FAIL_WHY="layer $3 ($(sb_short "$2")): its verity hash tree (offset $SB_V_OFF, ending at $end) is past the end of the $size-byte file"
+		return 1
+	fi
+	return 0
+}
+
+# sb_verity_mount_layer MANIFEST SHA256 NAME FILE DIR DMNAME: open the layer through
+# dm-verity and mount it on DIR. Sets SB_FAIL_WHY (and SB_FAIL_ENV when the machine,
+# not the layer, failed) on failure.
+sb_verity_mount_layer() {
+	local rc
+	sb_manifest_verity "$1" "$2" || {
+		SB_FAIL_WHY=${SB_MANIFEST_WHY:-layer $3 has no verity line}
+		return 1
+	}
+	sb_sys_verity_mount "$4" "$5" "$6" "$SB_V_DATA" "$SB_V_OFF" "$SB_V_ROOT" "$SB_V_SALT"
+	rc=$?
+	case "$rc" in
+	0)
+		sb_debug "layer $3 through dm-verity ($6, root $(sb_short "$SB_V_ROOT"))"
+		return 0
+		;;
+	1) SB_FAIL_WHY="cannot open layer $3 ($(sb_short "$2")) through dm-verity" SB_FAIL_ENV=1 ;;
+	*)
+		SB_FAIL_WHY="layer $3 ($(sb_short "$2")) fails dm-verity at mount: a block does not match the signed root hash"
+		sb_sys_fs_known squashfs || SB_FAIL_ENV=1 SB_FAIL_WHY="cannot mount layer $3 ($(sb_short "$2")): this kernel has no squashfs"
+		;;
+	esac
+	return 1
+}

@@ -1,0 +1,239 @@
+/**
+ * Verified boot in the boot core (initramfs/verity.sh) under busybox sh with a fake root:
+ * the manifest's signature is checked with the host's real openssl against keys in a
+ * keys folder before anything of the stack is used; a stack with verity lines has each
+ * layer opened through dm-verity (the dmsetup/loop effects faked, their arguments
+ * recorded); evil verity lines are refused with a clear log line and the node falls back
+ * on the same boot, never a shell error.
+ */
+import { generateKeyPairSync, sign } from 'node:crypto';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { verityTreeBytes } from '../../src/build/verity.js';
+import { fakeRoots, readEvents, readState, sha256, type FakeRoot, type Store } from './harness.js';
+
+const roots = fakeRoots();
+const CONF = 'STORES=vda\n';
+const ROOT = 'ab'.repeat(32);
+const SALT = 'cd'.repeat(32);
+/** layer files of 3 blocks: 2 of data, 1 of tree */
+const LAYERS = (slot: string) => [
+  { name: `base-${slot}`, size: 12288 },
+  { name: `app-${slot}`, size: 12288 },
+];
+
+function oneStore(r: FakeRoot, verityOn: ('a' | 'b')[] = ['a', 'b']): Store {
+  const store = r.makeStore('s1', { current: 'a', a: { status: 'good', layers: LAYERS('a') }, b: { status: 'pending', tries: 3, layers: LAYERS('b') } });
+  r.addDisk('vda', [{ name: 'vda2', label: 'sb-store', store: store.dir }]);
+  for (const slot of verityOn) rewrite(store, slot, (t) => t.replace(/^layer sha256:([0-9a-f]{64}) .*$/gm, (l, h: string) => `${l}\nverity ${h} ${ROOT} ${SALT} 8192 8192`));
+  return store;
+}
+
+/** Rewrites SLOT's manifest and keeps the state's stack id in step (as an installer would). */
+function rewrite(store: Store, slot: 'a' | 'b', f: (text: string) => string): void {
+  const mf = join(store.dir, 'slots', slot, 'manifest');
+  const text = f(readFileSync(mf, 'utf8'));
+  writeFileSync(mf, text);
+  const id = sha256(text);
+  writeFileSync(join(store.dir, 'state'), readState(store).replace(store.stack[slot]!, id));
+  store.stack[slot] = id;
+}
+
+/** dm-verity present (or not); each verity mount recorded, FAKE_VERITY_FAIL=<name part> makes it return 2. */
+const verityFakes = (o: { noDm?: boolean; noOpenssl?: boolean } = {}) => `
+sb_sys_has_dm_verity() { ${o.noDm ? 'return 1' : 'return 0'}; }
+${o.noOpenssl ? 'sb_sys_has_verifier() { return 1; }' : ''}
+sb_sys_verity_mount() {
+	sb__rec "verity-mount $*"
+	[ -n "\${FAKE_VERITY_FAIL-}" ] && case "$1" in *"$FAKE_VERITY_FAIL"*) return 2 ;; esac
+	return 0
+}
+sb_sys_verity_umount() { sb__rec "verity-umount $1 $2"; return 0; }
+`;
+
+async function boot(r: FakeRoot, conf = CONF, env: Record<string, string> = {}, o: Parameters<typeof verityFakes>[0] = {}) {
+  writeFileSync(join(r.dir, 'boot.conf'), conf);
+  return r.sh(`${verityFakes(o)}
+sb_config_load "$SB_T/boot.conf"
+sb_boot "$SB_T/root"; rc=$?
+echo "BOOT=$rc"`, { SB_KEYS: join(r.dir, 'keys'), ...env });
+}
+
+const failOf = (store: Store) => readEvents(store).find((e) => e.event === 'fail');
+
+describe('dm-verity layers', () => {
+  it('opens every layer of a stack with verity lines through dm-verity, with the manifest values', async () => {
+    const r = roots();
+    const store = oneStore(r);
+    const res = await boot(r);
+    expect(res.out).toContain('BOOT=0');
+    expect(r.booted().slot).toBe('b');
+    const vm = r.calls().filter((c) => c.startsWith('verity-mount'));
+    expect(vm).toEqual(
+      store.layerHashes.b!.map((h, n) => `verity-mount ${r.runDir}/sb/s0/layers/${h}.sqfs ${r.runDir}/sb/l${n} sbv-b${n}-${h.slice(0, 12)} 8192 8192 ${ROOT} ${SALT}`),
+    );
+    expect(r.calls().filter((c) => c.startsWith('layer '))).toEqual([]);
+    expect(r.calls().find((c) => c.includes('-t overlay'))).toContain(`lowerdir=${r.runDir}/sb/l1:${r.runDir}/sb/l0`);
+  });
+
+  it('a layer that fails dm-verity at mount fails the stack; the node falls back on the same boot and the event names the layer', async () => {
+    const r = roots();
+    const store = oneStore(r);
+    const res = await boot(r, CONF, { FAKE_VERITY_FAIL: store.layerHashes.b![1]! });
+    expect(res.out).toContain('BOOT=0');
+    expect(r.booted().slot).toBe('a');
+    expect(failOf(store)!.reason).toMatch(/layer app-b \([0-9a-f]{12}\) fails dm-verity at mount: a block does not match the signed root hash/);
+    expect(readState(store)).toMatch(/^b bad /m);
+    // what was opened is closed again before the fallback
+    expect(r.calls()).toContain(`verity-umount ${r.runDir}/sb/l0 sbv-b0-${store.layerHashes.b![0]!.slice(0, 12)}`);
+  });
+
+  it('a stack without verity lines, a kernel without dm-verity, or VERIFY=size: layers by size, plain loop mounts', async () => {
+    for (const [verityOn, conf, o, log] of [
+      [['a'], CONF, {}, /the stack has no verity data: checking its layers by size/],
+      [['a', 'b'], CONF, { noDm: true }, /VERIFY=verity but this kernel or initrd has no dm-verity/],
+      [['a', 'b'], `${CONF}VERIFY=size\n`, {}, null],
+    ] as const) {
+      const r = roots();
+      oneStore(r, [...verityOn]);
+      const res = await boot(r, conf, {}, o);
+      expect(res.out).toContain('BOOT=0');
+      expect(r.booted().slot).toBe('b');
+      expect(r.calls().filter((c) => c.startsWith('verity-mount'))).toEqual([]);
+      expect(r.calls().filter((c) => c.startsWith('layer '))).toHaveLength(2);
+      if (log) expect(res.err).toMatch(log);
+    }
+  });
+
+  it('computes the tree size as the build does', async () => {
+    const r = roots();
+    const sizes = [4096, 8192, 128 * 4096, 129 * 4096, 16385 * 4096, 262144 * 4096 * 5];
+    const res = await r.sh(`for s in ${sizes.join(' ')}; do sb_verity_tree_bytes $s; done`);
+    expect(res.out.trim().split('\n').map(Number)).toEqual(sizes.map(verityTreeBytes));
+  });
+});
+
+describe('evil verity lines: refused with a clear log line, fallback, no shell error', () => {
+  it.each([
+    ['a root hash of the wrong length', (t: string) => t.replace(` ${ROOT} `, ` ${ROOT.slice(2)} `), /verity root hash of layer [0-9a-f]{12} is not 64 hex characters \(62\)/],
+    ['a hash offset past the end of the file', (t: string) => t.replace(/ 8192 8192$/m, ' 8192 12288'), /its verity hash tree \(offset 12288, ending at 16384\) is past the end of the 12288-byte file/],
+    ['a data size not a multiple of the block size', (t: string) => t.replace(/ 8192 8192$/m, ' 8000 8192'), /verity data size of layer [0-9a-f]{12} is not a positive multiple of 4096/],
+    ['a hash offset inside the data', (t: string) => t.replace(/ 8192 8192$/m, ' 8192 4096'), /verity hash offset of layer [0-9a-f]{12} is not a multiple of 4096 at or past its data/],
+    ['a size of 20 digits (past shell arithmetic)', (t: string) => t.replace(/ 8192 8192$/m, ' 8192 99999999999999999999'), /verity hash offset of layer/],
+    ['a size with a leading zero (not octal)', (t: string) => t.replace(/ 8192 8192$/m, ' 08192 8192'), null],
+    ['a salt with a non-hex character', (t: string) => t.replace(` ${SALT} `, ` ${SALT.slice(1)}z `), /verity salt of layer [0-9a-f]{12} is not 2 to 256 hex characters/],
+    ['a missing field', (t: string) => t.replace(/ 8192 8192$/m, ' 8192'), /malformed verity line for layer/],
+    ['a layer without a verity line', (t: string) => t.replace(/^verity .*\n(?![\s\S]*^verity )/m, ''), /layer app-b \([0-9a-f]{12}\) has no verity line/],
+  ])('%s', async (_what, edit, re) => {
+    const r = roots();
+    const store = oneStore(r);
+    rewrite(store, 'b', edit);
+    const res = await boot(r);
+    expect(res.out).toContain('BOOT=0');
+    if (re === null) {
+      expect(r.booted().slot).toBe('b');
+      expect(r.calls().find((c) => c.startsWith('verity-mount'))).toContain(' 8192 8192 ');
+      return;
+    }
+    expect(r.booted().slot).toBe('a');
+    expect(failOf(store)!.reason).toMatch(re);
+    expect(res.err).toMatch(re);
+    expect(res.err).not.toMatch(/arithmetic|syntax error|bad number|not found/i);
+    // nothing of the refused stack was opened; the fallback's layers were
+    expect(r.calls().filter((c) => c.startsWith('verity-mount') && c.includes(' sbv-b'))).toEqual([]);
+    expect(r.calls().filter((c) => c.startsWith('verity-mount') && c.includes(' sbv-a'))).toHaveLength(2);
+  });
+});
+
+describe('manifest signatures', () => {
+  const keys = () => generateKeyPairSync('ed25519');
+  function withKeys(r: FakeRoot, pubs: string[]): void {
+    mkdirSync(join(r.dir, 'keys'), { recursive: true });
+    pubs.forEach((p, i) => writeFileSync(join(r.dir, 'keys', `k${i}.pub`), p));
+  }
+  function signSlot(store: Store, slot: 'a' | 'b', key: ReturnType<typeof keys>['privateKey']): void {
+    const mf = join(store.dir, 'slots', slot, 'manifest');
+    writeFileSync(`${mf}.sig`, sign(null, readFileSync(mf), key).toString('base64') + '\n');
+  }
+  const pem = (k: ReturnType<typeof keys>) => k.publicKey.export({ type: 'spki', format: 'pem' }).toString();
+
+  it('a manifest signed by a key of the initrd (the second key) boots, and the log says which key', async () => {
+    const r = roots();
+    const store = oneStore(r);
+    const [other, mine] = [keys(), keys()];
+    withKeys(r, [pem(other), pem(mine)]);
+    signSlot(store, 'a', mine.privateKey);
+    signSlot(store, 'b', mine.privateKey);
+    const res = await boot(r);
+    expect(res.out).toContain('BOOT=0');
+    expect(r.booted().slot).toBe('b');
+    expect(res.err).toMatch(/manifest signature verified with k1.pub/);
+  });
+
+  it.each([
+    ['a flipped byte in the manifest (state rewritten to match)', 'manifest', /manifest signature does not verify with any key of this initrd/],
+    ['a flipped byte in the signature', 'sig', /manifest signature does not verify with any key of this initrd/],
+    ['no signature', 'nosig', /manifest is not signed \(no manifest.sig\)/],
+    ['a signature that is not 64 bytes', 'short', /manifest.sig is not the base64 of a 64-byte ed25519 signature/],
+    ['a signature by another key', 'otherkey', /manifest signature does not verify with any key of this initrd/],
+  ])('%s: refused before any layer is opened, fallback on the same boot', async (_what, how, re) => {
+    const r = roots();
+    const store = oneStore(r);
+    const k = keys();
+    withKeys(r, [pem(k)]);
+    signSlot(store, 'a', k.privateKey);
+    signSlot(store, 'b', how === 'otherkey' ? keys().privateKey : k.privateKey);
+    const sigFile = join(store.dir, 'slots', 'b', 'manifest.sig');
+    if (how === 'manifest') {
+      const sig = readFileSync(sigFile);
+      rewrite(store, 'b', (t) => t.replace('name demo-b', 'name demo-c'));
+      writeFileSync(sigFile, sig);
+    }
+    if (how === 'sig') {
+      const raw = Buffer.from(readFileSync(sigFile, 'utf8'), 'base64');
+      raw[10] ^= 1;
+      writeFileSync(sigFile, raw.toString('base64') + '\n');
+    }
+    if (how === 'nosig') writeFileSync(sigFile, '');
+    if (how === 'short') writeFileSync(sigFile, Buffer.alloc(32, 1).toString('base64') + '\n');
+    const res = await boot(r);
+    expect(res.out).toContain('BOOT=0');
+    expect(r.booted().slot).toBe('a');
+    expect(failOf(store)!.reason).toMatch(re);
+    expect(readState(store)).toMatch(/^b bad /m);
+    expect(r.calls().filter((c) => c.startsWith('verity-mount') && c.includes('sbv-b'))).toEqual([]);
+  });
+
+  it('ALLOW_UNSIGNED=1 boots an unsigned manifest and says so in the log', async () => {
+    const r = roots();
+    oneStore(r);
+    withKeys(r, [pem(keys())]);
+    const res = await boot(r, `${CONF}ALLOW_UNSIGNED=1\n`);
+    expect(res.out).toContain('BOOT=0');
+    expect(r.booted().slot).toBe('b');
+    expect(res.err).toMatch(/ALLOW_UNSIGNED=1 \(development only\): booting anyway: manifest is not signed/);
+    expect(readFileSync(join(r.dir, 'kmsg'), 'utf8')).toMatch(/ALLOW_UNSIGNED=1/);
+  });
+
+  it('keys but no verifier in the initrd: no stack boots, and none is marked bad (the machine is at fault)', async () => {
+    const r = roots();
+    const store = oneStore(r);
+    const k = keys();
+    withKeys(r, [pem(k)]);
+    signSlot(store, 'a', k.privateKey);
+    signSlot(store, 'b', k.privateKey);
+    const res = await boot(r, CONF, {}, { noOpenssl: true });
+    expect(res.out).toContain('BOOT=1');
+    expect(failOf(store)!.reason).toMatch(/no signature verifier \(openssl\).*not marked bad/);
+    expect(readState(store)).not.toMatch(/ bad /);
+  });
+
+  it('an initrd without keys checks no signature and says so once', async () => {
+    const r = roots();
+    oneStore(r);
+    const res = await boot(r);
+    expect(res.out).toContain('BOOT=0');
+    expect(res.err.match(/no keys in this initrd/g)).toHaveLength(1);
+  });
+});
