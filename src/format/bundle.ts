@@ -14,7 +14,9 @@
  * A full bundle carries every layer; a delta bundle (`base`) only the layers the base
  * stack lacks, or of a layer only the chunks the base lacks. The squashfs layers are compressed already, so the tar is not.
  */
+import { createHash } from 'node:crypto';
 import { createReadStream, createWriteStream, promises as fs } from 'node:fs';
+import { pipeline } from 'node:stream/promises';
 import path from 'node:path';
 import { PassThrough, Readable, type Writable } from 'node:stream';
 import { parsing, StackbootError, RateMeter, noProgress, type ProgressSink, writeDurableFrom } from '../sys/index.js';
@@ -364,4 +366,44 @@ export async function readBundleHead(stream: Readable, label = 'bundle'): Promis
     stream.destroy();
   }
   return got!;
+}
+
+// ---------------------------------------------------------------- unpacking
+
+/**
+ * A bundle as a build output folder (manifest, manifest.sig, layers/<sha256>.sqfs): for
+ * `push` of a bundle. Each carried layer is written durably and checked against the
+ * manifest's sha256 and size. Returns the layers the bundle does not carry (a delta's
+ * base), which the caller must find elsewhere.
+ */
+export async function unpackBundle(stream: Readable, dir: string, label = 'bundle'): Promise<{ manifest: Manifest; absent: LayerRef[] }> {
+  await fs.mkdir(path.join(dir, 'layers'), { recursive: true });
+  let layers: LayerRef[] = [];
+  const written = new Set<string>();
+  const head = await readBundle(
+    stream,
+    {
+      onHead: async (h) => {
+        layers = h.manifest.layers;
+        await fs.writeFile(path.join(dir, 'manifest'), h.manifestText);
+        if (h.sig) await fs.writeFile(path.join(dir, 'manifest.sig'), h.sig);
+        return new Set(layers.map((l) => l.digest));
+      },
+      onLayer: async (digest, size, body) => {
+        const l = layers.find((x) => x.digest === digest)!;
+        if (size !== l.size) throw new StackbootError('VERIFY', `${label}: layer ${l.name} has ${size} bytes, the manifest says ${l.size}`);
+        const h = createHash('sha256');
+        body.on('data', (c: Buffer) => h.update(c));
+        await writeDurableFrom(path.join(dir, 'layers', `${digest}.sqfs`), (tmp) => pipeline(body, createWriteStream(tmp, { flags: 'wx' })), {
+          check: () => {
+            const got = h.digest('hex');
+            if (got !== digest) throw new StackbootError('VERIFY', `${label}: layer ${l.name} does not match the manifest (sha256 ${got.slice(0, 12)})`);
+          },
+        });
+        written.add(digest);
+      },
+    },
+    label,
+  );
+  return { manifest: head.manifest, absent: head.manifest.layers.filter((l) => !written.has(l.digest)) };
 }

@@ -20,6 +20,11 @@ export interface PushOptions {
   ref: Reference;
   /** build output folder */
   buildDir: string;
+  /**
+   * layers not in the folder (a delta bundle's base): pushed only if the registry has them
+   * already, else the push is refused naming them
+   */
+  absentLayers?: ReadonlySet<string>;
   /** sign the manifest now with this private key (else the build's manifest.sig) */
   key?: string;
   /** push without a signature (nodes install it only with ALLOW_UNSIGNED=1) */
@@ -68,6 +73,7 @@ async function readBuild(o: PushOptions): Promise<{ manifest: Manifest; text: Bu
     if (sig) parsing(`${o.buildDir}/manifest.sig`, () => parseSignature(sig!.toString('utf8')));
   }
   for (const l of manifest.layers) {
+    if (o.absentLayers?.has(l.digest)) continue;
     const st = await fs.stat(path.join(o.buildDir, 'layers', `${l.digest}.sqfs`)).catch(() => null);
     if (!st) throw new StackbootError('SOURCE', `layer ${l.name} (${l.digest.slice(0, 12)}) is missing from ${o.buildDir}/layers`);
     if (st.size !== l.size) throw new StackbootError('SOURCE', `layer ${l.name}: ${st.size} bytes in ${o.buildDir}, the manifest says ${l.size}`);
@@ -129,7 +135,7 @@ export async function pushStack(o: PushOptions): Promise<PushResult> {
     { what: 'config', desc: EMPTY_CONFIG, bytes: EMPTY_CONFIG_BYTES },
     { what: 'manifest', desc: { mediaType: '', digest: sha256Digest(text), size: text.length }, bytes: text },
     ...(sig ? [{ what: 'manifest.sig', desc: { mediaType: '', digest: sha256Digest(sig), size: sig.length }, bytes: sig }] : []),
-    ...manifest.layers.map((l) => ({ what: `layer ${l.name}`, desc: { mediaType: '', digest: `sha256:${l.digest}`, size: l.size }, file: path.join(o.buildDir, 'layers', `${l.digest}.sqfs`) })),
+    ...manifest.layers.map((l) => ({ what: `layer ${l.name}`, desc: { mediaType: '', digest: `sha256:${l.digest}`, size: l.size }, ...(o.absentLayers?.has(l.digest) ? {} : { file: path.join(o.buildDir, 'layers', `${l.digest}.sqfs`) }) })),
   ];
   const result: PushResult['blobs'] = [];
   let uploaded = 0;
@@ -137,6 +143,7 @@ export async function pushStack(o: PushOptions): Promise<PushResult> {
     if (result.some((r) => r.digest === b.desc.digest)) continue;
     let how: BlobOutcome = 'present';
     if (!(await hasBlob(client, repo, b.desc.digest, scope))) {
+      if (!b.file && !b.bytes) throw new StackbootError('MISSING_LAYERS', `${b.what} (${b.desc.digest.slice(7, 19)}) is neither in ${o.buildDir} (a delta bundle's base) nor in ${client.registry}/${repo}: push the base stack first, or a full bundle`);
       // a mount that the registry cannot do (the other repository lacks the blob) is
       // answered 202 with an upload opened instead: that upload is used
       const mount = o.mountFrom && o.mountFrom !== repo ? await startUpload(client, repo, scope, b.desc.digest, o.mountFrom) : undefined;

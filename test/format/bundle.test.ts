@@ -3,7 +3,7 @@ import { createReadStream, createWriteStream, promises as fs } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { PassThrough } from 'node:stream';
-import { baseLayers, readBundle, readBundleHead, writeBundle, writeBundleFile } from '../../src/format/bundle.js';
+import { baseLayers, readBundle, readBundleHead, unpackBundle, writeBundle, writeBundleFile } from '../../src/format/bundle.js';
 import { fakeBuild, keys, layerBytes, type FakeBuild } from '../support/update-fixtures.js';
 import { walkTar } from '../../src/format/tarfile.js';
 import { isTempName } from '../../src/sys/durable.js';
@@ -134,6 +134,32 @@ describe('bundle', () => {
     await w.add({ path: 'hello', type: 'file', mode: 0o644, uid: 0, gid: 0, mtime: 0, size: 2 }, Buffer.from('hi'));
     await w.finish();
     await expect(readBundleHead(createReadStream(f))).rejects.toMatchObject({ code: 'MANIFEST' });
+  });
+
+  it('unpacks into a build output folder: the same files; a delta names the layers it lacks; a tampered layer never lands', async () => {
+    const full = path.join(tmp, 'unpack-full.stackbundle');
+    await writeBundleFile({ buildDir: v2.dir, file: full });
+    const out = path.join(tmp, 'unpacked');
+    const u = await unpackBundle(createReadStream(full), out, full);
+    expect(u.absent).toEqual([]);
+    for (const f of ['manifest', 'manifest.sig', ...v2.manifest.layers.map((l) => `layers/${l.digest}.sqfs`)]) {
+      expect(await fs.readFile(path.join(out, f))).toEqual(await fs.readFile(path.join(v2.dir, f)));
+    }
+    const delta = path.join(tmp, 'unpack-delta.stackbundle');
+    await writeBundleFile({ buildDir: v2.dir, file: delta, baseDigests: (await baseLayers(v1.dir)).digests });
+    const d = await unpackBundle(createReadStream(delta), path.join(tmp, 'unpacked-delta'), delta);
+    expect(d.absent.map((l) => l.name)).toEqual(['base']);
+    // one byte of the app layer changed inside the bundle
+    const bytes = await fs.readFile(delta);
+    const app = v2.manifest.layers.find((l) => l.name === 'app')!;
+    const at = bytes.indexOf(await fs.readFile(path.join(v2.dir, 'layers', `${app.digest}.sqfs`)));
+    expect(at).toBeGreaterThan(0);
+    bytes[at + 100] ^= 0xff;
+    const bad = path.join(tmp, 'unpack-bad.stackbundle');
+    await fs.writeFile(bad, bytes);
+    const dir = path.join(tmp, 'unpacked-bad');
+    await expect(unpackBundle(createReadStream(bad), dir, bad)).rejects.toMatchObject({ code: 'VERIFY', message: expect.stringMatching(/layer app does not match the manifest/) });
+    expect(await fs.readdir(path.join(dir, 'layers'))).toEqual([]);
   });
 
   it('says a file that is not even a tar (random bytes, a text) is not a bundle', async () => {

@@ -84,6 +84,30 @@ describe('stackboot push / pull / install oci://', () => {
     expect(noCa.stderr).toMatch(/certificate/);
   });
 
+  it('push of a bundle: a full one is the same artifact as its build output; a delta needs its base in the registry, else it is refused naming the layer', async () => {
+    const v2 = await buildSigned(tmp, '2', k.key);
+    const env = { REGISTRY_AUTH_FILE: authFile };
+    const full = path.join(tmp, 'v2.stackbundle');
+    const delta = path.join(tmp, 'v2-delta.stackbundle');
+    expect((await sb(['bundle', v2.dir, '--out', full])).exitCode).toBe(0);
+    expect((await sb(['bundle', v2.dir, '--out', delta, '--base', v1.dir])).exitCode).toBe(0);
+    // the delta into a repository that has no base: refused, nothing tagged
+    const lonely = await sb(['push', delta, `oci://${reg.host}/fleet/lonely:2`, '--ca-file', pki.caCert], { env });
+    expect(lonely.exitCode, lonely.stderr).toBe(15);
+    expect(lonely.stderr).toMatch(/layer base \([0-9a-f]{12}\) is neither in .* \(a delta bundle's base\) nor in .*fleet\/lonely: push the base stack first/);
+    // the full bundle and the build output give the same artifact digest
+    const fromDir = await sb(['push', v2.dir, `oci://${reg.host}/fleet/node:2`, '--ca-file', pki.caCert, '--json'], { env });
+    const fromFull = await sb(['push', full, `oci://${reg.host}/fleet/other:2`, '--ca-file', pki.caCert, '--json'], { env });
+    expect(fromFull.exitCode, fromFull.stderr).toBe(0);
+    expect(JSON.parse(fromFull.stdout).digest).toBe(JSON.parse(fromDir.stdout).digest);
+    // the delta where v1 (its base) was pushed before: only the manifests and the app layer are new there
+    const fromDelta = await sb(['push', delta, `oci://${reg.host}/fleet/node:2d`, '--ca-file', pki.caCert, '--json'], { env });
+    expect(fromDelta.exitCode, fromDelta.stderr).toBe(0);
+    const j = JSON.parse(fromDelta.stdout);
+    expect(j.digest).toBe(JSON.parse(fromDir.stdout).digest);
+    expect(j.blobs.find((b: { what: string }) => b.what === 'layer base').how).toBe('present');
+  });
+
   it('install oci://… on a node: credentials and CA from the node config, --dry-run names the layers and bytes', async () => {
     const storeDir = path.join(tmp, 'store');
     await Store.create(storeDir);

@@ -1,4 +1,8 @@
-/** `stackboot push OUT_DIR oci://host/repo:tag`: a build output into an OCI registry. */
+/** `stackboot push OUT_DIR|BUNDLE oci://host/repo:tag`: a build output (or a bundle) into an OCI registry. */
+import { createReadStream } from 'node:fs';
+import { mkdtemp, rm, stat } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
 import type { Argv, CommandModule } from 'yargs';
 import { StackbootError } from '../../sys/index.js';
 import { fmtBytes, makeOut } from '../output.js';
@@ -30,10 +34,10 @@ export async function registryClientFor(a: any, refText: string, note: (s: strin
 
 export const pushCommand: CommandModule<any, any> = {
   command: 'push <build> <ref>',
-  describe: 'push a build output to an OCI registry (prints oci://…@sha256:…)',
+  describe: 'push a build output or a bundle to an OCI registry (prints oci://…@sha256:…)',
   builder: (y) =>
     registryOptions(y)
-      .positional('build', { type: 'string', demandOption: true, describe: 'build output folder (manifest, manifest.sig, layers/)' })
+      .positional('build', { type: 'string', demandOption: true, describe: 'build output folder (manifest, manifest.sig, layers/), or a bundle file (a delta bundle: its base must be in the registry already)' })
       .positional('ref', { type: 'string', demandOption: true, describe: 'oci://host[:port]/repository[:tag]' })
       .option('key', { type: 'string', describe: "private key to sign with (default: the build output's manifest.sig)" })
       .option('mount-from', { type: 'string', describe: 'another repository of the same registry to mount layers from' })
@@ -43,17 +47,34 @@ export const pushCommand: CommandModule<any, any> = {
     const out = makeOut(a);
     const { pushStack } = await import('../../registry/index.js');
     const { ref, client } = await registryClientFor(a, a.ref, (s) => process.stderr.write(`stackboot: ${s}\n`));
-    const r = await pushStack({
-      client,
-      ref,
-      buildDir: a.build,
-      key: a.key,
-      mountFrom: a.mountFrom,
-      arch: a.arch,
-      onBlob: (b) => out.line(`  ${b.what.padEnd(16)} ${b.digest.slice(7, 19)} ${fmtBytes(b.size).padStart(9)} ${b.how}`),
-    });
-    out.result(r);
-    out.line(`pushed ${r.name} ${r.version} (stack ${r.stack.slice(0, 12)}): ${fmtBytes(r.uploaded)} uploaded`);
-    out.report(r.reference);
+    // a bundle file: unpacked into a build output folder first (its layers checked)
+    const st = await stat(a.build).catch(() => null);
+    let buildDir = a.build as string;
+    let absentLayers: Set<string> | undefined;
+    const scratch = st?.isFile() ? await mkdtemp(path.join(os.tmpdir(), 'sb-push-')) : undefined;
+    try {
+      if (scratch) {
+        const { unpackBundle } = await import('../../format/index.js');
+        const u = await unpackBundle(createReadStream(a.build), scratch, a.build);
+        buildDir = scratch;
+        absentLayers = new Set(u.absent.map((l) => l.digest));
+        if (u.absent.length) out.line(`${a.build} is a delta: ${u.absent.map((l) => l.name).join(', ')} must be in the registry already`);
+      }
+      const r = await pushStack({
+        client,
+        ref,
+        buildDir,
+        absentLayers,
+        key: a.key,
+        mountFrom: a.mountFrom,
+        arch: a.arch,
+        onBlob: (b) => out.line(`  ${b.what.padEnd(16)} ${b.digest.slice(7, 19)} ${fmtBytes(b.size).padStart(9)} ${b.how}`),
+      });
+      out.result(r);
+      out.line(`pushed ${r.name} ${r.version} (stack ${r.stack.slice(0, 12)}): ${fmtBytes(r.uploaded)} uploaded`);
+      out.report(r.reference);
+    } finally {
+      if (scratch) await rm(scratch, { recursive: true, force: true });
+    }
   },
 };
