@@ -78,6 +78,10 @@ export interface StackKernelOptions {
   busybox?: string;
   /** a sysroot with sbin/kexec (default: the setup target's, when it has one) */
   kexecRoot?: string;
+  /** a sysroot with dmsetup and openssl (default: the setup target's, when it has one) */
+  verityRoot?: string;
+  /** ed25519 public keys the initrd checks the manifest against (see stackboot initramfs --pub) */
+  pubKeys?: readonly string[];
   progress: ProgressSink;
 }
 
@@ -129,7 +133,10 @@ export async function prepareStackKernel(o: StackKernelOptions): Promise<StackKe
     await fs.mkdir(path.dirname(path.join(layerDir, rel)), { recursive: true });
     const cfg = makeBootConfig({ set: Object.entries(o.boot) });
     // its initrd can kexec too (a fallback from it to a stack with another kernel)
-    const kexecRoot = o.kexecRoot ?? (await loadTarget(arch).then((t) => t.kexecRoot, () => undefined));
+    const target = await loadTarget(arch).catch(() => null);
+    const kexecRoot = o.kexecRoot ?? target?.kexecRoot;
+    // the second stage opens the layers through dm-verity too, and checks the signature
+    const verityRoot = o.verityRoot ?? target?.verityRoot;
     const r = await buildInitramfs({
       flavor: 'standalone',
       out: path.join(layerDir, rel),
@@ -140,6 +147,8 @@ export async function prepareStackKernel(o: StackKernelOptions): Promise<StackKe
       modules: o.spec.modules,
       mtime: o.epoch,
       kexecRoot,
+      verityRoot,
+      pubKeys: verityRoot ? (o.pubKeys ?? []) : [],
       progress: o.progress,
     });
     const data = await fs.readFile(r.out);

@@ -31,6 +31,10 @@ export interface BuildOptions {
   busybox?: string;
   /** a recipe with a kernel: a sysroot with sbin/kexec for its initrd (default: the setup target's, if any) */
   kexecRoot?: string;
+  /** a recipe with a kernel: a sysroot with dmsetup and openssl for its initrd (default: the setup target's, if any) */
+  verityRoot?: string;
+  /** a recipe with a kernel: public keys its initrd checks manifests against */
+  pubKeys?: readonly string[];
   /** write a chunk index beside each layer, named in the manifest (chunk deltas: build/chunker.ts) */
   chunks?: boolean;
   progress: ProgressSink;
@@ -109,6 +113,8 @@ async function stackKernelLayer(ctx: LayerContext, recipe: Recipe, built: BuiltL
     boot: recipe.boot,
     busybox: o.busybox,
     kexecRoot: o.kexecRoot,
+    verityRoot: o.verityRoot,
+    pubKeys: o.pubKeys,
     progress: o.progress,
   });
   try {

@@ -74,6 +74,13 @@ export interface ImageOptions {
    * kernel: the setup target's kexec-root)
    */
   kexecRoot?: string;
+  /**
+   * a sysroot with dmsetup and openssl for the initrd (verified boot; default, for a stack
+   * with verity data or when keys are given: the setup target's verity-root)
+   */
+  verityRoot?: string;
+  /** ed25519 public keys built into the initrd: the manifests it boots must be signed by one */
+  pubKeys?: readonly string[];
   /** scratch folder (default os.tmpdir()) */
   tmpDir?: string;
   progress?: ProgressSink;
@@ -91,6 +98,8 @@ export interface ImagePlan {
   layersBytes: number;
   /** the stack's own kernel release, when it carries one (the boot initrd gets kexec) */
   kernel?: string;
+  /** the stack's layers carry dm-verity data (the boot initrd gets dmsetup) */
+  verity?: boolean;
   parts: { name: string; fs: 'vfat' | 'ext4'; label: string; sizeMiB: number }[];
   totalMiB: number;
 }
@@ -166,6 +175,7 @@ export async function planImage(o: ImageOptions): Promise<ImagePlan> {
     epoch: checkEpoch(o.epoch ?? 0),
     layersBytes,
     ...(manifest.kernel ? { kernel: manifest.kernel.release } : {}),
+    ...(manifest.layers.some((l) => l.verity) ? { verity: true } : {}),
     parts: [
       { name: BOOT_LABEL, fs: 'vfat', label: BOOT_LABEL, sizeMiB: bootMiB },
       { name: STORE_LABEL, fs: 'ext4', label: STORE_LABEL, sizeMiB: storeMiB },
@@ -205,7 +215,10 @@ export async function buildImage(o: ImageOptions): Promise<ImageResult> {
       o.progress?.({ task: 'initrd', done: 0 });
       const kexecRoot = o.kexecRoot ?? (plan.kernel ? await loadTarget(o.arch ?? 'amd64', o.cacheRoot).then((t) => t.kexecRoot, () => undefined) : undefined);
       if (plan.kernel && !kexecRoot) throw new StackbootError('USAGE', `the stack carries its own kernel (${plan.kernel}): its boot initrd needs kexec: give --kexec-root (a sysroot with sbin/kexec and its libraries)`);
-      await buildInitramfs({ flavor: 'standalone', out: path.join(boot, 'initrd.img'), arch: o.arch, cacheRoot: o.cacheRoot, config: o.bootConfig ?? makeBootConfig(), mtime: plan.epoch, kexecRoot });
+      const wantVerity = plan.verity || (o.pubKeys?.length ?? 0) > 0;
+      const verityRoot = o.verityRoot ?? (wantVerity ? await loadTarget(o.arch ?? 'amd64', o.cacheRoot).then((t) => t.verityRoot, () => undefined) : undefined);
+      if ((o.pubKeys?.length ?? 0) > 0 && !verityRoot) throw new StackbootError('USAGE', 'keys for the initrd (--pub) need its verifier: give --verity-root (a sysroot with sbin/dmsetup and openssl)');
+      await buildInitramfs({ flavor: 'standalone', out: path.join(boot, 'initrd.img'), arch: o.arch, cacheRoot: o.cacheRoot, config: o.bootConfig ?? makeBootConfig(), mtime: plan.epoch, kexecRoot, verityRoot, pubKeys: o.pubKeys ?? [] });
     }
     await fs.writeFile(
       path.join(boot, 'extlinux', 'extlinux.conf'),

@@ -37,6 +37,8 @@ describe('stackboot image', () => {
       await expect(planImage({ buildDir, out: 'x', [k]: '/no/such/file' })).rejects.toMatchObject({ code: 'USAGE', message: `${flag} /no/such/file: no such file` });
     }
     await expect(planImage({ buildDir, out: 'x', kernel: buildDir })).rejects.toMatchObject({ code: 'USAGE', message: `--kernel ${buildDir}: not a file` });
+    // the stack's layers carry dm-verity data: the plan says so (its initrd gets dmsetup)
+    expect(sd.verity).toBe(true);
     expect(sd.stackId).toBe(stackId);
   });
 

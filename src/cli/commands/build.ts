@@ -17,6 +17,8 @@ export const buildCommand: CommandModule<any, any> = {
       .option('busybox', { type: 'string', describe: 'a recipe with a kernel: busybox-static for its initrd (default: the setup target)' })
       .option('chunks', { type: 'boolean', describe: 'write a chunk index beside each layer, named in the manifest, for chunk-delta installs (install --chunks-from)' })
       .option('kexec-root', { type: 'string', describe: 'a recipe with a kernel: sysroot with sbin/kexec for its initrd (default: the setup target)' })
+      .option('verity-root', { type: 'string', describe: 'a recipe with a kernel: sysroot with dmsetup and openssl for its initrd (default: the setup target)' })
+      .option('pub', { type: 'string', array: true, describe: 'a recipe with a kernel: a public key its initrd checks manifests against (repeatable)' })
       .example('$0 build images/demo --out out/demo', 'build the demo stack'),
   handler: async (a) => {
     // loaded here, not at the top: a CLI start stays small for every other command
@@ -28,7 +30,7 @@ export const buildCommand: CommandModule<any, any> = {
     const epoch = sourceDateEpoch();
     // a run source's command gets the host's proxies, and nothing else of its environment
     const runEnv = Object.fromEntries(PASSED_THROUGH.flatMap((k) => (process.env[k] ? [[k, process.env[k]!]] : [])));
-    const r = await buildStack(recipe, { outDir: a.out, cacheDir, epoch, arch, jobs: a.jobs, uid: process.getuid?.(), runEnv, busybox: a.busybox, kexecRoot: a.kexecRoot, chunks: a.chunks, progress: out.progress });
+    const r = await buildStack(recipe, { outDir: a.out, cacheDir, epoch, arch, jobs: a.jobs, uid: process.getuid?.(), runEnv, busybox: a.busybox, kexecRoot: a.kexecRoot, verityRoot: a.verityRoot, pubKeys: a.pub, chunks: a.chunks, progress: out.progress });
     out.result({
       stack: r.stackId,
       manifest: r.manifestFile,

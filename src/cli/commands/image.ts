@@ -23,6 +23,8 @@ export const imageCommand: CommandModule<any, any> = {
       .option('kernel', { type: 'string', describe: 'kernel image (default: the setup target)' })
       .option('fdt', { type: 'string', describe: 'device tree blob for extlinux.conf' })
       .option('initrd', { type: 'string', describe: 'use this initrd instead of building the standalone stackboot initrd' })
+      .option('pub', { type: 'string', array: true, describe: 'an ed25519 public key built into the initrd: the stacks it boots must be signed by one (repeatable)' })
+      .option('verity-root', { type: 'string', describe: 'sysroot with dmsetup and openssl for the initrd (default for a stack with verity data or with --pub: the setup target)' })
       .option('kexec-root', { type: 'string', describe: 'sysroot with sbin/kexec for the initrd (default for a stack with its own kernel: the setup target)' })
       .option('append', { type: 'string', describe: 'kernel command line in extlinux.conf' })
       .option('set', { type: 'string', array: true, describe: 'initrd boot config KEY=VALUE (repeatable)' })
@@ -51,6 +53,8 @@ export const imageCommand: CommandModule<any, any> = {
       fdt: a.fdt,
       initrd: a.initrd,
       kexecRoot: a.kexecRoot,
+      verityRoot: a.verityRoot,
+      pubKeys: a.pub ?? [],
       append: a.append ?? spec.append,
       bootConfig: makeBootConfig({ set: [...Object.entries(recipe?.boot ?? {}), ...((a.set as string[] | undefined) ?? [])] }),
       storeId: a.storeId,
