@@ -21,7 +21,7 @@ export interface Row {
   goal?: string;
 }
 
-function stamp(output: string, re: RegExp): number {
+export function stamp(output: string, re: RegExp): number {
   for (const line of output.split('\n')) {
     const m = /^\[\s*(\d+\.\d+)\]\s*(.*)$/.exec(line.trim());
     if (m && re.test(m[2])) return Number(m[1]);
@@ -29,9 +29,9 @@ function stamp(output: string, re: RegExp): number {
   throw new Error(`no console line matching ${re}`);
 }
 
-const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+export const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 
-async function twoLayerStack(dir: string, extraLayerDir?: string) {
+export async function twoLayerStack(dir: string, extraLayerDir?: string) {
   const layers: unknown[] = [
     { name: 'busybox', source: { type: 'dir', path: path.join(CACHE, 'targets/amd64/busybox') }, owner: 'root' },
     { name: 'base', source: { type: 'dir', path: path.join(REPO, 'images/demo/rootfs') }, owner: 'root' },

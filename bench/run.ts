@@ -3,7 +3,7 @@
  * module; a part whose prerequisites are missing says so in its row instead of failing
  * the whole run. A row a part has judged against its goal (`ok`) says met or not met in
  * the goal column, and the run ends with the list of goals not met.
- * `npx tsx bench/run.ts <part>…` runs only the parts named (build, boot, flash, delta, kexec, registry, chunks).
+ * `npx tsx bench/run.ts <part>…` runs only the parts named (build, boot, flash, delta, kexec, verity, registry, chunks).
  */
 import { existsSync } from 'node:fs';
 import path from 'node:path';
@@ -90,6 +90,7 @@ const rows: Row[] = [
   ...(await flashRows()),
   ...(await part('delta', 'delta.ts', 'benchDeltaRows')),
   ...(await part('kexec', 'kexec.ts', 'benchKexec')),
+  ...(await part('verity', 'verity.ts', 'benchVerity')),
   ...(await part('registry', 'registry.ts', 'benchRegistryRows')),
   ...(await part('chunks', 'chunks.ts', 'benchChunks')),
 ];
