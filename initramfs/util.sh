@@ -51,11 +51,12 @@ sb_sha256() {
 	printf '%s\n' "$h"
 }
 
-# sb_file_size FILE: prints the size in bytes.
+# sb_file_size FILE: prints the size in bytes: stat (busybox's too) reads the inode, where
+# `wc -c` reads the whole file (a 100 MB layer took seconds under TCG, at every boot).
 sb_file_size() {
 	local n
 	[ -f "$1" ] || return 1
-	n=$(wc -c <"$1" 2>/dev/null) || return 1
+	n=$(stat -L -c %s "$1" 2>/dev/null) || n=$(wc -c <"$1" 2>/dev/null) || return 1
 	n=$(sb_trim "$n")
 	sb_is_uint "$n" || return 1
 	printf '%s\n' "$n"

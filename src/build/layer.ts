@@ -14,7 +14,7 @@ import { scanDir, type DirScan } from './sources/dir.js';
 import type { FolderAttrs } from './sources/tar.js';
 
 /** Part of every cache key: changed when a builder's output for the same input changes (2: roots 0755 0:0 and no sockets on every path; 3: a dm-verity tree appended). */
-export const BUILDER_VERSION = 'stackboot-layer-3';
+export const BUILDER_VERSION = 'stackboot-layer-4';
 
 export interface LayerContext {
   /** output folder: layers go to <outDir>/layers */

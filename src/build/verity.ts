@@ -5,7 +5,11 @@
  * manifest carries root hash, salt, data size and hash offset). Format 1 as the kernel
  * and `veritysetup format --no-superblock --hash-offset=<data bytes>` write it: sha256,
  * 4096-byte data and hash blocks, each digest sha256(salt || block), the top level first.
- * The salt is the sha256 of the data, so the same squashfs gives the same file and root.
+ * The salt is one constant (VERITY_SALT), so the same squashfs gives the same file and root,
+ * and a block that did not change between two versions of a layer keeps its leaf hash:
+ * the tree of an update differs only where the data did (chunk deltas carry little of it).
+ * The salt is public in the manifest in any case; what it would add against precomputed
+ * collisions does not apply to sha256.
  */
 import { createHash } from 'node:crypto';
 import { promises as fs } from 'node:fs';
@@ -20,7 +24,7 @@ const CHUNK = 256 * VERITY_BLOCK;
 export interface VerityInfo {
   /** lowercase hex sha256 root hash */
   root: string;
-  /** lowercase hex salt (the sha256 of the data) */
+  /** lowercase hex salt (VERITY_SALT) */
   salt: string;
   /** bytes of squashfs data, a multiple of VERITY_BLOCK */
   dataBytes: number;
@@ -45,6 +49,9 @@ export function verityTreeBytes(dataBytes: number): number {
   return verityLevels(dataBytes).reduce((a, b) => a + b, 0) * VERITY_BLOCK;
 }
 
+/** The salt of every stackboot hash tree: sha256("stackboot dm-verity salt 1"). */
+export const VERITY_SALT = createHash('sha256').update('stackboot dm-verity salt 1').digest();
+
 const saltedHash = (salt: Buffer, block: Buffer): Buffer => createHash('sha256').update(salt).update(block).digest();
 
 /** Reads [0, bytes) of an open file in CHUNK pieces. */
@@ -62,9 +69,7 @@ async function eachChunk(fh: fs.FileHandle, bytes: number, f: (b: Buffer) => voi
 /** The salt, the tree (top level first) and the root hash over the first DATA_BYTES of FH. */
 async function computeTree(fh: fs.FileHandle, dataBytes: number): Promise<{ salt: Buffer; tree: Buffer; root: Buffer }> {
   const levels = verityLevels(dataBytes);
-  const sh = createHash('sha256');
-  await eachChunk(fh, dataBytes, (b) => sh.update(b));
-  const salt = sh.digest();
+  const salt = VERITY_SALT;
   const digests: Buffer[] = [];
   await eachChunk(fh, dataBytes, (b) => {
     for (let o = 0; o < b.length; o += VERITY_BLOCK) digests.push(saltedHash(salt, b.subarray(o, o + VERITY_BLOCK)));

@@ -50,7 +50,7 @@ describe('recipe', () => {
     ['bad boot key', { ...ok, boot: { tries: 3 } }, /boot\.tries: expected a boot config key \(STORES, /],
     ['unknown boot key', { ...ok, boot: { TRIEZ: 3 } }, /boot\.TRIEZ: expected a boot config key/],
     ['bad boot value', { ...ok, boot: { TRIES: 0 } }, /boot\.TRIES: expected a positive integer \(at most 1000\), got 0$/],
-    ['bad boot word', { ...ok, boot: { VERIFY: 'md5 sum' } }, /boot\.VERIFY: expected size or sha256, got "md5 sum"$/],
+    ['bad boot word', { ...ok, boot: { VERIFY: 'md5 sum' } }, /boot\.VERIFY: expected size, sha256 or verity, got "md5 sum"$/],
     ['OCI layer names', { ...ok, layers: [{ name: 'img', source: { type: 'oci', path: 'i' } }, { name: 'img-2', source: { type: 'dir', path: 'x' } }] }, /layers\[1\]\.name: expected a name other than img-<number> \(the OCI layer img names its image's layers img-1, img-2, …\), got "img-2"/],
   ])('names the file and field: %s', (_n, input, re) => {
     const text = typeof input === 'string' ? input : JSON.stringify(input);

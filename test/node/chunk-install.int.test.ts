@@ -104,7 +104,10 @@ describe('chunk install: the Debian base-layer security update', () => {
       const casync = (await casyncBytes(store.layerPath(oldM.layers[0].digest), store.layerPath(digest))) / size;
       process.stderr.write(`chunk install, Debian base update: fetched ${srv.total()} of ${size} bytes (${(share * 100).toFixed(2)} %), casync's way ${(casync * 100).toFixed(2)} %, ${srv.ranges} range requests\n`);
       expect(share).toBeLessThan(casync);
-      expect(share).toBeLessThanOrEqual(0.18);
+      // the layer's dm-verity tree (0.8 % of it) is fetched almost whole: the squashfs data
+      // is not 4 KiB-aligned, so every hash block after the first change differs (17.4 %
+      // before the trees, 18.1 % with them; recomputing the tree on the node would save it)
+      expect(share).toBeLessThanOrEqual(0.19);
     } finally {
       await srv.close();
     }
@@ -137,7 +140,7 @@ describe('chunk install: a bundle that carries only the missing chunks', () => {
     expect(r.installed).toBe(true);
     expect(await sha256Of(store.layerPath(layer.digest))).toBe(layer.digest);
     process.stderr.write(`chunk bundle, Debian base update: ${bundle.bytes} bytes for a ${layer.size}-byte layer (${((bundle.bytes / layer.size) * 100).toFixed(2)} %)\n`);
-    expect(bundle.bytes / layer.size).toBeLessThanOrEqual(0.18);
+    expect(bundle.bytes / layer.size).toBeLessThanOrEqual(0.19);
   }, 900_000);
 });
 
