@@ -81,22 +81,18 @@ sb_kexec_check_file() {
 		SB_FAIL_WHY="$2 $3 is missing from the stack (or is not a plain file)"
 		return 1
 	fi
-	if ! n=$(sb_file_size "$f"); then
-		SB_FAIL_WHY="$2 $3 cannot be read (a read error: the layer that holds it is corrupt)"
-		return 1
-	fi
+	SB_FAIL_WHY="$2 $3 cannot be read (a read error: the layer that holds it is corrupt)"
+	n=$(sb_file_size "$f") || return 1
 	if [ "$n" != "$5" ]; then
 		SB_FAIL_WHY="$2 $3 has $n bytes, the manifest says $5"
 		return 1
 	fi
-	if ! h=$(sb_sha256 "$f"); then
-		SB_FAIL_WHY="$2 $3 cannot be read (a read error: the layer that holds it is corrupt)"
-		return 1
-	fi
+	h=$(sb_sha256 "$f") || return 1
 	if [ "$h" != "$4" ]; then
 		SB_FAIL_WHY="$2 $3 is corrupt (sha256 $(sb_short "$h"), the manifest says $(sb_short "$4"))"
 		return 1
 	fi
+	SB_FAIL_WHY=
 	return 0
 }
 

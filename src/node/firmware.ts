@@ -20,6 +20,7 @@ import { promises as fs } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { StackbootError, run } from '../sys/index.js';
+import { parseBooted } from './context.js';
 
 export type FirmwareKind = 'none' | 'jetson' | 'uboot';
 export const FIRMWARE_KINDS: readonly FirmwareKind[] = ['none', 'jetson', 'uboot'];
@@ -130,14 +131,9 @@ export function jetsonSlots(o: FirmwareOptions = {}): FirmwareSlots {
 
 // ---------------------------------------------------------------- U-Boot
 
-/** Parses `fw_printenv` output (pure): NAME=value lines. */
+/** Parses `fw_printenv` output (pure): NAME=value lines, read as the booted record is. */
 export function parseUbootEnv(text: string): Record<string, string> {
-  const env: Record<string, string> = {};
-  for (const line of text.split('\n')) {
-    const i = line.indexOf('=');
-    if (i > 0) env[line.slice(0, i)] = line.slice(i + 1);
-  }
-  return env;
+  return parseBooted(text);
 }
 
 export function ubootSlots(o: FirmwareOptions = {}): FirmwareSlots {
