@@ -149,8 +149,10 @@ async function debianTar(which: 'old' | 'new'): Promise<string> {
   const tar = path.join(CHUNKS_CACHE, `bookworm-${which}.tar`);
   if (existsSync(tar)) return tar;
   await fs.mkdir(CHUNKS_CACHE, { recursive: true });
+  // mmdebstrap picks the output format from the file name's extension unless told: a
+  // temp name that does not end in .tar became a folder (on a fresh clone only)
   const tmp = `${tar}.tmp-${process.pid}`;
-  await run('mmdebstrap', ['--variant=minbase', '--include=systemd', 'bookworm', tmp, ...SUITES[which]]);
+  await run('mmdebstrap', ['--variant=minbase', '--include=systemd', '--format=tar', 'bookworm', tmp, ...SUITES[which]]);
   await fs.rename(tmp, tar);
   return tar;
 }
