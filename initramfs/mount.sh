@@ -22,7 +22,7 @@ sb_unmount_stack() {
 	for m in $SB_MOUNTED; do
 		case "$m" in
 		L:*) sb_sys_umount_layer "${m#L:}" || sb_warn "cannot unmount ${m#L:}" ;;
-		V:*) sb_sys_verity_umount "${m#V:}" "$(cat "${m#V:}.dm" 2>/dev/null)" || sb_warn "cannot unmount ${m#V:}" ;;
+		D:*) sb_sys_verity_close "${m#D:}" ;;
 		M:*) sb_sys_umount "${m#M:}" || sb_warn "cannot unmount ${m#M:}" ;;
 		esac
 	done
@@ -49,16 +49,20 @@ sb_mount_stack() {
 	SB_VERIFY_MANIFEST="$store/slots/$slot/manifest"
 	sb_verity_plan "$SB_VERIFY_MANIFEST"
 	sb_verify_layers "$store" "$list" || return 1
+	if [ "$SB_STACK_VERITY" = 1 ] && ! sb_verity_open_layers "$SB_VERIFY_MANIFEST" "$list" "$slot" "$store"; then
+		sb_unmount_stack
+		return 1
+	fi
 	while read -r h sz name; do
 		dir="$SB_RUN/sb/l$n"
 		mkdir -p "$dir"
 		if [ "$SB_STACK_VERITY" = 1 ]; then
-			echo "sbv-$slot$n-$(sb_short "$h")" >"$dir.dm"
-			if ! sb_verity_mount_layer "$SB_VERIFY_MANIFEST" "$h" "$name" "$store/layers/$h.sqfs" "$dir" "$(cat "$dir.dm")"; then
+			sb_verity_dm_name "$slot" "$n" "$h"
+			if ! sb_verity_mount_layer "$h" "$name" "$dir" "$SB_DM"; then
 				sb_unmount_stack
 				return 1
 			fi
-			sb__pushed "V:$dir"
+			sb__pushed "M:$dir"
 		elif sb_sys_mount_layer "$store/layers/$h.sqfs" "$dir"; then
 			sb__pushed "L:$dir"
 		else

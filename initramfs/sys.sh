@@ -4,6 +4,7 @@
 : "${SB_RUN=/run}"
 : "${SB_DEV=/dev}"
 : "${SB_SYS_BLOCK=/sys/class/block}"
+: "${SB_SYS_MODULE=/sys/module}"
 : "${SB_PROC_MOUNTS=/proc/mounts}"
 : "${SB_CMDLINE_FILE=/proc/cmdline}"
 : "${SB_PROC_FILESYSTEMS=/proc/filesystems}"

@@ -11,11 +11,19 @@ sb_is_uint() {
 # Fails when S is not a number or has more than MAX digits (default 9; at most 18 fit
 # shell arithmetic, which is 64-bit).
 sb_uint_norm() {
+	sb_uint_set "$@" || return 1
+	printf '%s' "$SB_UINT"
+}
+
+# sb_uint_set S [MAX]: as sb_uint_norm, into SB_UINT: no $(...) subshell, which is a fork
+# (milliseconds each under TCG, on paths that run for every layer at every boot).
+sb_uint_set() {
 	local s="$1"
+	SB_UINT=
 	sb_is_uint "$s" || return 1
 	while :; do case "$s" in 0?*) s=${s#0} ;; *) break ;; esac; done
 	[ ${#s} -le "${2:-9}" ] || return 1
-	printf '%s' "$s"
+	SB_UINT=$s
 }
 
 # sb_is_hex64 S: true when S is 64 lowercase hex chars (a sha256).

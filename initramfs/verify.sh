@@ -20,7 +20,7 @@ sb_verify_layers() {
 		fi
 		# with dm-verity the kernel checks each block as it is read: here only the tree's place
 		if [ "${SB_STACK_VERITY:-0}" = 1 ]; then
-			sb_verity_check_layer "$SB_VERIFY_MANIFEST" "$h" "$name" "$f" || return 1
+			sb_verity_check_layer "$SB_VERIFY_MANIFEST" "$h" "$name" "$f" "$size" || return 1
 		elif [ "$SB_VERIFY" = sha256 ]; then
 			sb_debug "sha256 of layer $name"
 			got=$(sb_sha256 "$f")

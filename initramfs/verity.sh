@@ -2,7 +2,8 @@
 #
 # Before a stack is trusted its manifest's ed25519 signature is checked against the keys
 # built into this initrd ($SB_KEYS/*.pub, `stackboot initramfs --pub`): busybox cannot,
-# so openssl (pkeyutl -rawin) does. Then, with VERIFY=verity and a stack whose manifest
+# so signify-openbsd does (the same keys in its form, *.signify), or openssl (pkeyutl
+# -rawin) in a distribution initrd that has it and not signify. Then, with VERIFY=verity and a stack whose manifest
 # has a `verity` line per layer, each layer file is opened read-only on a loop device
 # through dm-verity (dmsetup, a `verity` table: the tree the build appended to the
 # file) and the overlay's lower is the verity device: the kernel checks every block as
@@ -13,43 +14,75 @@
 
 : "${SB_KEYS=/etc/stackboot/keys}"
 
-# sb_sys_has_verifier: true when this initrd can check an ed25519 signature (openssl).
-sb_sys_has_verifier() { command -v openssl >/dev/null 2>&1; }
-# sb_sys_sig_verify MANIFEST SIG KEY: true when the raw 64-byte SIG of MANIFEST verifies with the PEM KEY.
-sb_sys_sig_verify() { openssl pkeyutl -verify -pubin -inkey "$3" -rawin -in "$1" -sigfile "$2" >/dev/null 2>&1; }
-# sb_sys_has_dm_verity: true when dmsetup is here and the kernel has the verity target.
+# sb_sys_has_verifier: true when this initrd can check an ed25519 signature: signify
+# (signify-openbsd: the standalone initrd's, 0.3 MB with its libraries) or openssl (a
+# distribution initrd may have it; 6 MB with libcrypto).
+sb_sys_has_verifier() { command -v signify-openbsd >/dev/null 2>&1 || command -v openssl >/dev/null 2>&1; }
+# sb_sys_sig_verify MANIFEST SIG KEY: true when the raw 64-byte SIG of MANIFEST verifies
+# with the PEM KEY (<name>.pub): by signify with the key in its form (<name>.signify, from
+# `stackboot initramfs`) and SIG in its form (SIG.signify, sb_signify_sig), else by openssl.
+sb_sys_sig_verify() {
+	if [ -f "${3%.pub}.signify" ] && [ -f "$2.signify" ] && command -v signify-openbsd >/dev/null 2>&1; then
+		signify-openbsd -V -q -p "${3%.pub}.signify" -x "$2.signify" -m "$1" >/dev/null 2>&1
+	else
+		openssl pkeyutl -verify -pubin -inkey "$3" -rawin -in "$1" -sigfile "$2" >/dev/null 2>&1
+	fi
+}
+# sb_signify_sig SIG: writes SIG.signify, the raw 64-byte signature SIG in signify's form: a
+# comment line, then the base64 of "Ed", the key number 0 and SIG (src/format/signature.ts).
+sb_signify_sig() {
+	{
+		echo 'untrusted comment: stackboot signature'
+		{
+			printf 'Ed\000\000\000\000\000\000\000\000'
+			cat "$1"
+		} | base64 -w 0
+		echo
+	} >"$1.signify"
+}
+# sb_sys_has_dm_verity: true when dmsetup is here and the kernel has the verity target:
+# the module's $SB_SYS_MODULE/dm_verity (a built-in dm-verity has it too: it has
+# parameters), else dmsetup's list of targets (a dmsetup start costs ~0.1 s under TCG).
 sb_sys_has_dm_verity() {
 	command -v dmsetup >/dev/null 2>&1 || return 1
+	[ -d "$SB_SYS_MODULE/dm_verity" ] && return 0
 	sb_sys_modprobe dm-verity 2>/dev/null
+	[ -d "$SB_SYS_MODULE/dm_verity" ] && return 0
 	DM_DISABLE_UDEV=1 dmsetup targets 2>/dev/null | grep -q '^verity '
 }
-# sb_sys_verity_mount FILE DIR NAME DATA_BYTES HASH_OFFSET ROOT SALT: FILE read-only on a
-# loop device, the dm-verity device NAME over it, its squashfs on DIR. 1 when the loop or
-# verity device cannot be made; 2 when the mount fails (a block that does not match).
-sb_sys_verity_mount() {
-	local file="$1" dir="$2" name="$3" data="$4" off="$5" loop
-	loop=$(losetup -f 2>/dev/null) && [ -n "$loop" ] && losetup -r "$loop" "$file" || return 1
-	echo "$loop" >"$SB_RUN/sb/$name.loop"
-	if ! DM_DISABLE_UDEV=1 dmsetup create "$name" --readonly --noudevsync \
-		--table "0 $((data / 512)) verity 1 $loop $loop 4096 4096 $((data / 4096)) $((off / 4096)) sha256 $6 $7" >/dev/null 2>&1; then
-		losetup -d "$loop"
+# sb_sys_verity_open SPECS: opens the dm-verity devices of SPECS, a file of lines "NAME
+# FILE DATA_BYTES HASH_OFFSET ROOT SALT": each FILE read-only on a loop device, then all
+# the devices with one dmsetup (`create --concise`: a dmsetup start costs ~0.1 s under
+# TCG, and one a layer was most of what verity added to a boot). 1 when a loop or a
+# device cannot be made; what was made is closed again.
+sb_sys_verity_open() {
+	local name file data off root salt loop spec= names=
+	while read -r name file data off root salt; do
+		if ! loop=$(losetup -f 2>/dev/null) || [ -z "$loop" ] || ! losetup -r "$loop" "$file"; then
+			for name in $names; do sb_sys_verity_close "$name"; done
+			return 1
+		fi
+		echo "$loop" >"$SB_RUN/sb/$name.loop"
+		names="$names $name"
+		spec="$spec${spec:+;}$name,,,ro,0 $((data / 512)) verity 1 $loop $loop 4096 4096 $((data / 4096)) $((off / 4096)) sha256 $root $salt"
+	done <"$1"
+	if ! DM_DISABLE_UDEV=1 dmsetup create --noudevsync --concise "$spec" >/dev/null 2>&1; then
+		for name in $names; do sb_sys_verity_close "$name"; done
 		return 1
 	fi
-	[ -b "$SB_DEV/mapper/$name" ] || DM_DISABLE_UDEV=1 dmsetup mknodes "$name" >/dev/null 2>&1
-	mount -t squashfs -o ro "$SB_DEV/mapper/$name" "$dir" && return 0
-	sb_sys_verity_close "$name"
-	return 2
+	for name in $names; do
+		[ -b "$SB_DEV/mapper/$name" ] || DM_DISABLE_UDEV=1 dmsetup mknodes "$name" >/dev/null 2>&1
+	done
+	return 0
 }
+# sb_sys_verity_mount NAME DIR: the squashfs of the open verity device NAME on DIR (the
+# kernel reads and checks its superblock and tables: a block that does not match fails it).
+sb_sys_verity_mount() { mount -t squashfs -o ro "$SB_DEV/mapper/$1" "$2"; }
 # sb_sys_verity_close NAME: remove the verity device NAME and free its loop device.
 sb_sys_verity_close() {
 	DM_DISABLE_UDEV=1 dmsetup remove "$1" >/dev/null 2>&1
 	[ -r "$SB_RUN/sb/$1.loop" ] && losetup -d "$(cat "$SB_RUN/sb/$1.loop")" 2>/dev/null
 	rm -f "$SB_RUN/sb/$1.loop"
-}
-# sb_sys_verity_umount DIR NAME: unmount a layer opened by sb_sys_verity_mount.
-sb_sys_verity_umount() {
-	umount "$1" || return 1
-	sb_sys_verity_close "$2"
 }
 
 # sb_manifest_trusted MANIFEST: 0 when MANIFEST.sig verifies with a key of this initrd,
@@ -69,10 +102,12 @@ sb_manifest_trusted() {
 	if [ ! -s "$man.sig" ]; then
 		why="manifest is not signed (no manifest.sig)"
 	elif ! sb_sys_has_verifier; then
-		why="this initrd has keys but no signature verifier (openssl)"
+		why="this initrd has keys but no signature verifier (signify-openbsd or openssl)"
 	elif ! base64 -d <"$man.sig" >"$bin" 2>/dev/null || [ "$(sb_file_size "$bin")" != 64 ]; then
 		why="manifest.sig is not the base64 of a 64-byte ed25519 signature"
 	else
+		rm -f "$bin.signify"
+		command -v signify-openbsd >/dev/null 2>&1 && sb_signify_sig "$bin"
 		for k in $keys; do
 			if sb_sys_sig_verify "$man" "$bin" "$k"; then
 				sb_log "manifest signature verified with ${k##*/}"
@@ -121,15 +156,20 @@ sb__salt_ok() {
 	[ $((${#1} % 2)) = 0 ] && [ ${#1} -le 256 ]
 }
 
-# sb_verity_tree_bytes DATA_BYTES: the bytes of the hash tree over DATA_BYTES (the
-# kernel's levels: 128 sha256 digests a 4096-byte block, none for one data block).
-sb_verity_tree_bytes() {
+# sb_verity_tree_set DATA_BYTES: SB_V_TREE = the bytes of the hash tree over DATA_BYTES
+# (the kernel's levels: 128 sha256 digests a 4096-byte block, none for one data block).
+sb_verity_tree_set() {
 	local n=$(($1 / 4096)) t=0
 	while [ "$n" -gt 1 ]; do
 		n=$(((n + 127) / 128))
 		t=$((t + n))
 	done
-	echo $((t * 4096))
+	SB_V_TREE=$((t * 4096))
+}
+# sb_verity_tree_bytes DATA_BYTES: prints it.
+sb_verity_tree_bytes() {
+	sb_verity_tree_set "$1"
+	echo "$SB_V_TREE"
 }
 
 # sb_manifest_verity MANIFEST SHA256: sets SB_V_ROOT, SB_V_SALT, SB_V_DATA, SB_V_OFF from
@@ -147,12 +187,12 @@ sb_manifest_verity() {
 			SB_MANIFEST_WHY="manifest: verity root hash of layer $(sb_short "$h") is not 64 hex characters (${#r})"
 		elif ! sb__salt_ok "$s"; then
 			SB_MANIFEST_WHY="manifest: verity salt of layer $(sb_short "$h") is not 2 to 256 hex characters"
-		elif ! d=$(sb_uint_norm "$d" 15) || [ "$d" = 0 ] || [ $((d % 4096)) != 0 ]; then
+		elif ! sb_uint_set "$d" 15 || [ "$SB_UINT" = 0 ] || [ $((SB_UINT % 4096)) != 0 ]; then
 			SB_MANIFEST_WHY="manifest: verity data size of layer $(sb_short "$h") is not a positive multiple of 4096"
-		elif ! o=$(sb_uint_norm "$o" 15) || [ $((o % 4096)) != 0 ] || [ "$o" -lt "$d" ]; then
+		elif d=$SB_UINT; ! sb_uint_set "$o" 15 || [ $((SB_UINT % 4096)) != 0 ] || [ "$SB_UINT" -lt "$d" ]; then
 			SB_MANIFEST_WHY="manifest: verity hash offset of layer $(sb_short "$h") is not a multiple of 4096 at or past its data"
 		else
-			SB_V_ROOT=$r SB_V_SALT=$s SB_V_DATA=$d SB_V_OFF=$o
+			SB_V_ROOT=$r SB_V_SALT=$s SB_V_DATA=$d SB_V_OFF=$SB_UINT
 			return 0
 		fi
 		return 2
@@ -160,10 +200,11 @@ sb_manifest_verity() {
 	return 1
 }
 
-# sb_verity_check_layer MANIFEST SHA256 NAME FILE: the layer's verity line is well formed
-# and its hash tree lies inside FILE. Sets SB_FAIL_WHY on failure.
+# sb_verity_check_layer MANIFEST SHA256 NAME FILE [SIZE]: the layer's verity line is well
+# formed and its hash tree lies inside FILE (of SIZE bytes, when the caller knows).
+# Sets SB_FAIL_WHY on failure.
 sb_verity_check_layer() {
-	local size end
+	local size="${5-}" end
 	sb_manifest_verity "$1" "$2"
 	case $? in
 	0) ;;
@@ -176,8 +217,9 @@ sb_verity_check_layer() {
 		return 1
 		;;
 	esac
-	size=$(sb_file_size "$4")
-	end=$((SB_V_OFF + $(sb_verity_tree_bytes "$SB_V_DATA")))
+	[ -n "$size" ] || size=$(sb_file_size "$4")
+	sb_verity_tree_set "$SB_V_DATA"
+	end=$((SB_V_OFF + SB_V_TREE))
 	if [ "$end" -gt "$size" ]; then
 		SB_FAIL_WHY="layer $3 ($(sb_short "$2")): its verity hash tree (offset $SB_V_OFF, ending at $end) is past the end of the $size-byte file"
 		return 1
@@ -185,27 +227,40 @@ sb_verity_check_layer() {
 	return 0
 }
 
-# sb_verity_mount_layer MANIFEST SHA256 NAME FILE DIR DMNAME: open the layer through
-# dm-verity and mount it on DIR. Sets SB_FAIL_WHY (and SB_FAIL_ENV when the machine,
-# not the layer, failed) on failure.
-sb_verity_mount_layer() {
-	local rc
-	sb_manifest_verity "$1" "$2" || {
-		SB_FAIL_WHY=${SB_MANIFEST_WHY:-layer $3 has no verity line}
+# sb_verity_dm_name SLOT N SHA256: SB_DM = the verity device of layer N of SLOT's stack.
+sb_verity_dm_name() { SB_DM="sbv-$1$2-${3%"${3#????????????}"}"; }
+
+# sb_verity_open_layers MANIFEST LIST SLOT STORE_DIR: opens every layer of LIST (lines
+# "<sha256> <bytes> <name>") through dm-verity with its manifest values, and remembers
+# each device for sb_unmount_stack (D:NAME). Sets SB_FAIL_WHY (SB_FAIL_ENV when the
+# machine, not the stack, failed) on failure.
+sb_verity_open_layers() {
+	local man="$1" list="$2" slot="$3" store="$4" specs="$SB_RUN/sb/verity-$3" h sz name n=0 names=
+	: >"$specs" || return 1
+	while read -r h sz name; do
+		if ! sb_manifest_verity "$man" "$h"; then
+			SB_FAIL_WHY=${SB_MANIFEST_WHY:-layer $name has no verity line}
+			return 1
+		fi
+		sb_verity_dm_name "$slot" "$n" "$h"
+		echo "$SB_DM $store/layers/$h.sqfs $SB_V_DATA $SB_V_OFF $SB_V_ROOT $SB_V_SALT" >>"$specs"
+		names="$names $SB_DM"
+		n=$((n + 1))
+	done <"$list"
+	if ! sb_sys_verity_open "$specs"; then
+		SB_FAIL_WHY="cannot open the layers through dm-verity" SB_FAIL_ENV=1
 		return 1
-	}
-	sb_sys_verity_mount "$4" "$5" "$6" "$SB_V_DATA" "$SB_V_OFF" "$SB_V_ROOT" "$SB_V_SALT"
-	rc=$?
-	case "$rc" in
-	0)
-		sb_debug "layer $3 through dm-verity ($6, root $(sb_short "$SB_V_ROOT"))"
-		return 0
-		;;
-	1) SB_FAIL_WHY="cannot open layer $3 ($(sb_short "$2")) through dm-verity" SB_FAIL_ENV=1 ;;
-	*)
-		SB_FAIL_WHY="layer $3 ($(sb_short "$2")) fails dm-verity at mount: a block does not match the signed root hash"
-		sb_sys_fs_known squashfs || SB_FAIL_ENV=1 SB_FAIL_WHY="cannot mount layer $3 ($(sb_short "$2")): this kernel has no squashfs"
-		;;
-	esac
+	fi
+	for name in $names; do sb__pushed "D:$name"; done
+	sb_debug "layers opened through dm-verity:$names"
+	return 0
+}
+
+# sb_verity_mount_layer SHA256 NAME DIR DMNAME: mount the open verity device of a layer on
+# DIR. Sets SB_FAIL_WHY on failure (SB_FAIL_ENV when this kernel has no squashfs).
+sb_verity_mount_layer() {
+	sb_sys_verity_mount "$4" "$3" && return 0
+	SB_FAIL_WHY="layer $2 ($(sb_short "$1")) fails dm-verity at mount: a block does not match the signed root hash"
+	sb_sys_fs_known squashfs || SB_FAIL_ENV=1 SB_FAIL_WHY="cannot mount layer $2 ($(sb_short "$1")): this kernel has no squashfs"
 	return 1
 }

@@ -54,6 +54,8 @@ PACKAGES=(
   # the registry tests: Docker Distribution 2.8 (skopeo above reads and copies what is
   # pushed), htpasswd and openssl for the registry's basic auth and TLS
   docker-registry apache2-utils openssl
+  # the boot core's signature check under busybox sh (the initrd's verifier, and openssl's)
+  signify-openbsd
   # readelf: the library closure of kexec (and any program) put into the standalone initrd
   binutils
   # verified boot: veritysetup checks the hash trees the build writes (issue 14)
@@ -233,11 +235,11 @@ case " $ARCHES " in *" amd64 "*) ensure_vmlinux "$CACHE/targets/amd64";; esac
 #   - kexec-tools with the shared libraries its kexec binary needs, unpacked under
 #     targets/<arch>/kexec-root/ (a sysroot: sbin/kexec, lib/…): the standalone initrd
 #     takes kexec and its library closure from there. target.env gets KEXEC_ROOT=.
-#   - dmsetup and openssl with their libraries under targets/<arch>/verity-root/ (verified
-#     boot: the standalone initrd opens layers through dm-verity and checks the manifest's
-#     ed25519 signature with them). target.env gets VERITY_ROOT=.
+#   - dmsetup and signify-openbsd with their libraries under targets/<arch>/verity-root/
+#     (verified boot: the standalone initrd opens layers through dm-verity and checks the
+#     manifest's ed25519 signature with them). target.env gets VERITY_ROOT=.
 # Downloaded with apt-get download and unpacked with dpkg -x: never installed here.
-VERITY_PKGS="dmsetup libdevmapper1.02.1 libselinux1 libpcre2-8-0 libudev1 libcap2 openssl libssl3 libc6"
+VERITY_PKGS="dmsetup libdevmapper1.02.1 libselinux1 libpcre2-8-0 libudev1 libcap2 signify-openbsd libbsd0 libmd0 libc6"
 KEXEC_PKGS="kexec-tools libc6 zlib1g libxenmisc4.17 libxentoollog1 libxencall1 libxenevtchn1 libxengnttab1 libxenforeignmemory1 libxendevicemodel1 libxentoolcore1"
 env_set() { # <env file> <KEY> <value>
   grep -v "^$2=" "$1" >"$1.new" || true

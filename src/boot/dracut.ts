@@ -9,8 +9,8 @@ import { BOOT_CONF, SB_LIB, renderBootConfig, renderTemplate } from './render.js
 /** Tools the dracut module installs: the ones the core runs (required; dracut's base module brings only a few) and nice-to-have ones. */
 export const DRACUT_REQUIRED_TOOLS: readonly string[] = ['tail', 'losetup', 'sha256sum', 'sync', 'dd', 'od', 'tr', 'wc', 'cat', 'cp', 'mv', 'rm', 'mkdir', 'readlink', 'date', 'sleep', 'mount', 'umount', 'modprobe'];
 // kexec (kexec-tools): for stacks that carry their own kernel (initramfs/kexec.sh)
-/** kexec: stack kernels; dmsetup, openssl, base64: verified boot (initramfs/verity.sh). */
-const DRACUT_OPTIONAL_TOOLS = ['blkid', 'reboot', 'stat', 'sed', 'grep', 'awk', 'setsid', 'kexec', 'dmsetup', 'openssl', 'base64'];
+/** kexec: stack kernels; dmsetup, signify-openbsd (or openssl), base64: verified boot (initramfs/verity.sh). */
+const DRACUT_OPTIONAL_TOOLS = ['blkid', 'reboot', 'stat', 'sed', 'grep', 'awk', 'setsid', 'kexec', 'dmsetup', 'signify-openbsd', 'openssl', 'base64'];
 
 /** dracut: modules.d/90stackboot/ (module-setup.sh, the hooks, the core, boot.conf), dracut.conf.d/stackboot.conf, INSTALL. */
 export async function buildDracut(opts: InitramfsOptions): Promise<InitramfsResult> {

@@ -6,7 +6,7 @@
 import { readFile, writeFile, stat, chmod } from 'node:fs/promises';
 import path from 'node:path';
 import { StackbootError, wrap, makeDir, writeDurableFrom, type Arch, type ProgressSink } from '../sys/index.js';
-import { checkPublicKey } from '../format/index.js';
+import { checkPublicKey, signifyPublicKey } from '../format/index.js';
 import { defaultBootConfig, validateBootConfig, type BootConfig } from './bootconfig.js';
 import type { Compression, Flavor } from './flavor.js';
 import { checkedModules } from './modules.js';
@@ -41,7 +41,7 @@ export interface InitramfsOptions {
    */
   kexecRoot?: string;
   /**
-   * Standalone: a sysroot holding sbin/dmsetup and usr/bin/openssl with their libraries
+   * Standalone: a sysroot holding sbin/dmsetup and bin/signify-openbsd with their libraries
    * (verified boot, initramfs/verity.sh): layers opened through dm-verity, manifest
    * signatures checked. Without it VERIFY=verity falls back to size checks.
    */
@@ -73,7 +73,7 @@ export interface InitramfsResult {
   applets?: string[];
   /** standalone with kexecRoot: kexec and its libraries, as placed in the initrd */
   kexec?: string[];
-  /** standalone with verityRoot: dmsetup, openssl and their libraries, as placed in the initrd */
+  /** standalone with verityRoot: dmsetup, signify-openbsd and their libraries, as placed in the initrd */
   verity?: string[];
   /** standalone: the public keys built in */
   keys?: string[];
@@ -112,7 +112,10 @@ export async function writeTree(outDir: string, files: OutFile[], hostBusybox: s
 }
 
 /** What the hook flavors share: the validated config, the checked modules, the core. */
-/** The public keys (`--pub`) as files under DIR, each checked (ed25519, not a private key), named <name>.pub. */
+/**
+ * The public keys (`--pub`) as files under DIR, each checked (ed25519, not a private key):
+ * <name>.pub (PEM, for openssl) and <name>.signify (the same key for signify-openbsd).
+ */
 export async function pubKeyFiles(files: readonly string[], dir: string): Promise<OutFile[]> {
   const out: OutFile[] = [];
   for (const f of files) {
@@ -120,6 +123,7 @@ export async function pubKeyFiles(files: readonly string[], dir: string): Promis
     const rel = `${dir}/${path.basename(f).replace(/\.pub$|$/, '.pub')}`;
     if (out.some((o) => o.rel === rel)) throw new StackbootError('USAGE', `two public keys named ${path.basename(f)}`);
     out.push({ rel, data: await readFile(f), mode: 0o644 });
+    out.push({ rel: rel.replace(/\.pub$/, '.signify'), data: Buffer.from(await signifyPublicKey(f)), mode: 0o644 });
   }
   return out;
 }

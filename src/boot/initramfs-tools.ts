@@ -8,8 +8,8 @@ import { BOOT_CONF, SB_LIB, renderBootConfig, renderTemplate } from './render.js
 
 /** Tools the initramfs-tools hook copies when the build host has them (util-linux versions). */
 // kexec (kexec-tools): for stacks that carry their own kernel (initramfs/kexec.sh)
-/** kexec: stack kernels; dmsetup, openssl, base64: verified boot (initramfs/verity.sh). */
-const ITOOLS_COPY_EXEC = ['blkid', 'losetup', 'kexec', 'dmsetup', 'openssl', 'base64'];
+/** kexec: stack kernels; dmsetup, signify-openbsd (or openssl), base64: verified boot (initramfs/verity.sh). */
+const ITOOLS_COPY_EXEC = ['blkid', 'losetup', 'kexec', 'dmsetup', 'signify-openbsd', 'openssl', 'base64'];
 
 const SHARE_DIR = '/usr/share/stackboot';
 

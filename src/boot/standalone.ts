@@ -66,7 +66,7 @@ export async function compressArchive(buf: Buffer, how: Compression): Promise<Bu
 }
 
 /** The programs verified boot runs in the initrd (initramfs/verity.sh), at their Debian paths. */
-export const VERITY_PROGRAMS: readonly string[] = ['/sbin/dmsetup', '/usr/bin/openssl'];
+export const VERITY_PROGRAMS: readonly string[] = ['/sbin/dmsetup', '/bin/signify-openbsd'];
 /** Where the initrd keeps the keys a manifest must be signed by (initramfs/verity.sh SB_KEYS). */
 export const INITRD_KEYS_DIR = 'etc/stackboot/keys';
 
@@ -90,7 +90,7 @@ async function addPrograms(entries: CpioEntry[], root: string, programs: readonl
 
 /** Adds the public keys as etc/stackboot/keys/<name>.pub; refused without a verifier to use them. */
 async function addKeys(entries: CpioEntry[], files: readonly string[], hasVerifier: boolean): Promise<string[]> {
-  if (files.length && !hasVerifier) throw new StackbootError('USAGE', 'public keys need a signature verifier in the initrd: give --verity-root (a sysroot with usr/bin/openssl; setup: .cache/targets/<arch>/verity-root)');
+  if (files.length && !hasVerifier) throw new StackbootError('USAGE', 'public keys need a signature verifier in the initrd: give --verity-root (a sysroot with sbin/dmsetup and bin/signify-openbsd; setup: .cache/targets/<arch>/verity-root)');
   const keys = await pubKeyFiles(files, INITRD_KEYS_DIR);
   for (const k of keys) entries.push({ path: k.rel, type: 'file', mode: k.mode, data: Buffer.from(k.data) });
   return keys.map((k) => k.rel);
@@ -172,7 +172,7 @@ export async function buildStandalone(opts: InitramfsOptions): Promise<Initramfs
   const missing = TEMPLATE_APPLETS.filter((a) => !applets.includes(a));
   if (missing.length) throw new StackbootError('TOOL', `busybox lacks applets the init needs: ${missing.join(' ')}`);
 
-  // kexec (kexec-tools), and dmsetup and openssl (verified boot), with their libraries at
+  // kexec (kexec-tools), and dmsetup and signify-openbsd (verified boot), with their libraries at
   // their sysroot paths; the programs themselves in bin/ (sbin is a link to bin here)
   const kexec: string[] = [];
   if (opts.kexecRoot) {
@@ -181,7 +181,7 @@ export async function buildStandalone(opts: InitramfsOptions): Promise<Initramfs
   }
   const verity: string[] = [];
   if (opts.verityRoot) {
-    progress({ task: 'initramfs: dmsetup, openssl', done: 0 });
+    progress({ task: 'initramfs: dmsetup, signify', done: 0 });
     verity.push(...(await addPrograms(entries, opts.verityRoot, VERITY_PROGRAMS, arch)));
   }
   const keys = await addKeys(entries, opts.pubKeys ?? [], !!opts.verityRoot);

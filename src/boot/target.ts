@@ -13,7 +13,7 @@
  *
  *     KERNEL2=… MODULES2=… KVER2=…   the second kernel (6.12) test stacks carry (kexec)
  *     KEXEC_ROOT=/abs/path/.cache/targets/amd64/kexec-root   kexec-tools and its libraries
- *     VERITY_ROOT=/abs/path/.cache/targets/amd64/verity-root dmsetup, openssl and their libraries
+ *     VERITY_ROOT=/abs/path/.cache/targets/amd64/verity-root dmsetup, signify-openbsd and their libraries
  *
  * MODULES holds a modules.dep made by depmod at setup time (the .deb has none).
  */
@@ -49,7 +49,7 @@ export interface Target {
   kernel2?: { kernel: string; modules: string; kver: string };
   /** A sysroot with kexec-tools' sbin/kexec and the libraries it needs (for the standalone initrd). */
   kexecRoot?: string;
-  /** A sysroot with sbin/dmsetup and usr/bin/openssl and their libraries (verified boot, standalone initrd). */
+  /** A sysroot with sbin/dmsetup and bin/signify-openbsd and their libraries (verified boot, standalone initrd). */
   verityRoot?: string;
 }
 

@@ -78,7 +78,7 @@ export interface StackKernelOptions {
   busybox?: string;
   /** a sysroot with sbin/kexec (default: the setup target's, when it has one) */
   kexecRoot?: string;
-  /** a sysroot with dmsetup and openssl (default: the setup target's, when it has one) */
+  /** a sysroot with dmsetup and signify-openbsd (default: the setup target's, when it has one) */
   verityRoot?: string;
   /** ed25519 public keys the initrd checks the manifest against (see stackboot initramfs --pub) */
   pubKeys?: readonly string[];

@@ -31,7 +31,7 @@ export interface BuildOptions {
   busybox?: string;
   /** a recipe with a kernel: a sysroot with sbin/kexec for its initrd (default: the setup target's, if any) */
   kexecRoot?: string;
-  /** a recipe with a kernel: a sysroot with dmsetup and openssl for its initrd (default: the setup target's, if any) */
+  /** a recipe with a kernel: a sysroot with dmsetup and signify-openbsd for its initrd (default: the setup target's, if any) */
   verityRoot?: string;
   /** a recipe with a kernel: public keys its initrd checks manifests against */
   pubKeys?: readonly string[];

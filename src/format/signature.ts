@@ -79,6 +79,28 @@ export function parseSignature(sigText: string): Buffer {
   return b;
 }
 
+/**
+ * The public key of FILE in signify's format (signify-openbsd, the verifier of the
+ * standalone initrd: docs/design.md "The initrd's signature verifier"): a comment line,
+ * then the base64 of "Ed", an 8-byte key number and the 32-byte ed25519 key. The key
+ * number is 0 for every key (the initrd tries each key in turn, and signify only wants
+ * the signature's number to match the key's): the initrd turns a manifest.sig into
+ * signify's form with the same number (initramfs/verity.sh).
+ */
+export async function signifyPublicKey(file: string): Promise<string> {
+  const key = await readKey(file, 'public');
+  const raw = Buffer.from(String(key.export({ format: 'jwk' }).x), 'base64url');
+  return `untrusted comment: stackboot key ${path.basename(file)}\n${Buffer.concat([SIGNIFY_ED, raw]).toString('base64')}\n`;
+}
+
+/** "Ed" and a key number of 0: what precedes the key or signature in signify's files. */
+export const SIGNIFY_ED = Buffer.concat([Buffer.from('Ed'), Buffer.alloc(8)]);
+
+/** A signature (`manifest.sig`'s text) in signify's form, for a key made by signifyPublicKey. */
+export function signifySignature(sigText: string): string {
+  return `untrusted comment: stackboot signature\n${Buffer.concat([SIGNIFY_ED, parseSignature(sigText)]).toString('base64')}\n`;
+}
+
 /** Throws unless `file` holds an ed25519 public key (and not a private one). */
 export async function checkPublicKey(file: string): Promise<void> {
   await readKey(file, 'public');

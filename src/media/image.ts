@@ -75,7 +75,7 @@ export interface ImageOptions {
    */
   kexecRoot?: string;
   /**
-   * a sysroot with dmsetup and openssl for the initrd (verified boot; default, for a stack
+   * a sysroot with dmsetup and signify-openbsd for the initrd (verified boot; default, for a stack
    * with verity data or when keys are given: the setup target's verity-root)
    */
   verityRoot?: string;
@@ -217,7 +217,7 @@ export async function buildImage(o: ImageOptions): Promise<ImageResult> {
       if (plan.kernel && !kexecRoot) throw new StackbootError('USAGE', `the stack carries its own kernel (${plan.kernel}): its boot initrd needs kexec: give --kexec-root (a sysroot with sbin/kexec and its libraries)`);
       const wantVerity = plan.verity || (o.pubKeys?.length ?? 0) > 0;
       const verityRoot = o.verityRoot ?? (wantVerity ? await loadTarget(o.arch ?? 'amd64', o.cacheRoot).then((t) => t.verityRoot, () => undefined) : undefined);
-      if ((o.pubKeys?.length ?? 0) > 0 && !verityRoot) throw new StackbootError('USAGE', 'keys for the initrd (--pub) need its verifier: give --verity-root (a sysroot with sbin/dmsetup and openssl)');
+      if ((o.pubKeys?.length ?? 0) > 0 && !verityRoot) throw new StackbootError('USAGE', 'keys for the initrd (--pub) need its verifier: give --verity-root (a sysroot with sbin/dmsetup and bin/signify-openbsd)');
       await buildInitramfs({ flavor: 'standalone', out: path.join(boot, 'initrd.img'), arch: o.arch, cacheRoot: o.cacheRoot, config: o.bootConfig ?? makeBootConfig(), mtime: plan.epoch, kexecRoot, verityRoot, pubKeys: o.pubKeys ?? [] });
     }
     await fs.writeFile(

@@ -1,6 +1,6 @@
 /**
  * Verified boot on real QEMU nodes (TCG), x86_64 and aarch64: the standalone initrd has
- * dmsetup, openssl and a public key; the stack's layers carry the dm-verity tree the
+ * dmsetup, signify-openbsd and a public key; the stack's layers carry the dm-verity tree the
  * build appended and its manifest is signed. A signed stack with verity boots through
  * dm-verity; one byte of a file's data flipped inside a layer on the store (same size)
  * makes the read of that file fail with EIO (the stack still boots: documented in

@@ -2,7 +2,8 @@ import { promises as fs } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { signManifestFile, verifyManifestFile, writeKeyPair, verifyWithKeyDir, parseSignature } from '../../src/format/signature.js';
+import { signManifestFile, verifyManifestFile, writeKeyPair, verifyWithKeyDir, parseSignature, signifyPublicKey, signifySignature } from '../../src/format/signature.js';
+import { run } from '../../src/sys/exec.js';
 
 async function tmp(): Promise<string> {
   return fs.mkdtemp(path.join(os.tmpdir(), 'sb-sig-'));
@@ -103,5 +104,27 @@ describe('signature (ed25519)', () => {
     await fs.mkdir(keys);
     await fs.copyFile(k.privateKey, path.join(keys, 'release.pub'));
     await expect(verifyWithKeyDir(Buffer.from('data'), await fs.readFile(`${man}.sig`, 'utf8'), keys)).rejects.toThrow(/release\.pub holds a private key/);
+  });
+
+  it("our keys and signatures in signify's form verify with the real signify-openbsd (the initrd's verifier); another key's or a changed byte do not", async () => {
+    const d = await tmp();
+    const k1 = await writeKeyPair(path.join(d, 'k1'));
+    const k2 = await writeKeyPair(path.join(d, 'k2'));
+    const man = path.join(d, 'manifest');
+    await fs.writeFile(man, 'stackboot-manifest 1\nname x\n');
+    await signManifestFile(man, k1.privateKey);
+    await fs.writeFile(`${man}.signify`, signifySignature(await fs.readFile(`${man}.sig`, 'utf8')));
+    for (const k of [k1, k2]) await fs.writeFile(k.publicKey.replace(/\.pub$/, '.signify'), await signifyPublicKey(k.publicKey));
+    const verify = (key: string) => run('signify-openbsd', ['-V', '-q', '-p', key, '-x', `${man}.signify`, '-m', man], { reject: false });
+    expect((await verify(path.join(d, 'k1.signify'))).exitCode).toBe(0);
+    expect((await verify(path.join(d, 'k2.signify'))).exitCode).not.toBe(0);
+    // the layout signify itself writes: a comment line, then base64 of "Ed", 8 bytes of key number, 32 of key
+    await run('signify-openbsd', ['-G', '-n', '-p', path.join(d, 'own.pub'), '-s', path.join(d, 'own.sec')]);
+    const line2 = (f: string) => fs.readFile(f, 'utf8').then((t) => Buffer.from(t.split('\n')[1]!, 'base64'));
+    const [own, ours] = [await line2(path.join(d, 'own.pub')), await line2(path.join(d, 'k1.signify'))];
+    expect(ours.length).toBe(own.length);
+    expect(ours.subarray(0, 2)).toEqual(own.subarray(0, 2));
+    await fs.appendFile(man, 'layer tampered\n');
+    expect((await verify(path.join(d, 'k1.signify'))).exitCode).not.toBe(0);
   });
 });

@@ -1,6 +1,7 @@
 /**
  * Verified boot in the boot core (initramfs/verity.sh) under busybox sh with a fake root:
- * the manifest's signature is checked with the host's real openssl against keys in a
+ * the manifest's signature is checked with the host's real signify-openbsd (the standalone
+ * initrd's verifier) and, without the keys in signify's form, real openssl, against keys in a
  * keys folder before anything of the stack is used; a stack with verity lines has each
  * layer opened through dm-verity (the dmsetup/loop effects faked, their arguments
  * recorded); evil verity lines are refused with a clear log line and the node falls back
@@ -11,6 +12,7 @@ import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { verityTreeBytes } from '../../src/build/verity.js';
+import { signifyPublicKey } from '../../src/format/signature.js';
 import { fakeRoots, readEvents, readState, sha256, type FakeRoot, type Store } from './harness.js';
 
 const roots = fakeRoots();
@@ -40,16 +42,29 @@ function rewrite(store: Store, slot: 'a' | 'b', f: (text: string) => string): vo
   store.stack[slot] = id;
 }
 
-/** dm-verity present (or not); each verity mount recorded, FAKE_VERITY_FAIL=<name part> makes it return 2. */
-const verityFakes = (o: { noDm?: boolean; noOpenssl?: boolean } = {}) => `
+/**
+ * dm-verity present (or not); each device opened, mounted and closed recorded (one open
+ * call for the stack, its spec lines in the record), FAKE_VERITY_FAIL=<device name part>
+ * makes that device's mount fail, FAKE_VERITY_OPEN_FAIL=<part> the open of a stack with such a device.
+ */
+const verityFakes = (o: { noDm?: boolean; noVerifier?: boolean; failingOpenssl?: boolean } = {}) => `
 sb_sys_has_dm_verity() { ${o.noDm ? 'return 1' : 'return 0'}; }
-${o.noOpenssl ? 'sb_sys_has_verifier() { return 1; }' : ''}
+${o.noVerifier ? 'sb_sys_has_verifier() { return 1; }' : ''}
+${o.failingOpenssl ? 'openssl() { echo "openssl called" >&2; return 1; }' : ''}
+sb_sys_verity_open() {
+	local l rc=0
+	while read -r l; do
+		sb__rec "verity-open $l"
+		[ -n "\${FAKE_VERITY_OPEN_FAIL-}" ] && case "$l" in *"$FAKE_VERITY_OPEN_FAIL"*) rc=1 ;; esac
+	done <"$1"
+	return $rc
+}
 sb_sys_verity_mount() {
 	sb__rec "verity-mount $*"
 	[ -n "\${FAKE_VERITY_FAIL-}" ] && case "$1" in *"$FAKE_VERITY_FAIL"*) return 2 ;; esac
 	return 0
 }
-sb_sys_verity_umount() { sb__rec "verity-umount $1 $2"; return 0; }
+sb_sys_verity_close() { sb__rec "verity-close $1"; return 0; }
 `;
 
 async function boot(r: FakeRoot, conf = CONF, env: Record<string, string> = {}, o: Parameters<typeof verityFakes>[0] = {}) {
@@ -69,10 +84,12 @@ describe('dm-verity layers', () => {
     const res = await boot(r);
     expect(res.out).toContain('BOOT=0');
     expect(r.booted().slot).toBe('b');
-    const vm = r.calls().filter((c) => c.startsWith('verity-mount'));
-    expect(vm).toEqual(
-      store.layerHashes.b!.map((h, n) => `verity-mount ${r.runDir}/sb/s0/layers/${h}.sqfs ${r.runDir}/sb/l${n} sbv-b${n}-${h.slice(0, 12)} 8192 8192 ${ROOT} ${SALT}`),
+    // one open for the whole stack (one dmsetup), then a mount per layer
+    const dm = (h: string, n: number) => `sbv-b${n}-${h.slice(0, 12)}`;
+    expect(r.calls().filter((c) => c.startsWith('verity-open'))).toEqual(
+      store.layerHashes.b!.map((h, n) => `verity-open ${dm(h, n)} ${r.runDir}/sb/s0/layers/${h}.sqfs 8192 8192 ${ROOT} ${SALT}`),
     );
+    expect(r.calls().filter((c) => c.startsWith('verity-mount'))).toEqual(store.layerHashes.b!.map((h, n) => `verity-mount ${dm(h, n)} ${r.runDir}/sb/l${n}`));
     expect(r.calls().filter((c) => c.startsWith('layer '))).toEqual([]);
     expect(r.calls().find((c) => c.includes('-t overlay'))).toContain(`lowerdir=${r.runDir}/sb/l1:${r.runDir}/sb/l0`);
   });
@@ -80,13 +97,28 @@ describe('dm-verity layers', () => {
   it('a layer that fails dm-verity at mount fails the stack; the node falls back on the same boot and the event names the layer', async () => {
     const r = roots();
     const store = oneStore(r);
-    const res = await boot(r, CONF, { FAKE_VERITY_FAIL: store.layerHashes.b![1]! });
+    const res = await boot(r, CONF, { FAKE_VERITY_FAIL: store.layerHashes.b![1]!.slice(0, 12) });
     expect(res.out).toContain('BOOT=0');
     expect(r.booted().slot).toBe('a');
     expect(failOf(store)!.reason).toMatch(/layer app-b \([0-9a-f]{12}\) fails dm-verity at mount: a block does not match the signed root hash/);
     expect(readState(store)).toMatch(/^b bad /m);
-    // what was opened is closed again before the fallback
-    expect(r.calls()).toContain(`verity-umount ${r.runDir}/sb/l0 sbv-b0-${store.layerHashes.b![0]!.slice(0, 12)}`);
+    // what was opened is closed again before the fallback: the mounted layer first, then every device
+    const c = r.calls();
+    const closes = store.layerHashes.b!.map((h, n) => c.indexOf(`verity-close sbv-b${n}-${h.slice(0, 12)}`));
+    expect(closes.every((i) => i >= 0)).toBe(true);
+    expect(c.indexOf(`umount ${r.runDir}/sb/l0`)).toBeGreaterThanOrEqual(0);
+    expect(c.indexOf(`umount ${r.runDir}/sb/l0`)).toBeLessThan(Math.min(...closes));
+  });
+
+  it('verity devices that cannot be opened: the machine failed, not the stack (not marked bad), nothing mounted', async () => {
+    const r = roots();
+    const store = oneStore(r);
+    const res = await boot(r, CONF, { FAKE_VERITY_OPEN_FAIL: 'sbv-b' });
+    expect(res.out).toContain('BOOT=0');
+    expect(r.booted().slot).toBe('a');
+    expect(failOf(store)!.reason).toMatch(/cannot open the layers through dm-verity \(not marked bad\)/);
+    expect(readState(store)).not.toMatch(/^b bad /m);
+    expect(r.calls().filter((c) => c.startsWith('verity-mount') && c.includes(' sbv-b'))).toEqual([]);
   });
 
   it('a stack without verity lines, a kernel without dm-verity, or VERIFY=size: layers by size, plain loop mounts', async () => {
@@ -133,7 +165,7 @@ describe('evil verity lines: refused with a clear log line, fallback, no shell e
     expect(res.out).toContain('BOOT=0');
     if (re === null) {
       expect(r.booted().slot).toBe('b');
-      expect(r.calls().find((c) => c.startsWith('verity-mount'))).toContain(' 8192 8192 ');
+      expect(r.calls().find((c) => c.startsWith('verity-open'))).toContain(' 8192 8192 ');
       return;
     }
     expect(r.booted().slot).toBe('a');
@@ -146,12 +178,19 @@ describe('evil verity lines: refused with a clear log line, fallback, no shell e
   });
 });
 
-describe('manifest signatures', () => {
+describe.each(['signify', 'openssl'] as const)('manifest signatures (%s)', (verifier) => {
   const keys = () => generateKeyPairSync('ed25519');
-  function withKeys(r: FakeRoot, pubs: string[]): void {
+  /** the keys as `stackboot initramfs --pub` puts them in an initrd (with openssl: only the PEM files) */
+  async function withKeys(r: FakeRoot, pubs: string[]): Promise<void> {
     mkdirSync(join(r.dir, 'keys'), { recursive: true });
-    pubs.forEach((p, i) => writeFileSync(join(r.dir, 'keys', `k${i}.pub`), p));
+    for (const [i, p] of pubs.entries()) {
+      const f = join(r.dir, 'keys', `k${i}.pub`);
+      writeFileSync(f, p);
+      if (verifier === 'signify') writeFileSync(f.replace(/\.pub$/, '.signify'), await signifyPublicKey(f));
+    }
   }
+  /** with signify, an openssl that fails: a verified signature is signify's */
+  const bootWith = (r: FakeRoot, conf = CONF, o: Parameters<typeof verityFakes>[0] = {}) => boot(r, conf, {}, { ...o, failingOpenssl: verifier === 'signify' });
   function signSlot(store: Store, slot: 'a' | 'b', key: ReturnType<typeof keys>['privateKey']): void {
     const mf = join(store.dir, 'slots', slot, 'manifest');
     writeFileSync(`${mf}.sig`, sign(null, readFileSync(mf), key).toString('base64') + '\n');
@@ -162,13 +201,14 @@ describe('manifest signatures', () => {
     const r = roots();
     const store = oneStore(r);
     const [other, mine] = [keys(), keys()];
-    withKeys(r, [pem(other), pem(mine)]);
+    await withKeys(r, [pem(other), pem(mine)]);
     signSlot(store, 'a', mine.privateKey);
     signSlot(store, 'b', mine.privateKey);
-    const res = await boot(r);
+    const res = await bootWith(r);
     expect(res.out).toContain('BOOT=0');
     expect(r.booted().slot).toBe('b');
     expect(res.err).toMatch(/manifest signature verified with k1.pub/);
+    if (verifier === 'signify') expect(res.err).not.toMatch(/openssl called/);
   });
 
   it.each([
@@ -181,7 +221,7 @@ describe('manifest signatures', () => {
     const r = roots();
     const store = oneStore(r);
     const k = keys();
-    withKeys(r, [pem(k)]);
+    await withKeys(r, [pem(k)]);
     signSlot(store, 'a', k.privateKey);
     signSlot(store, 'b', how === 'otherkey' ? keys().privateKey : k.privateKey);
     const sigFile = join(store.dir, 'slots', 'b', 'manifest.sig');
@@ -197,7 +237,7 @@ describe('manifest signatures', () => {
     }
     if (how === 'nosig') writeFileSync(sigFile, '');
     if (how === 'short') writeFileSync(sigFile, Buffer.alloc(32, 1).toString('base64') + '\n');
-    const res = await boot(r);
+    const res = await bootWith(r);
     expect(res.out).toContain('BOOT=0');
     expect(r.booted().slot).toBe('a');
     expect(failOf(store)!.reason).toMatch(re);
@@ -208,8 +248,8 @@ describe('manifest signatures', () => {
   it('ALLOW_UNSIGNED=1 boots an unsigned manifest and says so in the log', async () => {
     const r = roots();
     oneStore(r);
-    withKeys(r, [pem(keys())]);
-    const res = await boot(r, `${CONF}ALLOW_UNSIGNED=1\n`);
+    await withKeys(r, [pem(keys())]);
+    const res = await bootWith(r, `${CONF}ALLOW_UNSIGNED=1\n`);
     expect(res.out).toContain('BOOT=0');
     expect(r.booted().slot).toBe('b');
     expect(res.err).toMatch(/ALLOW_UNSIGNED=1 \(development only\): booting anyway: manifest is not signed/);
@@ -220,19 +260,19 @@ describe('manifest signatures', () => {
     const r = roots();
     const store = oneStore(r);
     const k = keys();
-    withKeys(r, [pem(k)]);
+    await withKeys(r, [pem(k)]);
     signSlot(store, 'a', k.privateKey);
     signSlot(store, 'b', k.privateKey);
-    const res = await boot(r, CONF, {}, { noOpenssl: true });
+    const res = await bootWith(r, CONF, { noVerifier: true });
     expect(res.out).toContain('BOOT=1');
-    expect(failOf(store)!.reason).toMatch(/no signature verifier \(openssl\).*not marked bad/);
+    expect(failOf(store)!.reason).toMatch(/no signature verifier \(signify-openbsd or openssl\).*not marked bad/);
     expect(readState(store)).not.toMatch(/ bad /);
   });
 
   it('an initrd without keys checks no signature and says so once', async () => {
     const r = roots();
     oneStore(r);
-    const res = await boot(r);
+    const res = await bootWith(r);
     expect(res.out).toContain('BOOT=0');
     expect(res.err.match(/no keys in this initrd/g)).toHaveLength(1);
   });

@@ -17,7 +17,7 @@ export const buildCommand: CommandModule<any, any> = {
       .option('busybox', { type: 'string', describe: 'a recipe with a kernel: busybox-static for its initrd (default: the setup target)' })
       .option('chunks', { type: 'boolean', describe: 'write a chunk index beside each layer, named in the manifest, for chunk-delta installs (install --chunks-from)' })
       .option('kexec-root', { type: 'string', describe: 'a recipe with a kernel: sysroot with sbin/kexec for its initrd (default: the setup target)' })
-      .option('verity-root', { type: 'string', describe: 'a recipe with a kernel: sysroot with dmsetup and openssl for its initrd (default: the setup target)' })
+      .option('verity-root', { type: 'string', describe: 'a recipe with a kernel: sysroot with dmsetup and signify-openbsd for its initrd (default: the setup target)' })
       .option('pub', { type: 'string', array: true, describe: 'a recipe with a kernel: a public key its initrd checks manifests against (repeatable)' })
       .example('$0 build images/demo --out out/demo', 'build the demo stack'),
   handler: async (a) => {

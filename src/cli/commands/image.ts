@@ -24,7 +24,7 @@ export const imageCommand: CommandModule<any, any> = {
       .option('fdt', { type: 'string', describe: 'device tree blob for extlinux.conf' })
       .option('initrd', { type: 'string', describe: 'use this initrd instead of building the standalone stackboot initrd' })
       .option('pub', { type: 'string', array: true, describe: 'an ed25519 public key built into the initrd: the stacks it boots must be signed by one (repeatable)' })
-      .option('verity-root', { type: 'string', describe: 'sysroot with dmsetup and openssl for the initrd (default for a stack with verity data or with --pub: the setup target)' })
+      .option('verity-root', { type: 'string', describe: 'sysroot with dmsetup and signify-openbsd for the initrd (default for a stack with verity data or with --pub: the setup target)' })
       .option('kexec-root', { type: 'string', describe: 'sysroot with sbin/kexec for the initrd (default for a stack with its own kernel: the setup target)' })
       .option('append', { type: 'string', describe: 'kernel command line in extlinux.conf' })
       .option('set', { type: 'string', array: true, describe: 'initrd boot config KEY=VALUE (repeatable)' })

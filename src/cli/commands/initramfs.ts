@@ -33,7 +33,7 @@ export const initramfsCommand: CommandModule<GlobalArgs, Args> = {
       .option('modules-dir', { type: 'string', describe: 'kernel modules dir, lib/modules/<kver> (default: the setup target)' })
       .option('busybox', { type: 'string', describe: 'busybox-static for the target (default: the setup target)' })
       .option('kexec-root', { type: 'string', describe: 'standalone: a sysroot with sbin/kexec and its libraries, for stacks with their own kernel (setup: .cache/targets/<arch>/kexec-root)' })
-      .option('verity-root', { type: 'string', describe: 'standalone: a sysroot with sbin/dmsetup and usr/bin/openssl and their libraries, for verified boot (setup: .cache/targets/<arch>/verity-root)' })
+      .option('verity-root', { type: 'string', describe: 'standalone: a sysroot with sbin/dmsetup and bin/signify-openbsd and their libraries, for verified boot (setup: .cache/targets/<arch>/verity-root)' })
       .option('pub', { type: 'string', array: true, describe: 'standalone: an ed25519 public key manifests must be signed by (repeatable; needs --verity-root)' })
       .option('config', { type: 'string', describe: 'boot.conf to start from (KEY=value)' })
       .option('set', { type: 'string', array: true, describe: 'boot config KEY=VALUE (repeatable)' })
@@ -68,7 +68,7 @@ export const initramfsCommand: CommandModule<GlobalArgs, Args> = {
     });
     out.result(r);
     if (r.flavor === 'standalone') {
-      out.line(`${r.out}: ${r.arch} initrd for ${r.kver}, ${r.compress}, ${r.bytes} bytes, ${r.modules.length} modules${r.builtin.length ? ` (built in: ${r.builtin.join(' ')})` : ''}${r.kexec ? `, kexec with ${r.kexec.length - 1} libraries` : ''}${r.verity ? `, dmsetup and openssl with ${r.verity.length - 2} libraries` : ''}${r.keys ? `, ${r.keys.length} key(s)` : ''}`);
+      out.line(`${r.out}: ${r.arch} initrd for ${r.kver}, ${r.compress}, ${r.bytes} bytes, ${r.modules.length} modules${r.builtin.length ? ` (built in: ${r.builtin.join(' ')})` : ''}${r.kexec ? `, kexec with ${r.kexec.length - 1} libraries` : ''}${r.verity ? `, dmsetup and signify with ${r.verity.length - 2} libraries` : ''}${r.keys ? `, ${r.keys.length} key(s)` : ''}`);
     } else {
       out.line(`${r.out}: ${r.flavor} files (${r.files.length}); see ${r.out}/INSTALL`);
     }
