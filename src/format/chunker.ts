@@ -152,13 +152,18 @@ export async function chunkFile(file: string, sizes: ChunkSizes): Promise<ChunkE
 /** The default cutting sizes (chosen by measurement on two Debian bases: docs/PROTOCOL.md, "Chunk index"). */
 export const DEFAULT_CHUNK_SIZES: ChunkSizes = { min: 1024, avg: 4096, max: 16384 };
 
+/** The chunk index of a layer file, as its bytes. */
+export async function chunkIndexBytes(layerFile: string, sizes: ChunkSizes = DEFAULT_CHUNK_SIZES): Promise<Buffer> {
+  const chunks = await chunkFile(layerFile, sizes);
+  return serializeChunkIndex({ sizes, layerSize: chunks.reduce((n, c) => n + c.size, 0), chunks });
+}
+
 /**
  * Writes the chunk index of a built layer beside it (`<sha256>.chunks`, durably) and
  * returns the manifest's reference to it.
  */
 export async function writeChunkIndex(layerFile: string, layerDigest: string, sizes: ChunkSizes = DEFAULT_CHUNK_SIZES): Promise<ChunkIndexRef> {
-  const chunks = await chunkFile(layerFile, sizes);
-  const bytes = serializeChunkIndex({ sizes, layerSize: chunks.reduce((n, c) => n + c.size, 0), chunks });
+  const bytes = await chunkIndexBytes(layerFile, sizes);
   await writeDurable(path.join(path.dirname(layerFile), chunkIndexName(layerDigest)), bytes);
   return { layer: layerDigest, digest: createHash('sha256').update(bytes).digest('hex'), size: bytes.length };
 }

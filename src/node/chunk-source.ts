@@ -1,9 +1,12 @@
 /**
- * Where a chunked install fetches what the node lacks: a static HTTP(S) server that
- * serves a build output folder (`layers/<sha256>.sqfs` and `layers/<sha256>.chunks`; the
- * same files serve whole-layer installs). Missing chunks are Range requests into the
- * full layer file; a dropped connection resumes from the byte it reached (If-Range on
- * the ETag); a server that answers a Range with the whole file is RangeUnsupported.
+ * Where a chunked install fetches what the node lacks:
+ * - a static HTTP(S) server that serves a build output folder (`layers/<sha256>.sqfs` and
+ *   `layers/<sha256>.chunks`; the same files serve whole-layer installs): missing chunks
+ *   are Range requests into the full layer file, a dropped connection resumes from the
+ *   byte it reached (If-Range on the ETag);
+ * - an OCI registry (the stack's artifact carries the chunk indexes as blobs): missing
+ *   chunks are Range requests on the layer's blob (registry/blob.ts fetchBlobRange).
+ * A source that answers a Range with the whole file is RangeUnsupported.
  */
 import http from 'node:http';
 import https from 'node:https';
@@ -11,6 +14,7 @@ import type { Readable } from 'node:stream';
 import { StackbootError } from '../sys/index.js';
 import { chunkIndexName, type ChunkIndexRef, type LayerRef } from '../format/index.js';
 import { download } from './download.js';
+import { blobStream, fetchBlobRange, type BlobFetchOptions, type RegistryClient, type RemoteStack } from '../registry/index.js';
 
 /** What a chunked install reads from (HTTP here; the registry's blob source has the same shape). */
 export interface ChunkSource {
@@ -78,6 +82,31 @@ export function httpChunkSource(base: string, o: HttpChunkSourceOptions = {}): C
     },
     whole(layer) {
       return download(layerUrl(layer), { retries: o.retries, backoffMs: o.backoffMs });
+    },
+  };
+}
+
+/** The chunk source of a stack in a registry: its chunk index blobs and Range requests on its layer blobs. */
+export function registryChunkSource(client: RegistryClient, remote: RemoteStack, o: BlobFetchOptions = {}): ChunkSource {
+  const repo = remote.ref.repository;
+  const layerDesc = (l: LayerRef) => ({ mediaType: '', digest: `sha256:${l.digest}`, size: l.size });
+  return {
+    label: `${client.registry}/${repo}`,
+    async index(ref) {
+      const parts: Buffer[] = [];
+      for await (const c of blobStream(client, repo, { mediaType: '', digest: `sha256:${ref.digest}`, size: ref.size }, o)) parts.push(c as Buffer);
+      return Buffer.concat(parts);
+    },
+    async range(layer, start, end) {
+      try {
+        return await fetchBlobRange(client, repo, `sha256:${layer.digest}`, start, end, o);
+      } catch (e) {
+        if (e instanceof StackbootError && e.details?.rangeUnsupported) throw new RangeUnsupported(`${client.registry}/${repo} blob ${layer.digest.slice(0, 12)}`);
+        throw e;
+      }
+    },
+    whole(layer) {
+      return blobStream(client, repo, layerDesc(layer), o);
     },
   };
 }

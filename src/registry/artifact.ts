@@ -10,6 +10,10 @@
  *                 then each squashfs layer, bottom first
  *                     (application/vnd.stackboot.layer.v1.squashfs, digest = the layer's
  *                     own sha256, title `<sha256>.sqfs`, io.stackboot.layer.name)
+ *                 then the chunk index of each layer the manifest names one for
+ *                     (application/vnd.stackboot.chunks.v1, title `<layer sha256>.chunks`):
+ *                     a node rebuilds such a layer from its store's chunks and fetches
+ *                     only the missing ones with Range requests on the layer's blob
  *   annotations   io.stackboot.{name,version,compatible[,arch]}, org.opencontainers.image.{version,created}
  *
  * The signature is a layer of the stack's own manifest (Distribution 2.8 has no
@@ -17,13 +21,14 @@
  */
 import { createHash } from 'node:crypto';
 import { StackbootError } from '../sys/index.js';
-import type { Manifest } from '../format/index.js';
+import { chunkIndexName, chunkIndexRefs, type Manifest } from '../format/index.js';
 
 export const OCI_MANIFEST_TYPE = 'application/vnd.oci.image.manifest.v1+json';
 export const ARTIFACT_TYPE = 'application/vnd.stackboot.stack.v1';
 export const MANIFEST_BLOB_TYPE = 'application/vnd.stackboot.manifest.v1';
 export const SIGNATURE_BLOB_TYPE = 'application/vnd.stackboot.signature.v1';
 export const LAYER_BLOB_TYPE = 'application/vnd.stackboot.layer.v1.squashfs';
+export const CHUNKS_BLOB_TYPE = 'application/vnd.stackboot.chunks.v1';
 export const EMPTY_CONFIG = { mediaType: 'application/vnd.oci.empty.v1+json', digest: 'sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a', size: 2 };
 export const EMPTY_CONFIG_BYTES = Buffer.from('{}');
 export const TITLE = 'org.opencontainers.image.title';
@@ -42,6 +47,8 @@ export interface StackArtifact {
   manifest: Descriptor;
   signature: Descriptor | null;
   layers: Descriptor[];
+  /** the chunk indexes (none from a stack pushed without them) */
+  chunks: Descriptor[];
   annotations: Record<string, string>;
 }
 
@@ -52,6 +59,7 @@ export function stackArtifact(m: Manifest, manifestText: Buffer, sig: Buffer | n
   const layers: Descriptor[] = [{ mediaType: MANIFEST_BLOB_TYPE, digest: sha256Digest(manifestText), size: manifestText.length, annotations: { [TITLE]: 'manifest' } }];
   if (sig) layers.push({ mediaType: SIGNATURE_BLOB_TYPE, digest: sha256Digest(sig), size: sig.length, annotations: { [TITLE]: 'manifest.sig' } });
   for (const l of m.layers) layers.push({ mediaType: LAYER_BLOB_TYPE, digest: `sha256:${l.digest}`, size: l.size, annotations: { [TITLE]: `${l.digest}.sqfs`, 'io.stackboot.layer.name': l.name } });
+  for (const c of chunkIndexRefs(m).values()) layers.push({ mediaType: CHUNKS_BLOB_TYPE, digest: `sha256:${c.digest}`, size: c.size, annotations: { [TITLE]: chunkIndexName(c.layer) } });
   const annotations: Record<string, string> = {
     'io.stackboot.name': m.name,
     'io.stackboot.version': m.version,
@@ -94,6 +102,7 @@ export function parseStackArtifact(body: Buffer, what: string): StackArtifact {
     manifest,
     signature: sigs[0] ?? null,
     layers: layers.filter((l) => l.mediaType === LAYER_BLOB_TYPE),
+    chunks: layers.filter((l) => l.mediaType === CHUNKS_BLOB_TYPE),
     annotations: j.annotations ?? {},
   };
 }
@@ -107,6 +116,10 @@ export function checkArtifactMatches(a: StackArtifact, m: Manifest, what: string
   const want = m.layers.map((l) => `sha256:${l.digest}/${l.size}`).join(' ');
   const got = a.layers.map((l) => `${l.digest}/${l.size}`).join(' ');
   if (want !== got) throw new StackbootError('VERIFY', `${what}: the registry's layer list does not match the signed manifest of ${m.name} ${m.version}`);
+  // a chunk index the signed manifest does not name is a part of another stack
+  const refs = new Set([...chunkIndexRefs(m).values()].map((c) => `sha256:${c.digest}/${c.size}`));
+  const stray = a.chunks.find((c) => !refs.has(`${c.digest}/${c.size}`));
+  if (stray) throw new StackbootError('VERIFY', `${what}: the registry names a chunk index (${stray.digest.slice(0, 19)}) the signed manifest of ${m.name} ${m.version} does not`);
   for (const [k, v] of [['name', m.name], ['version', m.version], ['compatible', m.compatible]] as const) {
     const ann = a.annotations[`io.stackboot.${k}`];
     if (ann !== undefined && ann !== v) throw new StackbootError('VERIFY', `${what}: the registry says ${k} ${JSON.stringify(ann)}, the signed manifest says ${JSON.stringify(v)}`);

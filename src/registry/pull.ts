@@ -10,7 +10,7 @@ import { createWriteStream, promises as fs } from 'node:fs';
 import path from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { StackbootError, isTempName, makeDir, parsing, writeDurable, writeDurableFrom } from '../sys/index.js';
-import { parseManifest, stackId, type Manifest } from '../format/index.js';
+import { chunkIndexName, chunkIndexRefs, parseManifest, stackId, type Manifest } from '../format/index.js';
 import { readBody, registryError, type RegistryClient } from './client.js';
 import { blobStream, fetchSmallBlob, type BlobFetchOptions } from './blob.js';
 import { OCI_MANIFEST_TYPE, checkArtifactMatches, parseStackArtifact, sha256Digest, type StackArtifact } from './artifact.js';
@@ -76,8 +76,9 @@ async function sameSize(file: string, size: number): Promise<boolean> {
 }
 
 /**
- * A build output folder from a registry: manifest, manifest.sig, layers/. Layers already
- * in the folder with the right size are kept (a pull into a mirror fetches only what is
+ * A build output folder from a registry: manifest, manifest.sig, layers/ (with the chunk
+ * indexes the stack carries, so the folder serves chunk deltas too). Layers already in
+ * the folder with the right size are kept (a pull into a mirror fetches only what is
  * new); `out` must be new, empty or such a folder.
  */
 export async function pullStack(client: RegistryClient, ref: Reference, out: string, o: BlobFetchOptions & { onLayer?(name: string, size: number): void } = {}): Promise<PullResult> {
@@ -97,6 +98,12 @@ export async function pullStack(client: RegistryClient, ref: Reference, out: str
     o.onLayer?.(l.name, l.size);
     await writeDurableFrom(file, (tmp) => pipeline(blobStream(client, ref.repository, remote.artifact.layers[i], o), createWriteStream(tmp, { flags: 'wx' })));
     fetched.push(l);
+  }
+  for (const c of remote.artifact.chunks) {
+    const ref = [...chunkIndexRefs(remote.manifest).values()].find((x) => `sha256:${x.digest}` === c.digest)!;
+    const file = path.join(out, 'layers', chunkIndexName(ref.layer));
+    if (await sameSize(file, c.size)) continue;
+    await writeDurableFrom(file, (tmp) => pipeline(blobStream(client, remote.ref.repository, c, o), createWriteStream(tmp, { flags: 'wx' })));
   }
   // manifest last: a folder with a manifest is a whole build output
   await fs.rm(path.join(out, 'manifest.sig'), { force: true });

@@ -6,10 +6,11 @@
  * beyond. The OCI manifest goes last, under the tag or digest of the reference; the
  * result names it by digest.
  */
+import { createHash } from 'node:crypto';
 import { createReadStream, promises as fs } from 'node:fs';
 import path from 'node:path';
 import { StackbootError, parsing } from '../sys/index.js';
-import { parseManifest, parseSignature, signBytes, stackId, type Manifest } from '../format/index.js';
+import { DEFAULT_CHUNK_SIZES, chunkIndexBytes, chunkIndexName, chunkIndexRefs, parseManifest, parseSignature, signBytes, stackId, type Manifest } from '../format/index.js';
 import { readBody, registryError, type RegistryClient } from './client.js';
 import { hasBlob } from './blob.js';
 import { EMPTY_CONFIG, EMPTY_CONFIG_BYTES, OCI_MANIFEST_TYPE, ARTIFACT_TYPE, sha256Digest, stackArtifact, type Descriptor } from './artifact.js';
@@ -58,7 +59,7 @@ interface LocalBlob {
   file?: string;
 }
 
-async function readBuild(o: PushOptions): Promise<{ manifest: Manifest; text: Buffer; sig: Buffer | null }> {
+async function readBuild(o: PushOptions): Promise<{ manifest: Manifest; text: Buffer; sig: Buffer | null; indexes: Map<string, { file?: string; bytes?: Buffer }> }> {
   const text = await fs.readFile(path.join(o.buildDir, 'manifest')).catch((e) => {
     throw new StackbootError('USAGE', `${o.buildDir} has no manifest (is it a build output?)`, { cause: e });
   });
@@ -78,7 +79,32 @@ async function readBuild(o: PushOptions): Promise<{ manifest: Manifest; text: Bu
     if (!st) throw new StackbootError('SOURCE', `layer ${l.name} (${l.digest.slice(0, 12)}) is missing from ${o.buildDir}/layers`);
     if (st.size !== l.size) throw new StackbootError('SOURCE', `layer ${l.name}: ${st.size} bytes in ${o.buildDir}, the manifest says ${l.size}`);
   }
-  return { manifest, text, sig };
+  return { manifest, text, sig, indexes: await chunkIndexes(o, manifest) };
+}
+
+/**
+ * The chunk index of each layer the manifest names one for: its file in the build output,
+ * or, where the folder lacks it (a bundle carries no indexes), cut again from the layer
+ * (the index is a pure function of the layer's bytes; kept when it is the one the signed
+ * manifest names). Neither: the registry must have it (a delta's base), as for layers.
+ */
+async function chunkIndexes(o: PushOptions, manifest: Manifest): Promise<Map<string, { file?: string; bytes?: Buffer }>> {
+  const out = new Map<string, { file?: string; bytes?: Buffer }>();
+  for (const ix of chunkIndexRefs(manifest).values()) {
+    const name = manifest.layers.find((l) => l.digest === ix.layer)?.name ?? ix.layer.slice(0, 12);
+    const file = path.join(o.buildDir, 'layers', chunkIndexName(ix.layer));
+    const isIt = (b: Buffer) => b.length === ix.size && createHash('sha256').update(b).digest('hex') === ix.digest;
+    const b = await fs.readFile(file).catch(() => null);
+    if (b) {
+      if (!isIt(b)) throw new StackbootError('SOURCE', `${file} is not the chunk index the manifest names for layer ${name}`);
+      out.set(ix.layer, { file });
+    } else if (!o.absentLayers?.has(ix.layer)) {
+      const layer = path.join(o.buildDir, 'layers', `${ix.layer}.sqfs`);
+      const again = await chunkIndexBytes(layer, DEFAULT_CHUNK_SIZES);
+      if (isIt(again)) out.set(ix.layer, { bytes: again });
+    }
+  }
+  return out;
 }
 
 /** Starts an upload (or mounts the blob: then null). */
@@ -127,7 +153,7 @@ export async function pushStack(o: PushOptions): Promise<PushResult> {
   const { client, ref } = o;
   const repo = ref.repository;
   const scope = `repository:${repo}:pull,push`;
-  const { manifest, text, sig } = await readBuild(o);
+  const { manifest, text, sig, indexes } = await readBuild(o);
   const artifact = stackArtifact(manifest, text, sig, o.arch);
   const digest = sha256Digest(artifact);
   if (ref.digest && ref.digest !== digest) throw new StackbootError('USAGE', `${formatReference(ref)}: the stack's artifact has the digest ${digest}: push to a tag, or to that digest`);
@@ -136,6 +162,7 @@ export async function pushStack(o: PushOptions): Promise<PushResult> {
     { what: 'manifest', desc: { mediaType: '', digest: sha256Digest(text), size: text.length }, bytes: text },
     ...(sig ? [{ what: 'manifest.sig', desc: { mediaType: '', digest: sha256Digest(sig), size: sig.length }, bytes: sig }] : []),
     ...manifest.layers.map((l) => ({ what: `layer ${l.name}`, desc: { mediaType: '', digest: `sha256:${l.digest}`, size: l.size }, ...(o.absentLayers?.has(l.digest) ? {} : { file: path.join(o.buildDir, 'layers', `${l.digest}.sqfs`) }) })),
+    ...[...chunkIndexRefs(manifest).values()].map((c) => ({ what: `chunk index of ${manifest.layers.find((l) => l.digest === c.layer)?.name ?? c.layer.slice(0, 12)}`, desc: { mediaType: '', digest: `sha256:${c.digest}`, size: c.size }, ...indexes.get(c.layer) })),
   ];
   const result: PushResult['blobs'] = [];
   let uploaded = 0;

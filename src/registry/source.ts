@@ -6,7 +6,10 @@
  *   2. verify the signature against the node's keys BEFORE any layer is asked for
  *      (unless the node allows unsigned stacks);
  *   3. the layers the store lacks (missing, or of the wrong size: what install writes)
- *      are the only ones fetched;
+ *      are the only ones fetched; with `chunks`, a lacking layer whose chunk index the
+ *      stack carries is left out of the stream instead (`chunked`): the install rebuilds
+ *      it from the store's chunks and fetches the others from the layer's blob with
+ *      Range requests (node/chunk-source.ts registryChunkSource);
  *   4. a delta bundle stream (format/bundle.ts: manifest, manifest.sig, contents, then
  *      the missing layers, each streamed from the registry, resumed, sha256-checked)
  *      goes to the existing install, so every install check and the power-cut-safe
@@ -22,7 +25,7 @@
 import { promises as fs } from 'node:fs';
 import { PassThrough, Readable } from 'node:stream';
 import { StackbootError } from '../sys/index.js';
-import { TarWriter, verifyWithKeyDir, type LayerRef, type Store } from '../format/index.js';
+import { TarWriter, chunkIndexRefs, verifyWithKeyDir, type LayerRef, type Store } from '../format/index.js';
 import type { RegistryClient } from './client.js';
 import { blobStream, type BlobFetchOptions } from './blob.js';
 import { resolveStack, type RemoteStack } from './pull.js';
@@ -36,6 +39,8 @@ export interface RegistrySourceOptions extends BlobFetchOptions {
   allowUnsigned?: boolean;
   /** only the head (manifest, signature, contents): for --dry-run */
   headOnly?: boolean;
+  /** leave the lacking layers that have a chunk index out of the stream (chunk deltas) */
+  chunks?: boolean;
 }
 
 export interface RegistrySource {
@@ -44,9 +49,12 @@ export interface RegistrySource {
   label: string;
   remote: RemoteStack;
   signedBy: string | null;
+  /** lacking layers the stream carries whole */
   fetch: LayerRef[];
+  /** lacking layers left to the install's chunk source (with `chunks`) */
+  chunked: LayerRef[];
   have: LayerRef[];
-  /** bytes of the layers to fetch */
+  /** bytes of the layers to fetch whole */
   bytes: number;
   /** why a layer could not be fetched whole and right (then the install fails on it) */
   failure: Error | null;
@@ -94,13 +102,19 @@ export async function openRegistrySource(o: RegistrySourceOptions): Promise<Regi
   const label = formatReference({ ...o.ref, digest: null }, remote.digest);
   const signedBy = await verifyRemote(remote, o.keysDir, !!o.allowUnsigned, label);
   const fetch: LayerRef[] = [];
+  const chunked: LayerRef[] = [];
   const have: LayerRef[] = [];
+  const indexes = new Set(remote.artifact.chunks.map((c) => c.digest));
+  const refs = chunkIndexRefs(remote.manifest);
   for (const l of remote.manifest.layers) {
     const st = await fs.stat(o.store.layerPath(l.digest)).catch(() => null);
+    const ix = refs.get(l.digest);
     if (st && st.size === l.size) have.push(l);
-    else if (!fetch.some((f) => f.digest === l.digest)) fetch.push(l);
+    else if (fetch.some((f) => f.digest === l.digest) || chunked.some((f) => f.digest === l.digest)) continue;
+    else if (o.chunks && ix && indexes.has(`sha256:${ix.digest}`)) chunked.push(l);
+    else fetch.push(l);
   }
-  const source: RegistrySource = { stream: new PassThrough({ highWaterMark: 1 << 20 }), label, remote, signedBy, fetch, have, bytes: fetch.reduce((n, l) => n + l.size, 0), failure: null };
+  const source: RegistrySource = { stream: new PassThrough({ highWaterMark: 1 << 20 }), label, remote, signedBy, fetch, chunked, have, bytes: fetch.reduce((n, l) => n + l.size, 0), failure: null };
   const out = source.stream as PassThrough;
   // install may take the store lock before it reads: an early error waits in out.errored
   out.on('error', () => {});

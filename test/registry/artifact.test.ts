@@ -2,7 +2,8 @@
 import { describe, it, expect } from 'vitest';
 import { createHash } from 'node:crypto';
 import { serializeManifest, type Manifest } from '../../src/format/manifest.js';
-import { ARTIFACT_TYPE, EMPTY_CONFIG, EMPTY_CONFIG_BYTES, LAYER_BLOB_TYPE, checkArtifactMatches, parseStackArtifact, stackArtifact } from '../../src/registry/artifact.js';
+import { ARTIFACT_TYPE, CHUNKS_BLOB_TYPE, EMPTY_CONFIG, EMPTY_CONFIG_BYTES, LAYER_BLOB_TYPE, checkArtifactMatches, parseStackArtifact, stackArtifact } from '../../src/registry/artifact.js';
+import { chunkIndexLine } from '../../src/format/chunks.js';
 
 const hex = (s: string) => createHash('sha256').update(s).digest('hex');
 const m: Manifest = { name: 'node', version: '2', compatible: 'fleet', created: 1700000000, layers: [{ digest: hex('base'), size: 10, name: 'base' }, { digest: hex('app'), size: 5, name: 'app' }] };
@@ -46,5 +47,21 @@ describe('stack artifact', () => {
     const renamed = JSON.parse(stackArtifact(m, text, sig).toString());
     renamed.annotations['io.stackboot.version'] = '3';
     expect(() => checkArtifactMatches(parseStackArtifact(Buffer.from(JSON.stringify(renamed)), 'r'), m, 'r')).toThrow(/says version "3", the signed manifest says "2"/);
+  });
+
+  it('carries the chunk index of each layer the manifest names one for, after the layers; one the manifest does not name is refused', () => {
+    const ix = { layer: hex('base'), digest: hex('index'), size: 72 };
+    const mc: Manifest = { ...m, extra: [chunkIndexLine(ix)] };
+    const tc = Buffer.from(serializeManifest(mc));
+    const j = JSON.parse(stackArtifact(mc, tc, sig).toString());
+    expect(j.layers.at(-1)).toMatchObject({ mediaType: CHUNKS_BLOB_TYPE, digest: `sha256:${hex('index')}`, size: 72, annotations: { 'org.opencontainers.image.title': `${hex('base')}.chunks` } });
+    const a = parseStackArtifact(Buffer.from(JSON.stringify(j)), 'r');
+    expect(a.layers.map((l) => l.digest)).toEqual(m.layers.map((l) => `sha256:${l.digest}`));
+    expect(a.chunks.map((c) => c.digest)).toEqual([`sha256:${hex('index')}`]);
+    expect(() => checkArtifactMatches(a, mc, 'r')).not.toThrow();
+    // the same artifact against the manifest without the chunks line: a stray index
+    expect(() => checkArtifactMatches(a, m, 'r')).toThrow(/names a chunk index \(sha256:[0-9a-f]{12}\) the signed manifest of node 2 does not/);
+    // an artifact without the indexes (pushed by an older stackboot) is still the stack
+    expect(() => checkArtifactMatches(parseStackArtifact(stackArtifact(m, text, sig), 'r'), mc, 'r')).not.toThrow();
   });
 });

@@ -4,7 +4,7 @@ import { stat } from 'node:fs/promises';
 import type { Readable } from 'node:stream';
 import type { Argv, CommandModule } from 'yargs';
 import { StackbootError } from '../../sys/index.js';
-import { type InstallEvent, type NodeConfig, NODE_CONFIG } from '../../node/index.js';
+import { type ChunkSource, type InstallEvent, type NodeConfig, NODE_CONFIG } from '../../node/index.js';
 import type { Store } from '../../format/index.js';
 import { fmtBytes, makeOut } from '../output.js';
 import { isStdio, wholeNumber } from '../args.js';
@@ -26,15 +26,25 @@ async function ctxOf(a: any) {
   return nodeContext({ store: a.store, bootedSlot: a.bootedSlot, runDir: a.runDir });
 }
 
-/** `oci://…`: the registry source (signature checked first, then only the layers the store lacks). */
-async function openRegistry(src: string, a: any, cfg: NodeConfig, store: Store, note: (s: string) => void): Promise<{ stream: Readable; label: string; explain(e: unknown): unknown }> {
+/**
+ * `oci://…`: the registry source (signature checked first, then only the layers the store
+ * lacks; those with a chunk index are rebuilt from the store's chunks, the missing ones
+ * fetched from the layer's blob, unless --no-chunks).
+ */
+async function openRegistry(src: string, a: any, cfg: NodeConfig, store: Store, note: (s: string) => void): Promise<{ stream: Readable; label: string; explain(e: unknown): unknown; chunkSource?: ChunkSource }> {
   const { connectRegistry, openRegistrySource, parseReference, installError } = await import('../../registry/index.js');
+  const { registryChunkSource } = await import('../../node/index.js');
   const ref = parseReference(src);
   const client = await connectRegistry(ref, { authFile: cfg.node.REGISTRY_AUTH ?? undefined, rootOnly: true, caFile: cfg.node.REGISTRY_CA ?? undefined, insecure: a.insecure, onNote: note });
-  const r = await openRegistrySource({ client, ref, store, keysDir: a.keys ?? cfg.node.KEYS_DIR, allowUnsigned: cfg.node.ALLOW_UNSIGNED, headOnly: a.dryRun, onRetry: (x) => note(`layer ${x.digest.slice(7, 19)}: ${x.reason}; resuming at byte ${x.received} (try ${x.attempt})`) });
-  if (a.json) process.stdout.write(JSON.stringify({ event: 'fetch', reference: r.label, dryRun: !!a.dryRun, layers: r.fetch, bytes: r.bytes, have: r.have.length }) + '\n');
-  else note(`${r.label}: ${r.fetch.length ? `${a.dryRun ? 'would fetch' : 'fetching'} ${r.fetch.map((l) => l.name).join(', ')} (${r.bytes} bytes)` : 'no layer to fetch'}; ${r.have.length} layer(s) in the store`);
-  return { stream: r.stream, label: r.label, explain: (e) => installError(r, e) };
+  const onRetry = (x: { digest: string; reason: string; received: number; attempt: number }) => note(`layer ${x.digest.slice(7, 19)}: ${x.reason}; resuming at byte ${x.received} (try ${x.attempt})`);
+  const r = await openRegistrySource({ client, ref, store, keysDir: a.keys ?? cfg.node.KEYS_DIR, allowUnsigned: cfg.node.ALLOW_UNSIGNED, headOnly: a.dryRun, chunks: a.chunks !== false, onRetry });
+  if (a.json) process.stdout.write(JSON.stringify({ event: 'fetch', reference: r.label, dryRun: !!a.dryRun, layers: r.fetch, bytes: r.bytes, chunked: r.chunked, have: r.have.length }) + '\n');
+  else {
+    const whole = r.fetch.length ? `${a.dryRun ? 'would fetch' : 'fetching'} ${r.fetch.map((l) => l.name).join(', ')} (${r.bytes} bytes)` : 'no layer to fetch whole';
+    const chunked = r.chunked.length ? `; ${r.chunked.map((l) => l.name).join(', ')} from chunks` : '';
+    note(`${r.label}: ${whole}${chunked}; ${r.have.length} layer(s) in the store`);
+  }
+  return { stream: r.stream, label: r.label, explain: (e) => installError(r, e), ...(r.chunked.length ? { chunkSource: registryChunkSource(client, r.remote, { onRetry }) } : {}) };
 }
 
 async function openSource(src: string, allowUnsigned: boolean, onRetry: (s: string) => void): Promise<{ stream: Readable; label: string }> {
@@ -66,6 +76,7 @@ export const installCommand: CommandModule<any, any> = {
       .option('allow-downgrade', { type: 'boolean', describe: 'install a stack older than the store\'s newest good one (an event says so)' })
       .option('insecure', { type: 'boolean', describe: 'oci:// over plain HTTP to any host (loud)' })
       .option('chunks-from', { type: 'string', describe: 'http(s) URL of the build output folder: layers the bundle does not carry are rebuilt from the store\'s chunks, fetching only the missing ones (Range requests)' })
+      .option('chunks', { type: 'boolean', default: true, describe: 'oci://: rebuild a lacking layer that has a chunk index from the store\'s chunks, fetching only the missing ones from its blob (--no-chunks: fetch it whole)' })
       .example('$0 install https://updates.example/node-2.stackbundle', '')
       .example('$0 install oci://registry.example/fleet/node:2', 'credentials: REGISTRY_AUTH of the node config')
       .example('$0 install https://updates.example/node-2/delta.stackbundle --chunks-from https://updates.example/node-2', 'a chunk delta'),
@@ -76,7 +87,9 @@ export const installCommand: CommandModule<any, any> = {
     const ctx = await ctxOf(a);
     const jsonLine = (o: unknown) => process.stdout.write(JSON.stringify(o) + '\n');
     const note = (event: string) => (s: string) => (a.json ? jsonLine({ event, note: s }) : process.stderr.write(`stackboot: ${s}\n`));
-    const { stream, label, explain } = a.source.startsWith('oci://') ? await openRegistry(a.source, a, cfg, ctx.store, note('note')) : { ...(await openSource(a.source, cfg.node.ALLOW_UNSIGNED, note('retry'))), explain: (e: unknown) => e };
+    const src: { stream: Readable; label: string; explain(e: unknown): unknown; chunkSource?: ChunkSource } = a.source.startsWith('oci://') ? await openRegistry(a.source, a, cfg, ctx.store, note('note')) : { ...(await openSource(a.source, cfg.node.ALLOW_UNSIGNED, note('retry'))), explain: (e: unknown) => e };
+    const { stream, label, explain } = src;
+    if (a.chunksFrom && src.chunkSource) throw new StackbootError('USAGE', '--chunks-from is for bundles and URLs: an oci:// stack carries its chunk indexes');
     const onEvent = (ev: InstallEvent) => {
       if (a.json) return jsonLine(ev);
       if (ev.event === 'plan') out.line(`installing ${ev.name} ${ev.version} (${ev.stack.slice(0, 12)}) into slot ${ev.slot}: ${ev.write.length} layer(s) to write (${fmtBytes(ev.bytes)}), ${ev.have.length} present; ${fmtBytes(ev.free)} free${ev.downgradeFrom ? `; a DOWNGRADE from ${ev.downgradeFrom}` : ''}`);
@@ -98,7 +111,7 @@ export const installCommand: CommandModule<any, any> = {
       dryRun: a.dryRun,
       progress: a.json ? () => {} : out.progress,
       onEvent,
-      ...(a.chunksFrom ? { chunkSource: await chunkSourceOf(a.chunksFrom, note('retry')) } : {}),
+      ...(a.chunksFrom ? { chunkSource: await chunkSourceOf(a.chunksFrom, note('retry')) } : src.chunkSource ? { chunkSource: src.chunkSource } : {}),
     }).catch((e) => {
       throw explain(e);
     });
