@@ -252,7 +252,7 @@ sb_verity_open_layers() {
 		return 1
 	fi
 	for name in $names; do sb__pushed "D:$name"; done
-	sb_debug "layers opened through dm-verity:$names"
+	sb_log "layers opened through dm-verity:$names"
 	return 0
 }
 

@@ -24,6 +24,7 @@ export async function buildInitramfsTools(opts: InitramfsOptions): Promise<Initr
     modules: mods.modules,
     copyExec: ITOOLS_COPY_EXEC,
     fallbackDelay: Math.max(cfg.ON_FAIL_DELAY, 1),
+    keys: (opts.pubKeys ?? []).length > 0,
   };
   const files: OutFile[] = [
     { rel: 'hooks/stackboot', data: await renderTemplate('initramfs-tools/hook.hbs', ctx, templatesDir), mode: 0o755, shell: true },

@@ -11,14 +11,13 @@
  * The salt is public in the manifest in any case; what it would add against precomputed
  * collisions does not apply to sha256.
  */
-import { createHash } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import { StackbootError } from '../sys/index.js';
+import { VERITY_BLOCK, VERITY_SALT, VerityTreeBuilder, verityTreeBytes } from '../format/index.js';
 import { checkSquashfs } from './squashfs.js';
 
-export const VERITY_BLOCK = 4096;
-const DIGEST = 32;
-const PER_BLOCK = VERITY_BLOCK / DIGEST;
+export { VERITY_BLOCK, VERITY_SALT, verityLevels, verityTreeBytes } from '../format/index.js';
+
 const CHUNK = 256 * VERITY_BLOCK;
 
 export interface VerityInfo {
@@ -32,59 +31,19 @@ export interface VerityInfo {
   hashOffset: number;
 }
 
-/** The number of hash blocks at each level for DATA_BYTES, level 0 (over the data) first; [] for one data block. */
-export function verityLevels(dataBytes: number): number[] {
-  if (dataBytes <= 0 || dataBytes % VERITY_BLOCK !== 0) throw new StackbootError('VERIFY', `verity data size ${dataBytes} is not a positive multiple of ${VERITY_BLOCK}`);
-  const levels: number[] = [];
-  let n = dataBytes / VERITY_BLOCK;
-  while (n > 1) {
-    n = Math.ceil(n / PER_BLOCK);
-    levels.push(n);
-  }
-  return levels;
-}
-
-/** Bytes the hash tree adds after DATA_BYTES of data. */
-export function verityTreeBytes(dataBytes: number): number {
-  return verityLevels(dataBytes).reduce((a, b) => a + b, 0) * VERITY_BLOCK;
-}
-
-/** The salt of every stackboot hash tree: sha256("stackboot dm-verity salt 1"). */
-export const VERITY_SALT = createHash('sha256').update('stackboot dm-verity salt 1').digest();
-
-const saltedHash = (salt: Buffer, block: Buffer): Buffer => createHash('sha256').update(salt).update(block).digest();
-
-/** Reads [0, bytes) of an open file in CHUNK pieces. */
-async function eachChunk(fh: fs.FileHandle, bytes: number, f: (b: Buffer) => void): Promise<void> {
+/** The salt, the tree (top level first) and the root hash over the first DATA_BYTES of FH (format/verity-tree.ts). */
+async function computeTree(fh: fs.FileHandle, dataBytes: number): Promise<{ salt: Buffer; tree: Buffer; root: Buffer }> {
+  const t = new VerityTreeBuilder(dataBytes);
   const buf = Buffer.alloc(CHUNK);
-  for (let pos = 0; pos < bytes; ) {
-    const want = Math.min(CHUNK, bytes - pos);
+  for (let pos = 0; pos < dataBytes; ) {
+    const want = Math.min(CHUNK, dataBytes - pos);
     const { bytesRead } = await fh.read(buf, 0, want, pos);
     if (bytesRead !== want) throw new StackbootError('IO', `short read at ${pos}`);
-    f(buf.subarray(0, want));
+    t.push(buf.subarray(0, want));
     pos += want;
   }
-}
-
-/** The salt, the tree (top level first) and the root hash over the first DATA_BYTES of FH. */
-async function computeTree(fh: fs.FileHandle, dataBytes: number): Promise<{ salt: Buffer; tree: Buffer; root: Buffer }> {
-  const levels = verityLevels(dataBytes);
-  const salt = VERITY_SALT;
-  const digests: Buffer[] = [];
-  await eachChunk(fh, dataBytes, (b) => {
-    for (let o = 0; o < b.length; o += VERITY_BLOCK) digests.push(saltedHash(salt, b.subarray(o, o + VERITY_BLOCK)));
-  });
-  if (levels.length === 0) return { salt, tree: Buffer.alloc(0), root: digests[0]! };
-  const built: Buffer[] = [];
-  let below = digests;
-  for (const blocks of levels) {
-    const level = Buffer.alloc(blocks * VERITY_BLOCK);
-    below.forEach((d, i) => d.copy(level, i * DIGEST));
-    built.push(level);
-    below = [];
-    for (let o = 0; o < level.length; o += VERITY_BLOCK) below.push(saltedHash(salt, level.subarray(o, o + VERITY_BLOCK)));
-  }
-  return { salt, tree: Buffer.concat(built.reverse()), root: below[0]! };
+  const { tree, root } = t.finish();
+  return { salt: VERITY_SALT, tree, root };
 }
 
 /** The data size of a layer file: its squashfs's bytes used, rounded up to a verity block. */

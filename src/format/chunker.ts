@@ -3,8 +3,10 @@
  * chunking with a harder mask before the average size and an easier one after it).
  * Equal runs of bytes in two layers cut at the same places, so a layer's chunks can be
  * found in another layer by their sha256. Squashfs-aware: besides the content cuts, a
- * layer is always cut where its superblock ends and where each metadata table begins
- * (they change with any file; the data blocks before them do not).
+ * layer is always cut where its superblock ends, where each metadata table begins
+ * (they change with any file; the data blocks before them do not), and where its
+ * dm-verity tree begins (the squashfs's bytes used, rounded up to 4096: a node computes
+ * the tree's chunks from the data instead of fetching them).
  *
  * The cutting is a pure function of the bytes and the sizes (ChunkSizes): a node cuts
  * its old layers itself, with the sizes the new layer's index names.
@@ -12,7 +14,9 @@
 import { createHash } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
-import { chunkIndexName, parseChunkIndex, serializeChunkIndex, type ChunkEntry, type ChunkIndexRef, type ChunkSizes } from './chunks.js';
+import { chunkIndexName, parseChunkIndex, serializeChunkIndex, type ChunkEntry, type ChunkIndex, type ChunkIndexRef, type ChunkSizes } from './chunks.js';
+import type { LayerRef } from './manifest.js';
+import { verityTreeBytes } from './verity-tree.js';
 import type { BundleChunks } from './bundle.js';
 import { writeDurable } from '../sys/index.js';
 
@@ -37,6 +41,10 @@ export function squashfsCuts(head: Buffer, fileSize: number): number[] {
     const v = head.readBigUInt64LE(at);
     if (v > 0n && v < BigInt(fileSize)) cuts.add(Number(v));
   }
+  // bytes used (u64 at 40), padded to a verity block: where an appended hash tree starts
+  const used = head.readBigUInt64LE(40);
+  const tree = ((used + 4095n) / 4096n) * 4096n;
+  if (used > 0n && tree < BigInt(fileSize)) cuts.add(Number(tree));
   return [...cuts].sort((a, b) => a - b);
 }
 
@@ -168,20 +176,37 @@ export async function writeChunkIndex(layerFile: string, layerDigest: string, si
   return { layer: layerDigest, digest: createHash('sha256').update(bytes).digest('hex'), size: bytes.length };
 }
 
+/** The chunks of LAYER (cut as INDEX says) that lie wholly inside its dm-verity tree. */
+export function treeChunks(layer: LayerRef, index: ChunkIndex): Set<number> {
+  const out = new Set<number>();
+  const v = layer.verity;
+  if (!v) return out;
+  const [start, end] = [v.hashOffset, v.hashOffset + verityTreeBytes(v.dataBytes)];
+  let at = 0;
+  index.chunks.forEach((c, i) => {
+    if (at >= start && at + c.size <= end) out.add(i);
+    at += c.size;
+  });
+  return out;
+}
+
 /**
  * A layer's chunk delta against base layers (`bundle --base … --chunks`): the chunks of
  * the new layer (its index) that none of `baseFiles` has, as chunk numbers and as the
- * byte ranges of the layer file that hold them (adjacent ones merged), in order.
+ * byte ranges of the layer file that hold them (adjacent ones merged), in order. With the
+ * layer's manifest entry (`ref`), the chunks of its dm-verity tree are left out: the node
+ * computes them.
  */
-export async function chunkDelta(layer: string, indexBytes: Buffer, baseFiles: string[]): Promise<BundleChunks> {
+export async function chunkDelta(layer: string, indexBytes: Buffer, baseFiles: string[], ref?: LayerRef): Promise<BundleChunks> {
   const ix = parseChunkIndex(indexBytes);
   const have = new Set<string>();
+  const tree = ref ? treeChunks(ref, ix) : new Set<number>();
   for (const f of baseFiles) for (const c of await chunkFile(f, ix.sizes)) have.add(c.digest);
   const carried: number[] = [];
   const ranges: { start: number; end: number }[] = [];
   let at = 0;
   ix.chunks.forEach((c, i) => {
-    if (!have.has(c.digest)) {
+    if (!have.has(c.digest) && !tree.has(i)) {
       carried.push(i);
       const last = ranges[ranges.length - 1];
       if (last && last.end === at) last.end += c.size;

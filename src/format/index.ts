@@ -8,3 +8,4 @@ export * from './store.js';
 export * from './tarfile.js';
 export * from './version.js';
 export * from './chunker.js';
+export * from './verity-tree.js';

@@ -17,6 +17,7 @@
  * boot files' paths are absolute paths in the stack's merged root: the hook reads them
  * from the mounted overlay and checks each against its digest before a kexec.
  */
+import { VERITY_BLOCK } from './verity-tree.js';
 import { createHash } from 'node:crypto';
 import { StackbootError } from '../sys/index.js';
 
@@ -133,7 +134,6 @@ function bootFileText(what: string, f: BootFile): string {
   return `${f.path} sha256:${f.digest} ${f.size}`;
 }
 
-const VERITY_BLOCK = 4096;
 const SALT_RE = /^(?:[0-9a-f]{2}){1,128}$/;
 
 function verityText(l: LayerRef): string {

@@ -6,6 +6,11 @@
  * bytes stream into Store.putLayer, which checks the whole layer's size and sha256
  * before the rename: a power cut leaves a temp file (gc sweeps it), never a wrong layer.
  *
+ * A layer with a dm-verity tree: the chunks that lie in the tree are not fetched (nor
+ * carried by a bundle): the node computes the tree from the data it reassembled (the
+ * index cuts the layer where the tree starts: format/chunker.ts), and checks them like
+ * any chunk.
+ *
  * Every chunk is checked as it comes (a local one too: a store file can rot). A remote
  * chunk that is wrong is fetched once more; wrong again, or a server without Range, and
  * the layer is fetched whole instead (said in a `chunks` event).
@@ -14,7 +19,7 @@ import { createHash } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import { chunkFile } from '../format/index.js';
 import { StackbootError } from '../sys/index.js';
-import { verifyChunkIndex, type ChunkIndex, type ChunkIndexRef, type ChunkSizes, type LayerRef, type Store } from '../format/index.js';
+import { VerityTreeBuilder, treeChunks, verifyChunkIndex, type ChunkIndex, type ChunkIndexRef, type ChunkSizes, type LayerRef, type Store } from '../format/index.js';
 import { RangeUnsupported, type ChunkSource } from './chunk-source.js';
 
 /** Where a chunk lies in a layer the store has. */
@@ -27,10 +32,14 @@ interface LocalChunk {
 export interface ChunkPlan {
   layer: LayerRef;
   index: ChunkIndex;
-  /** per chunk: a local copy, or null (fetch) */
+  /** per chunk: a local copy, or null (fetch, or compute: `tree`) */
   local: (LocalChunk | null)[];
+  /** the chunks of the dm-verity tree the node computes (none found in the store) */
+  tree: Set<number>;
   /** bytes found in the store */
   have: number;
+  /** bytes of the tree computed on the node */
+  computed: number;
   /** bytes to fetch (plus the index itself) */
   fetch: number;
   indexBytes: number;
@@ -65,18 +74,25 @@ export async function planChunks(store: Store, layer: LayerRef, ref: ChunkIndexR
   const index = verifyChunkIndex(ref, layer.size, await source.index(ref), source.label);
   const have = await storeChunks(store, index.sizes, new Set([layer.digest]));
   const local = index.chunks.map((c, i) => (carried?.has(i) ? null : have.get(c.digest) ?? null));
-  const lacking = carried ? local.findIndex((l, i) => l === null && !carried.has(i)) : -1;
+  const tree = new Set([...treeChunks(layer, index)].filter((i) => local[i] === null && !carried?.has(i)));
+  const lacking = carried ? local.findIndex((l, i) => l === null && !carried.has(i) && !tree.has(i)) : -1;
   if (lacking >= 0) {
     throw new StackbootError('MISSING_LAYERS', `${source.label}: chunk ${lacking} of layer ${layer.name} (sha256 ${index.chunks[lacking].digest.slice(0, 12)}) is neither in the store nor in the bundle: the bundle's base is not this store's stack; install a full bundle`);
   }
   let got = 0;
-  index.chunks.forEach((c, i) => (got += local[i] ? c.size : 0));
-  return { layer, index, local, have: got, fetch: layer.size - got, indexBytes: ref.size };
+  let computed = 0;
+  index.chunks.forEach((c, i) => {
+    if (local[i]) got += c.size;
+    else if (tree.has(i)) computed += c.size;
+  });
+  return { layer, index, local, tree, have: got, computed, fetch: layer.size - got - computed, indexBytes: ref.size };
 }
 
 /** A run of chunks that come from one place: one read of a store's layer, or one Range request. */
 interface Segment {
   remote: boolean;
+  /** the chunks are computed: the dm-verity tree */
+  tree?: boolean;
   /** local: where the run lies in a layer of the store */
   at?: LocalChunk;
   /** first chunk, end chunk (exclusive) */
@@ -92,14 +108,15 @@ function segments(p: ChunkPlan): Segment[] {
   let at = 0;
   p.index.chunks.forEach((c, i) => {
     const loc = p.local[i];
-    const remote = loc === null;
+    const tree = p.tree.has(i);
+    const remote = loc === null && !tree;
     const last = out[out.length - 1];
     // a local run goes on while the chunks follow each other in one file
-    const follows = (l: Segment) => (remote ? l.remote : !l.remote && l.at!.file === loc.file && l.at!.offset + (l.end - l.start) === loc.offset);
-    if (last && follows(last) && last.end - last.start + c.size <= RUN_BYTES) {
+    const follows = (l: Segment) => (tree ? !!l.tree : remote ? l.remote : !l.remote && !l.tree && l.at!.file === loc!.file && l.at!.offset + (l.end - l.start) === loc!.offset);
+    if (last && follows(last) && (tree || last.end - last.start + c.size <= RUN_BYTES)) {
       last.to = i + 1;
       last.end += c.size;
-    } else out.push({ remote, from: i, to: i + 1, start: at, end: at + c.size, ...(loc ? { at: loc } : {}) });
+    } else out.push({ remote, from: i, to: i + 1, start: at, end: at + c.size, ...(loc ? { at: loc } : {}), ...(tree ? { tree } : {}) });
     at += c.size;
   });
   return out;
@@ -134,8 +151,30 @@ class ChunkMismatch extends StackbootError {
   }
 }
 
-/** The new layer's bytes in order: local chunks read and checked, remote runs fetched ahead. */
+/** The new layer's bytes in order, and its dm-verity tree computed from them where the plan says. */
 async function* assemble(p: ChunkPlan, source: ChunkSource, onFetched: (n: number) => void): AsyncGenerator<Buffer> {
+  const v = p.layer.verity;
+  if (!v || p.tree.size === 0) return yield* assembleData(p, source, onFetched);
+  const t = new VerityTreeBuilder(v.dataBytes, Buffer.from(v.salt, 'hex'));
+  let built: Buffer | undefined;
+  let at = 0;
+  for await (const b of assembleData(p, source, onFetched, async (s) => {
+    const tree = (built ??= t.finish().tree);
+    const bytes = tree.subarray(s.start - v.hashOffset, s.end - v.hashOffset);
+    if (badChunk(p, s, bytes) < 0) return bytes;
+    // not the tree the index names (the layer's own tree is not the one of its data?): fetch it
+    const fetched = await fetchSegment(p, { ...s, remote: true, tree: false }, source);
+    onFetched(fetched.length);
+    return fetched;
+  })) {
+    if (at < v.dataBytes) t.push(b.subarray(0, Math.min(b.length, v.dataBytes - at)));
+    at += b.length;
+    yield b;
+  }
+}
+
+/** The layer's bytes in order: local chunks read and checked, remote runs fetched ahead, tree runs from `computeTree`. */
+async function* assembleData(p: ChunkPlan, source: ChunkSource, onFetched: (n: number) => void, computeTree?: (s: Segment) => Promise<Buffer>): AsyncGenerator<Buffer> {
   const segs = segments(p);
   const pending = new Map<number, Promise<Buffer>>();
   const ahead = (from: number) => {
@@ -154,6 +193,10 @@ async function* assemble(p: ChunkPlan, source: ChunkSource, onFetched: (n: numbe
     for (let k = 0; k < segs.length; k++) {
       const s = segs[k];
       ahead(k);
+      if (s.tree) {
+        yield await computeTree!(s);
+        continue;
+      }
       if (s.remote) {
         const bytes = await pending.get(k)!;
         pending.delete(k);

@@ -61,7 +61,7 @@ export type InstallEvent =
   | { event: 'plan'; stack: string; name: string; version: string; slot: SlotName; write: string[]; have: string[]; bytes: number; free: number; downgradeFrom?: string }
   | { event: 'step'; step: string }
   | { event: 'layer'; name: string; digest: string; size: number }
-  | { event: 'chunks'; name: string; digest: string; size: number; had: number; fetch: number; fetched?: number; fallback?: string }
+  | { event: 'chunks'; name: string; digest: string; size: number; had: number; fetch: number; computed?: number; fetched?: number; fallback?: string }
   | { event: 'done'; stack: string; slot: SlotName; tries: number };
 
 export interface InstallPlan {
@@ -178,7 +178,7 @@ async function planAndCheck(run: InstallRun, h: BundleHead): Promise<Set<string>
   run.plan = { ...(await planInstall(run.o, state, h, signedBy)), ...(downgradeFrom ? { downgradeFrom } : {}) };
   const p = run.plan;
   run.emit({ event: 'plan', stack: p.stack, name: p.name, version: p.version, slot: p.slot, write: p.write.map((l) => l.name), have: p.have.map((l) => l.name), bytes: p.bytes, free: p.free, ...(p.downgradeFrom ? { downgradeFrom: p.downgradeFrom.version } : {}) });
-  for (const c of p.chunked) run.emit({ event: 'chunks', name: c.layer.name, digest: c.layer.digest, size: c.layer.size, had: c.have, fetch: c.fetch + c.indexBytes });
+  for (const c of p.chunked) run.emit({ event: 'chunks', name: c.layer.name, digest: c.layer.digest, size: c.layer.size, had: c.have + c.computed, fetch: c.fetch + c.indexBytes, ...(c.computed ? { computed: c.computed } : {}) });
   checkSpace(run.o, run.store, p);
   if (run.o.dryRun) throw new PlanOnly();
   if (run.o.ctx.remount) {

@@ -110,6 +110,8 @@ describe('the hook flavours with verified boot', () => {
     expect(hook).toMatch(/for sb_tool in .*dmsetup signify-openbsd openssl base64/);
     expect(hook).toMatch(/keys\/\*\.pub "\$SB_SHARE"\/keys\/\*\.signify/);
     expect(hook).toMatch(/manual_add_modules dm-verity/);
+    // its INSTALL installs the keys where the hook takes them from
+    expect(await fs.readFile(path.join(d, 'itools/INSTALL'), 'utf8')).toMatch(/^  install -m 0644 keys\/\* \/usr\/share\/stackboot\/keys\/$/m);
     await expect(buildDracut({ flavor: 'dracut', out: path.join(d, 'dracut2'), config: makeBootConfig(), pubKeys: [k.priv] })).rejects.toThrow(/holds a private key/);
   });
 });

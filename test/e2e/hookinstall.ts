@@ -12,8 +12,10 @@ import { inChroot, type Chroot, type ChrootSpec } from './chroot.js';
 export type HookFlavor = Exclude<Flavor, 'standalone'>;
 
 export const HOOK_CHROOTS: Record<HookFlavor, ChrootSpec> = {
-  'initramfs-tools': { name: 'bookworm-initramfs-tools', include: ['linux-image-amd64', 'initramfs-tools', 'busybox'] },
-  dracut: { name: 'bookworm-dracut', include: ['linux-image-amd64', 'dracut', 'busybox', 'mount'] },
+  // dmsetup and signify-openbsd: the hooks copy them in for verified boot (dm-verity
+  // layers, the manifest's signature)
+  'initramfs-tools': { name: 'bookworm-initramfs-tools', include: ['linux-image-amd64', 'initramfs-tools', 'busybox', 'dmsetup', 'signify-openbsd'] },
+  dracut: { name: 'bookworm-dracut', include: ['linux-image-amd64', 'dracut', 'busybox', 'mount', 'dmsetup', 'signify-openbsd'] },
 };
 
 /**
@@ -39,9 +41,9 @@ export function installCommands(install: string): { steps: string[]; rebuild: st
 }
 
 /** Renders the hook, copies it into the chroot and runs INSTALL's install steps there. */
-export async function renderAndInstall(flavor: HookFlavor, c: Chroot, work: string, settings: Array<[string, string]>): Promise<{ rebuild: string; files: string[] }> {
+export async function renderAndInstall(flavor: HookFlavor, c: Chroot, work: string, settings: Array<[string, string]>, pubKeys: string[] = []): Promise<{ rebuild: string; files: string[] }> {
   const out = path.join(work, `hook-${flavor}`);
-  const r = await buildInitramfs({ flavor, out, config: makeBootConfig({ set: settings }) });
+  const r = await buildInitramfs({ flavor, out, config: makeBootConfig({ set: settings }), pubKeys });
   const { steps, rebuild } = installCommands(await fs.readFile(path.join(out, 'INSTALL'), 'utf8'));
   // the rendered folder as the admin would have it on the build machine
   const inside = `/tmp/stackboot-${flavor}`;

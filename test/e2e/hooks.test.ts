@@ -6,7 +6,10 @@
  * rendered by `buildInitramfs`, installed with the commands of its own INSTALL file; the
  * initrd made by the real `mkinitramfs` / `dracut` in the chroot for the chroot's kernel;
  * then that kernel and initrd booted in QEMU (TCG) with a store disk holding the demo
- * stack, which must come up (`DEMO: running stackboot demo 1`) and power off.
+ * stack, which must come up (`DEMO: running stackboot demo 1`) and power off. Verified
+ * boot in both: the chroots have dmsetup and signify-openbsd, the hooks copy them in with
+ * the release key (`--pub`), and the signed demo stack boots with its signature checked
+ * and its layers opened through dm-verity.
  *
  * Speed: mkinitramfs runs with MODULES=list (only what the hooks ask for, so the boot also
  * proves that the stackboot hook adds every module it needs); dracut with its default
@@ -20,6 +23,7 @@ import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { Vm, useVmCleanup } from './qemu.js';
 import { demoStack, storeDisk, scratch, target } from './fixtures.js';
+import { signBytes, writeKeyPair } from '../../src/format/signature.js';
 import { chroot, chrootKernel, inChroot, prefetchChroots } from './chroot.js';
 import { HOOK_CHROOTS, mkinitramfs, renderAndInstall } from './hookinstall.js';
 
@@ -32,11 +36,23 @@ const SETTINGS: Array<[string, string]> = [
   ['ON_FAIL_DELAY', '1'],
 ];
 
-async function demoDisk(work: string): Promise<string> {
+/** The demo stack, signed with a new release key (a copy: the shared build stays unsigned), on a store disk. */
+async function demoDisk(work: string): Promise<{ file: string; pub: string }> {
   const demo = await demoStack('demo', 'amd64');
+  const build = path.join(work, 'demo-signed');
+  await fs.rm(build, { recursive: true, force: true });
+  await fs.cp(demo.outDir, build, { recursive: true });
+  const keys = await writeKeyPair(path.join(work, 'keys', 'release'));
+  await fs.writeFile(path.join(build, 'manifest.sig'), await signBytes(await fs.readFile(path.join(build, 'manifest')), keys.privateKey));
   const file = path.join(work, 'store.img');
-  await storeDisk({ file, slots: { a: { buildDir: demo.outDir, status: 'good' } }, current: 'a' });
-  return file;
+  await storeDisk({ file, slots: { a: { buildDir: build, status: 'good' } }, current: 'a' });
+  return { file, pub: keys.publicKey };
+}
+
+/** The boot checked the signature and opened every layer through dm-verity. */
+function expectVerified(out: string): void {
+  expect(out, 'no signature check' + tail(out)).toMatch(/stackboot: manifest signature verified with release\.pub/);
+  expect(out, 'layers not opened through dm-verity' + tail(out)).toMatch(/stackboot: layers opened through dm-verity: sbv-a0-[0-9a-f]{12} sbv-a1-[0-9a-f]{12}/);
 }
 
 /** Boots kernel + initrd with the store disk until the demo powers off; returns the console. */
@@ -68,6 +84,7 @@ function tail(out: string, n = 60): string {
 
 describe('scenario 9: initramfs-tools and dracut hooks, built by the real tools, boot the stack', () => {
   let disk: string;
+  let pub: string;
   let work: string;
   let prefetched: (() => Promise<void>) | undefined;
   beforeAll(async () => {
@@ -75,7 +92,7 @@ describe('scenario 9: initramfs-tools and dracut hooks, built by the real tools,
     // initramfs-tools test builds and boots
     prefetched = prefetchChroots([HOOK_CHROOTS['initramfs-tools'], HOOK_CHROOTS.dracut]);
     work = await scratch('hooks');
-    disk = await demoDisk(work);
+    ({ file: disk, pub } = await demoDisk(work));
   });
   afterAll(async () => {
     await prefetched?.();
@@ -87,7 +104,7 @@ describe('scenario 9: initramfs-tools and dracut hooks, built by the real tools,
   it('initramfs-tools: mkinitramfs with the installed hook; boot=stackboot boots the demo stack', async () => {
     const c = await chroot(HOOK_CHROOTS['initramfs-tools']);
     const k = await chrootKernel(c);
-    const { rebuild } = await renderAndInstall('initramfs-tools', c, work, SETTINGS);
+    const { rebuild } = await renderAndInstall('initramfs-tools', c, work, SETTINGS, [pub]);
     expect(rebuild).toMatch(/^update-initramfs /);
 
     await mkinitramfs(c, k.kver);
@@ -97,10 +114,10 @@ describe('scenario 9: initramfs-tools and dracut hooks, built by the real tools,
     const list = (await inChroot(c, ['lsinitramfs', '/tmp/sb-initrd.img'])).stdout.split('\n');
     // (merged /usr: the initrd's /lib and /bin are symlinks into usr/)
     const has = (re: RegExp) => list.some((l) => re.test(l));
-    for (const re of [/^scripts\/stackboot$/, /^(usr\/)?lib\/stackboot\/stackboot\.sh$/, /^(usr\/)?lib\/stackboot\/store\.sh$/, /^etc\/stackboot\/boot\.conf$/, /^(usr\/)?bin\/busybox$/]) {
+    for (const re of [/^scripts\/stackboot$/, /^(usr\/)?lib\/stackboot\/stackboot\.sh$/, /^(usr\/)?lib\/stackboot\/store\.sh$/, /^etc\/stackboot\/boot\.conf$/, /^(usr\/)?bin\/busybox$/, /^(usr\/)?s?bin\/dmsetup$/, /^(usr\/)?bin\/signify-openbsd$/, /^etc\/stackboot\/keys\/release\.signify$/]) {
       expect(has(re), `${re} missing from the initrd`).toBe(true);
     }
-    for (const m of ['overlay', 'squashfs', 'loop', 'virtio_blk', 'ext4']) {
+    for (const m of ['overlay', 'squashfs', 'loop', 'virtio_blk', 'ext4', 'dm-verity']) {
       expect(has(new RegExp(`/${m}\\.ko`)), `module ${m} missing`).toBe(true);
     }
     expect(list.filter((l) => /scripts\/init-bottom\/.*stackboot/.test(l))).toEqual([]);
@@ -117,6 +134,7 @@ describe('scenario 9: initramfs-tools and dracut hooks, built by the real tools,
     const out = r.out;
     expect(out, 'stackboot did not boot slot a' + tail(out)).toMatch(/stackboot: booting slot a /);
     expect(out).toMatch(/DEMO: running stackboot demo 1/);
+    expectVerified(out);
     // order on the console: mount phase -> stackboot -> init-bottom -> the stack's init
     const iMount = out.indexOf('Mounting root file system');
     const iBoot = out.indexOf('stackboot: booting slot a');
@@ -134,7 +152,7 @@ describe('scenario 9: initramfs-tools and dracut hooks, built by the real tools,
   it('dracut: dracut with modules.d/90stackboot; root=stackboot boots the demo stack, the mount hook is safe twice', async () => {
     const c = await chroot(HOOK_CHROOTS.dracut);
     const k = await chrootKernel(c);
-    const { rebuild } = await renderAndInstall('dracut', c, work, SETTINGS);
+    const { rebuild } = await renderAndInstall('dracut', c, work, SETTINGS, [pub]);
     expect(rebuild).toMatch(/^dracut /);
 
     // a test probe (not part of stackboot): a pre-pivot hook that sources the stackboot
@@ -186,6 +204,9 @@ describe('scenario 9: initramfs-tools and dracut hooks, built by the real tools,
     expect(list).toMatch(/lib\/dracut\/hooks\/cmdline\/30-parse-stackboot\.sh/);
     expect(list).toMatch(/lib\/stackboot\/stackboot\.sh/);
     expect(list).toMatch(/etc\/stackboot\/boot\.conf/);
+    expect(list).toMatch(/etc\/stackboot\/keys\/release\.signify/);
+    expect(list).toMatch(/bin\/signify-openbsd/);
+    expect(list).toMatch(/bin\/dmsetup/);
 
     const r = await bootDemo({
       name: 'dracut',
@@ -198,6 +219,7 @@ describe('scenario 9: initramfs-tools and dracut hooks, built by the real tools,
     const out = r.out;
     expect(out, 'stackboot did not boot slot a' + tail(out)).toMatch(/stackboot: booting slot a /);
     expect(out).toMatch(/DEMO: running stackboot demo 1/);
+    expectVerified(out);
     expect(out, 'the mount hook run twice changed something' + tail(out)).toMatch(/SBTWICE: ok/);
     // each log line shows twice (stderr, and the kernel log with a timestamp): count one kind
     expect(out.match(/^stackboot: booting slot a /gm)?.length, 'the stack was mounted twice').toBe(1);

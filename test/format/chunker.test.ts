@@ -58,13 +58,17 @@ describe('Chunker', () => {
     for (const x of cuts) expect(ends.has(x)).toBe(true);
   });
 
-  it('reads the table starts of a squashfs superblock, and nothing from other files', () => {
+  it('reads the table starts and the hash tree start of a squashfs superblock, and nothing from other files', () => {
     const sb = Buffer.alloc(96);
     sb.writeUInt32LE(0x73717368, 0);
     sb.writeBigUInt64LE(5000n, 64); // inode table
     sb.writeBigUInt64LE(6000n, 72); // directory table
     sb.writeBigUInt64LE(0xffffffffffffffffn, 88); // no export table
     expect(squashfsCuts(sb, 10_000)).toEqual([96, 5000, 6000]);
+    // bytes used 6100: a hash tree appended at 8192 (cut there); none when the file ends there
+    sb.writeBigUInt64LE(6100n, 40);
+    expect(squashfsCuts(sb, 10_000)).toEqual([96, 5000, 6000, 8192]);
+    expect(squashfsCuts(sb, 8192)).toEqual([96, 5000, 6000]);
     expect(squashfsCuts(Buffer.alloc(96), 10_000)).toEqual([]);
   });
 });

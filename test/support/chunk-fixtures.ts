@@ -15,7 +15,7 @@ import { writeChunkIndex } from '../../src/format/chunker.js';
 import { loadRecipe } from '../../src/build/recipe.js';
 import { buildStack } from '../../src/build/stack.js';
 import { chunkIndexLine } from '../../src/format/chunks.js';
-import { serializeManifest, stackId, type Manifest } from '../../src/format/manifest.js';
+import { serializeManifest, stackId, type LayerVerity, type Manifest } from '../../src/format/manifest.js';
 import { signBytes } from '../../src/format/signature.js';
 import { run } from '../../src/sys/exec.js';
 import { sha256File } from '../../src/sys/digest.js';
@@ -115,7 +115,7 @@ export async function chunkServer(dir: string, opts: ServerOptions = {}): Promis
  * A build output whose manifest names a chunk index for each layer (signed with `key`).
  * A layer is its bytes, or a function that writes its file (a big one, without a buffer).
  */
-export async function chunkedBuild(dir: string, o: { version: string; key: string; layers: { name: string; data: Buffer | ((file: string) => Promise<void>) }[] }): Promise<{ dir: string; manifest: Manifest; id: string }> {
+export async function chunkedBuild(dir: string, o: { version: string; key: string; layers: { name: string; data: Buffer | ((file: string) => Promise<void>); verity?: LayerVerity }[] }): Promise<{ dir: string; manifest: Manifest; id: string }> {
   await fs.mkdir(path.join(dir, 'layers'), { recursive: true });
   const layers = [];
   const extra: [string, string][] = [];
@@ -127,7 +127,7 @@ export async function chunkedBuild(dir: string, o: { version: string; key: strin
     const file = path.join(dir, 'layers', `${digest}.sqfs`);
     await fs.rename(tmp, file);
     extra.push(chunkIndexLine(await writeChunkIndex(file, digest)));
-    layers.push({ digest, size: (await fs.stat(file)).size, name: l.name });
+    layers.push({ digest, size: (await fs.stat(file)).size, name: l.name, ...(l.verity ? { verity: l.verity } : {}) });
   }
   const manifest: Manifest = { name: 'node', version: o.version, compatible: 'test-node', created: 0, compression: 'zstd', extra, layers };
   const text = serializeManifest(manifest);

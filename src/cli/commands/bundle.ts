@@ -11,15 +11,16 @@ async function chunkedLayers(buildDir: string): Promise<string[]> {
 
 /** The chunk deltas of the chunked layers that the base lacks, against the base build output's layers. */
 async function chunkDeltas(buildDir: string, baseDir: string, baseDigests: Set<string>, chunked: string[]) {
-  const { chunkDelta } = await import('../../format/index.js');
+  const { chunkDelta, parseManifest } = await import('../../format/index.js');
   const { StackbootError } = await import('../../sys/index.js');
   const { readFile, stat } = await import('node:fs/promises');
   const baseFiles = [...baseDigests].map((d) => `${baseDir}/layers/${d}.sqfs`);
   for (const f of baseFiles) {
     if (!(await stat(f).catch(() => null))) throw new StackbootError('USAGE', `--chunks with --base needs the base's layers: ${f} is missing (give the base's build output folder)`);
   }
+  const layers = parseManifest(await readFile(`${buildDir}/manifest`, 'utf8')).layers;
   const out = [];
-  for (const d of chunked.filter((x) => !baseDigests.has(x))) out.push(await chunkDelta(d, await readFile(`${buildDir}/layers/${d}.chunks`), baseFiles));
+  for (const d of chunked.filter((x) => !baseDigests.has(x))) out.push(await chunkDelta(d, await readFile(`${buildDir}/layers/${d}.chunks`), baseFiles, layers.find((l) => l.digest === d)));
   return out;
 }
 
