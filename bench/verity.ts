@@ -27,7 +27,7 @@ export interface Row {
 
 const MODES = ['size', 'sha256', 'verity'] as const;
 
-export async function benchVerity(runs = 3): Promise<Row[]> {
+export async function benchVerity(runs = 5): Promise<Row[]> {
   const t = await target('amd64');
   if (!t.verityRoot) return [{ metric: 'verity', value: 'not available (scripts/setup.sh makes the verity-root sysroot)' }];
   const d = await scratch('bench-verity');
@@ -52,19 +52,25 @@ export async function benchVerity(runs = 3): Promise<Row[]> {
     const disk = path.join(d, `${what.length}.img`);
     await storeDisk({ file: disk, slots: { a: { buildDir: stack.outDir, status: 'good' } }, noData: true, storeMiB: mib });
     const ms: Record<string, number> = {};
+    const stackMs: Record<string, number> = {};
     for (const mode of MODES) {
       const spans: number[] = [];
+      const stackSpans: number[] = [];
       for (let i = 0; i < runs; i++) {
         const r = await bootOnce({ target: t, initrd: initrds[mode], disks: [{ file: disk, bus: 'virtio' }], append: 'demo.nohealth', until: /DEMO: then/, timeoutMs: 300_000 });
         spans.push(stamp(r.output, /stackboot: booting slot/) - stamp(r.output, /stackboot init: loading modules/));
+        stackSpans.push(stamp(r.output, /stackboot: booting slot/) - stamp(r.output, /stackboot: trying slot/));
         sigMs.push((stamp(r.output, /stackboot: manifest signature verified/) - stamp(r.output, /stackboot: trying slot/)) * 1000);
       }
       ms[mode] = median(spans) * 1000;
+      stackMs[mode] = median(stackSpans) * 1000;
     }
     const ratio = ms.verity! / ms.size!;
     rows.push(
       { metric: `verity: hook time, ${what}: size / sha256 / verity (QEMU TCG)`, value: `${ms.size!.toFixed(0)} / ${ms.sha256!.toFixed(0)} / ${ms.verity!.toFixed(0)} ms` },
       { metric: `verity: verity / size, ${what}`, value: `${ratio.toFixed(2)}×`, goal: '≤ 1.10×', ok: ratio <= 1.1 },
+      // the same work for every mode before it (the modules): the part of the hook that differs
+      { metric: `verity: the stack part of it (\`trying slot\` to \`booting slot\`), ${what}: size / sha256 / verity`, value: `${stackMs.size!.toFixed(0)} / ${stackMs.sha256!.toFixed(0)} / ${stackMs.verity!.toFixed(0)} ms (verity +${(stackMs.verity! - stackMs.size!).toFixed(0)} ms)` },
     );
   }
   rows.push({ metric: 'verity: the manifest signature check in the hook (signify-openbsd; from `trying slot` to `verified`, every boot)', value: `${median(sigMs).toFixed(0)} ms` });
