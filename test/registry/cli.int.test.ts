@@ -14,6 +14,8 @@ import { Store } from '../../src/format/store.js';
 import { parseState } from '../../src/format/state.js';
 import { makePki, startRegistry, sha256hex, type Pki, type RunningRegistry } from './harness.js';
 import { buildSigned, keys, type BuiltStack } from './stacks.js';
+import { chunkedBuild } from '../support/chunk-fixtures.js';
+import { layerBytes } from '../support/update-fixtures.js';
 
 const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const USER = { user: 'ci', password: 'pw-from-stdin' };
@@ -138,5 +140,52 @@ describe('stackboot push / pull / install oci://', () => {
     const open = await sb(['install', ref, '--store', storeDir, '--config', config, '--dry-run']);
     expect(open.exitCode).toBe(19);
     expect(open.stderr).toMatch(/readable by others \(mode 644\): chmod 600/);
+  });
+
+  it('install oci://… of a stack with chunk indexes: the lacking layer rebuilt from the store, only the missing chunks fetched; --no-chunks fetches it whole', async () => {
+    const data1 = layerBytes(2 << 20, 'cli-chunks-v1');
+    const data2 = Buffer.concat([data1.subarray(0, 700_000), layerBytes(50_000, 'cli-patch'), data1.subarray(700_000)]);
+    const c1 = await chunkedBuild(path.join(tmp, 'c1'), { version: '1', key: k.key, layers: [{ name: 'base', data: data1 }] });
+    const c2 = await chunkedBuild(path.join(tmp, 'c2'), { version: '2', key: k.key, layers: [{ name: 'base', data: data2 }] });
+    const env = { REGISTRY_AUTH_FILE: authFile };
+    for (const [dir, tag] of [[c1.dir, '1'], [c2.dir, '2']]) {
+      const p = await sb(['push', dir, `oci://${reg.host}/fleet/chunky:${tag}`, '--ca-file', pki.caCert, '--json'], { env });
+      expect(p.exitCode, p.stderr).toBe(0);
+      expect(JSON.parse(p.stdout).blobs.map((b: { what: string }) => b.what)).toContain('chunk index of base');
+    }
+    const config = path.join(tmp, 'node-chunks.conf');
+    const nodeAuth = path.join(tmp, 'node-chunks-auth.json');
+    await fs.copyFile(authFile, nodeAuth);
+    await fs.chmod(nodeAuth, 0o600);
+    await fs.writeFile(config, `KEYS_DIR=${k.keysDir}\nREGISTRY_AUTH=${nodeAuth}\nREGISTRY_CA=${pki.caCert}\n`);
+    const store = async (name: string) => {
+      const d = path.join(tmp, name);
+      await Store.create(d);
+      const i1 = await sb(['install', `oci://${reg.host}/fleet/chunky:1`, '--store', d, '--config', config], { env });
+      expect(i1.exitCode, i1.stderr).toBe(0);
+      // the node booted it (slot a) and its health checks passed
+      const good = await sb(['mark-good', '--store', d, '--booted-slot', 'a', '--config', config]);
+      expect(good.exitCode, good.stderr).toBe(0);
+      return d;
+    };
+    const d = await store('store-chunks');
+    const dry = await sb(['install', `oci://${reg.host}/fleet/chunky:2`, '--store', d, '--config', config, '--booted-slot', 'a', '--dry-run', '--json'], { env });
+    expect(dry.exitCode, dry.stderr).toBe(0);
+    const events = dry.stdout.trim().split('\n').map((l) => JSON.parse(l));
+    expect(events.find((e) => e.event === 'fetch')).toMatchObject({ layers: [], bytes: 0, chunked: [{ name: 'base' }] });
+    const plan = events.find((e) => e.event === 'chunks');
+    expect(plan.fetch).toBeLessThan(200_000);
+    expect(plan.had).toBeGreaterThan(1_900_000);
+    const human = await sb(['install', `oci://${reg.host}/fleet/chunky:2`, '--store', d, '--config', config, '--booted-slot', 'a'], { env });
+    expect(human.exitCode, human.stderr).toBe(0);
+    expect(human.stderr).toMatch(/no layer to fetch whole; base from chunks; 0 layer\(s\) in the store/);
+    expect(human.stdout).toMatch(/layer base rebuilt: .* from the store, .* fetched/);
+    expect(sha256hex(await fs.readFile(path.join(d, 'layers', `${c2.manifest.layers[0].digest}.sqfs`)))).toBe(c2.manifest.layers[0].digest);
+
+    const whole = await store('store-whole');
+    const w = await sb(['install', `oci://${reg.host}/fleet/chunky:2`, '--store', whole, '--config', config, '--booted-slot', 'a', '--no-chunks'], { env });
+    expect(w.exitCode, w.stderr).toBe(0);
+    expect(w.stderr).toMatch(/fetching base \(\d+ bytes\)/);
+    expect(w.stdout).not.toMatch(/from chunks|rebuilt/);
   });
 });
