@@ -1,6 +1,8 @@
 /**
  * Power cuts during the real `stackboot install` inside a QEMU node (used by
- * install-powercut.test.ts and scripts/soak-install.ts).
+ * install-powercut.test.ts and scripts/soak-install.ts): of a delta bundle whose new
+ * layers come whole, and of a chunk delta whose new layer the node rebuilds from the
+ * chunks of its store's layers (makeChunkInstallSetup).
  *
  * Each trial boots a fresh copy of a node image (slot a good = demo-node v1) with the big
  * delta bundle on /dev/vdb and `demo.install=/dev/vdb`, waits for the install's `plan`
@@ -31,7 +33,9 @@ import { parseManifest, stackId } from '../../src/format/manifest.js';
 import { candidates, parseState } from '../../src/format/state.js';
 import type { Target } from '../../src/boot/target.js';
 import { copyImage, prng } from './inspect.js';
-import { nodeStack, withStoreMounted } from './node-fixtures.js';
+import { chunkedBigStacks, nodeStack, withStoreMounted } from './node-fixtures.js';
+import { chunkDelta } from '../../src/format/chunker.js';
+import { chunkIndexName, chunkIndexRefs } from '../../src/format/chunks.js';
 import { baseLayers, writeBundleFile } from '../../src/format/bundle.js';
 import { initrd, storeDisk, target } from './fixtures.js';
 import { Vm } from './qemu.js';
@@ -49,6 +53,38 @@ export interface InstallCutSetup {
   next: string;
   tries: number;
   work: string;
+}
+
+/**
+ * The chunk-delta variant: a store with the big node stack (v1, chunk indexes) good in
+ * slot a, and `bundle --base v1 --chunks` of v2 (its app layer a chunk delta: the few
+ * chunks v1 lacks): the install rebuilds the 12 MiB app layer from v1's chunks.
+ */
+export async function makeChunkInstallSetup(dir: string): Promise<InstallCutSetup & { carried: number; layerBytes: number }> {
+  const { v1, v2 } = await chunkedBigStacks();
+  const base = path.join(dir, 'base.img');
+  await storeDisk({ file: base, slots: { a: { buildDir: v1.outDir, status: 'good' } }, storeMiB: 256 });
+  const bundle = path.join(dir, 'big-chunks.stackbundle');
+  const baseDigests = (await baseLayers(v1.outDir)).digests;
+  const deltas = [];
+  for (const d of chunkIndexRefs(v2.manifest).keys()) {
+    if (baseDigests.has(d)) continue;
+    deltas.push(await chunkDelta(d, await fs.readFile(path.join(v2.outDir, 'layers', chunkIndexName(d))), [...baseDigests].map((b) => path.join(v1.outDir, 'layers', `${b}.sqfs`)), v2.manifest.layers.find((l) => l.digest === d)));
+  }
+  const r = await writeBundleFile({ buildDir: v2.outDir, file: bundle, baseDigests, chunks: deltas });
+  const changed = v2.manifest.layers.filter((l) => !baseDigests.has(l.digest));
+  return {
+    target: await target('amd64'),
+    initrd: await initrd(path.join(dir, 'initrd.img'), { STORES: 'vda', DEVICE_TIMEOUT: '5', TRIES: '3' }),
+    base,
+    bundle,
+    v1: v1.stackId,
+    next: v2.stackId,
+    tries: 3,
+    work: dir,
+    carried: r.bytes,
+    layerBytes: changed.reduce((n, l) => n + l.size, 0),
+  };
 }
 
 /**

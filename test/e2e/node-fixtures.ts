@@ -7,7 +7,7 @@ import { createHash } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { run } from '../../src/sys/exec.js';
-import { loadRecipe } from '../../src/build/recipe.js';
+import { loadRecipe, parseRecipe } from '../../src/build/recipe.js';
 import { generateKeyPair, signManifestFile } from '../../src/format/signature.js';
 import { buildStack, type BuildResult } from '../../src/build/stack.js';
 import { CACHE, REPO, WORK } from './fixtures.js';
@@ -74,6 +74,41 @@ export function nodeStack(name: NodeStackName): Promise<BuildResult> {
   }
   return p;
 }
+
+/**
+ * The big node stack twice, both built with chunk indexes (`build --chunks`): v1 as
+ * images/demo-node/big.json, v2 the same with its app's 12 MiB blob changed in three
+ * 16 KiB places and its version 5 (a chunk delta: a few chunks of the app layer new).
+ */
+export function chunkedBigStacks(): Promise<{ v1: BuildResult; v2: BuildResult }> {
+  chunked ??= (async () => {
+    await prepareGuest();
+    const file = path.join(REPO, 'images', 'demo-node', 'big.json');
+    const app2 = path.join(GUEST, 'bigapp2');
+    await fs.rm(app2, { recursive: true, force: true });
+    await fs.cp(path.join(GUEST, 'bigapp'), app2, { recursive: true });
+    const blob = path.join(app2, 'var', 'lib', 'big', 'blob');
+    const fh = await fs.open(blob, 'r+');
+    try {
+      for (const at of [1 << 20, 5 << 20, 9 << 20]) await fh.write(createHash('sha256').update(`v2 ${at}`).digest().toString('hex').repeat(256), at);
+    } finally {
+      await fh.close();
+    }
+    const build = async (name: string, text: string) => {
+      const recipe = parseRecipe(text, file, { arch: 'amd64' });
+      const r = await buildStack(recipe, { outDir: path.join(WORK, 'stacks', name), cacheDir: path.join(WORK, 'layer-cache'), epoch: 0, arch: 'amd64', uid: process.getuid?.(), chunks: true, progress: () => {} });
+      await signManifestFile(r.manifestFile, KEY);
+      return r;
+    };
+    const raw = await fs.readFile(file, 'utf8');
+    const j = JSON.parse(raw) as { version: string; layers: { name: string; source: { path: string } }[] };
+    j.version = '5';
+    j.layers.find((l) => l.name === 'app')!.source.path = app2;
+    return { v1: await build('demo-node-big-chunks-1', raw), v2: await build('demo-node-big-chunks-2', JSON.stringify(j)) };
+  })();
+  return chunked;
+}
+let chunked: Promise<{ v1: BuildResult; v2: BuildResult }> | null = null;
 
 /** The store partition of an image, mounted read-only on a loop device (a copy: journal replay writes). */
 export async function withStoreMounted<T>(img: string, fn: (dir: string) => Promise<T>): Promise<T> {
