@@ -58,6 +58,7 @@ sb_handback_prepare() {
 		}
 	done
 	sb_handback_utab "$1"
+	sb_verity_release_on_close
 	sb_log "shutdown hand-back ready ($dir/shutdown)"
 	return 0
 }

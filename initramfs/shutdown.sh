@@ -7,7 +7,10 @@
 # mounts and the upper under /oldroot/run/sb, and those are mounted on the overlay. So the
 # whole tree is detached at once (umount -l); the kernel frees each mount as its last user
 # goes: the overlay, then the layers and their loop devices (autoclear), then the store
-# once no loop device holds a file on it. Loop devices still bound are released here.
+# once no loop device holds a file on it. A layer opened through dm-verity: its device
+# was marked for removal at its last close (handback.sh), which the kernel does from a
+# work queue, and its loop device is released here once it is gone. Loop devices still
+# bound are released here (three rounds a second apart while any is busy).
 # Never set -e: every step is tried, and the machine always goes down.
 export PATH=/bin
 SB_LIB=/lib/stackboot
@@ -28,14 +31,20 @@ sync
 
 # loop devices still bound to a file
 n=0
-busy=
-for b in /sys/block/loop*; do
-	[ -r "$b/loop/backing_file" ] || continue
-	if losetup -d "/dev/${b##*/}" 2>/dev/null; then
-		n=$((n + 1))
-	else
-		busy="$busy ${b##*/}"
-	fi
+round=0
+while :; do
+	busy=
+	for b in /sys/block/loop*; do
+		[ -r "$b/loop/backing_file" ] || continue
+		if losetup -d "/dev/${b##*/}" 2>/dev/null; then
+			n=$((n + 1))
+		else
+			busy="$busy ${b##*/}"
+		fi
+	done
+	[ -n "$busy" ] && [ "$round" -lt 3 ] || break
+	round=$((round + 1))
+	sleep 1
 done
 # ext4 filesystems the kernel still holds (the store, a disk upper, the data partition)
 held=

@@ -78,6 +78,10 @@ sb_sys_verity_open() {
 # sb_sys_verity_mount NAME DIR: the squashfs of the open verity device NAME on DIR (the
 # kernel reads and checks its superblock and tables: a block that does not match fails it).
 sb_sys_verity_mount() { mount -t squashfs -o ro "$SB_DEV/mapper/$1" "$2"; }
+# sb_sys_verity_release NAME...: the verity devices NAME… go away by themselves when their
+# last user closes them (`dmsetup remove --deferred`): at shutdown, when the layers'
+# mounts are freed, so the loop devices under them can be detached.
+sb_sys_verity_release() { DM_DISABLE_UDEV=1 dmsetup remove --deferred --noudevsync "$@" >/dev/null 2>&1; }
 # sb_sys_verity_close NAME: remove the verity device NAME and free its loop device.
 sb_sys_verity_close() {
 	DM_DISABLE_UDEV=1 dmsetup remove "$1" >/dev/null 2>&1
@@ -263,4 +267,24 @@ sb_verity_mount_layer() {
 	SB_FAIL_WHY="layer $2 ($(sb_short "$1")) fails dm-verity at mount: a block does not match the signed root hash"
 	sb_sys_fs_known squashfs || SB_FAIL_ENV=1 SB_FAIL_WHY="cannot mount layer $2 ($(sb_short "$1")): this kernel has no squashfs"
 	return 1
+}
+
+# sb_verity_release_on_close: the verity devices of the mounted stack (D: in SB_MOUNTED)
+# are removed by the kernel once nothing uses them (the systemd shutdown hand-back needs
+# it: it has no dmsetup, and a device left would hold its loop device and the store).
+# One dmsetup for all; only after every layer is mounted (a device nobody has open would
+# go at once).
+sb_verity_release_on_close() {
+	local m names=
+	for m in $SB_MOUNTED; do
+		case "$m" in D:*) names="$names ${m#D:}" ;; esac
+	done
+	[ -n "$names" ] || return 0
+	# shellcheck disable=SC2086
+	if sb_sys_verity_release $names; then
+		sb_debug "verity devices go when the layers are unmounted:$names"
+	else
+		sb_warn "cannot mark the verity devices for removal at shutdown:$names"
+	fi
+	return 0
 }

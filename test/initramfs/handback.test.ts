@@ -52,6 +52,23 @@ describe('sb_handback_prepare', () => {
     expect(res.err).toMatch(/shutdown hand-back ready/);
   });
 
+  it("marks the stack's verity devices for removal at their last close (one call), so the hand-back, which has no dmsetup, can free their loop devices", async () => {
+    const r = root();
+    writeFileSync(join(r.dir, 'busybox'), 'bb');
+    const res = await r.sh(`sb_sys_verity_release() { echo "release $*" >>"$SB_T/calls"; return 0; }
+SB_MOUNTED="M:/x/sb/l1 M:/x/sb/l0 D:sbv-a0-aaaaaaaaaaaa D:sbv-a1-bbbbbbbbbbbb M:/x/sb/up"
+sb_handback_prepare "$SB_T/run" "$SB_T/busybox"; echo RC=$?`);
+    expect(res.out).toContain('RC=0');
+    expect(r.calls().filter((c) => c.startsWith('release'))).toEqual(['release sbv-a0-aaaaaaaaaaaa sbv-a1-bbbbbbbbbbbb']);
+    // without verity devices: no dmsetup at all
+    const r2 = root();
+    writeFileSync(join(r2.dir, 'busybox'), 'bb');
+    await r2.sh(`sb_sys_verity_release() { echo "release $*" >>"$SB_T/calls"; return 0; }
+SB_MOUNTED="M:/x/sb/l0"
+sb_handback_prepare "$SB_T/run" "$SB_T/busybox"`);
+    expect(r2.calls().filter((c) => c.startsWith('release'))).toEqual([]);
+  });
+
   it('marks the /run/sb mounts x-initrd.mount in RUN/mount/utab, so systemd leaves them to it', async () => {
     const r = root();
     writeFileSync(join(r.dir, 'busybox'), 'bb');
