@@ -243,6 +243,9 @@ describe('a real Debian 12 root with systemd (amd64, QEMU)', () => {
     expect(out, tailOf(r, 'the report did not run')).toMatch(/E2E: report done$/m);
     // initramfs-tools' /run is noexec: the hook gave /run/initramfs a tmpfs of its own
     expect(out, tailOf(r, 'no tmpfs for /run/initramfs')).toMatch(/stackboot: \/run is noexec: \/run\/initramfs is a tmpfs of its own/);
+    // the chroot has dmsetup: the layers are dm-verity devices, and the hand-back still
+    // frees everything (each device goes at its last close: handback.sh)
+    expect(out, tailOf(r, 'the layers were not opened through dm-verity')).toMatch(/stackboot: layers opened through dm-verity: sbv-a0-/);
     // systemd-shutdown ran it (Debian's dynamic busybox, with the libraries the hook listed)
     expectHandback(r, out);
   });
