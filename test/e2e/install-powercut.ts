@@ -73,17 +73,20 @@ export async function makeChunkInstallSetup(dir: string): Promise<InstallCutSetu
   }
   const r = await writeBundleFile({ buildDir: v2.outDir, file: bundle, baseDigests, chunks: deltas });
   const changed = v2.manifest.layers.filter((l) => !baseDigests.has(l.digest));
+  return { ...(await cutSetup(dir, base, bundle, v1.stackId, v2.stackId)), carried: r.bytes, layerBytes: changed.reduce((n, l) => n + l.size, 0) };
+}
+
+/** A trial setup: the node's pristine image, the bundle disk, the stacks before and after, the initrd every trial boots. */
+async function cutSetup(dir: string, base: string, bundle: string, v1: string, next: string): Promise<InstallCutSetup> {
   return {
     target: await target('amd64'),
     initrd: await initrd(path.join(dir, 'initrd.img'), { STORES: 'vda', DEVICE_TIMEOUT: '5', TRIES: '3' }),
     base,
     bundle,
-    v1: v1.stackId,
-    next: v2.stackId,
+    v1,
+    next,
     tries: 3,
     work: dir,
-    carried: r.bytes,
-    layerBytes: changed.reduce((n, l) => n + l.size, 0),
   };
 }
 
@@ -97,16 +100,7 @@ export async function makeInstallSetup(dir: string): Promise<InstallCutSetup> {
   await storeDisk({ file: base, slots: { a: { buildDir: v1.outDir, status: 'good' } }, storeMiB: 256 });
   const bundle = path.join(dir, 'big.stackbundle');
   await writeBundleFile({ buildDir: big.outDir, file: bundle, baseDigests: (await baseLayers(v1.outDir)).digests });
-  return {
-    target: await target('amd64'),
-    initrd: await initrd(path.join(dir, 'initrd.img'), { STORES: 'vda', DEVICE_TIMEOUT: '5', TRIES: '3' }),
-    base,
-    bundle,
-    v1: v1.stackId,
-    next: big.stackId,
-    tries: 3,
-    work: dir,
-  };
+  return cutSetup(dir, base, bundle, v1.stackId, big.stackId);
 }
 
 export interface InstallCalibration {
