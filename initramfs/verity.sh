@@ -3,8 +3,8 @@
 # Before a stack is trusted its manifest's ed25519 signature is checked against the keys
 # built into this initrd ($SB_KEYS/*.pub, `stackboot initramfs --pub`): busybox cannot,
 # so signify-openbsd does (the same keys in its form, *.signify), or openssl (pkeyutl
-# -rawin) in a distribution initrd that has it and not signify. Then, with VERIFY=verity and a stack whose manifest
-# has a `verity` line per layer, each layer file is opened read-only on a loop device
+# -rawin) in a distribution initrd that has it and not signify. Then, with VERIFY=verity
+# and a stack whose manifest has a `verity` line per layer, each layer file is opened read-only on a loop device
 # through dm-verity (dmsetup, a `verity` table: the tree the build appended to the
 # file) and the overlay's lower is the verity device: the kernel checks every block as
 # it is read. A block that does not match fails its read with EIO (no
@@ -20,9 +20,10 @@
 sb_sys_has_verifier() { command -v signify-openbsd >/dev/null 2>&1 || command -v openssl >/dev/null 2>&1; }
 # sb_sys_sig_verify MANIFEST SIG KEY: true when the raw 64-byte SIG of MANIFEST verifies
 # with the PEM KEY (<name>.pub): by signify with the key in its form (<name>.signify, from
-# `stackboot initramfs`) and SIG in its form (SIG.signify, sb_signify_sig), else by openssl.
+# `stackboot initramfs`) and SIG in its form (SIG.signify, made by sb_manifest_trusted when
+# signify is here), else by openssl.
 sb_sys_sig_verify() {
-	if [ -f "${3%.pub}.signify" ] && [ -f "$2.signify" ] && command -v signify-openbsd >/dev/null 2>&1; then
+	if [ -f "${3%.pub}.signify" ] && [ -f "$2.signify" ]; then
 		signify-openbsd -V -q -p "${3%.pub}.signify" -x "$2.signify" -m "$1" >/dev/null 2>&1
 	else
 		openssl pkeyutl -verify -pubin -inkey "$3" -rawin -in "$1" -sigfile "$2" >/dev/null 2>&1

@@ -17,9 +17,9 @@
  * boot files' paths are absolute paths in the stack's merged root: the hook reads them
  * from the mounted overlay and checks each against its digest before a kexec.
  */
-import { VERITY_BLOCK } from './verity-tree.js';
 import { createHash } from 'node:crypto';
 import { StackbootError } from '../sys/index.js';
+import { VERITY_BLOCK } from './verity-tree.js';
 
 export const MANIFEST_MAGIC = 'stackboot-manifest 1';
 

@@ -81,7 +81,7 @@ export function parseSignature(sigText: string): Buffer {
 
 /**
  * The public key of FILE in signify's format (signify-openbsd, the verifier of the
- * standalone initrd: docs/design.md "The initrd's signature verifier"): a comment line,
+ * standalone initrd: docs/design.md, "Verified boot"): a comment line,
  * then the base64 of "Ed", an 8-byte key number and the 32-byte ed25519 key. The key
  * number is 0 for every key (the initrd tries each key in turn, and signify only wants
  * the signature's number to match the key's): the initrd turns a manifest.sig into

@@ -99,9 +99,11 @@ export async function pullStack(client: RegistryClient, ref: Reference, out: str
     await writeDurableFrom(file, (tmp) => pipeline(blobStream(client, ref.repository, remote.artifact.layers[i], o), createWriteStream(tmp, { flags: 'wx' })));
     fetched.push(l);
   }
+  const indexes = [...chunkIndexRefs(remote.manifest).values()];
   for (const c of remote.artifact.chunks) {
-    const ref = [...chunkIndexRefs(remote.manifest).values()].find((x) => `sha256:${x.digest}` === c.digest)!;
-    const file = path.join(out, 'layers', chunkIndexName(ref.layer));
+    // (checkArtifactMatches: every index of the artifact is one the signed manifest names)
+    const ix = indexes.find((x) => `sha256:${x.digest}` === c.digest)!;
+    const file = path.join(out, 'layers', chunkIndexName(ix.layer));
     if (await sameSize(file, c.size)) continue;
     await writeDurableFrom(file, (tmp) => pipeline(blobStream(client, remote.ref.repository, c, o), createWriteStream(tmp, { flags: 'wx' })));
   }

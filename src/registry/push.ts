@@ -101,7 +101,8 @@ async function chunkIndexes(o: PushOptions, manifest: Manifest): Promise<Map<str
     } else if (!o.absentLayers?.has(ix.layer)) {
       const layer = path.join(o.buildDir, 'layers', `${ix.layer}.sqfs`);
       const again = await chunkIndexBytes(layer, DEFAULT_CHUNK_SIZES);
-      if (isIt(again)) out.set(ix.layer, { bytes: again });
+      if (!isIt(again)) throw new StackbootError('SOURCE', `the chunk index of layer ${name} is not in ${o.buildDir}/layers, and cutting the layer again with the default sizes gives another one: push the build output folder`);
+      out.set(ix.layer, { bytes: again });
     }
   }
   return out;

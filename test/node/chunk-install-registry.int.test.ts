@@ -169,4 +169,22 @@ describe('chunk deltas from a registry', () => {
     expect(p.digest).toBe(fromBuild.digest);
     expect(p.blobs.find((b) => b.what === 'chunk index of base')?.how).toBe('uploaded');
   });
+
+  it('push refuses a folder whose chunk index is not the one its manifest names, or is gone and cannot be cut again, before any blob', async () => {
+    const name = chunkIndexName(v2Digest);
+    // an index file with other bytes
+    const bad = path.join(tmp, 'bad-index');
+    await fs.cp(v2, bad, { recursive: true });
+    await fs.writeFile(path.join(bad, 'layers', name), Buffer.from('SBCHUNKS not this one'));
+    await expect(pushStack({ client: direct(), ref: parseReference(`oci://${reg.host}/refused/chunky:2`), buildDir: bad })).rejects.toThrow(/is not the chunk index the manifest names for layer base/);
+    // no index file, and the manifest names one that cutting the layer does not give
+    const gone = path.join(tmp, 'gone-index');
+    await fs.cp(v2, gone, { recursive: true });
+    await fs.rm(path.join(gone, 'layers', name));
+    const text = await fs.readFile(path.join(gone, 'manifest'), 'utf8');
+    await fs.writeFile(path.join(gone, 'manifest'), text.replace(/^(chunks [0-9a-f]{64} sha256:)[0-9a-f]{64}/m, `$1${'0'.repeat(64)}`));
+    await expect(pushStack({ client: direct(), ref: parseReference(`oci://${reg.host}/refused/chunky:2`), buildDir: gone })).rejects.toMatchObject({ code: 'SOURCE', message: expect.stringMatching(/cutting the layer again with the default sizes gives another one: push the build output folder/) });
+    // nothing of either reached the registry
+    await expect(pullStack(direct(), parseReference(`oci://${reg.host}/refused/chunky:2`), path.join(tmp, 'refused-pull'))).rejects.toThrow(/404|unknown|not found/i);
+  });
 });

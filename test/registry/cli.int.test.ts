@@ -182,6 +182,11 @@ describe('stackboot push / pull / install oci://', () => {
     expect(human.stdout).toMatch(/layer base rebuilt: .* from the store, .* fetched/);
     expect(sha256hex(await fs.readFile(path.join(d, 'layers', `${c2.manifest.layers[0].digest}.sqfs`)))).toBe(c2.manifest.layers[0].digest);
 
+    // --chunks-from is for bundles and URLs: the usage error (and the help hint), nothing asked
+    const both = await sb(['install', `oci://${reg.host}/fleet/chunky:2`, '--store', d, '--config', config, '--chunks-from', 'http://127.0.0.1:1/x'], { env });
+    expect(both.exitCode).toBe(2);
+    expect(both.stderr.trim().split('\n')).toEqual(['stackboot: [USAGE] --chunks-from is for bundles and URLs: an oci:// stack carries its chunk indexes', '  (see: stackboot install --help)']);
+
     const whole = await store('store-whole');
     const w = await sb(['install', `oci://${reg.host}/fleet/chunky:2`, '--store', whole, '--config', config, '--booted-slot', 'a', '--no-chunks'], { env });
     expect(w.exitCode, w.stderr).toBe(0);

@@ -87,9 +87,9 @@ export const installCommand: CommandModule<any, any> = {
     const ctx = await ctxOf(a);
     const jsonLine = (o: unknown) => process.stdout.write(JSON.stringify(o) + '\n');
     const note = (event: string) => (s: string) => (a.json ? jsonLine({ event, note: s }) : process.stderr.write(`stackboot: ${s}\n`));
+    if (a.chunksFrom && a.source.startsWith('oci://')) throw new StackbootError('USAGE', '--chunks-from is for bundles and URLs: an oci:// stack carries its chunk indexes');
     const src: { stream: Readable; label: string; explain(e: unknown): unknown; chunkSource?: ChunkSource } = a.source.startsWith('oci://') ? await openRegistry(a.source, a, cfg, ctx.store, note('note')) : { ...(await openSource(a.source, cfg.node.ALLOW_UNSIGNED, note('retry'))), explain: (e: unknown) => e };
     const { stream, label, explain } = src;
-    if (a.chunksFrom && src.chunkSource) throw new StackbootError('USAGE', '--chunks-from is for bundles and URLs: an oci:// stack carries its chunk indexes');
     const onEvent = (ev: InstallEvent) => {
       if (a.json) return jsonLine(ev);
       if (ev.event === 'plan') out.line(`installing ${ev.name} ${ev.version} (${ev.stack.slice(0, 12)}) into slot ${ev.slot}: ${ev.write.length} layer(s) to write (${fmtBytes(ev.bytes)}), ${ev.have.length} present; ${fmtBytes(ev.free)} free${ev.downgradeFrom ? `; a DOWNGRADE from ${ev.downgradeFrom}` : ''}`);
