@@ -51,6 +51,21 @@ sb_sys_has_dm_verity() {
 	[ -d "$SB_SYS_MODULE/dm_verity" ] && return 0
 	DM_DISABLE_UDEV=1 dmsetup targets 2>/dev/null | grep -q '^verity '
 }
+# sb_sys_loop_attach FILE: FILE read-only on a free loop device, whose path is left in
+# SB_LOOP. The free device is found in sysfs (a bound one has a `loop` folder there), so
+# a layer costs one losetup run (each is ~20 ms under TCG); `losetup -f`, which can also
+# make a device, when every one there is bound or the one found cannot be.
+sb_sys_loop_attach() {
+	local d
+	SB_LOOP=
+	for d in "$SB_SYS_BLOCK"/loop[0-9]*; do
+		[ -d "$d" ] && [ ! -d "$d/loop" ] || continue
+		SB_LOOP="$SB_DEV/${d##*/}"
+		break
+	done
+	[ -n "$SB_LOOP" ] && losetup -r "$SB_LOOP" "$1" 2>/dev/null && return 0
+	SB_LOOP=$(losetup -f 2>/dev/null) && [ -n "$SB_LOOP" ] && losetup -r "$SB_LOOP" "$1"
+}
 # sb_sys_verity_open SPECS: opens the dm-verity devices of SPECS, a file of lines "NAME
 # FILE DATA_BYTES HASH_OFFSET ROOT SALT": each FILE read-only on a loop device, then all
 # the devices with one dmsetup (`create --concise`: a dmsetup start costs ~0.1 s under
@@ -59,10 +74,11 @@ sb_sys_has_dm_verity() {
 sb_sys_verity_open() {
 	local name file data off root salt loop spec= names=
 	while read -r name file data off root salt; do
-		if ! loop=$(losetup -f 2>/dev/null) || [ -z "$loop" ] || ! losetup -r "$loop" "$file"; then
+		if ! sb_sys_loop_attach "$file"; then
 			for name in $names; do sb_sys_verity_close "$name"; done
 			return 1
 		fi
+		loop=$SB_LOOP
 		echo "$loop" >"$SB_RUN/sb/$name.loop"
 		names="$names $name"
 		spec="$spec${spec:+;}$name,,,ro,0 $((data / 512)) verity 1 $loop $loop 4096 4096 $((data / 4096)) $((off / 4096)) sha256 $root $salt"

@@ -277,3 +277,41 @@ describe.each(['signify', 'openssl'] as const)('manifest signatures (%s)', (veri
     expect(res.err.match(/no keys in this initrd/g)).toHaveLength(1);
   });
 });
+
+describe('loop devices for the verity layers (sb_sys_loop_attach)', () => {
+  /** A sysfs with loop0..loop<n-1>, those in BOUND with their `loop` folder; losetup recorded, FAKE_LOSETUP_FAIL=<dev> refuses that device. */
+  async function attach(bound: number[], n: number, env: Record<string, string> = {}) {
+    const r = roots();
+    for (let i = 0; i < n; i++) mkdirSync(join(r.dir, 'sys/class/block', `loop${i}`, ...(bound.includes(i) ? ['loop'] : [])), { recursive: true });
+    const res = await r.sh(`
+losetup() {
+	sb__rec "losetup $*"
+	if [ "$1" = -f ]; then echo "$SB_DEV/loop-new"; return 0; fi
+	case " \${FAKE_LOSETUP_FAIL-} " in *" \${2##*/} "*) return 1 ;; esac
+	return 0
+}
+sb_sys_loop_attach /store/layers/x.sqfs; echo "RC=$? LOOP=\${SB_LOOP#$SB_DEV/}"`, env);
+    return { out: res.out, calls: r.calls(), dev: join(r.dir, 'dev') };
+  }
+
+  it('takes the first device sysfs shows unbound: one losetup run', async () => {
+    const a = await attach([0, 1], 4);
+    expect(a.out).toContain('RC=0 LOOP=loop2');
+    expect(a.calls).toEqual([`losetup -r ${a.dev}/loop2 /store/layers/x.sqfs`]);
+  });
+
+  it('every device bound, or none made yet: asks losetup -f, which can make one', async () => {
+    for (const a of [await attach([0, 1], 2), await attach([], 0)]) {
+      expect(a.out).toContain('RC=0 LOOP=loop-new');
+      expect(a.calls).toEqual(['losetup -f', `losetup -r ${a.dev}/loop-new /store/layers/x.sqfs`]);
+    }
+  });
+
+  it('the free device found cannot be bound (taken meanwhile): losetup -f instead; both failing is a failure', async () => {
+    const a = await attach([], 2, { FAKE_LOSETUP_FAIL: 'loop0' });
+    expect(a.out).toContain('RC=0 LOOP=loop-new');
+    expect(a.calls).toEqual([`losetup -r ${a.dev}/loop0 /store/layers/x.sqfs`, 'losetup -f', `losetup -r ${a.dev}/loop-new /store/layers/x.sqfs`]);
+    const b = await attach([], 2, { FAKE_LOSETUP_FAIL: 'loop0 loop-new' });
+    expect(b.out).toMatch(/RC=1 /);
+  });
+});
