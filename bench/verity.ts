@@ -3,7 +3,8 @@
  * (guest printk times: QEMU and the BIOS do not count) with VERIFY=size, sha256 and
  * verity, for the 2-layer demo stack, for the same stack with a 100 MB layer and for the
  * Debian root of images/debian (the goal: verity within 10 % of size, and not growing
- * with the image; the boot time from the kernel's start is given too), all with the same
+ * with the image; judged on the hook time with the part before the stack, the same code in
+ * every mode, pooled over all boots; the boot time from the kernel's start is given too), all with the same
  * verity-capable initrd, so only the mode differs (the stacks signed, the initrds holding
  * the key: each boot checks the manifest's signature, as a node's does); the time of that
  * check; the bytes the hash trees add to the layers; and what dmsetup and signify add to
@@ -71,28 +72,33 @@ export async function benchVerity(runs = 5): Promise<Row[]> {
     const hook: Record<string, number[]> = { size: [], sha256: [], verity: [] };
     const part: Record<string, number[]> = { size: [], sha256: [], verity: [] };
     const boot: Record<string, number[]> = { size: [], sha256: [], verity: [] };
+    // the hook's work before `trying slot` (modules, the disks, the store, the state) is
+    // the same code in every mode: its spread (±0.5 s under TCG) is pooled over all boots
+    const pre: number[] = [];
     // the modes take turns, so a drift of the machine over the runs weighs on each alike
     for (let i = 0; i < runs; i++) {
       for (const mode of MODES) {
         const r = await bootOnce({ target: t, initrd: initrds[mode], disks: [{ file: disk, bus: 'virtio' }], append: 'demo.nohealth', until: c.until, killOnMatch: c.kill, timeoutMs: 300_000 });
-        const booting = stamp(r.output, /stackboot: booting slot/);
-        hook[mode]!.push(booting - stamp(r.output, /stackboot init: loading modules/));
-        part[mode]!.push(booting - stamp(r.output, /stackboot: trying slot/));
+        const [start, trying, booting] = [/stackboot init: loading modules/, /stackboot: trying slot/, /stackboot: booting slot/].map((re) => stamp(r.output, re)) as [number, number, number];
+        hook[mode]!.push(booting - start);
+        part[mode]!.push(booting - trying);
         boot[mode]!.push(booting);
-        sigMs.push((stamp(r.output, /stackboot: manifest signature verified/) - stamp(r.output, /stackboot: trying slot/)) * 1000);
+        pre.push(trying - start);
+        sigMs.push((stamp(r.output, /stackboot: manifest signature verified/) - trying) * 1000);
       }
     }
     const ms = (x: Record<string, number[]>, m: string) => median(x[m]!) * 1000;
     const three = (x: Record<string, number[]>) => MODES.map((m) => ms(x, m).toFixed(0)).join(' / ');
-    const ratio = ms(hook, 'verity') / ms(hook, 'size');
-    const bootRatio = ms(boot, 'verity') / ms(boot, 'size');
+    const preMs = median(pre) * 1000;
+    const pooled = (m: string) => preMs + ms(part, m);
+    const ratio = pooled('verity') / pooled('size');
     rows.push(
-      { metric: `verity: hook time, ${c.what}: size / sha256 / verity (QEMU TCG)`, value: `${three(hook)} ms` },
-      { metric: `verity: verity / size, hook time, ${c.what}`, value: `${ratio.toFixed(2)}×`, goal: '≤ 1.10×', ok: ratio <= 1.1 },
-      // the same work for every mode before it (the modules): the part of the hook that differs
+      { metric: `verity: hook time, ${c.what}: size / sha256 / verity (QEMU TCG, medians of each mode's boots)`, value: `${three(hook)} ms (verity / size ${(ms(hook, 'verity') / ms(hook, 'size')).toFixed(2)}×)` },
+      // the part of the hook that differs between the modes
       { metric: `verity: the stack part of it (\`trying slot\` to \`booting slot\`), ${c.what}: size / sha256 / verity`, value: `${three(part)} ms (verity +${(ms(part, 'verity') - ms(part, 'size')).toFixed(0)} ms)` },
+      { metric: `verity: verity / size, hook time, ${c.what} (the part before \`trying slot\` pooled: ${preMs.toFixed(0)} ms, median of all ${pre.length} boots)`, value: `${ratio.toFixed(2)}×`, goal: '≤ 1.10×', ok: ratio <= 1.1 },
       // the issue's own words: the boot time, from the kernel's start (printk 0) to the hand-off
-      { metric: `verity: boot time, kernel start → \`booting slot\`, ${c.what}: size / sha256 / verity`, value: `${three(boot)} ms (verity / size ${bootRatio.toFixed(2)}×)` },
+      { metric: `verity: boot time, kernel start → \`booting slot\`, ${c.what}: size / sha256 / verity`, value: `${three(boot)} ms (verity / size ${(ms(boot, 'verity') / ms(boot, 'size')).toFixed(2)}×)` },
     );
   }
   rows.push({ metric: 'verity: the manifest signature check in the hook (signify-openbsd; from `trying slot` to `verified`, every boot)', value: `${median(sigMs).toFixed(0)} ms` });

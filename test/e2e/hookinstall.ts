@@ -13,9 +13,9 @@ export type HookFlavor = Exclude<Flavor, 'standalone'>;
 
 export const HOOK_CHROOTS: Record<HookFlavor, ChrootSpec> = {
   // dmsetup and signify-openbsd: the hooks copy them in for verified boot (dm-verity
-  // layers, the manifest's signature)
-  'initramfs-tools': { name: 'bookworm-initramfs-tools', include: ['linux-image-amd64', 'initramfs-tools', 'busybox', 'dmsetup', 'signify-openbsd'] },
-  dracut: { name: 'bookworm-dracut', include: ['linux-image-amd64', 'dracut', 'busybox', 'mount', 'dmsetup', 'signify-openbsd'] },
+  // layers, the manifest's signature); kexec-tools: for stacks with a kernel of their own
+  'initramfs-tools': { name: 'bookworm-initramfs-tools', include: ['linux-image-amd64', 'initramfs-tools', 'busybox', 'dmsetup', 'signify-openbsd', 'kexec-tools'] },
+  dracut: { name: 'bookworm-dracut', include: ['linux-image-amd64', 'dracut', 'busybox', 'mount', 'dmsetup', 'signify-openbsd', 'kexec-tools'] },
 };
 
 /**

@@ -9,7 +9,10 @@
  * stack, which must come up (`DEMO: running stackboot demo 1`) and power off. Verified
  * boot in both: the chroots have dmsetup and signify-openbsd, the hooks copy them in with
  * the release key (`--pub`), and the signed demo stack boots with its signature checked
- * and its layers opened through dm-verity.
+ * and its layers opened through dm-verity. Stack kernels in both: the chroots have
+ * kexec-tools, the hooks copy `kexec` in, and the same initrd, booted with a store whose
+ * stack carries Debian 12's 6.12 kernel, kexecs into it (the stack's own initrd is the
+ * second stage: the chroot's 6.1 is the first).
  *
  * Speed: mkinitramfs runs with MODULES=list (only what the hooks ask for, so the boot also
  * proves that the stackboot hook adds every module it needs); dracut with its default
@@ -23,6 +26,7 @@ import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { Vm, useVmCleanup } from './qemu.js';
 import { demoStack, storeDisk, scratch, target } from './fixtures.js';
+import { kexecFixture } from './kernel-fixtures.js';
 import { signBytes, writeKeyPair } from '../../src/format/signature.js';
 import { chroot, chrootKernel, inChroot, prefetchChroots } from './chroot.js';
 import { HOOK_CHROOTS, mkinitramfs, renderAndInstall } from './hookinstall.js';
@@ -36,17 +40,49 @@ const SETTINGS: Array<[string, string]> = [
   ['ON_FAIL_DELAY', '1'],
 ];
 
-/** The demo stack, signed with a new release key (a copy: the shared build stays unsigned), on a store disk. */
-async function demoDisk(work: string): Promise<{ file: string; pub: string }> {
-  const demo = await demoStack('demo', 'amd64');
-  const build = path.join(work, 'demo-signed');
+/** A copy of a build output signed with PRIVATE_KEY (the shared build stays unsigned), as slot a of a new store disk. */
+async function signedDisk(work: string, name: string, outDir: string, privateKey: string, storeMiB?: number): Promise<string> {
+  const build = path.join(work, `${name}-signed`);
   await fs.rm(build, { recursive: true, force: true });
-  await fs.cp(demo.outDir, build, { recursive: true });
+  await fs.cp(outDir, build, { recursive: true });
+  await fs.writeFile(path.join(build, 'manifest.sig'), await signBytes(await fs.readFile(path.join(build, 'manifest')), privateKey));
+  const file = path.join(work, `${name}.img`);
+  await storeDisk({ file, slots: { a: { buildDir: build, status: 'good' } }, current: 'a', storeMiB });
+  return file;
+}
+
+/**
+ * The demo stack, signed with a new release key, on a store disk; and the demo with
+ * Debian 12's 6.12 kernel as its own (kernel-fixtures.ts), signed with the same key, on another.
+ */
+async function demoDisks(work: string): Promise<{ file: string; kexecFile: string; kver2: string; pub: string }> {
+  const [demo, kx] = await Promise.all([demoStack('demo', 'amd64'), kexecFixture('amd64')]);
   const keys = await writeKeyPair(path.join(work, 'keys', 'release'));
-  await fs.writeFile(path.join(build, 'manifest.sig'), await signBytes(await fs.readFile(path.join(build, 'manifest')), keys.privateKey));
-  const file = path.join(work, 'store.img');
-  await storeDisk({ file, slots: { a: { buildDir: build, status: 'good' } }, current: 'a' });
-  return { file, pub: keys.publicKey };
+  const file = await signedDisk(work, 'store', demo.outDir, keys.privateKey);
+  const kexecFile = await signedDisk(work, 'kexec-store', kx.v2.outDir, keys.privateKey, 320);
+  return { file, kexecFile, kver2: kx.T.kernel2!.kver, pub: keys.publicKey };
+}
+
+/**
+ * Boots the flavour's kernel and initrd with a store whose stack carries the 6.12 kernel:
+ * the hook must kexec into it (the stack's own initrd goes on as the second stage, without
+ * counting a try) and the stack must run on it, its modules loaded.
+ */
+async function expectKexec(o: { name: string; kernel: string; initrd: string; disk: string; append: string; logFile: string; kver: string; kver2: string }): Promise<void> {
+  const t = await target('amd64');
+  const vm = Vm.start({ target: t, kernel: o.kernel, initrd: o.initrd, disks: [{ file: o.disk, bus: 'virtio' }], append: o.append, memoryMiB: 768, timeoutMs: 240_000, logFile: o.logFile, name: o.name });
+  let out: string;
+  try {
+    await vm.waitFor(/^DEMO: module squashfs loaded/m, { timeoutMs: 230_000 });
+    out = (await vm.waitExit(60_000)).output;
+  } catch (e) {
+    throw new Error(`${o.name}: the stack's kernel did not come up: ${(e as Error).message}`);
+  }
+  const esc = (v: string) => v.replace(/[.+]/g, '\\$&');
+  expect(out, 'the first stage did not load the stack kernel' + tail(out)).toMatch(new RegExp(`slot a runs kernel ${esc(o.kver2)}, not ${esc(o.kver)}: loading it for kexec`));
+  expect(out, 'no second stage' + tail(out)).toMatch(/second stage of slot a \(kexec\): not counting another try/);
+  expect(out, 'uname -r in the stack' + tail(out)).toMatch(new RegExp(`^DEMO: kernel ${esc(o.kver2)}$`, 'm'));
+  expect(out).not.toMatch(/Kernel panic|ALERT!|Dropping to a shell|dracut: FATAL/);
 }
 
 /** The boot checked the signature and opened every layer through dm-verity. */
@@ -84,6 +120,8 @@ function tail(out: string, n = 60): string {
 
 describe('scenario 9: initramfs-tools and dracut hooks, built by the real tools, boot the stack', () => {
   let disk: string;
+  let kexecDisk: string;
+  let kver2: string;
   let pub: string;
   let work: string;
   let prefetched: (() => Promise<void>) | undefined;
@@ -92,7 +130,7 @@ describe('scenario 9: initramfs-tools and dracut hooks, built by the real tools,
     // initramfs-tools test builds and boots
     prefetched = prefetchChroots([HOOK_CHROOTS['initramfs-tools'], HOOK_CHROOTS.dracut]);
     work = await scratch('hooks');
-    ({ file: disk, pub } = await demoDisk(work));
+    ({ file: disk, kexecFile: kexecDisk, kver2, pub } = await demoDisks(work));
   });
   afterAll(async () => {
     await prefetched?.();
@@ -101,7 +139,7 @@ describe('scenario 9: initramfs-tools and dracut hooks, built by the real tools,
     for (const f of await fs.readdir(work)) if (!f.endsWith('.log')) await fs.rm(path.join(work, f), { recursive: true, force: true });
   });
 
-  it('initramfs-tools: mkinitramfs with the installed hook; boot=stackboot boots the demo stack', async () => {
+  it('initramfs-tools: mkinitramfs with the installed hook; boot=stackboot boots the demo stack, and kexecs into a stack kernel', async () => {
     const c = await chroot(HOOK_CHROOTS['initramfs-tools']);
     const k = await chrootKernel(c);
     const { rebuild } = await renderAndInstall('initramfs-tools', c, work, SETTINGS, [pub]);
@@ -147,9 +185,11 @@ describe('scenario 9: initramfs-tools and dracut hooks, built by the real tools,
     expect(iBottom).toBeLessThan(iDemo);
     expect(out).not.toMatch(/Kernel panic|ALERT!|Dropping to a shell/);
     expect(r.how, `VM ended by ${r.how}` + tail(out)).toBe('poweroff');
+    expect(list.some((l) => /^(usr\/)?s?bin\/kexec$/.test(l)), 'kexec missing from the initrd').toBe(true);
+    await expectKexec({ name: 'initramfs-tools-kexec', kernel: k.vmlinuz, initrd, disk: kexecDisk, append: 'boot=stackboot', logFile: path.join(work, 'initramfs-tools-kexec.log'), kver: k.kver, kver2 });
   });
 
-  it('dracut: dracut with modules.d/90stackboot; root=stackboot boots the demo stack, the mount hook is safe twice', async () => {
+  it('dracut: dracut with modules.d/90stackboot; root=stackboot boots the demo stack, the mount hook is safe twice, and kexecs into a stack kernel', async () => {
     const c = await chroot(HOOK_CHROOTS.dracut);
     const k = await chrootKernel(c);
     const { rebuild } = await renderAndInstall('dracut', c, work, SETTINGS, [pub]);
@@ -226,5 +266,7 @@ describe('scenario 9: initramfs-tools and dracut hooks, built by the real tools,
     expect(out.match(/^stackboot: trying slot /gm)?.length, 'the stack was chosen twice').toBe(1);
     expect(out).not.toMatch(/Kernel panic|Could not boot|Don't know how to handle|dracut: FATAL|Can't mount root/);
     expect(r.how, `VM ended by ${r.how}` + tail(out)).toBe('poweroff');
+    expect(list).toMatch(/bin\/kexec\b/);
+    await expectKexec({ name: 'dracut-kexec', kernel: k.vmlinuz, initrd, disk: kexecDisk, append: 'root=stackboot rd.shell=0 rd.emergency=reboot', logFile: path.join(work, 'dracut-kexec.log'), kver: k.kver, kver2 });
   });
 });

@@ -315,3 +315,35 @@ sb_sys_loop_attach /store/layers/x.sqfs; echo "RC=$? LOOP=\${SB_LOOP#$SB_DEV/}"`
     expect(b.out).toMatch(/RC=1 /);
   });
 });
+
+describe('the verity lines of a manifest (sb_manifest_verity)', () => {
+  const H1 = '11'.repeat(32);
+  const H2 = '22'.repeat(32);
+  const H3 = '33'.repeat(32);
+  async function lookup(manifest: string, hashes: string[]) {
+    const r = roots();
+    writeFileSync(join(r.dir, 'm'), manifest);
+    const res = await r.sh(
+      hashes.map((h) => `sb_manifest_verity "$SB_T/m" ${h}; echo "${h.slice(0, 2)} rc=$? $SB_V_ROOT $SB_V_SALT $SB_V_DATA $SB_V_OFF [$SB_MANIFEST_WHY]"`).join('\n'),
+    );
+    return res.out.trim().split('\n');
+  }
+
+  it('finds each layer line in one pass: spaces and tabs as `read` splits them, the last line without a newline, the first line for a layer wins', async () => {
+    const m = [`layer sha256:${H1} 8192 base`, `verity\t${H1}  ${ROOT}\t${SALT} 08192 8192`, `verity ${H2} ${'x'.repeat(64)} ${SALT} 4096 4096`, `verity ${H1} ${ROOT} ${SALT} 4096 4096`, `verity ${H3} ${ROOT} ${SALT} 4096 12288`].join('\n');
+    expect(await lookup(m, [H1, H2, H3, 'ff'.repeat(32)])).toEqual([
+      `11 rc=0 ${ROOT} ${SALT} 8192 8192 []`,
+      `22 rc=2     [manifest: verity root hash of layer 222222222222 is not 64 hex characters (64)]`,
+      `33 rc=0 ${ROOT} ${SALT} 4096 12288 []`,
+      'ff rc=1     []',
+    ]);
+  });
+
+  it('a line with a field missing or one too many, or a glob in it, is malformed, never expanded', async () => {
+    const m = [`verity ${H1} ${ROOT} ${SALT} 4096`, `verity ${H2} ${ROOT} ${SALT} 4096 4096 extra`, `verity ${H3} * ${SALT} 4096 4096`, ''].join('\n');
+    const out = await lookup(m, [H1, H2, H3]);
+    expect(out[0]).toMatch(/^11 rc=2 .*malformed verity line for layer 111111111111/);
+    expect(out[1]).toMatch(/^22 rc=2 .*malformed verity line for layer 222222222222/);
+    expect(out[2]).toMatch(/^33 rc=2 .*root hash of layer 333333333333 is not 64 hex characters \(1\)/);
+  });
+});
