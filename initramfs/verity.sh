@@ -66,14 +66,26 @@ sb_sys_loop_attach() {
 	[ -n "$SB_LOOP" ] && losetup -r "$SB_LOOP" "$1" 2>/dev/null && return 0
 	SB_LOOP=$(losetup -f 2>/dev/null) && [ -n "$SB_LOOP" ] && losetup -r "$SB_LOOP" "$1"
 }
-# sb_sys_verity_open SPECS: opens the dm-verity devices of SPECS, a file of lines "NAME
-# FILE DATA_BYTES HASH_OFFSET ROOT SALT": each FILE read-only on a loop device, then all
+# sb_sys_verity_open SPECS: opens the dm-verity devices of SPECS, lines "NAME FILE
+# DATA_BYTES HASH_OFFSET ROOT SALT" (a string, not a file: busybox's read takes a syscall
+# a byte, ~10 ms a layer under TCG): each FILE read-only on a loop device, then all
 # the devices with one dmsetup (`create --concise`: a dmsetup start costs ~0.1 s under
 # TCG, and one a layer was most of what verity added to a boot). 1 when a loop or a
 # device cannot be made; what was made is closed again.
 sb_sys_verity_open() {
-	local name file data off root salt loop spec= names=
-	while read -r name file data off root salt; do
+	local rest="$1" line name file data off root salt loop spec= names=
+	while [ -n "$rest" ]; do
+		line=${rest%%"
+"*}
+		case "$rest" in *"
+"*) rest=${rest#*"
+"} ;; *) rest= ;; esac
+		[ -n "$line" ] || continue
+		set -f
+		# shellcheck disable=SC2086
+		set -- $line
+		set +f
+		name=$1 file=$2 data=$3 off=$4 root=$5 salt=$6
 		if ! sb_sys_loop_attach "$file"; then
 			for name in $names; do sb_sys_verity_close "$name"; done
 			return 1
@@ -82,7 +94,7 @@ sb_sys_verity_open() {
 		echo "$loop" >"$SB_RUN/sb/$name.loop"
 		names="$names $name"
 		spec="$spec${spec:+;}$name,,,ro,0 $((data / 512)) verity 1 $loop $loop 4096 4096 $((data / 4096)) $((off / 4096)) sha256 $root $salt"
-	done <"$1"
+	done
 	sb_debug "loop devices bound:$names; dmsetup create"
 	if ! DM_DISABLE_UDEV=1 dmsetup create --noudevsync --concise "$spec" >/dev/null 2>&1; then
 		for name in $names; do sb_sys_verity_close "$name"; done
@@ -287,15 +299,15 @@ sb_verity_dm_name() { SB_DM="sbv-$1$2-${3%"${3#????????????}"}"; }
 # each device for sb_unmount_stack (D:NAME). Sets SB_FAIL_WHY (SB_FAIL_ENV when the
 # machine, not the stack, failed) on failure.
 sb_verity_open_layers() {
-	local man="$1" list="$2" slot="$3" store="$4" specs="$SB_RUN/sb/verity-$3" h sz name n=0 names=
-	: >"$specs" || return 1
+	local man="$1" list="$2" slot="$3" store="$4" specs= h sz name n=0 names=
 	while read -r h sz name; do
 		if ! sb_manifest_verity "$man" "$h"; then
 			SB_FAIL_WHY=${SB_MANIFEST_WHY:-layer $name has no verity line}
 			return 1
 		fi
 		sb_verity_dm_name "$slot" "$n" "$h"
-		echo "$SB_DM $store/layers/$h.sqfs $SB_V_DATA $SB_V_OFF $SB_V_ROOT $SB_V_SALT" >>"$specs"
+		specs="$specs$SB_DM $store/layers/$h.sqfs $SB_V_DATA $SB_V_OFF $SB_V_ROOT $SB_V_SALT
+"
 		names="$names $SB_DM"
 		n=$((n + 1))
 	done <"$list"

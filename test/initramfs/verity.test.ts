@@ -46,17 +46,19 @@ function rewrite(store: Store, slot: 'a' | 'b', f: (text: string) => string): vo
  * dm-verity present (or not); each device opened, mounted and closed recorded (one open
  * call for the stack, its spec lines in the record), FAKE_VERITY_FAIL=<device name part>
  * makes that device's mount fail, FAKE_VERITY_OPEN_FAIL=<part> the open of a stack with such a device.
+ * (The specs come as a string of lines.)
  */
 const verityFakes = (o: { noDm?: boolean; noVerifier?: boolean; failingOpenssl?: boolean } = {}) => `
 sb_sys_has_dm_verity() { ${o.noDm ? 'return 1' : 'return 0'}; }
 ${o.noVerifier ? 'sb_sys_has_verifier() { return 1; }' : ''}
 ${o.failingOpenssl ? 'openssl() { echo "openssl called" >&2; return 1; }' : ''}
 sb_sys_verity_open() {
-	local l rc=0
-	while read -r l; do
+	local l rc=0 IFS='
+'
+	for l in $1; do
 		sb__rec "verity-open $l"
 		[ -n "\${FAKE_VERITY_OPEN_FAIL-}" ] && case "$l" in *"$FAKE_VERITY_OPEN_FAIL"*) rc=1 ;; esac
-	done <"$1"
+	done
 	return $rc
 }
 sb_sys_verity_mount() {
@@ -345,5 +347,44 @@ describe('the verity lines of a manifest (sb_manifest_verity)', () => {
     expect(out[0]).toMatch(/^11 rc=2 .*malformed verity line for layer 111111111111/);
     expect(out[1]).toMatch(/^22 rc=2 .*malformed verity line for layer 222222222222/);
     expect(out[2]).toMatch(/^33 rc=2 .*root hash of layer 333333333333 is not 64 hex characters \(1\)/);
+  });
+});
+
+describe('the dm-verity table of a stack (sb_sys_verity_open)', () => {
+  it('binds each layer to a loop device and creates every device with one dmsetup call, the table in 512-byte sectors and 4096-byte blocks', async () => {
+    const r = roots();
+    for (let i = 0; i < 3; i++) mkdirSync(join(r.dir, 'sys/class/block', `loop${i}`), { recursive: true });
+    const res = await r.sh(`
+losetup() { sb__rec "losetup $*"; mkdir -p "$SB_SYS_BLOCK/\${2##*/}/loop"; }
+dmsetup() { sb__rec "dmsetup $*"; }
+mkdir -p "$SB_RUN/sb"
+specs="n0 /s/layers/a.sqfs 8192 8192 ${ROOT} ${SALT}
+n1 /s/layers/b.sqfs 40960 45056 ${ROOT} ${SALT}
+"
+sb_sys_verity_open "$specs"; echo "RC=$?"`);
+    expect(res.out).toContain('RC=0');
+    const dev = join(r.dir, 'dev');
+    expect(r.calls()).toEqual([
+      `losetup -r ${dev}/loop0 /s/layers/a.sqfs`,
+      `losetup -r ${dev}/loop1 /s/layers/b.sqfs`,
+      `dmsetup create --noudevsync --concise n0,,,ro,0 16 verity 1 ${dev}/loop0 ${dev}/loop0 4096 4096 2 2 sha256 ${ROOT} ${SALT};n1,,,ro,0 80 verity 1 ${dev}/loop1 ${dev}/loop1 4096 4096 10 11 sha256 ${ROOT} ${SALT}`,
+      // no /dev/mapper node made by the fake: dmsetup mknodes, as without udev
+      'dmsetup mknodes n0',
+      'dmsetup mknodes n1',
+    ]);
+  });
+
+  it('a loop device that cannot be bound: what was bound is freed, no dmsetup create', async () => {
+    const r = roots();
+    const res = await r.sh(`
+losetup() { sb__rec "losetup $*"; case "$*" in *b.sqfs*) return 1 ;; -f) echo "$SB_DEV/loop9" ;; esac; return 0; }
+dmsetup() { sb__rec "dmsetup $*"; }
+mkdir -p "$SB_RUN/sb"
+sb_sys_verity_open "n0 /s/a.sqfs 4096 4096 ${ROOT} ${SALT}
+n1 /s/b.sqfs 4096 4096 ${ROOT} ${SALT}"; echo "RC=$?"`);
+    expect(res.out).toContain('RC=1');
+    expect(r.calls().filter((c) => c.startsWith('dmsetup create'))).toEqual([]);
+    expect(r.calls()).toContain('dmsetup remove n0');
+    expect(r.calls()).toContain(`losetup -d ${join(r.dir, 'dev')}/loop9`);
   });
 });
