@@ -10,7 +10,7 @@
 # once no loop device holds a file on it. A layer opened through dm-verity: its device
 # was marked for removal at its last close (handback.sh), which the kernel does from a
 # work queue, and its loop device is released here once it is gone. Loop devices still
-# bound are released here (three rounds a second apart while any is busy).
+# bound are released here, waiting up to 5 s while a loop device or an ext4 is held.
 # Never set -e: every step is tried, and the machine always goes down.
 export PATH=/bin
 SB_LIB=/lib/stackboot
@@ -29,29 +29,36 @@ else
 fi
 sync
 
-# loop devices still bound to a file
+# loop devices still bound to a file, and ext4 filesystems the kernel still holds (the
+# store, a disk upper, the data partition): both go some time after the lazy detach (a
+# loop device still open when it is detached is freed at its last close, and the verity
+# devices over them from a work queue), so up to five rounds a second apart while any is left
 n=0
 round=0
+gone=
 while :; do
 	busy=
 	for b in /sys/block/loop*; do
 		[ -r "$b/loop/backing_file" ] || continue
+		# detached, still open: it goes at its last close
+		case "$gone " in *" ${b##*/} "*) continue ;; esac
 		if losetup -d "/dev/${b##*/}" 2>/dev/null; then
 			n=$((n + 1))
+			gone="$gone ${b##*/}"
 		else
 			busy="$busy ${b##*/}"
 		fi
 	done
-	[ -n "$busy" ] && [ "$round" -lt 3 ] || break
+	held=
+	for f in /sys/fs/ext4/*; do
+		[ -d "$f" ] || continue
+		case "${f##*/}" in features) continue ;; esac
+		held="$held ${f##*/}"
+	done
+	[ -n "$busy$held" ] && [ "$round" -lt 5 ] || break
 	round=$((round + 1))
+	sync
 	sleep 1
-done
-# ext4 filesystems the kernel still holds (the store, a disk upper, the data partition)
-held=
-for f in /sys/fs/ext4/*; do
-	[ -d "$f" ] || continue
-	case "${f##*/}" in features) continue ;; esac
-	held="$held ${f##*/}"
 done
 sync
 if [ -z "$busy" ] && [ -z "$held" ]; then
