@@ -3,8 +3,9 @@
  * (guest printk times: QEMU and the BIOS do not count) with VERIFY=size, sha256 and
  * verity, for the 2-layer demo stack, for the same stack with a 100 MB layer and for the
  * Debian root of images/debian (the goal: verity within 10 % of size, and not growing
- * with the image; judged on the hook time with the part before the stack, the same code in
- * every mode, pooled over all boots; the boot time from the kernel's start is given too), all with the same
+ * with the image; judged on the boot time from the kernel's start to the hand-off, as the
+ * issue words it; the hook alone, stricter, is given beside it, with the part before the
+ * stack, the same code in every mode, pooled over all boots), all with the same
  * verity-capable initrd, so only the mode differs (the stacks signed, the initrds holding
  * the key: each boot checks the manifest's signature, as a node's does); the time of that
  * check; the bytes the hash trees add to the layers; and what dmsetup and signify add to
@@ -91,14 +92,16 @@ export async function benchVerity(runs = 5): Promise<Row[]> {
     const three = (x: Record<string, number[]>) => MODES.map((m) => ms(x, m).toFixed(0)).join(' / ');
     const preMs = median(pre) * 1000;
     const pooled = (m: string) => preMs + ms(part, m);
-    const ratio = pooled('verity') / pooled('size');
+    const bootRatio = ms(boot, 'verity') / ms(boot, 'size');
     rows.push(
-      { metric: `verity: hook time, ${c.what}: size / sha256 / verity (QEMU TCG, medians of each mode's boots)`, value: `${three(hook)} ms (verity / size ${(ms(hook, 'verity') / ms(hook, 'size')).toFixed(2)}×)` },
+      // the goal in the issue's words: the boot time, from the kernel's start (printk 0) to the hand-off
+      { metric: `verity: boot time, kernel start → \`booting slot\`, ${c.what}: size / sha256 / verity (QEMU TCG)`, value: `${three(boot)} ms` },
+      { metric: `verity: verity / size, boot time, ${c.what}`, value: `${bootRatio.toFixed(2)}×`, goal: '≤ 1.10×', ok: bootRatio <= 1.1 },
+      { metric: `verity: hook time (modules → \`booting slot\`), ${c.what}: size / sha256 / verity`, value: `${three(hook)} ms (verity / size ${(ms(hook, 'verity') / ms(hook, 'size')).toFixed(2)}×)` },
       // the part of the hook that differs between the modes
       { metric: `verity: the stack part of it (\`trying slot\` to \`booting slot\`), ${c.what}: size / sha256 / verity`, value: `${three(part)} ms (verity +${(ms(part, 'verity') - ms(part, 'size')).toFixed(0)} ms)` },
-      { metric: `verity: verity / size, hook time, ${c.what} (the part before \`trying slot\` pooled: ${preMs.toFixed(0)} ms, median of all ${pre.length} boots)`, value: `${ratio.toFixed(2)}×`, goal: '≤ 1.10×', ok: ratio <= 1.1 },
-      // the issue's own words: the boot time, from the kernel's start (printk 0) to the hand-off
-      { metric: `verity: boot time, kernel start → \`booting slot\`, ${c.what}: size / sha256 / verity`, value: `${three(boot)} ms (verity / size ${(ms(boot, 'verity') / ms(boot, 'size')).toFixed(2)}×)` },
+      // stricter than the goal: the hook alone, the part before the stack (the same code in every mode) pooled over all boots
+      { metric: `verity: verity / size, hook time alone, ${c.what} (the part before \`trying slot\` pooled: ${preMs.toFixed(0)} ms, median of all ${pre.length} boots)`, value: `${(pooled('verity') / pooled('size')).toFixed(2)}×` },
     );
   }
   rows.push({ metric: 'verity: the manifest signature check in the hook (signify-openbsd; from `trying slot` to `verified`, every boot)', value: `${median(sigMs).toFixed(0)} ms` });
