@@ -61,6 +61,7 @@ while :; do
 	sleep 1
 done
 sync
+[ "$round" -gt 0 ] && sb_log "waited $round s for the kernel to free the loop devices and the store"
 if [ -z "$busy" ] && [ -z "$held" ]; then
 	sb_log "clean: every mount released, $n loop device(s) detached here; $verb"
 else
