@@ -237,15 +237,11 @@ $h "*) ;; *) return 1 ;; esac
 $h "}
 	t=${t%%"
 "*}
-	# the fields, unglobbed (a manifest is input)
-	case $- in
-	*f*) set -- $t ;;
-	*)
-		set -f
-		set -- $t
-		set +f
-		;;
-	esac
+	# the fields, unglobbed (a manifest is input; the boot core never runs with -f)
+	set -f
+	# shellcheck disable=SC2086
+	set -- $t
+	set +f
 	r=${1-} s=${2-} d=${3-} o=${4-} x=${5-}
 	if [ -z "$o" ] || [ -n "$x" ]; then
 		SB_MANIFEST_WHY="manifest: malformed verity line for layer $(sb_short "$h")"

@@ -27,6 +27,7 @@ import path from 'node:path';
 import { Vm, useVmCleanup } from './qemu.js';
 import { demoStack, storeDisk, scratch, target } from './fixtures.js';
 import { kexecFixture } from './kernel-fixtures.js';
+import { escapeRe } from './inspect.js';
 import { signBytes, writeKeyPair } from '../../src/format/signature.js';
 import { chroot, chrootKernel, inChroot, prefetchChroots } from './chroot.js';
 import { HOOK_CHROOTS, mkinitramfs, renderAndInstall } from './hookinstall.js';
@@ -78,7 +79,7 @@ async function expectKexec(o: { name: string; kernel: string; initrd: string; di
   } catch (e) {
     throw new Error(`${o.name}: the stack's kernel did not come up: ${(e as Error).message}`);
   }
-  const esc = (v: string) => v.replace(/[.+]/g, '\\$&');
+  const esc = escapeRe;
   expect(out, 'the first stage did not load the stack kernel' + tail(out)).toMatch(new RegExp(`slot a runs kernel ${esc(o.kver2)}, not ${esc(o.kver)}: loading it for kexec`));
   expect(out, 'no second stage' + tail(out)).toMatch(/second stage of slot a \(kexec\): not counting another try/);
   expect(out, 'uname -r in the stack' + tail(out)).toMatch(new RegExp(`^DEMO: kernel ${esc(o.kver2)}$`, 'm'));

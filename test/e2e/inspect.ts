@@ -560,3 +560,6 @@ export async function expectPendingThenGood(b2: DemoBoot, img: string, o: { vers
   expect(s.state?.slots.b).toEqual({ status: 'good', stack: o.now });
   expect(s.state?.slots.a).toEqual({ status: 'good', stack: o.old });
 }
+
+/** S as a literal inside a RegExp (kernel versions in console lines). */
+export const escapeRe = (s: string): string => s.replace(/[.+*?^$()[\]{}|\\]/g, '\\$&');

@@ -15,7 +15,7 @@ import { run } from '../../src/sys/exec.js';
 import type { Arch } from '../../src/sys/arch.js';
 import { storeDisk } from './fixtures.js';
 import { kexecFixture as fixture, type KexecFixture as Fixture } from './kernel-fixtures.js';
-import { bootDemo, corruptLayer, readStore, tailOf, type DemoBoot } from './inspect.js';
+import { bootDemo, corruptLayer, escapeRe, readStore, tailOf, type DemoBoot } from './inspect.js';
 import { bootOnce, useVmCleanup, type Disk } from './qemu.js';
 
 useVmCleanup(afterEach);
@@ -24,7 +24,7 @@ function boot(f: Fixture, disks: Disk[], append = ''): Promise<DemoBoot> {
   return bootDemo({ target: f.T, initrd: f.rd, disks, append: `quiet ${append}`.trim(), memoryMiB: 768, timeoutMs: 300_000 });
 }
 
-const esc = (s: string) => s.replace(/[.+*?^$()[\]{}|\\]/g, '\\$&');
+const esc = escapeRe;
 
 async function v1ThenV2(arch: Arch): Promise<void> {
   const f = await fixture(arch);
