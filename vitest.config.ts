@@ -31,7 +31,10 @@ export default defineConfig({
           include: ['test/e2e/**/*.test.ts'],
           testTimeout: 900_000,
           hookTimeout: 900_000,
+          // one file at a time; inside a file, the tests marked concurrent
+          // (test/e2e/concurrent.ts) two at a time: a QEMU under TCG keeps one core busy
           fileParallelism: false,
+          maxConcurrency: 2,
         },
       },
     ],

@@ -20,7 +20,8 @@
  * run). The test is skipped only when that script says the Debian mirror is unreachable
  * (exit code 3); any other failure fails the test.
  */
-import { describe, it, expect, beforeAll, afterAll, afterEach } from 'vitest';
+import { describe, expect, beforeAll, afterAll, afterEach } from 'vitest';
+import { itConcurrent } from './concurrent.js';
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { run } from '../../src/sys/exec.js';
@@ -151,7 +152,7 @@ afterAll(async () => {
 });
 
 describe('a real Debian 12 root with systemd (amd64, QEMU)', () => {
-  it('boots the pending Debian stack, reaches multi-user.target, and the health unit marks it good', async (ctx) => {
+  itConcurrent('boots the pending Debian stack, reaches multi-user.target, and the health unit marks it good', async (ctx) => {
     if (unreachable) ctx.skip(unreachable);
     const T = await target('amd64');
     const img = path.join(dir, 'store.img');
@@ -220,7 +221,7 @@ describe('a real Debian 12 root with systemd (amd64, QEMU)', () => {
     expect(s.stateNew).toBe(false);
   });
 
-  it('initramfs-tools: the root booted by mkinitramfs\'s initrd; the hand-back runs at poweroff though /run is noexec', async (ctx) => {
+  itConcurrent('initramfs-tools: the root booted by mkinitramfs\'s initrd; the hand-back runs at poweroff though /run is noexec', async (ctx) => {
     if (unreachable) ctx.skip(unreachable);
     const T = await target('amd64');
     const c = await chroot(HOOK_CHROOTS['initramfs-tools']);

@@ -21,7 +21,8 @@
  * took about 40 s of the 55 s dracut run on the ~115 MiB cpio (no zstd or pigz in the
  * chroot); the kernel still unpacks a gzip initrd, and the image is ~10 % bigger.
  */
-import { describe, it, expect, beforeAll, afterAll, afterEach } from 'vitest';
+import { describe, expect, beforeAll, afterAll, afterEach } from 'vitest';
+import { itConcurrent } from './concurrent.js';
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { Vm, useVmCleanup } from './qemu.js';
@@ -52,16 +53,27 @@ async function signedDisk(work: string, name: string, outDir: string, privateKey
   return file;
 }
 
+type Flavour = 'initramfs-tools' | 'dracut';
+interface FlavourDisks {
+  file: string;
+  kexecFile: string;
+}
+
 /**
  * The demo stack, signed with a new release key, on a store disk; and the demo with
- * Debian 12's 6.12 kernel as its own (kernel-fixtures.ts), signed with the same key, on another.
+ * Debian 12's 6.12 kernel as its own (kernel-fixtures.ts), signed with the same key, on
+ * another. A pair for each flavour: their tests boot at the same time (itConcurrent), and
+ * a boot writes its store.
  */
-async function demoDisks(work: string): Promise<{ file: string; kexecFile: string; kver2: string; pub: string }> {
+async function demoDisks(work: string): Promise<{ disks: Record<Flavour, FlavourDisks>; kver2: string; pub: string }> {
   const [demo, kx] = await Promise.all([demoStack('demo', 'amd64'), kexecFixture('amd64')]);
   const keys = await writeKeyPair(path.join(work, 'keys', 'release'));
-  const file = await signedDisk(work, 'store', demo.outDir, keys.privateKey);
-  const kexecFile = await signedDisk(work, 'kexec-store', kx.v2.outDir, keys.privateKey, 320);
-  return { file, kexecFile, kver2: kx.T.kernel2!.kver, pub: keys.publicKey };
+  const pair = async (f: Flavour): Promise<FlavourDisks> => ({
+    file: await signedDisk(work, `${f}-store`, demo.outDir, keys.privateKey),
+    kexecFile: await signedDisk(work, `${f}-kexec-store`, kx.v2.outDir, keys.privateKey, 320),
+  });
+  const disks = { 'initramfs-tools': await pair('initramfs-tools'), dracut: await pair('dracut') };
+  return { disks, kver2: kx.T.kernel2!.kver, pub: keys.publicKey };
 }
 
 /**
@@ -120,8 +132,7 @@ function tail(out: string, n = 60): string {
 }
 
 describe('scenario 9: initramfs-tools and dracut hooks, built by the real tools, boot the stack', () => {
-  let disk: string;
-  let kexecDisk: string;
+  let disks: Record<Flavour, FlavourDisks>;
   let kver2: string;
   let pub: string;
   let work: string;
@@ -131,7 +142,7 @@ describe('scenario 9: initramfs-tools and dracut hooks, built by the real tools,
     // initramfs-tools test builds and boots
     prefetched = prefetchChroots([HOOK_CHROOTS['initramfs-tools'], HOOK_CHROOTS.dracut]);
     work = await scratch('hooks');
-    ({ file: disk, kexecFile: kexecDisk, kver2, pub } = await demoDisks(work));
+    ({ disks, kver2, pub } = await demoDisks(work));
   });
   afterAll(async () => {
     await prefetched?.();
@@ -140,7 +151,7 @@ describe('scenario 9: initramfs-tools and dracut hooks, built by the real tools,
     for (const f of await fs.readdir(work)) if (!f.endsWith('.log')) await fs.rm(path.join(work, f), { recursive: true, force: true });
   });
 
-  it('initramfs-tools: mkinitramfs with the installed hook; boot=stackboot boots the demo stack, and kexecs into a stack kernel', async () => {
+  itConcurrent('initramfs-tools: mkinitramfs with the installed hook; boot=stackboot boots the demo stack, and kexecs into a stack kernel', async () => {
     const c = await chroot(HOOK_CHROOTS['initramfs-tools']);
     const k = await chrootKernel(c);
     const { rebuild } = await renderAndInstall('initramfs-tools', c, work, SETTINGS, [pub]);
@@ -166,7 +177,7 @@ describe('scenario 9: initramfs-tools and dracut hooks, built by the real tools,
       name: 'initramfs-tools',
       kernel: k.vmlinuz,
       initrd,
-      disk,
+      disk: disks['initramfs-tools'].file,
       append: 'boot=stackboot',
       logFile: path.join(work, 'initramfs-tools.log'),
     });
@@ -187,10 +198,10 @@ describe('scenario 9: initramfs-tools and dracut hooks, built by the real tools,
     expect(out).not.toMatch(/Kernel panic|ALERT!|Dropping to a shell/);
     expect(r.how, `VM ended by ${r.how}` + tail(out)).toBe('poweroff');
     expect(list.some((l) => /^(usr\/)?s?bin\/kexec$/.test(l)), 'kexec missing from the initrd').toBe(true);
-    await expectKexec({ name: 'initramfs-tools-kexec', kernel: k.vmlinuz, initrd, disk: kexecDisk, append: 'boot=stackboot', logFile: path.join(work, 'initramfs-tools-kexec.log'), kver: k.kver, kver2 });
+    await expectKexec({ name: 'initramfs-tools-kexec', kernel: k.vmlinuz, initrd, disk: disks['initramfs-tools'].kexecFile, append: 'boot=stackboot', logFile: path.join(work, 'initramfs-tools-kexec.log'), kver: k.kver, kver2 });
   });
 
-  it('dracut: dracut with modules.d/90stackboot; root=stackboot boots the demo stack, the mount hook is safe twice, and kexecs into a stack kernel', async () => {
+  itConcurrent('dracut: dracut with modules.d/90stackboot; root=stackboot boots the demo stack, the mount hook is safe twice, and kexecs into a stack kernel', async () => {
     const c = await chroot(HOOK_CHROOTS.dracut);
     const k = await chrootKernel(c);
     const { rebuild } = await renderAndInstall('dracut', c, work, SETTINGS, [pub]);
@@ -253,7 +264,7 @@ describe('scenario 9: initramfs-tools and dracut hooks, built by the real tools,
       name: 'dracut',
       kernel: k.vmlinuz,
       initrd,
-      disk,
+      disk: disks.dracut.file,
       append: 'root=stackboot rd.shell=0 rd.emergency=reboot',
       logFile: path.join(work, 'dracut.log'),
     });
@@ -268,6 +279,6 @@ describe('scenario 9: initramfs-tools and dracut hooks, built by the real tools,
     expect(out).not.toMatch(/Kernel panic|Could not boot|Don't know how to handle|dracut: FATAL|Can't mount root/);
     expect(r.how, `VM ended by ${r.how}` + tail(out)).toBe('poweroff');
     expect(list).toMatch(/bin\/kexec\b/);
-    await expectKexec({ name: 'dracut-kexec', kernel: k.vmlinuz, initrd, disk: kexecDisk, append: 'root=stackboot rd.shell=0 rd.emergency=reboot', logFile: path.join(work, 'dracut-kexec.log'), kver: k.kver, kver2 });
+    await expectKexec({ name: 'dracut-kexec', kernel: k.vmlinuz, initrd, disk: disks.dracut.kexecFile, append: 'root=stackboot rd.shell=0 rd.emergency=reboot', logFile: path.join(work, 'dracut-kexec.log'), kver: k.kver, kver2 });
   });
 });

@@ -9,7 +9,8 @@
  */
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
-import { afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { afterEach, beforeAll, describe, expect } from 'vitest';
+import { itConcurrent } from './concurrent.js';
 import { serializeManifest, parseManifest, stackId } from '../../src/format/manifest.js';
 import { run } from '../../src/sys/exec.js';
 import type { Arch } from '../../src/sys/arch.js';
@@ -50,15 +51,15 @@ describe('stack kernels: kexec into the stack kernel', () => {
     await Promise.all([fixture('amd64'), fixture('arm64')]);
   }, 900_000);
 
-  it('amd64: v1 on the boot partition kernel, v2 pending with its own 6.12 kernel: kexec, uname -r is 6.12, its modules load, health marks it good', async () => {
+  itConcurrent('amd64: v1 on the boot partition kernel, v2 pending with its own 6.12 kernel: kexec, uname -r is 6.12, its modules load, health marks it good', async () => {
     await v1ThenV2('amd64');
   });
 
-  it('arm64: v1 on the boot partition kernel, v2 pending with its own 6.12 kernel: kexec, uname -r is 6.12, its modules load, health marks it good', async () => {
+  itConcurrent('arm64: v1 on the boot partition kernel, v2 pending with its own 6.12 kernel: kexec, uname -r is 6.12, its modules load, health marks it good', async () => {
     await v1ThenV2('arm64');
   });
 
-  for (const arch of ['amd64', 'arm64'] as const) it(`${arch}: a v3 whose kernel panics uses its tries, then the node falls back to v2 and v2 kernel, the events saying why`, () => panicFallsBack(arch));
+  for (const arch of ['amd64', 'arm64'] as const) itConcurrent(`${arch}: a v3 whose kernel panics uses its tries, then the node falls back to v2 and v2 kernel, the events saying why`, () => panicFallsBack(arch));
 
   async function panicFallsBack(arch: Arch): Promise<void> {
     const f = await fixture(arch);
@@ -102,7 +103,7 @@ describe('stack kernels: kexec into the stack kernel', () => {
     expect(s.events.map((e) => `${e.event} ${e.slot}`)).toEqual(['try b', 'kexec b', 'try b', 'kexec b', 'exhausted b', 'kexec a', 'boot a']);
   }
 
-  for (const arch of ['amd64', 'arm64'] as const) it(`${arch}: a stack whose kernel file is corrupt in the store is refused before kexec and the node falls back on the same boot`, () => corruptKernel(arch));
+  for (const arch of ['amd64', 'arm64'] as const) itConcurrent(`${arch}: a stack whose kernel file is corrupt in the store is refused before kexec and the node falls back on the same boot`, () => corruptKernel(arch));
 
   async function corruptKernel(arch: Arch): Promise<void> {
     const f = await fixture(arch);
@@ -119,7 +120,7 @@ describe('stack kernels: kexec into the stack kernel', () => {
     expect(s.events.map((e) => `${e.event} ${e.slot}`)).toEqual(['try b', 'fail b', 'boot a', 'good a'].filter((x) => x !== 'good a' || s.events.some((e) => e.event === 'good')));
   }
 
-  for (const arch of ['amd64', 'arm64'] as const) it(`${arch}: a power cut during the kexec boot (after the jump, before the second stage mounts) counts as a used try`, () => powerCut(arch));
+  for (const arch of ['amd64', 'arm64'] as const) itConcurrent(`${arch}: a power cut during the kexec boot (after the jump, before the second stage mounts) counts as a used try`, () => powerCut(arch));
 
   async function powerCut(arch: Arch): Promise<void> {
     const f = await fixture(arch);

@@ -4,7 +4,8 @@
  * virtio, nvme and sd show up in the guest once their modules are insmodded; kill() is a
  * power cut; a panic ends the VM.
  */
-import { describe, it, expect, beforeAll, afterAll, afterEach } from 'vitest';
+import { describe, expect, beforeAll, afterAll, afterEach } from 'vitest';
+import { itConcurrent } from './concurrent.js';
 import { mkdtemp, mkdir, copyFile, writeFile, readFile, rm, symlink, chmod, truncate } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -87,7 +88,7 @@ mount -t devtmpfs devtmpfs /dev
 
 const ARCHES: Arch[] = ['amd64', 'arm64'];
 
-describe.each(ARCHES)('qemu harness on %s', (arch) => {
+describe.concurrent.each(ARCHES)('qemu harness on %s', (arch) => {
   let target: Target;
   let tmp: string;
 
@@ -99,7 +100,7 @@ describe.each(ARCHES)('qemu harness on %s', (arch) => {
     if (tmp) await rm(tmp, { recursive: true, force: true });
   });
 
-  it('boots a busybox initrd to a marker and powers off', async () => {
+  itConcurrent('boots a busybox initrd to a marker and powers off', async () => {
     const dir = path.join(tmp, 'hello');
     await mkdir(dir);
     const initrd = await buildInitrd(
@@ -120,7 +121,7 @@ poweroff -f
     expect(await readFile(path.join(dir, 'console.log'), 'utf8')).toContain('SB-HELLO');
   });
 
-  it.runIf(arch === 'amd64')('also boots the compressed bzImage (default is the PVH vmlinux)', async () => {
+  if (arch === 'amd64') itConcurrent('also boots the compressed bzImage (default is the PVH vmlinux)', async () => {
     expect(target.vmlinux, 'setup should have unpacked vmlinux').toBeDefined();
     const dir = path.join(tmp, 'bzimage');
     await mkdir(dir);
@@ -131,7 +132,7 @@ poweroff -f
     expect(r.how).toBe('poweroff');
   });
 
-  it('sees virtio, nvme and sd disks after insmod of the bus modules', async () => {
+  itConcurrent('sees virtio, nvme and sd disks after insmod of the bus modules', async () => {
     const dir = path.join(tmp, 'disks');
     await mkdir(dir);
     const disks: Disk[] = [
@@ -196,7 +197,7 @@ poweroff -f
     expect(exit.how).toBe('poweroff');
   });
 
-  it('kill() is a power cut at a chosen console line', async () => {
+  itConcurrent('kill() is a power cut at a chosen console line', async () => {
     const dir = path.join(tmp, 'kill');
     await mkdir(dir);
     const initrd = await buildInitrd(target, dir, INIT_HEAD + `echo SB-ALIVE\nwhile true; do sleep 1; done\n`);
@@ -208,7 +209,7 @@ poweroff -f
     expect(exit.signal).toBe('SIGKILL');
   });
 
-  it('a kernel panic (init exits) ends the VM instead of hanging', async () => {
+  itConcurrent('a kernel panic (init exits) ends the VM instead of hanging', async () => {
     const dir = path.join(tmp, 'panic');
     await mkdir(dir);
     const initrd = await buildInitrd(target, dir, INIT_HEAD + `echo SB-EXITING\nexit 3\n`);
@@ -220,7 +221,7 @@ poweroff -f
 });
 
 describe('loadTarget', () => {
-  it('says to run setup when the test kernel is missing', async () => {
+  itConcurrent('says to run setup when the test kernel is missing', async () => {
     await expect(loadTarget('arm64', '/nonexistent')).rejects.toMatchObject({
       code: 'TOOL',
       message: expect.stringContaining('test kernel for arm64 is missing: run npm run setup'),
@@ -229,7 +230,7 @@ describe('loadTarget', () => {
 });
 
 describe('harness timeouts', () => {
-  it('waitFor rejects with the console tail and kills the VM', async () => {
+  itConcurrent('waitFor rejects with the console tail and kills the VM', async () => {
     const target = await loadTarget('amd64', CACHE);
     const dir = await mkdtemp(path.join(tmpdir(), 'sb-qemu-timeout-'));
     try {

@@ -15,11 +15,14 @@
  *   so a dying init never leaves a VM spinning until the timeout. `VmExit.how` says which.
  * - Every wait is bounded; on a timeout the VM is killed. `killAllVms()` (registered with
  *   vitest's afterEach by `useVmCleanup(afterEach)`, and on process exit) kills whatever
- *   is left.
+ *   is left. A VM started inside `ownVms(id, fn)` belongs to `id` (a test's id: the
+ *   concurrent tests of concurrent.ts), and the cleanup after that test kills only its
+ *   own VMs, not those of a test still running beside it.
  * - `vm.kill()` is a power cut: SIGKILL, nothing is flushed by the guest. Writes that the
  *   guest already handed to QEMU are in the host page cache and survive, as if the disk
  *   had a non-volatile write cache; writes still in the guest's page cache are lost.
  */
+import { AsyncLocalStorage } from 'node:async_hooks';
 import { createWriteStream, existsSync, type WriteStream } from 'node:fs';
 import path from 'node:path';
 import { spawn, type Spawned } from '../../src/sys/exec.js';
@@ -227,22 +230,33 @@ function findSetpriv(): string | null {
 
 const live = new Set<Vm>();
 let exitHookInstalled = false;
+const owners = new AsyncLocalStorage<string>();
 
-/** Kills every VM still running (SIGKILL) and waits for them to be gone. */
-export async function killAllVms(): Promise<void> {
-  const vms = [...live];
+/** Runs `fn` so that every VM it starts (however deep, across awaits) belongs to `owner`. */
+export function ownVms<T>(owner: string, fn: () => T): T {
+  return owners.run(owner, fn);
+}
+
+/**
+ * Kills (SIGKILL) the VMs still running and waits for them to be gone: those of `owner`
+ * and those started outside any `ownVms`; every one when no owner is given.
+ */
+export async function killAllVms(owner?: string): Promise<void> {
+  const vms = [...live].filter((vm) => owner === undefined || vm.owner === undefined || vm.owner === owner);
   for (const vm of vms) vm.kill();
   await Promise.all(vms.map((vm) => vm.waitExit(10_000).catch(() => undefined)));
 }
 
 /**
- * Registers `killAllVms` with a test runner's afterEach: `useVmCleanup(afterEach)` at the
- * top of a test file. (Passed in so that this module does not import vitest and can be
- * used outside it, e.g. by bench scripts.)
+ * Registers the cleanup with a test runner's afterEach: `useVmCleanup(afterEach)` at the
+ * top of a test file. After a test it kills that test's VMs (vitest passes the test's
+ * context, whose task id `ownVms` recorded) and any VM without an owner. (Passed in so
+ * that this module does not import vitest and can be used outside it, e.g. by bench
+ * scripts.)
  */
-export function useVmCleanup(afterEachHook: (fn: () => Promise<void>) => void): void {
-  afterEachHook(async () => {
-    await killAllVms();
+export function useVmCleanup(afterEachHook: (fn: (ctx: { task?: { id?: string } }) => Promise<void>) => void): void {
+  afterEachHook(async (ctx) => {
+    await killAllVms(ctx?.task?.id ?? undefined);
   });
 }
 
@@ -271,6 +285,8 @@ export class Vm {
   readonly cmd: string;
   readonly args: readonly string[];
   readonly startedAt: number;
+  /** The test that started it (`ownVms`), if any. */
+  readonly owner: string | undefined;
   private readonly child: Spawned;
   private out = '';
   private err = '';
@@ -290,6 +306,7 @@ export class Vm {
     if (o.logFile) this.log = createWriteStream(o.logFile, { flags: 'a' });
     const setpriv = findSetpriv();
     this.startedAt = Date.now();
+    this.owner = owners.getStore();
     this.child = setpriv ? spawn(setpriv, ['--pdeathsig', 'KILL', '--', cmd, ...args], { stdin: 'pipe' }) : spawn(cmd, args, { stdin: 'pipe' });
     live.add(this);
     if (!exitHookInstalled) {

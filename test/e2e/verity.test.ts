@@ -11,7 +11,8 @@
 import { randomBytes } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
-import { afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { afterEach, beforeAll, describe, expect } from 'vitest';
+import { itConcurrent } from './concurrent.js';
 import { buildInitramfs, makeBootConfig } from '../../src/boot/initramfs.js';
 import type { Target } from '../../src/boot/target.js';
 import { loadRecipe, parseRecipe } from '../../src/build/recipe.js';
@@ -176,9 +177,9 @@ describe('verified boot', () => {
   }, 900_000);
 
   for (const arch of ARCHES) {
-    it(`${arch}: a signed stack with verity boots, each layer a dm-verity device; health marks it good`, () => boots(arch));
-    it(`${arch}: one byte of a file's data flipped inside a layer (same size): the stack boots and reading that file fails with EIO`, () => flippedData(arch));
-    it(`${arch}: a byte flipped in a block the mount reads: the stack fails at mount, the node falls back on the same boot, the event names the layer`, () => flippedMount(arch));
-    it(`${arch}: a flipped byte in the manifest (state made to match) or in its signature: refused at boot, fallback`, () => flippedManifest(arch));
+    itConcurrent(`${arch}: a signed stack with verity boots, each layer a dm-verity device; health marks it good`, () => boots(arch));
+    itConcurrent(`${arch}: one byte of a file's data flipped inside a layer (same size): the stack boots and reading that file fails with EIO`, () => flippedData(arch));
+    itConcurrent(`${arch}: a byte flipped in a block the mount reads: the stack fails at mount, the node falls back on the same boot, the event names the layer`, () => flippedMount(arch));
+    itConcurrent(`${arch}: a flipped byte in the manifest (state made to match) or in its signature: refused at boot, fallback`, () => flippedManifest(arch));
   }
 });
