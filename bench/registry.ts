@@ -21,6 +21,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseManifest, type LayerRef } from '../src/format/manifest.js';
+import { writeKeyPair } from '../src/format/signature.js';
 import { RegistryClient, parseReference, pullStack, pushStack } from '../src/registry/index.js';
 import { run } from '../src/sys/exec.js';
 import { makePki, startProxy, startRegistry } from '../test/registry/harness.js';
@@ -63,8 +64,10 @@ export async function benchRegistry(oldBuild: string, newBuild: string, o: { run
   const proxy = await startProxy(reg.port, pki);
   try {
     const direct = new RegistryClient(reg.host, { caFile: pki.caCert });
-    await pushStack({ client: direct, ref: parseReference(`oci://${reg.host}/bench/node:old`), buildDir: oldBuild });
-    const pushed = await pushStack({ client: direct, ref: parseReference(`oci://${reg.host}/bench/node:new`), buildDir: newBuild });
+    // signed as CI signs at push (--key): the bench's builds (.cache/bench) are not signed
+    const { privateKey: key } = await writeKeyPair(path.join(work, 'keys', 'bench'));
+    await pushStack({ client: direct, ref: parseReference(`oci://${reg.host}/bench/node:old`), buildDir: oldBuild, key });
+    const pushed = await pushStack({ client: direct, ref: parseReference(`oci://${reg.host}/bench/node:new`), buildDir: newBuild, key });
     const digest = pushed.reference.slice(pushed.reference.lastIndexOf('@'));
     // through the counting proxy (plain HTTP on loopback: the client falls back to it)
     const counted = new RegistryClient(proxy.host, { onNote: () => {} });
