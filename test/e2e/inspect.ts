@@ -298,10 +298,7 @@ export interface DemoBoot {
 export function parseDemo(output: string): Omit<DemoBoot, 'how' | 'durationMs' | 'output'> {
   const version = /^DEMO: running .* \(version ([^)]*)\)$/m.exec(output)?.[1];
   const booted: Record<string, string> = {};
-  // not anchored at a line's start, and cut at the next "DEMO: ": once, with two boots side
-  // by side, a parse anchored at line starts found no fallback line in two records whose
-  // hook had logged the fallback (a newline lost on the serial console is the likely cause)
-  for (const m of output.matchAll(/DEMO: booted ([a-z_]+)=(.*?)(?=DEMO: |$)/gm)) booted[m[1]!] = m[2]!;
+  for (const m of output.matchAll(/^DEMO: booted ([a-z_]+)=(.*)$/gm)) booted[m[1]!] = m[2]!;
   const status = [...output.matchAll(/^DEMO: status: (.*)$/gm)].map((m) => m[1]);
   return { version, booted, status };
 }

@@ -13,7 +13,7 @@ import { fileURLToPath } from 'node:url';
 import { run } from '../../src/sys/exec.js';
 import { loadTarget, type Target } from '../../src/boot/target.js';
 import { type Arch } from '../../src/sys/arch.js';
-import { Vm, bootOnce, useVmCleanup, modulesForBuses, guestDeviceNames, type Disk } from './qemu.js';
+import { Vm, bootOnce, consoleTail, useVmCleanup, modulesForBuses, guestDeviceNames, type Disk } from './qemu.js';
 
 const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const CACHE = path.join(REPO, '.cache');
@@ -130,6 +130,32 @@ poweroff -f
     timings.push(`${arch} hello (bzImage): marker after ${r.matchMs} ms, exit after ${r.durationMs} ms`);
     expect(r.match?.[1], r.output).toBe(target.kver);
     expect(r.how).toBe('poweroff');
+  });
+
+  itConcurrent('the whole console reaches the test, even when the test process is busy and the guest powers off at once', async () => {
+    const dir = path.join(tmp, 'busy');
+    await mkdir(dir);
+    // ~50 kB: less than a pipe holds, so nothing depends on a read in the 1 ms breaks
+    const lines = 1000;
+    const initrd = await buildInitrd(target, dir, INIT_HEAD + `i=0; while [ $i -lt ${lines} ]; do echo "SB-LINE $i of a console that must arrive whole"; i=$((i+1)); done\necho SB-END\npoweroff -f\n`);
+    const vm = Vm.start({ target, initrd, append: 'quiet', timeoutMs: 300_000, name: `${arch}-busy` });
+    // the test process mostly busy (as when the test beside it hashes or builds): 200 ms
+    // of work, 1 ms to breathe, until the guest is gone
+    let gone = false;
+    void vm.waitExit(290_000).finally(() => (gone = true));
+    while (!gone) {
+      const until = Date.now() + 200;
+      while (Date.now() < until) {
+        /* busy */
+      }
+      await new Promise((r) => setTimeout(r, 1));
+    }
+    const exit = await vm.waitExit(1000);
+    expect(exit.how).toBe('poweroff');
+    const got = exit.output.split('\n').filter((l) => l.startsWith('SB-LINE ')).length;
+    expect(got, consoleTail(exit.output, 5)).toBe(lines);
+    expect(exit.output).toMatch(/^SB-END$/m);
+    expect(exit.output, 'the kernel\'s last line').toMatch(/reboot: Power down/);
   });
 
   itConcurrent('sees virtio, nvme and sd disks after insmod of the bus modules', async () => {

@@ -7,9 +7,14 @@
  *
  * - QEMU runs through src/exec.ts `spawn`, under `setpriv --pdeathsig KILL` when
  *   available, so a QEMU never outlives the test worker, even when that is SIGKILLed.
- * - The guest console (serial on stdio) is kept in memory (`\r` and escape sequences
- *   removed) and optionally
- *   appended to a log file. Every failure message carries the console tail.
+ * - The guest console (the serial port) is kept in memory (`\r` and escape sequences
+ *   removed) and optionally appended to a log file. Every failure message carries the
+ *   console tail. QEMU writes it into a FIFO (`-chardev pipe`), not to its stdout: the
+ *   UART hands QEMU one byte at a time, a socket (Node's child stdio) is full after a few
+ *   hundred one-byte writes, and QEMU then holds the rest back; a guest that powered off
+ *   meanwhile took that rest with it (a boot's last ~300 bytes lost, twice, with two VMs
+ *   beside a busy test process). A pipe holds 64 KiB of such writes; the harness drains it
+ *   every few ms and once more after QEMU exits, so the console is whole.
  * - `-no-reboot`: a guest reboot ends QEMU. Kernel panics end it too: `panic=-1` is added
  *   to the command line (reboot at once on panic, which -no-reboot turns into an exit),
  *   so a dying init never leaves a VM spinning until the timeout. `VmExit.how` says which.
@@ -23,8 +28,11 @@
  *   had a non-volatile write cache; writes still in the guest's page cache are lost.
  */
 import { AsyncLocalStorage } from 'node:async_hooks';
-import { createWriteStream, existsSync, type WriteStream } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { closeSync, constants as fsc, createWriteStream, existsSync, mkdtempSync, openSync, readSync, rmSync, writeSync, type WriteStream } from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
+import { StringDecoder } from 'node:string_decoder';
 import { spawn, type Spawned } from '../../src/sys/exec.js';
 import type { Target } from '../../src/boot/target.js';
 import type { Arch } from '../../src/sys/arch.js';
@@ -154,8 +162,12 @@ export function kernelCmdline(arch: Arch, append = ''): string {
   return parts.join(' ');
 }
 
-/** The QEMU command and arguments for a boot (pure). */
-export function qemuCommand(o: BootOptions): { cmd: string; args: string[] } {
+/**
+ * The QEMU command and arguments for a boot (pure). `consolePipe`: the serial port goes
+ * to the FIFOs `<consolePipe>.out` (guest output) and `<consolePipe>.in` (its input)
+ * instead of QEMU's stdio.
+ */
+export function qemuCommand(o: BootOptions, consolePipe?: string): { cmd: string; args: string[] } {
   const arch = o.target.arch;
   const args = [
     '-accel', 'tcg',
@@ -164,7 +176,8 @@ export function qemuCommand(o: BootOptions): { cmd: string; args: string[] } {
     '-smp', String(o.smp ?? 1),
     // not -nographic: with it (and no VGA) SeaBIOS also writes its banner and escape
     // sequences to the serial port, glued to the guest's first line
-    '-display', 'none', '-vga', 'none', '-serial', 'stdio', '-monitor', 'none',
+    '-display', 'none', '-vga', 'none', '-monitor', 'none',
+    ...(consolePipe ? ['-chardev', `pipe,id=con,path=${consolePipe.replace(/,/g, ',,')}`, '-serial', 'chardev:con'] : ['-serial', 'stdio']),
     // no default NIC; a user-mode one without its iPXE option ROM (booted by -kernel)
     ...(o.nic === 'user' ? ['-netdev', 'user,id=net0', '-device', 'virtio-net-pci,netdev=net0,romfile='] : ['-nic', 'none']),
     '-no-reboot',
@@ -215,6 +228,11 @@ export class VmError extends Error {
 }
 
 let setprivPath: string | null | undefined;
+/** A FIFO at `file` (no Node API makes one; the VM's constructor is synchronous). */
+function mkfifo(file: string): void {
+  execFileSync('mkfifo', ['-m', '600', file]);
+}
+
 function findSetpriv(): string | null {
   if (setprivPath !== undefined) return setprivPath;
   setprivPath = null;
@@ -288,6 +306,13 @@ export class Vm {
   /** The test that started it (`ownVms`), if any. */
   readonly owner: string | undefined;
   private readonly child: Spawned;
+  /** the console FIFOs' folder and our ends of them (read: guest output, write: its input) */
+  private readonly conDir: string;
+  private conOut: number | undefined;
+  private conIn: number | undefined;
+  private readonly conDecoder = new StringDecoder('utf8');
+  private readonly conBuf = Buffer.allocUnsafe(65536);
+  private readonly conTimer: NodeJS.Timeout;
   private out = '';
   private err = '';
   private waiters = new Set<Waiter>();
@@ -300,7 +325,15 @@ export class Vm {
 
   private constructor(o: BootOptions) {
     this.name = o.name ?? o.target.arch;
-    const { cmd, args } = qemuCommand(o);
+    this.conDir = mkdtempSync(path.join(os.tmpdir(), 'sb-vm-'));
+    const con = path.join(this.conDir, 'console');
+    mkfifo(`${con}.out`);
+    mkfifo(`${con}.in`);
+    // read-write and non-blocking: opening never waits for QEMU, and there is always a
+    // writer, so a read finds the data or EAGAIN, never an end
+    this.conOut = openSync(`${con}.out`, fsc.O_RDWR | fsc.O_NONBLOCK);
+    this.conIn = openSync(`${con}.in`, fsc.O_RDWR | fsc.O_NONBLOCK);
+    const { cmd, args } = qemuCommand(o, con);
     this.cmd = cmd;
     this.args = args;
     if (o.logFile) this.log = createWriteStream(o.logFile, { flags: 'a' });
@@ -315,6 +348,7 @@ export class Vm {
         for (const vm of live) vm.kill();
       });
     }
+    this.conTimer = setInterval(() => this.drainConsole(), 5);
     this.child.stdout.on('data', (chunk: Buffer) => this.onData(chunk.toString('utf8')));
     this.child.stderr.on('data', (chunk: Buffer) => {
       const s = chunk.toString('utf8');
@@ -331,6 +365,10 @@ export class Vm {
     this.lifeTimer.unref();
     this.exitPromise = this.child.done.then(({ exitCode, signal }) => {
       clearTimeout(this.lifeTimer);
+      // everything QEMU wrote is in the FIFO now: read it to the end, then let it go
+      clearInterval(this.conTimer);
+      this.drainConsole();
+      this.closeConsole();
       live.delete(this);
       const info: VmExit = {
         code: exitCode,
@@ -452,9 +490,35 @@ export class Vm {
     }
   }
 
-  /** Types into the guest console (serial stdin), e.g. for a rescue shell. */
+  /** Types into the guest console (the serial port's input), e.g. for a rescue shell. */
   send(text: string): void {
-    if (!this.exited) this.child.stdin?.write(text);
+    if (this.exited || this.conIn === undefined) return;
+    const b = Buffer.from(text, 'utf8');
+    // a few bytes into an empty 64 KiB pipe: written whole
+    for (let off = 0; off < b.length; ) off += writeSync(this.conIn, b, off, b.length - off);
+  }
+
+  /** Reads what the guest wrote to its console since the last call. */
+  private drainConsole(): void {
+    if (this.conOut === undefined) return;
+    const buf = this.conBuf;
+    for (;;) {
+      let n: number;
+      try {
+        n = readSync(this.conOut, buf, 0, buf.length, null);
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code === 'EAGAIN') return;
+        throw e;
+      }
+      if (n <= 0) return;
+      this.onData(this.conDecoder.write(buf.subarray(0, n)));
+    }
+  }
+
+  private closeConsole(): void {
+    for (const fd of [this.conOut, this.conIn]) if (fd !== undefined) closeSync(fd);
+    this.conOut = this.conIn = undefined;
+    rmSync(this.conDir, { recursive: true, force: true });
   }
 
   /** Power cut: SIGKILL QEMU now. Safe to call more than once or after exit. */
