@@ -16,6 +16,13 @@
  * hook puts a tmpfs of its own on /run/initramfs and ships a dynamic busybox with its
  * libraries; the hand-back must still run at poweroff and release everything.
  *
+ * And booted by a dracut initrd (the real dracut in a Debian chroot, the stackboot module
+ * installed from its INSTALL file): systemd reaches the report with every layer a
+ * dm-verity device, the store read-only, and the node powers off. The dracut flavour
+ * installs no hand-back (dracut has its own shutdown path, and images/debian has no
+ * dracut-shutdown.service), so systemd-shutdown leaves the read-only store and the layers'
+ * devices to the poweroff; the test logs what it says about them.
+ *
  * The Debian base comes from images/debian/prepare.sh (mmdebstrap; cached after the first
  * run). The test is skipped only when that script says the Debian mirror is unreachable
  * (exit code 3); any other failure fails the test.
@@ -30,7 +37,7 @@ import { buildStack, type BuildResult } from '../../src/build/stack.js';
 import { REPO, WORK, demoStack, storeDisk, initrd, target, scratch } from './fixtures.js';
 import { bootOnce, useVmCleanup, type BootResult } from './qemu.js';
 import { readStore, tailOf } from './inspect.js';
-import { chroot, chrootKernel, prefetchChroots } from './chroot.js';
+import { chroot, chrootKernel, inChroot, prefetchChroots } from './chroot.js';
 import { HOOK_CHROOTS, mkinitramfs, renderAndInstall } from './hookinstall.js';
 
 useVmCleanup(afterEach);
@@ -126,9 +133,9 @@ let dir: string;
 let prefetched: (() => Promise<void>) | undefined;
 
 beforeAll(async () => {
-  // the initramfs-tools chroot (for the second test), in the background: when cold, it is
-  // made while the stacks are built and the first test boots
-  prefetched = prefetchChroots([HOOK_CHROOTS['initramfs-tools']]);
+  // the initramfs-tools and dracut chroots (for the second and third tests), in the
+  // background: when cold, they are made while the stacks are built and the first test boots
+  prefetched = prefetchChroots([HOOK_CHROOTS['initramfs-tools'], HOOK_CHROOTS.dracut]);
   dir = await scratch('debian');
   unreachable = await prepareDebian();
   if (unreachable) return;
@@ -249,5 +256,40 @@ describe('a real Debian 12 root with systemd (amd64, QEMU)', () => {
     expect(out, tailOf(r, 'the layers were not opened through dm-verity')).toMatch(/stackboot: layers opened through dm-verity: sbv-a0-/);
     // systemd-shutdown ran it (Debian's dynamic busybox, with the libraries the hook listed)
     expectHandback(r, out);
+  });
+
+  itConcurrent('dracut: the root booted by dracut\'s initrd, every layer a dm-verity device, the store read-only; the node powers off', async (ctx) => {
+    if (unreachable) ctx.skip(unreachable);
+    const T = await target('amd64');
+    const c = await chroot(HOOK_CHROOTS.dracut);
+    const k = await chrootKernel(c);
+    await renderAndInstall('dracut', c, dir, [
+      ['STORES', 'vda'],
+      ['DEVICE_SETTLE', '0'],
+      ['ON_FAIL_DELAY', '1'],
+      ['INIT', '/sbin/init'],
+    ]);
+    // dracut's default modules plus dracut.conf.d/stackboot.conf; a fast gzip
+    await inChroot(c, ['dracut', '--force', '--no-hostonly', '--no-early-microcode', '--kver', k.kver, '--compress=gzip -1', '/tmp/sb-initrd-debian.img'], { timeout: 300_000 });
+    const ird = path.join(c.root, 'tmp/sb-initrd-debian.img');
+    const img = path.join(dir, 'store-dracut.img');
+    await storeDisk({ file: img, storeMiB: 192, slots: { a: { buildDir: debian.outDir, status: 'good' } }, current: 'a' });
+    try {
+      const r = await bootDebian({ target: T, kernel: k.vmlinuz, initrd: ird, img, append: 'root=stackboot rd.shell=0 rd.emergency=reboot', name: 'debian-dracut' });
+      const out = plain(r.output);
+      console.log(['dracut boot, systemd-shutdown on the store and the layers:', ...out.split('\n').filter((l) => /run\/sb|loopback|detach DM|finalize/.test(l))].join('\n'));
+      expect(out, tailOf(r, 'the hook did not boot slot a')).toMatch(/stackboot: booting slot a /);
+      expect(out, tailOf(r, 'the layers were not opened through dm-verity')).toMatch(/stackboot: layers opened through dm-verity: sbv-a0-/);
+      expect(out, tailOf(r, 'systemd did not start')).toMatch(/E2E: pid1=systemd root=overlay$/m);
+      expect(out, tailOf(r, 'the store is not read-only while the root runs')).toMatch(/E2E: store=\/run\/sb\/s0 options=ro[,\n]/);
+      expect(out, tailOf(r, 'the report did not run')).toMatch(/E2E: report done$/m);
+      expect(out).not.toMatch(/Kernel panic/);
+      expect(r.how, tailOf(r, `VM ended by ${r.how}`)).toBe('poweroff');
+      expect(out, tailOf(r, 'no poweroff')).toMatch(/reboot: Power down/);
+      const s = await readStore(img);
+      expect(s.state?.slots.a).toEqual({ status: 'good', stack: debian.stackId });
+    } finally {
+      await fs.rm(ird, { force: true });
+    }
   });
 });
