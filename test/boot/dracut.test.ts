@@ -1,18 +1,21 @@
-// The dracut flavor: the module's files, the cmdline hook claiming root=stackboot, and
-// the mount hook booting once when sourced twice.
+// The dracut flavor: the module's files, its install() with stand-ins for dracut's
+// functions (the busybox of the shutdown hand-back and its library list), the cmdline hook
+// claiming root=stackboot, and the mount hook booting once when sourced twice.
 import { describe, it, expect } from 'vitest';
-import { writeFile, readFile } from 'node:fs/promises';
+import { copyFile, mkdir, writeFile, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { run } from '../../src/sys/exec.js';
 import { buildDracut } from '../../src/boot/dracut.js';
 import { DEFAULT_MODULES } from '../../src/boot/modules.js';
-import { makeFakeCore, testTmp } from '../support/boot-fixtures.js';
+import { REPO, hostBusybox, makeFakeCore, testTmp } from '../support/boot-fixtures.js';
 
 const tmp = testTmp('sb-dracut-test-');
 
 describe('dracut flavor', () => {
   it('writes the module; the mount hook is safe to source twice', async () => {
     const coreDir = await makeFakeCore(path.join(tmp(), 'core-dr'), true);
+    // install() sources the real handback.sh at dracut time (sb_handback_libs)
+    await copyFile(path.join(REPO, 'initramfs', 'handback.sh'), path.join(coreDir, 'handback.sh'));
     const out = path.join(tmp(), 'dr');
     const r = await buildDracut({ flavor: 'dracut', out, coreDir });
     const m = 'modules.d/90stackboot';
@@ -22,6 +25,18 @@ describe('dracut flavor', () => {
     expect(setup).toContain(`hostonly='' instmods ${DEFAULT_MODULES.join(' ')}`);
     expect(setup).toContain('inst_hook cmdline 30 "$moddir/parse-stackboot.sh"');
     expect(setup).toContain('inst_hook mount 99 "$moddir/mount-stackboot.sh"');
+
+    // install() under bash (dracut's shell) with stand-ins for dracut's functions
+    const initdir = path.join(tmp(), 'dr-initdir');
+    await mkdir(initdir);
+    const stand = `inst() { echo "inst $*"; }; inst_simple() { echo "inst_simple $*"; }; inst_multiple() { :; }; inst_dir() { :; }; inst_hook() { echo "hook $*"; }`;
+    const inst = await run('bash', ['-c', `${stand}\nmoddir=${path.join(out, m)}; initdir=${initdir}\n. ${path.join(out, m, 'module-setup.sh')}\ninstall; echo "rc=$?"`]);
+    expect(inst.stdout).toContain('rc=0');
+    // busybox for the shutdown hand-back (dracut's inst brings its libraries into the
+    // initrd), and the list of them for /run/initramfs (none: the host's is static)
+    expect(inst.stdout).toContain(`inst ${await hostBusybox()} /lib/stackboot/busybox`);
+    expect(await readFile(path.join(initdir, 'etc/stackboot/handback.libs'), 'utf8')).toBe('');
+    expect(inst.stdout).toMatch(/^hook mount 99 .*mount-stackboot\.sh$/m);
 
     const parse = await readFile(path.join(out, m, 'parse-stackboot.sh'), 'utf8');
     const p = await run('busybox', ['sh', '-c', `getarg() { echo stackboot; }; root=; ${parse}\necho "root=$root rootok=$rootok"`]);
