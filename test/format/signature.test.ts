@@ -1,13 +1,11 @@
 import { promises as fs } from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { signManifestFile, verifyManifestFile, writeKeyPair, verifyWithKeyDir, parseSignature, signifyPublicKey, signifySignature } from '../../src/format/signature.js';
 import { run } from '../../src/sys/exec.js';
+import { tmpdir } from '../build/sources/tarfixture.js';
 
-async function tmp(): Promise<string> {
-  return fs.mkdtemp(path.join(os.tmpdir(), 'sb-sig-'));
-}
+const tmp = (): Promise<string> => tmpdir('sb-sig-');
 
 describe('signature (ed25519)', () => {
   it('signs and verifies a manifest; a changed byte or another key fails', async () => {

@@ -1,5 +1,8 @@
-/** Writes tar files for tests through the project's own tar writer (any path, any type). */
+/** Writes tar files for tests through the project's own tar writer (any path, any type); temporary folders removed after the test file. */
 import { createWriteStream, promises as fs } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { afterAll } from 'vitest';
 import { createGzip } from 'node:zlib';
 import { TarWriter, type OutEntry } from '../../../src/format/tarfile.js';
 
@@ -27,10 +30,18 @@ export async function writeTar(file: string, entries: FixtureEntry[], gzip = fal
   await closed;
 }
 
+const made: string[] = [];
+// the folders tmpdir() made go with the test file's last hook (SB_KEEP_TMP=1 keeps them)
+afterAll(async () => {
+  if (process.env.SB_KEEP_TMP === '1') return;
+  await Promise.all(made.splice(0).map((d) => fs.rm(d, { recursive: true, force: true })));
+});
+
+/** A new folder under the system's temporary folder, removed after the test file. */
 export async function tmpdir(prefix: string): Promise<string> {
-  const os = await import('node:os');
-  const path = await import('node:path');
-  return fs.mkdtemp(path.join(os.tmpdir(), prefix));
+  const d = await fs.mkdtemp(path.join(os.tmpdir(), prefix));
+  made.push(d);
+  return d;
 }
 
 /** Leaves a Unix socket file at `p`, as a process that died without cleaning up does (node unlinks its own on close). */
