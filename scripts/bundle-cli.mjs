@@ -17,7 +17,7 @@
 // to OUTFILE). esbuild also takes the TypeScript entry src/cli/main.ts directly
 // (scripts/guest-node-tree.sh does).
 import { build } from 'esbuild';
-import { readFileSync } from 'node:fs';
+import { readFileSync, readdirSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -25,6 +25,16 @@ const repo = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const { version } = JSON.parse(readFileSync(path.join(repo, 'package.json'), 'utf8'));
 const outfile = process.argv[3] ?? 'dist/stackboot.cjs';
 const outDir = path.dirname(path.resolve(repo, outfile));
+/** templates/ (17 KiB), carried by the bundle: a node that has only bin/ and dist/ renders extlinux.conf (boot-update) and the standalone initrd's texts; files in a templates/ beside it win */
+const templates = Object.fromEntries(
+  readdirSync(path.join(repo, 'templates'), { recursive: true, withFileTypes: true })
+    .filter((e) => e.isFile())
+    .map((e) => {
+      const file = path.join(e.parentPath ?? e.path, e.name);
+      return [path.relative(path.join(repo, 'templates'), file).split(path.sep).join('/'), readFileSync(file, 'utf8')];
+    })
+    .sort(([a], [b]) => (a < b ? -1 : 1)),
+);
 /** packages bundled apart, each in stackboot-<name>.cjs next to the CLI */
 const PARTS = ['handlebars', 'tar'];
 const common = {
@@ -61,10 +71,11 @@ await build({
   // string-width (yargs' help layout) makes an Intl.Segmenter when it loads, which maps
   // ICU's break-iterator data: ~1.4 MiB of every command's memory for a help text that
   // most runs never print. The bundle's Segmenter is made on its first use instead.
-  define: { __STACKBOOT_VERSION__: JSON.stringify(version), 'import.meta.url': '__sbModuleUrl', 'Intl.Segmenter': '__sbLazySegmenter' },
+  define: { __STACKBOOT_VERSION__: JSON.stringify(version), __STACKBOOT_TEMPLATES__: '__sbTemplates', 'import.meta.url': '__sbModuleUrl', 'Intl.Segmenter': '__sbLazySegmenter' },
   banner: {
     js: [
       "const __sbModuleUrl = require('node:url').pathToFileURL(__filename).href;",
+      `const __sbTemplates = ${JSON.stringify(templates)};`,
       'class __sbLazySegmenter { constructor(...a) { this.a = a; } segment(s) { return (this.s ??= new Intl.Segmenter(...this.a)).segment(s); } }',
     ].join('\n'),
   },

@@ -60,6 +60,9 @@ PACKAGES=(
   binutils
   # verified boot: veritysetup checks the hash trees the build writes (issue 14)
   cryptsetup-bin
+  # U-Boot for QEMU's aarch64 virt: the firmware e2e boots the SD image the way a board's
+  # distro boot does (extlinux.conf from the vfat boot partition)
+  u-boot-qemu
   # installed with --no-install-recommends, so name what is really used from recommends:
   # mmdebstrap's unshare mode and foreign-arch checks.
   uidmap arch-test fakeroot gpg

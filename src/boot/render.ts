@@ -37,18 +37,27 @@ async function handlebars(): Promise<typeof import('handlebars')> {
 
 const compiled = new Map<string, HandlebarsTemplateDelegate>();
 
+declare const __STACKBOOT_TEMPLATES__: Readonly<Record<string, string>> | undefined;
+/** templates/ as the bundled CLI carries it (scripts/bundle-cli.mjs); undefined from src/ and tsc's dist/. */
+const EMBEDDED: Readonly<Record<string, string>> | undefined = typeof __STACKBOOT_TEMPLATES__ === 'object' ? __STACKBOOT_TEMPLATES__ : undefined;
+
+/** A template's text: the file in `templatesDir`, else (the default folder only) the bundle's copy. */
+async function templateText(name: string, templatesDir: string): Promise<string> {
+  try {
+    return await readFile(path.join(templatesDir, name), 'utf8');
+  } catch (e) {
+    const copy = templatesDir === TEMPLATES_DIR ? EMBEDDED?.[name] : undefined;
+    if (copy !== undefined && (e as NodeJS.ErrnoException).code === 'ENOENT') return copy;
+    throw new StackbootError('IO', `template ${name} cannot be read from ${templatesDir}`, { cause: e });
+  }
+}
+
 /** Renders `templates/<name>` with `ctx` (no HTML escaping; unknown variables are errors). */
 export async function renderTemplate(name: string, ctx: Record<string, unknown>, templatesDir = TEMPLATES_DIR): Promise<string> {
   const file = path.join(templatesDir, name);
   let tpl = compiled.get(file);
   if (!tpl) {
-    let src: string;
-    try {
-      src = await readFile(file, 'utf8');
-    } catch (e) {
-      throw new StackbootError('IO', `template ${name} cannot be read from ${templatesDir}`, { cause: e });
-    }
-    tpl = (await handlebars()).compile(src, { noEscape: true, strict: true });
+    tpl = (await handlebars()).compile(await templateText(name, templatesDir), { noEscape: true, strict: true });
     compiled.set(file, tpl);
   }
   try {

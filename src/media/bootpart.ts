@@ -133,6 +133,10 @@ export interface BootUpdatePlan {
   write: { from: string; to: string }[];
   /** files no entry names after the switch */
   remove: string[];
+  /** what the new files take on the partition (whole clusters), extlinux.conf's temp included */
+  bytes: number;
+  /** free bytes on the partition now */
+  free: number;
 }
 
 /** Works out the new entry and what to write and remove (no writes). */
@@ -160,8 +164,23 @@ export async function planBootUpdate(o: BootUpdateOptions): Promise<BootUpdatePl
   const remove = [...new Set(conf.entries.flatMap((e) => [e.kernel, e.initrd, e.fdt]).filter((f): f is string => !!f && !keep.has(f)))];
   const write: BootUpdatePlan['write'] = [];
   for (const f of files) if (!(await fs.stat(path.join(o.bootDir, f.to)).catch(() => null))) write.push(f);
-  return { bootDir: o.bootDir, current, entry, previous, write: current ? [] : write, remove: current ? [] : remove };
+  const st = await fs.statfs(o.bootDir);
+  const cluster = st.bsize;
+  const onDisk = (n: number) => Math.ceil(n / cluster) * cluster;
+  let bytes = current ? 0 : onDisk(text.length + 512);
+  if (!current) for (const f of write) bytes += onDisk((await fs.stat(f.from)).size);
+  const free = st.bavail * st.bsize;
+  // the files of the entry that boots now stay (as `previous`) until the switch: the new
+  // ones must fit beside them
+  if (bytes > free) {
+    throw new StackbootError('NO_SPACE', `the boot partition ${o.bootDir} has ${mib(free)} free, and the new files need ${mib(bytes)} beside the ones that boot now (kept as \`previous\`): make the boot partition bigger (stackboot image --boot-size) or give smaller files`, {
+      details: { need: bytes, free },
+    });
+  }
+  return { bootDir: o.bootDir, current, entry, previous, write: current ? [] : write, remove: current ? [] : remove, bytes, free };
 }
+
+const mib = (n: number): string => `${(n / (1 << 20)).toFixed(1)} MiB`;
 
 export interface BootUpdateResult extends BootUpdatePlan {
   dryRun: boolean;
@@ -171,7 +190,18 @@ export interface BootUpdateResult extends BootUpdatePlan {
 export async function bootUpdate(o: BootUpdateOptions, hooks: { beforeSwitch?(): Promise<void> } = {}): Promise<BootUpdateResult> {
   const plan = await planBootUpdate(o);
   if (o.dryRun || plan.current) return { ...plan, dryRun: !!o.dryRun };
-  for (const f of plan.write) await writeDurableFrom(path.join(o.bootDir, f.to), (tmp) => fs.copyFile(f.from, tmp));
+  const written: string[] = [];
+  try {
+    for (const f of plan.write) {
+      await writeDurableFrom(path.join(o.bootDir, f.to), (tmp) => fs.copyFile(f.from, tmp));
+      written.push(f.to);
+    }
+  } catch (e) {
+    // before the switch nothing names the new files: take them away again
+    for (const f of written) await fs.rm(path.join(o.bootDir, f), { force: true }).catch(() => {});
+    if ((e as NodeJS.ErrnoException).code === 'ENOSPC') throw new StackbootError('NO_SPACE', `the boot partition ${o.bootDir} is full (writing the new kernel and initrd); nothing was changed`, { cause: e });
+    throw e;
+  }
   await hooks.beforeSwitch?.();
   const old = parseBootConf(await fs.readFile(path.join(o.bootDir, EXTLINUX_CONF), 'utf8'));
   const text = await renderBootConf({ timeout: old.timeout, title: old.title || o.describe, entries: [plan.entry, plan.previous] });

@@ -21,7 +21,7 @@ import { makeBootConfig, type BootConfig, buildInitramfs, loadTarget } from '../
 import { renderBootConf } from './bootpart.js';
 import { parseManifest, stackId, type Manifest, DATA_LABEL, STORE_LABEL, stageStore } from '../format/index.js';
 import { writeBmapFor, type Bmap } from './bmap.js';
-import { IMAGE_LAYOUTS, LAYOUT_DEFAULTS, type ImageLayout } from './layout.js';
+import { IMAGE_LAYOUTS, LAYOUT_DEFAULTS, bootRoomMiB, type ImageLayout } from './layout.js';
 
 export { IMAGE_LAYOUTS, LAYOUT_DEFAULTS, type ImageLayout };
 
@@ -142,7 +142,11 @@ export async function planImage(o: ImageOptions): Promise<ImagePlan> {
   for (const [k, v] of Object.entries({ bootMiB: o.bootMiB, storeMiB: o.storeMiB, dataMiB: o.dataMiB, sizeMiB: o.sizeMiB })) {
     if (v !== undefined && (!Number.isInteger(v) || v <= 0)) throw new StackbootError('USAGE', `${k} must be a positive whole number of MiB, got ${v}`);
   }
-  const bootMiB = o.bootMiB ?? d.bootMiB;
+  // room for two kernels and initrds (boot-update), at least the layout's size
+  const kernelFile = o.kernel ?? (await loadTarget(o.arch ?? 'amd64', o.cacheRoot).then((t) => t.kernel, () => undefined));
+  const sizeOf = async (f?: string) => (f ? ((await fs.stat(f).catch(() => null))?.size ?? 0) : 0);
+  const kernelBytes = Math.max(await sizeOf(kernelFile), manifest.kernel?.size ?? 0);
+  const bootMiB = o.bootMiB ?? Math.max(d.bootMiB, bootRoomMiB(kernelBytes, await sizeOf(o.fdt)));
   if (bootMiB < 40) throw new StackbootError('USAGE', `the boot partition needs at least 40 MiB (FAT32), got ${bootMiB}`);
   // room for slot a, an update of the same size in slot b, and ext4's own overhead
   const fitStore = Math.ceil((layersBytes * 2.2) / MiB) + 32;

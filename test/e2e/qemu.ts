@@ -54,8 +54,13 @@ export interface Disk {
 
 export interface BootOptions {
   target: Target;
-  /** The initramfs (cpio, optionally compressed). */
+  /** The initramfs (cpio, optionally compressed); ignored with `firmware`. */
   initrd: string;
+  /**
+   * Boot through this firmware (`-bios`, e.g. U-Boot) instead of QEMU's direct kernel
+   * boot: no -kernel, -initrd or -append; the firmware finds them on the disks.
+   */
+  firmware?: string;
   /**
    * Kernel image; default target.vmlinux (amd64: the same kernel unpacked, booted via PVH,
    * ~3.5 s faster under TCG) or else target.kernel. Pass target.kernel to boot the bzImage.
@@ -181,9 +186,9 @@ export function qemuCommand(o: BootOptions, consolePipe?: string): { cmd: string
     // no default NIC; a user-mode one without its iPXE option ROM (booted by -kernel)
     ...(o.nic === 'user' ? ['-netdev', 'user,id=net0', '-device', 'virtio-net-pci,netdev=net0,romfile='] : ['-nic', 'none']),
     '-no-reboot',
-    '-kernel', o.kernel ?? o.target.vmlinux ?? o.target.kernel,
-    '-initrd', o.initrd,
-    '-append', kernelCmdline(arch, o.append),
+    ...(o.firmware
+      ? ['-bios', o.firmware]
+      : ['-kernel', o.kernel ?? o.target.vmlinux ?? o.target.kernel, '-initrd', o.initrd, '-append', kernelCmdline(arch, o.append)]),
   ];
   (o.disks ?? []).forEach((d, i) => {
     const drive = [`file=${d.file.replace(/,/g, ',,')}`, `format=${d.format ?? 'raw'}`, 'if=none', `id=d${i}`, `cache=${d.cache ?? 'writeback'}`];

@@ -7,6 +7,8 @@ import { mkdtemp, readFile, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { buildImage, planImage } from '../../src/media/image.js';
+import { bootRoomMiB } from '../../src/media/layout.js';
+import { loadTarget } from '../../src/boot/target.js';
 import { readBmapFor } from '../../src/media/bmap.js';
 import { run } from '../../src/sys/exec.js';
 import { CACHE, demoStack } from '../e2e/fixtures.js';
@@ -37,6 +39,16 @@ describe('stackboot image', () => {
       await expect(planImage({ buildDir, out: 'x', [k]: '/no/such/file' })).rejects.toMatchObject({ code: 'USAGE', message: `${flag} /no/such/file: no such file` });
     }
     await expect(planImage({ buildDir, out: 'x', kernel: buildDir })).rejects.toMatchObject({ code: 'USAGE', message: `--kernel ${buildDir}: not a file` });
+    // the boot partition has room for a boot-update (two kernels and initrds): the sd
+    // layout's 64 MiB for the amd64 kernel, more for the arm64 one (33 MiB), and what
+    // --boot-size says when given
+    const kernelMiB = async (arch: 'amd64' | 'arm64') => (await stat((await loadTarget(arch, CACHE)).kernel)).size / (1 << 20);
+    expect(await kernelMiB('amd64')).toBeLessThan(12);
+    expect((await planImage({ buildDir, out: 'x', layout: 'sd', cacheRoot: CACHE })).parts[0]!.sizeMiB).toBe(64);
+    expect(await kernelMiB('arm64')).toBeGreaterThan(30);
+    expect((await planImage({ buildDir, out: 'x', layout: 'sd', arch: 'arm64', cacheRoot: CACHE })).parts[0]!.sizeMiB).toBe(128);
+    expect((await planImage({ buildDir, out: 'x', layout: 'sd', arch: 'arm64', cacheRoot: CACHE, bootMiB: 48 })).parts[0]!.sizeMiB).toBe(48);
+    expect(bootRoomMiB(44 << 20, 100 << 10)).toBe(160);
     // the stack's layers carry dm-verity data: the plan says so (its initrd gets dmsetup)
     expect(sd.verity).toBe(true);
     expect(sd.stackId).toBe(stackId);

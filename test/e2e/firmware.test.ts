@@ -1,0 +1,151 @@
+/**
+ * The SD image through real firmware: U-Boot (Debian's u-boot-qemu, QEMU aarch64 virt)
+ * boots `stackboot image`'s output the way a board's distro boot does: it finds
+ * extlinux/extlinux.conf on the vfat boot partition, loads the kernel and the initrd that
+ * file names, and the initrd boots the stack. Every other e2e test hands QEMU the kernel
+ * (-kernel), which skips the boot partition altogether.
+ *
+ * And `boot-update` on that partition: a running node (the amd64 demo-node guest, with
+ * Node.js and the real CLI) mounts the image's vfat boot partition and runs `stackboot
+ * boot-update` with the arm64 6.12 kernel and a stackboot initrd for it; the host reads the
+ * result with mtools (the new entry the default, the old one kept as `previous`), and
+ * U-Boot then boots the 6.12 kernel from it. The updater being amd64 changes nothing on
+ * the partition (files and one extlinux.conf); it is the guest that has Node.js.
+ */
+import { describe, expect, beforeAll, afterEach } from 'vitest';
+import { promises as fs } from 'node:fs';
+import path from 'node:path';
+import { run } from '../../src/sys/exec.js';
+import { buildImage, type ImageResult } from '../../src/media/image.js';
+import { buildInitramfs, makeBootConfig } from '../../src/boot/initramfs.js';
+import { parseBootConf } from '../../src/media/bootpart.js';
+import type { Target } from '../../src/boot/target.js';
+import { CACHE, demoStack, scratch, storeDisk, target } from './fixtures.js';
+import { nodeStack } from './node-fixtures.js';
+import { bootOnce, useVmCleanup, Vm, type BootResult } from './qemu.js';
+import { tailOf } from './inspect.js';
+import { itConcurrent } from './concurrent.js';
+
+useVmCleanup(afterEach);
+
+/** Debian's u-boot-qemu (scripts/setup.sh installs it). */
+const UBOOT_ARM64 = '/usr/lib/u-boot/qemu_arm64/u-boot.bin';
+const MTOOLS_ENV = { MTOOLS_SKIP_CHECK: '1' };
+
+let T: Target;
+let dir: string;
+let img: string;
+let image: ImageResult;
+
+beforeAll(async () => {
+  if (!(await fs.stat(UBOOT_ARM64).then(() => true, () => false))) throw new Error(`${UBOOT_ARM64} is missing: scripts/setup.sh installs u-boot-qemu`);
+  T = await target('arm64');
+  dir = await scratch('firmware');
+  const demo = await demoStack('demo', 'arm64');
+  img = path.join(dir, 'sd-arm64.img');
+  image = await buildImage({ buildDir: demo.outDir, out: img, layout: 'sd', arch: 'arm64', cacheRoot: CACHE, append: 'console=ttyAMA0 panic=-1', bmap: false });
+});
+
+/** A copy of the image, booted by U-Boot until the demo powers off. */
+async function bootUboot(file: string, name: string): Promise<BootResult> {
+  return bootOnce({ target: T, firmware: UBOOT_ARM64, initrd: '', disks: [{ file, bus: 'virtio' }], timeoutMs: 240_000, name });
+}
+
+/** U-Boot read extlinux.conf from the boot partition and started what it names; the stack booted. */
+function expectFirmwareBoot(r: BootResult): void {
+  expect(r.output, tailOf(r, 'U-Boot did not start')).toMatch(/U-Boot 20\d\d\./);
+  expect(r.output, tailOf(r, 'U-Boot did not find extlinux.conf')).toMatch(/Found \/extlinux\/extlinux\.conf/);
+  expect(r.output, tailOf(r, 'the kernel did not start')).toMatch(/Starting kernel \.\.\./);
+  expect(r.output, tailOf(r, 'the stack did not boot')).toMatch(/stackboot: booting slot a \(/);
+  expect(r.output, tailOf(r, 'the demo did not run')).toMatch(/DEMO: running stackboot demo 1/);
+  expect(r.how, tailOf(r, `VM ended by ${r.how}`)).toBe('poweroff');
+}
+
+/** A file of the image's boot partition (mtools, no mount). */
+async function bootFile(file: string, name: string): Promise<string> {
+  return (await run('mtype', ['-i', `${file}@@${image.partitions[0]!.start}`, `::/${name}`], { env: MTOOLS_ENV })).stdout;
+}
+
+async function bootFiles(file: string): Promise<string[]> {
+  const r = await run('mdir', ['-b', '-i', `${file}@@${image.partitions[0]!.start}`, '::/'], { env: MTOOLS_ENV });
+  return r.stdout.split('\n').map((l) => l.trim().replace(/^::\//, '').replace(/\/$/, '')).filter(Boolean).sort();
+}
+
+describe('the SD image through U-Boot (aarch64 virt)', () => {
+  itConcurrent('U-Boot boots the image: extlinux.conf from the vfat boot partition, its kernel and initrd, the stack', async () => {
+    const copy = path.join(dir, 'sd-plain.img');
+    await fs.copyFile(img, copy);
+    const r = await bootUboot(copy, 'uboot-arm64');
+    expectFirmwareBoot(r);
+    // the entry `stackboot image` wrote, with its command line
+    expect(r.output).toMatch(/Retrieving file: \/initrd\.img/);
+    expect(r.output).toMatch(/Retrieving file: \/vmlinuz/);
+    expect(r.output).toMatch(new RegExp(`Linux version ${T.kver.replace(/[.+]/g, '\\$&')} `));
+  });
+
+  itConcurrent('boot-update on a running node writes the vfat partition; U-Boot then boots the new kernel, the old entry kept as previous', async () => {
+    const k2 = T.kernel2;
+    if (!k2) throw new Error('scripts/setup.sh prepares KERNEL2 for arm64');
+    const copy = path.join(dir, 'sd-update.img');
+    await fs.copyFile(img, copy);
+    const before = parseBootConf(await bootFile(copy, 'extlinux/extlinux.conf'));
+
+    // the new boot files: the 6.12 kernel and a stackboot initrd with its modules, carried
+    // to the guest on a disk that is a tar
+    const files = path.join(dir, 'k2');
+    await fs.rm(files, { recursive: true, force: true });
+    await fs.mkdir(files);
+    await fs.copyFile(k2.kernel, path.join(files, 'vmlinuz'));
+    await buildInitramfs({ flavor: 'standalone', out: path.join(files, 'initrd.img'), arch: 'arm64', cacheRoot: CACHE, modulesDir: k2.modules, config: makeBootConfig(), verityRoot: T.verityRoot });
+    const tarDisk = path.join(dir, 'k2.tar');
+    await run('tar', ['-cf', tarDisk, '-C', files, 'vmlinuz', 'initrd.img']);
+
+    // the updater: the amd64 demo-node (Node.js + the CLI); vfat comes with its initrd's modules
+    const A = await target('amd64');
+    const node = await nodeStack('recipe');
+    const store = path.join(dir, 'node-store.img');
+    await storeDisk({ file: store, slots: { a: { buildDir: node.outDir, status: 'good' } }, storeMiB: 256 });
+    const rd = path.join(dir, 'node-initrd.img');
+    await buildInitramfs({ flavor: 'standalone', out: rd, arch: 'amd64', cacheRoot: CACHE, modules: ['vfat', 'nls_cp437', 'nls_ascii', 'nls_utf8'], config: makeBootConfig({ set: [['STORES', 'vda'], ['DEVICE_TIMEOUT', '5']] }) });
+    const vm = Vm.start({
+      target: A,
+      initrd: rd,
+      disks: [{ file: store, bus: 'virtio' }, { file: copy, bus: 'virtio' }, { file: tarDisk, bus: 'virtio', readonly: true }],
+      memoryMiB: 768,
+      append: 'quiet demo.nohealth demo.then=shell',
+      timeoutMs: 400_000,
+      name: 'boot-update-amd64',
+    });
+    await vm.waitFor(/DEMO: then shell/, 240_000);
+    vm.send(
+      'mkdir -p /tmp/k /mnt/boot && cd /tmp/k && tar -xf /dev/vdc && mount -t vfat /dev/vdb1 /mnt/boot && ' +
+        'stackboot boot-update --boot /mnt/boot --kernel /tmp/k/vmlinuz --initrd /tmp/k/initrd.img --json; echo BOOT-UPDATE-EXIT=$?; ' +
+        'umount /mnt/boot; echo UMOUNT-EXIT=$?; sync; poweroff -f\n',
+    );
+    await vm.waitFor(/BOOT-UPDATE-EXIT=\d+/, 300_000);
+    const ex = await vm.waitExit(60_000);
+    expect(ex.output, vm.failMessage('boot-update failed')).toMatch(/BOOT-UPDATE-EXIT=0/);
+    expect(ex.output, vm.failMessage('the boot partition stayed busy')).toMatch(/UMOUNT-EXIT=0/);
+
+    // the host's view: the new entry is the default, the old one `previous`, files by content
+    const sha12 = async (f: string) => (await run('sha256sum', [f])).stdout.slice(0, 12);
+    const [hk, hi] = [await sha12(path.join(files, 'vmlinuz')), await sha12(path.join(files, 'initrd.img'))];
+    const after = parseBootConf(await bootFile(copy, 'extlinux/extlinux.conf'));
+    expect(after.entries.map((e) => [e.label, e.kernel, e.initrd, e.append])).toEqual([
+      ['stackboot', `vmlinuz-${hk}`, `initrd-${hi}.img`, before.entries[0]!.append],
+      ['previous', before.entries[0]!.kernel, before.entries[0]!.initrd, before.entries[0]!.append],
+    ]);
+    expect(await bootFiles(copy)).toEqual(['extlinux', `initrd-${hi}.img`, 'initrd.img', `vmlinuz-${hk}`, 'vmlinuz'].sort());
+    // what was written is what was given
+    const env = MTOOLS_ENV;
+    const back = path.join(dir, 'k2-back');
+    await run('mcopy', ['-n', '-i', `${copy}@@${image.partitions[0]!.start}`, `::/vmlinuz-${hk}`, back], { env });
+    expect(await sha12(back)).toBe(hk);
+
+    // U-Boot boots the new default: the 6.12 kernel, the same stack
+    const r = await bootUboot(copy, 'uboot-arm64-updated');
+    expectFirmwareBoot(r);
+    expect(r.output).toMatch(new RegExp(`Retrieving file: /vmlinuz-${hk}`));
+    expect(r.output, tailOf(r, 'not the new kernel')).toMatch(new RegExp(`Linux version ${k2.kver.replace(/[.+]/g, '\\$&')} `));
+  });
+});
