@@ -1,6 +1,6 @@
 /**
  * The boot partition's kernel, initrd and extlinux.conf (a vfat partition the firmware
- * reads: U-Boot's distro boot, the Jetson launcher). `image` writes the first entry;
+ * reads: U-Boot's distro boot; docs/boot.md says what Jetson's L4TLauncher lacks). `image` writes the first entry;
  * `boot-update` replaces the kernel and initrd safely on a running node:
  *
  *   plan   read extlinux/extlinux.conf; the new files are named by their content
@@ -74,8 +74,8 @@ export function parseBootConf(text: string, file = EXTLINUX_CONF): BootConf {
         def = v;
         break;
       case 'menu':
-        if (rest[0] === 'title') title = v.replace(/^title\s*/, '');
-        else if (rest[0] === 'label' && cur) cur.menu = v.replace(/^label\s*/, '');
+        if (rest[0]?.toLowerCase() === 'title') title = v.replace(/^title\s*/i, '');
+        else if (rest[0]?.toLowerCase() === 'label' && cur) cur.menu = v.replace(/^label\s*/i, '');
         break;
       case 'label':
         done();

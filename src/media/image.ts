@@ -102,6 +102,8 @@ export interface ImagePlan {
   verity?: boolean;
   parts: { name: string; fs: 'vfat' | 'ext4'; label: string; sizeMiB: number }[];
   totalMiB: number;
+  /** the boot partition a boot-update of this kernel needs (layout.ts bootRoomMiB); a smaller --boot-size is allowed */
+  bootRoomMiB: number;
 }
 
 export interface ImageResult extends ImagePlan {
@@ -146,7 +148,8 @@ export async function planImage(o: ImageOptions): Promise<ImagePlan> {
   const kernelFile = o.kernel ?? (await loadTarget(o.arch ?? 'amd64', o.cacheRoot).then((t) => t.kernel, () => undefined));
   const sizeOf = async (f?: string) => (f ? ((await fs.stat(f).catch(() => null))?.size ?? 0) : 0);
   const kernelBytes = Math.max(await sizeOf(kernelFile), manifest.kernel?.size ?? 0);
-  const bootMiB = o.bootMiB ?? Math.max(d.bootMiB, bootRoomMiB(kernelBytes, await sizeOf(o.fdt)));
+  const room = bootRoomMiB(kernelBytes, await sizeOf(o.fdt));
+  const bootMiB = o.bootMiB ?? Math.max(d.bootMiB, room);
   if (bootMiB < 40) throw new StackbootError('USAGE', `the boot partition needs at least 40 MiB (FAT32), got ${bootMiB}`);
   // room for slot a, an update of the same size in slot b, and ext4's own overhead
   const fitStore = Math.ceil((layersBytes * 2.2) / MiB) + 32;
@@ -186,6 +189,7 @@ export async function planImage(o: ImageOptions): Promise<ImagePlan> {
       { name: DATA_LABEL, fs: 'ext4', label: DATA_LABEL, sizeMiB: dataMiB },
     ],
     totalMiB: total,
+    bootRoomMiB: room,
   };
 }
 

@@ -42,6 +42,22 @@ describe('boot partition update', () => {
   it('reads the extlinux.conf that image writes', async () => {
     const c = await conf();
     expect(c.entries).toEqual([{ label: 'stackboot', menu: `stackboot (demo 1, stack ${'a'.repeat(12)})`, kernel: 'vmlinuz', initrd: 'initrd.img', append: 'console=ttyS0 panic=10' }]);
+    expect(c.title).toBe('stackboot demo 1');
+    expect(c.timeout).toBe(10);
+    // the keys upper case, as Jetson's L4TLauncher matches them (case-sensitive prefixes)
+    const text = await fs.readFile(path.join(mnt, 'extlinux/extlinux.conf'), 'utf8');
+    const keys = text.split('\n').filter((l) => l.trim() && !l.startsWith('#')).map((l) => l.trim().split(/\s+/).slice(0, /^MENU /.test(l.trim()) ? 2 : 1).join(' '));
+    expect(new Set(keys)).toEqual(new Set(['TIMEOUT', 'DEFAULT', 'MENU TITLE', 'LABEL', 'MENU LABEL', 'LINUX', 'INITRD', 'APPEND']));
+    // a file written by hand or another tool, lower case (U-Boot and syslinux take either)
+    const lower = parseBootConf('timeout 30\ndefault b\nmenu title mine\nlabel a\n  menu label first\n  kernel /Image\nlabel b\n  linux /Image-2\n  initrd /initrd-2\n  devicetree /x.dtb\n  append root=/dev/sda1\n');
+    expect(lower).toEqual({
+      timeout: 30,
+      title: 'mine',
+      entries: [
+        { label: 'b', menu: 'b', kernel: 'Image-2', initrd: 'initrd-2', fdt: 'x.dtb', append: 'root=/dev/sda1' },
+        { label: 'a', menu: 'first', kernel: 'Image', initrd: '', fdt: undefined, append: '' },
+      ],
+    });
   });
 
   it('a dry run writes nothing; a stop before the switch leaves the old entry and its files whole', async () => {

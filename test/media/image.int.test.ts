@@ -86,9 +86,9 @@ describe('stackboot image', () => {
     expect(dir).toMatch(/VMLINUZ|vmlinuz/i);
     expect(dir).toMatch(/initrd\.img/i);
     const conf = (await run('mtype', ['-i', `${a}@@${boot.start}`, '::/extlinux/extlinux.conf'], { env })).stdout;
-    expect(conf).toMatch(/^\s*linux \/vmlinuz$/m);
-    expect(conf).toMatch(/^\s*initrd \/initrd\.img$/m);
-    expect(conf).toMatch(/^\s*append console=ttyS0$/m);
+    expect(conf).toMatch(/^\s*LINUX \/vmlinuz$/m);
+    expect(conf).toMatch(/^\s*INITRD \/initrd\.img$/m);
+    expect(conf).toMatch(/^\s*APPEND console=ttyS0$/m);
     expect(conf).toContain(stackId.slice(0, 12));
 
     // store partition: ext4 sb-store, slot a good, store id derived from the stack id

@@ -3,7 +3,7 @@ import path from 'node:path';
 import type { CommandModule } from 'yargs';
 import { type ImageOptions, IMAGE_LAYOUTS, type ImageLayout } from '../../media/index.js';
 import { archFromNode, type Arch } from '../../sys/index.js';
-import { fmtBytes, makeOut } from '../output.js';
+import { fmtBytes, makeOut, type Out } from '../output.js';
 import { sourceDateEpoch, wholeNumber } from '../args.js';
 
 export const imageCommand: CommandModule<any, any> = {
@@ -69,6 +69,7 @@ export const imageCommand: CommandModule<any, any> = {
       out.result(p);
       out.line(`would write ${p.out}: ${p.layout} layout, ${p.totalMiB} MiB, stack ${p.stackId.slice(0, 12)} (${p.name} ${p.version}), store id ${p.storeId}`);
       for (const part of p.parts) out.line(`  ${part.name.padEnd(9)} ${part.fs.padEnd(5)} ${part.sizeMiB} MiB`);
+      warnBootRoom(out, p);
       return;
     }
     const r = await buildImage(o);
@@ -76,5 +77,12 @@ export const imageCommand: CommandModule<any, any> = {
     out.line(`${r.out}: ${r.layout} image, ${fmtBytes(r.bytes)} (${fmtBytes(r.mappedBytes ?? 0)} mapped), stack ${r.stackId.slice(0, 12)}, store id ${r.storeId}`);
     for (const p of r.partitions) out.line(`  p${p.index} ${p.name.padEnd(9)} ${fmtBytes(p.size).padStart(9)} at ${p.start} uuid ${p.uuid}`);
     if (r.bmapFile) out.line(`block map: ${r.bmapFile}`);
+    warnBootRoom(out, r);
   },
 };
+
+/** A --boot-size below what a boot-update of this kernel needs (the next kernel and initrd beside the current ones). */
+function warnBootRoom(out: Out, p: { parts: { sizeMiB: number }[]; bootRoomMiB: number }): void {
+  const boot = p.parts[0]!.sizeMiB;
+  if (boot < p.bootRoomMiB) out.line(`warning: the ${boot} MiB boot partition has no room for a boot-update of this kernel (the next kernel and initrd go beside the current ones: ${p.bootRoomMiB} MiB)`);
+}
