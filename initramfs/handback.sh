@@ -63,6 +63,17 @@ sb_handback_prepare() {
 	return 0
 }
 
+# sb_handback_hook NEWROOT INIT [RUN] [LIBS]: the hand-back of the initramfs-tools and
+# dracut flavours, before they hand over: when the hook shipped its own busybox
+# ($SB_LIB/busybox, its libraries listed in LIBS, default /etc/stackboot/handback.libs)
+# and NEWROOT's INIT is systemd, RUN/initramfs (default /run: it moves into the new root)
+# is filled. Nothing to do is not a failure.
+sb_handback_hook() {
+	[ -x "$SB_LIB/busybox" ] || return 0
+	SB_INIT="$2" sb_handback_wanted "$1" || return 0
+	sb_handback_prepare "${3:-/run}" "$SB_LIB/busybox" "${4:-/etc/stackboot/handback.libs}"
+}
+
 # sb_handback_exec RUN: makes sure systemd can run RUN/initramfs/shutdown. initramfs-tools
 # mounts /run noexec and moves that mount into the new root; there access(X_OK) fails
 # and systemd-shutdown skips the hand-back. Then RUN/initramfs gets a small tmpfs of its

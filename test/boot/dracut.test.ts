@@ -52,5 +52,7 @@ getarg() { return 1; }; die() { echo "die $*"; }; ismounted() { return 1; }
     const res = await run('busybox', ['sh', '-c', sh]);
     expect(res.stdout).toContain('done');
     expect((await readFile(trace, 'utf8')).match(/^boot \/sysroot$/gm)).toHaveLength(1);
+    // the shutdown hand-back, for the root and the configured init (no init= given)
+    expect((await readFile(trace, 'utf8')).match(/^handback_hook \/sysroot \/sbin\/init$/gm)).toHaveLength(1);
   });
 });

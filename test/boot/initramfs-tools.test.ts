@@ -63,5 +63,7 @@ SB_TRACE=${trace}; mountroot; echo "rc=$? init=$init"`;
     const m = await run('busybox', ['sh', '-c', sh], { env: { SB_TRACE: trace } });
     expect(m.stdout).toContain('rc=0 init=/sbin/init');
     expect(await readFile(trace, 'utf8')).toMatch(/boot \/root/);
+    // the shutdown hand-back, for the root and the init it hands over to (handback.sh)
+    expect(await readFile(trace, 'utf8')).toMatch(/^handback_hook \/root \/sbin\/init$/m);
   });
 });

@@ -127,3 +127,34 @@ sb_handback_prepare "$SB_T/run" "$SB_T/busybox"`);
     expect(existsSync(join(r.runDir, 'initramfs'))).toBe(false);
   });
 });
+
+describe('sb_handback_hook', () => {
+  it("fills RUN/initramfs when the hook shipped its busybox and the new root's init is systemd; else nothing, and no failure", async () => {
+    const r = root();
+    const nr = r.newRoot;
+    mkdirSync(join(nr, 'sbin'), { recursive: true });
+    mkdirSync(join(nr, 'lib/systemd'), { recursive: true });
+    writeFileSync(join(nr, 'lib/systemd/systemd'), '');
+    symlinkSync('/lib/systemd/systemd', join(nr, 'sbin/init'));
+    writeFileSync(join(nr, 'sbin/myinit'), '#!/bin/sh\n');
+    // the core as a flavour installs it, with the busybox its hook copied (static: no libraries)
+    const lib = join(r.dir, 'lib');
+    mkdirSync(lib);
+    for (const f of ['log.sh', 'shutdown.sh']) writeFileSync(join(lib, f), readFileSync(join(LIB, f)));
+    writeFileSync(join(r.dir, 'libs'), '');
+    const hook = (init: string) => r.sh(`SB_LIB="$SB_T/lib" sb_handback_hook "$SB_T/root" ${init} "$SB_T/run" "$SB_T/libs"; echo RC=$?`);
+    // no busybox shipped (initramfs-tools or dracut without the busybox package)
+    expect((await hook('/sbin/init')).out).toContain('RC=0');
+    expect(existsSync(join(r.runDir, 'initramfs'))).toBe(false);
+    writeFileSync(join(lib, 'busybox'), 'bb', { mode: 0o755 });
+    // an init that is not systemd
+    expect((await hook('/sbin/myinit')).out).toContain('RC=0');
+    expect(existsSync(join(r.runDir, 'initramfs'))).toBe(false);
+    // systemd through /sbin/init
+    const res = await hook('/sbin/init');
+    expect(res.out).toContain('RC=0');
+    expect(res.err).toMatch(/shutdown hand-back ready/);
+    expect(readFileSync(join(r.runDir, 'initramfs/bin/busybox'), 'utf8')).toBe('bb');
+    expect(statSync(join(r.runDir, 'initramfs/shutdown')).mode & 0o111).toBe(0o111);
+  });
+});

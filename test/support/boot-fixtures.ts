@@ -91,6 +91,7 @@ sb_load_modules() { echo "load_modules $*" >>"$SB_TRACE"; }
 sb_boot() { echo "boot $1" >>"$SB_TRACE"; ${bootOk ? 'return 0' : 'return 1'}; }
 sb_break_requested() { return 1; }
 sb_all_failed() { echo "all_failed" >>"$SB_TRACE"; return 1; }
+sb_handback_hook() { echo "handback_hook $*" >>"$SB_TRACE"; }
 `,
   );
   await writeFile(path.join(dir, 'util.sh'), 'sb_util() { :; }\n');

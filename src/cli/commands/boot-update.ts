@@ -1,6 +1,6 @@
 /** `stackboot boot-update`: replace the boot partition's kernel and initrd safely, the old entry kept as the second extlinux label. */
 import type { CommandModule } from 'yargs';
-import { makeOut } from '../output.js';
+import { fmtBytes, makeOut } from '../output.js';
 
 export const bootUpdateCommand: CommandModule<any, any> = {
   command: 'boot-update',
@@ -27,7 +27,6 @@ export const bootUpdateCommand: CommandModule<any, any> = {
     const r = await nodeBootUpdate(ctx, { bootDir: a.boot, kernel: a.kernel, initrd: a.initrd, fdt: a.fdt, append: a.append, fromStack: a.fromStack, root: a.root, dryRun: a.dryRun });
     out.result(r);
     if (r.current) return out.line(`the boot partition boots ${r.entry.kernel} already: nothing to do`);
-    const mib = (n: number) => `${(n / (1 << 20)).toFixed(1)} MiB`;
-    out.line(`${r.dryRun ? 'would write' : 'wrote'} ${r.write.map((w) => w.to).join(', ') || 'nothing new'} (${mib(r.bytes)}, ${mib(r.free)} ${r.dryRun ? 'free' : 'were free'}); default ${r.entry.kernel} + ${r.entry.initrd}, previous ${r.previous.kernel} + ${r.previous.initrd}${r.remove.length ? `; ${r.dryRun ? 'would remove' : 'removed'} ${r.remove.join(', ')}` : ''}`);
+    out.line(`${r.dryRun ? 'would write' : 'wrote'} ${r.write.map((w) => w.to).join(', ') || 'nothing new'} (${fmtBytes(r.bytes)}, ${fmtBytes(r.free)} ${r.dryRun ? 'free' : 'were free'}); default ${r.entry.kernel} + ${r.entry.initrd}, previous ${r.previous.kernel} + ${r.previous.initrd}${r.remove.length ? `; ${r.dryRun ? 'would remove' : 'removed'} ${r.remove.join(', ')}` : ''}`);
   },
 };
