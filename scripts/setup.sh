@@ -58,6 +58,8 @@ PACKAGES=(
   signify-openbsd
   # readelf: the library closure of kexec (and any program) put into the standalone initrd
   binutils
+  # NVIDIA's L4TLauncher extlinux reader, compiled for the host (test/support/l4t/)
+  gcc libc6-dev
   # verified boot: veritysetup checks the hash trees the build writes (issue 14)
   cryptsetup-bin
   # U-Boot for QEMU's aarch64 virt: the firmware e2e boots the SD image the way a board's

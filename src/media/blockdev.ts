@@ -56,6 +56,47 @@ export async function deviceInfo(dev: string, sysRoot = '/sys'): Promise<DeviceI
   return { name, major, minor, size, partitions, holders };
 }
 
+/**
+ * The volume label in a FAT boot sector (what `mkfs.vfat -n` writes; blkid reports the
+ * same), or undefined when the sector is not FAT's. Read directly: a node's busybox has
+ * no blkid (initramfs/sys.sh reads ext4's superblock the same way).
+ */
+export function fatLabel(sector: Buffer): string | undefined {
+  if (sector.length < 512 || sector.readUInt16LE(510) !== 0xaa55) return undefined;
+  const at = sector.toString('latin1', 0x52, 0x5a) === 'FAT32   ' ? 0x47 : /^FAT1[26] {3}$/.test(sector.toString('latin1', 0x36, 0x3e)) ? 0x2b : -1;
+  if (at < 0) return undefined;
+  const label = sector.toString('latin1', at, at + 11).trimEnd();
+  return label === '' || label === 'NO NAME' ? undefined : label;
+}
+
+/** The partitions (kernel names, e.g. mmcblk0p1) whose FAT volume label is `label`. */
+export async function partitionsWithFatLabel(label: string, o: { sysRoot?: string; devDir?: string } = {}): Promise<string[]> {
+  const sys = path.join(o.sysRoot ?? '/sys', 'class', 'block');
+  const out: string[] = [];
+  for (const name of (await fs.readdir(sys).catch(() => [] as string[])).sort()) {
+    if (!(await fs.stat(path.join(sys, name, 'partition')).then(() => true, () => false))) continue;
+    const h = await fs.open(path.join(o.devDir ?? '/dev', name), 'r').catch(() => null);
+    if (!h) continue;
+    try {
+      const b = Buffer.alloc(512);
+      const { bytesRead } = await h.read(b, 0, 512, 0).catch(() => ({ bytesRead: 0 }));
+      if (bytesRead === 512 && fatLabel(b)?.toUpperCase() === label.toUpperCase()) out.push(name);
+    } finally {
+      await h.close();
+    }
+  }
+  return out;
+}
+
+/** The whole disk a partition device belongs to (its kernel name), or the device's own name when it is a disk. */
+export async function diskOf(dev: string, sysRoot = '/sys'): Promise<string> {
+  const name = path.basename(dev);
+  const real = await fs.realpath(path.join(sysRoot, 'class', 'block', name)).catch(() => null);
+  if (!real) return name;
+  const isPart = await fs.stat(path.join(real, 'partition')).then(() => true, () => false);
+  return isPart ? path.basename(path.dirname(real)) : name;
+}
+
 /** Mounts from mountinfo: device major:minor and mount point. */
 export function parseMountinfo(text: string): { devt: string; mountPoint: string; source: string }[] {
   const out: { devt: string; mountPoint: string; source: string }[] = [];

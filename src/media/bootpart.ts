@@ -1,9 +1,12 @@
 /**
  * The boot partition's kernel, initrd and extlinux.conf (a vfat partition the firmware
- * reads: U-Boot's distro boot; docs/boot.md says what Jetson's L4TLauncher lacks). `image` writes the first entry;
- * `boot-update` replaces the kernel and initrd safely on a running node:
+ * reads: U-Boot's distro boot, and JetPack 5/6's UEFI launcher L4TLauncher, which reads
+ * only `boot/extlinux/extlinux.conf` on the GPT partition named APP; U-Boot looks in `/`
+ * and then `/boot/`). `image` writes the first entry; `boot-update` replaces the kernel
+ * and initrd safely on a running node:
  *
- *   plan   read extlinux/extlinux.conf; the new files are named by their content
+ *   plan   read the extlinux.conf the firmware reads (`boot/extlinux/`, or `extlinux/` on
+ *          a node made before 2026-12); the new files are named by their content
  *          (vmlinuz-<sha12>, initrd-<sha12>.img, <sha12>-<name>.dtb), so the same files
  *          twice change nothing; the entry the firmware boots now becomes `previous`.
  *   steps  1. the new files beside the old ones, each durably (temp, fsync, rename,
@@ -23,7 +26,36 @@ import path from 'node:path';
 import { StackbootError, writeDurable, writeDurableFrom, fsyncPath } from '../sys/index.js';
 import { renderTemplate } from '../boot/index.js';
 
-export const EXTLINUX_CONF = 'extlinux/extlinux.conf';
+/** Where `image` writes extlinux.conf: the one path L4TLauncher reads, and U-Boot's second prefix. */
+export const EXTLINUX_CONF = 'boot/extlinux/extlinux.conf';
+/** Where images made before 2026-12 have it (U-Boot's first prefix): boot-update keeps using it there. */
+export const LEGACY_EXTLINUX_CONF = 'extlinux/extlinux.conf';
+/** The GPT name of the boot partition: L4TLauncher reads extlinux.conf only from a partition named APP (or A_APP/APP_a). */
+export const BOOT_PART_NAME = 'APP';
+
+/**
+ * The extlinux.conf of a mounted boot partition, relative to it. Both paths at once is
+ * refused: U-Boot would read one and L4TLauncher the other.
+ */
+export async function findBootConf(bootDir: string): Promise<string> {
+  const has = async (f: string) => (await fs.stat(path.join(bootDir, f)).catch(() => null))?.isFile() ?? false;
+  const [now, legacy] = [await has(EXTLINUX_CONF), await has(LEGACY_EXTLINUX_CONF)];
+  if (now && legacy) {
+    throw new StackbootError('USAGE', `${bootDir} has both ${EXTLINUX_CONF} and ${LEGACY_EXTLINUX_CONF}: U-Boot reads the second, L4TLauncher the first; remove the one the node does not boot from`);
+  }
+  if (now) return EXTLINUX_CONF;
+  if (legacy) return LEGACY_EXTLINUX_CONF;
+  throw new StackbootError('USAGE', `${bootDir} is not a stackboot boot partition (no ${EXTLINUX_CONF}, nor ${LEGACY_EXTLINUX_CONF})`);
+}
+
+/**
+ * A value for extlinux.conf: one line, and no `#` (L4TLauncher cuts every line at its
+ * first `#`, so the rest of an APPEND would be lost).
+ */
+export function checkBootValue(what: string, v: string): void {
+  if (/[\r\n]/.test(v)) throw new StackbootError('USAGE', `${what} must be one line for extlinux.conf`);
+  if (v.includes('#')) throw new StackbootError('USAGE', `${what} has a '#': Jetson's L4TLauncher reads the rest of the line as a comment (${JSON.stringify(v)})`);
+}
 
 export interface BootEntry {
   label: string;
@@ -45,10 +77,18 @@ export interface BootConf {
 /** Renders extlinux.conf (templates/boot/extlinux.conf.hbs): the first entry is the default. */
 export async function renderBootConf(c: BootConf): Promise<string> {
   if (c.entries.length === 0) throw new StackbootError('INTERNAL', 'extlinux.conf needs an entry');
+  checkBootValue('the menu title', c.title);
+  for (const e of c.entries) {
+    for (const [k, v] of [['label', e.label], ['menu label', e.menu], ['kernel', e.kernel], ['initrd', e.initrd], ['fdt', e.fdt ?? ''], ['kernel command line', e.append]] as const) checkBootValue(`the ${k} of ${e.label}`, v);
+  }
   return renderTemplate('boot/extlinux.conf.hbs', { timeout: c.timeout, default: c.entries[0]!.label, title: c.title, entries: c.entries.map((e) => ({ ...e, fdt: e.fdt ?? '' })) });
 }
 
-/** Reads an extlinux.conf (pure): its timeout, title and labels, the default first. */
+/**
+ * Reads an extlinux.conf (pure): its timeout, title and labels, the default first. Keys in
+ * either case (U-Boot's way; L4TLauncher takes upper case only), a `#` starts a comment
+ * anywhere on a line (L4TLauncher's way).
+ */
 export function parseBootConf(text: string, file = EXTLINUX_CONF): BootConf {
   let timeout = 10;
   let title = '';
@@ -62,8 +102,8 @@ export function parseBootConf(text: string, file = EXTLINUX_CONF): BootConf {
     cur = null;
   };
   for (const raw of text.split('\n')) {
-    const line = raw.trim();
-    if (line === '' || line.startsWith('#')) continue;
+    const line = raw.replace(/#.*/, '').trim();
+    if (line === '') continue;
     const [k, ...rest] = line.split(/\s+/);
     const v = line.slice(k!.length).trim();
     switch (k!.toLowerCase()) {
@@ -125,6 +165,8 @@ export interface BootUpdateOptions {
 
 export interface BootUpdatePlan {
   bootDir: string;
+  /** the extlinux.conf switched, relative to bootDir (findBootConf) */
+  conf: string;
   /** nothing to do: the default entry boots these files already */
   current: boolean;
   entry: BootEntry;
@@ -141,12 +183,11 @@ export interface BootUpdatePlan {
 
 /** Works out the new entry and what to write and remove (no writes). */
 export async function planBootUpdate(o: BootUpdateOptions): Promise<BootUpdatePlan> {
-  const confFile = path.join(o.bootDir, EXTLINUX_CONF);
-  const text = await fs.readFile(confFile, 'utf8').catch((e) => {
-    throw new StackbootError('USAGE', `${o.bootDir} is not a stackboot boot partition (no ${EXTLINUX_CONF})`, { cause: e });
-  });
-  const conf = parseBootConf(text, confFile);
-  const now = conf.entries[0]!;
+  const conf = await findBootConf(o.bootDir);
+  const confFile = path.join(o.bootDir, conf);
+  const text = await fs.readFile(confFile, 'utf8');
+  const old = parseBootConf(text, confFile);
+  const now = old.entries[0]!;
   const named = async (what: string, file: string, name: (h: string) => string) => {
     const st = await fs.stat(file).catch(() => null);
     if (!st?.isFile()) throw new StackbootError('USAGE', `--${what} ${file}: no such file`);
@@ -161,7 +202,8 @@ export async function planBootUpdate(o: BootUpdateOptions): Promise<BootUpdatePl
   const current = now.kernel === entry.kernel && now.initrd === entry.initrd && (now.fdt ?? '') === (entry.fdt ?? '') && now.append === entry.append;
   const previous: BootEntry = { ...now, label: 'previous', menu: now.label === 'previous' ? now.menu : `previous: ${now.menu}` };
   const keep = new Set([entry.kernel, entry.initrd, entry.fdt, previous.kernel, previous.initrd, previous.fdt].filter(Boolean) as string[]);
-  const remove = [...new Set(conf.entries.flatMap((e) => [e.kernel, e.initrd, e.fdt]).filter((f): f is string => !!f && !keep.has(f)))];
+  if (o.append !== undefined) checkBootValue('--append', o.append);
+  const remove = [...new Set(old.entries.flatMap((e) => [e.kernel, e.initrd, e.fdt]).filter((f): f is string => !!f && !keep.has(f)))];
   const write: BootUpdatePlan['write'] = [];
   for (const f of files) if (!(await fs.stat(path.join(o.bootDir, f.to)).catch(() => null))) write.push(f);
   const st = await fs.statfs(o.bootDir);
@@ -177,7 +219,7 @@ export async function planBootUpdate(o: BootUpdateOptions): Promise<BootUpdatePl
       details: { need: bytes, free },
     });
   }
-  return { bootDir: o.bootDir, current, entry, previous, write: current ? [] : write, remove: current ? [] : remove, bytes, free };
+  return { bootDir: o.bootDir, conf, current, entry, previous, write: current ? [] : write, remove: current ? [] : remove, bytes, free };
 }
 
 const mib = (n: number): string => `${(n / (1 << 20)).toFixed(1)} MiB`;
@@ -203,9 +245,9 @@ export async function bootUpdate(o: BootUpdateOptions, hooks: { beforeSwitch?():
     throw e;
   }
   await hooks.beforeSwitch?.();
-  const old = parseBootConf(await fs.readFile(path.join(o.bootDir, EXTLINUX_CONF), 'utf8'));
+  const old = parseBootConf(await fs.readFile(path.join(o.bootDir, plan.conf), 'utf8'));
   const text = await renderBootConf({ timeout: old.timeout, title: old.title || o.describe, entries: [plan.entry, plan.previous] });
-  await writeDurable(path.join(o.bootDir, EXTLINUX_CONF), text);
+  await writeDurable(path.join(o.bootDir, plan.conf), text);
   for (const f of plan.remove) await fs.rm(path.join(o.bootDir, f), { force: true });
   if (plan.remove.length) await fsyncPath(o.bootDir);
   return { ...plan, dryRun: false };

@@ -1,6 +1,7 @@
 /**
- * Node disk images: a GPT image with a boot partition (vfat: kernel, the stackboot
- * standalone initrd, extlinux/extlinux.conf), a store partition (ext4: slot a filled
+ * Node disk images: a GPT image with a boot partition (vfat, an ESP named APP: kernel, the
+ * stackboot standalone initrd, boot/extlinux/extlinux.conf, and with `efiBoot` a UEFI boot
+ * program such as JetPack's L4TLauncher at EFI/BOOT/BOOTAA64.EFI), a store partition (ext4: slot a filled
  * with the build output, `current a`) and a data partition (ext4, empty). Built without
  * root by src/media/disk.ts (mkfs -d / mcopy into files, sfdisk on the image, sparse copy).
  *
@@ -16,9 +17,10 @@ import { promises as fs } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { assembleDisk, MiB, type AssembledPart, type PartSpec } from './disk.js';
+import { vfatLabel } from './blockdev.js';
 import { StackbootError, checkEpoch, type ProgressSink, type Arch, makeDir, onInterrupt } from '../sys/index.js';
-import { makeBootConfig, type BootConfig, buildInitramfs, loadTarget } from '../boot/index.js';
-import { renderBootConf } from './bootpart.js';
+import { makeBootConfig, type BootConfig, buildInitramfs, loadTarget, checkPe, EFI_BOOT_PATH } from '../boot/index.js';
+import { renderBootConf, checkBootValue, EXTLINUX_CONF, BOOT_PART_NAME } from './bootpart.js';
 import { parseManifest, stackId, type Manifest, DATA_LABEL, STORE_LABEL, stageStore } from '../format/index.js';
 import { writeBmapFor, type Bmap } from './bmap.js';
 import { IMAGE_LAYOUTS, LAYOUT_DEFAULTS, bootRoomMiB, type ImageLayout } from './layout.js';
@@ -37,6 +39,8 @@ export interface ImageSpec {
   sizeMiB?: number;
   /** extra kernel command line */
   append?: string;
+  /** a UEFI boot program (e.g. JetPack's L4TLauncher, BOOTAA64.efi), relative to the recipe folder */
+  efiBoot?: string;
 }
 
 export interface ImageOptions {
@@ -59,6 +63,12 @@ export interface ImageOptions {
   bootConfig?: BootConfig;
   /** kernel command line in extlinux.conf */
   append?: string;
+  /**
+   * a UEFI boot program put on the boot partition (an ESP) at EFI/BOOT/BOOTAA64.EFI
+   * (BOOTX64.EFI on amd64): JetPack 5/6's L4TLauncher (Linux_for_Tegra/bootloader/BOOTAA64.efi),
+   * which reads boot/extlinux/extlinux.conf from the partition named APP
+   */
+  efiBoot?: string;
   /** store id (32 hex); default derived from the stack id */
   storeId?: string;
   /** seed for every UUID; default the stack id */
@@ -101,6 +111,10 @@ export interface ImagePlan {
   /** the stack's layers carry dm-verity data (the boot initrd gets dmsetup) */
   verity?: boolean;
   parts: { name: string; fs: 'vfat' | 'ext4'; label: string; sizeMiB: number }[];
+  /** the extlinux.conf on the boot partition */
+  bootConf: string;
+  /** where the UEFI boot program goes on the boot partition, when one is given */
+  efiBoot?: string;
   totalMiB: number;
   /** the boot partition a boot-update of this kernel needs (layout.ts bootRoomMiB); a smaller --boot-size is allowed */
   bootRoomMiB: number;
@@ -130,12 +144,13 @@ async function readBuild(buildDir: string): Promise<{ text: string; manifest: Ma
 /** Works out the partitions and sizes (no writes). */
 export async function planImage(o: ImageOptions): Promise<ImagePlan> {
   // the files given for the boot partition, before anything is made (a dry run says it too)
-  for (const [flag, p] of [['--kernel', o.kernel], ['--initrd', o.initrd], ['--fdt', o.fdt]] as const) {
+  for (const [flag, p] of [['--kernel', o.kernel], ['--initrd', o.initrd], ['--fdt', o.fdt], ['--efi-boot', o.efiBoot]] as const) {
     if (p === undefined) continue;
     const st = await fs.stat(p).catch(() => null);
     if (!st) throw new StackbootError('USAGE', `${flag} ${p}: no such file`);
     if (!st.isFile()) throw new StackbootError('USAGE', `${flag} ${p}: not a file`);
   }
+  if (o.append !== undefined) checkBootValue('--append', o.append);
   const { text, manifest } = await readBuild(o.buildDir);
   const id = stackId(text);
   const layout = o.layout ?? 'sd';
@@ -146,6 +161,13 @@ export async function planImage(o: ImageOptions): Promise<ImagePlan> {
   }
   // room for two kernels and initrds (boot-update), at least the layout's size
   const kernelFile = o.kernel ?? (await loadTarget(o.arch ?? 'amd64', o.cacheRoot).then((t) => t.kernel, () => undefined));
+  if (o.efiBoot) {
+    // the firmware starts the program, and the program (L4TLauncher) hands the kernel to
+    // the firmware's LoadImage: both must be PE images for this arch
+    const arch = o.arch ?? 'amd64';
+    checkPe(await headOf(o.efiBoot), arch, `--efi-boot ${o.efiBoot}`, `the firmware starts it as ${EFI_BOOT_PATH[arch]}`);
+    if (kernelFile) checkPe(await headOf(kernelFile), arch, `the kernel ${kernelFile}`, 'a UEFI launcher (L4TLauncher) starts it through the firmware: an EFI-stub Image');
+  }
   const sizeOf = async (f?: string) => (f ? ((await fs.stat(f).catch(() => null))?.size ?? 0) : 0);
   const kernelBytes = Math.max(await sizeOf(kernelFile), manifest.kernel?.size ?? 0);
   const room = bootRoomMiB(kernelBytes, await sizeOf(o.fdt));
@@ -184,10 +206,12 @@ export async function planImage(o: ImageOptions): Promise<ImagePlan> {
     ...(manifest.kernel ? { kernel: manifest.kernel.release } : {}),
     ...(manifest.layers.some((l) => l.verity) ? { verity: true } : {}),
     parts: [
-      { name: BOOT_LABEL, fs: 'vfat', label: BOOT_LABEL, sizeMiB: bootMiB },
+      { name: BOOT_PART_NAME, fs: 'vfat', label: vfatLabel(BOOT_LABEL), sizeMiB: bootMiB },
       { name: STORE_LABEL, fs: 'ext4', label: STORE_LABEL, sizeMiB: storeMiB },
       { name: DATA_LABEL, fs: 'ext4', label: DATA_LABEL, sizeMiB: dataMiB },
     ],
+    bootConf: EXTLINUX_CONF,
+    ...(o.efiBoot ? { efiBoot: EFI_BOOT_PATH[o.arch ?? 'amd64'] } : {}),
     totalMiB: total,
     bootRoomMiB: room,
   };
@@ -210,7 +234,11 @@ export async function buildImage(o: ImageOptions): Promise<ImageResult> {
   try {
     // boot partition contents
     const boot = path.join(work, 'boot');
-    await makeDir(path.join(boot, 'extlinux'));
+    await makeDir(path.join(boot, path.dirname(EXTLINUX_CONF)));
+    if (o.efiBoot && plan.efiBoot) {
+      await makeDir(path.join(boot, path.dirname(plan.efiBoot)));
+      await fs.copyFile(o.efiBoot, path.join(boot, plan.efiBoot));
+    }
     let kernel = o.kernel;
     if (!kernel) {
       const t = await loadTarget(o.arch ?? 'amd64', o.cacheRoot);
@@ -229,7 +257,7 @@ export async function buildImage(o: ImageOptions): Promise<ImageResult> {
       await buildInitramfs({ flavor: 'standalone', out: path.join(boot, 'initrd.img'), arch: o.arch, cacheRoot: o.cacheRoot, config: o.bootConfig ?? makeBootConfig(), mtime: plan.epoch, kexecRoot, verityRoot, pubKeys: o.pubKeys ?? [] });
     }
     await fs.writeFile(
-      path.join(boot, 'extlinux', 'extlinux.conf'),
+      path.join(boot, EXTLINUX_CONF),
       await renderExtlinux({ name: plan.name, version: plan.version, stackId: plan.stackId, kernel: 'vmlinuz', initrd: 'initrd.img', fdt: o.fdt ? path.basename(o.fdt) : undefined, append: o.append ?? '' }),
     );
     // mcopy -m keeps the files' mtimes: make them SOURCE_DATE_EPOCH
@@ -269,6 +297,17 @@ export async function buildImage(o: ImageOptions): Promise<ImageResult> {
   }
 }
 
+async function headOf(file: string, n = 4096): Promise<Buffer> {
+  const h = await fs.open(file, 'r');
+  try {
+    const b = Buffer.alloc(n);
+    const { bytesRead } = await h.read(b, 0, n, 0);
+    return b.subarray(0, bytesRead);
+  } finally {
+    await h.close();
+  }
+}
+
 async function clampTree(dir: string, epoch: number): Promise<void> {
   const t = new Date(epoch * 1000);
   for (const e of await fs.readdir(dir, { withFileTypes: true })) {
@@ -292,8 +331,10 @@ export async function loadImageSpec(recipeDir: string): Promise<ImageSpec> {
   }
   if (typeof j !== 'object' || j === null) throw new StackbootError('RECIPE', `${f}: expected an object`);
   const s = j as Record<string, unknown>;
-  for (const k of Object.keys(s)) if (!['layout', 'bootMiB', 'storeMiB', 'dataMiB', 'sizeMiB', 'append', 'description'].includes(k)) throw new StackbootError('RECIPE', `${f}: unknown key ${k}`);
+  for (const k of Object.keys(s)) if (!['layout', 'bootMiB', 'storeMiB', 'dataMiB', 'sizeMiB', 'append', 'efiBoot', 'description'].includes(k)) throw new StackbootError('RECIPE', `${f}: unknown key ${k}`);
   if (s.layout !== undefined && !IMAGE_LAYOUTS.includes(s.layout as ImageLayout)) throw new StackbootError('RECIPE', `${f}: layout must be one of ${IMAGE_LAYOUTS.join(', ')}`);
   for (const k of ['bootMiB', 'storeMiB', 'dataMiB', 'sizeMiB']) if (s[k] !== undefined && !(Number.isInteger(s[k]) && (s[k] as number) > 0)) throw new StackbootError('RECIPE', `${f}: ${k} must be a positive integer`);
+  for (const k of ['append', 'efiBoot']) if (s[k] !== undefined && typeof s[k] !== 'string') throw new StackbootError('RECIPE', `${f}: ${k} must be a string`);
+  if (typeof s.efiBoot === 'string') s.efiBoot = path.resolve(recipeDir, s.efiBoot);
   return s as ImageSpec;
 }

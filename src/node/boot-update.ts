@@ -4,19 +4,25 @@
  * `fromStack` from the booted stack itself: its manifest's kernel and initrd, read in the
  * running root and checked against the manifest's digests first, so the firmware then
  * starts the stack's own kernel and no kexec is needed. The partition is the mounted
- * folder given, or the partition labelled sb-boot, mounted for the update.
+ * folder given, or the vfat labelled SB-BOOT (on the booted store's disk when there are
+ * several, as after a migrate), mounted for the update.
  */
 import { createHash } from 'node:crypto';
 import { createReadStream, promises as fs } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { StackbootError, run, withDeviceMounted } from '../sys/index.js';
-import { BOOT_LABEL, bootUpdate, type BootUpdateResult } from '../media/index.js';
-import type { NodeContext } from './context.js';
+import { StackbootError, withDeviceMounted } from '../sys/index.js';
+import { BOOT_LABEL, bootUpdate, diskOf, partitionsWithFatLabel, vfatLabel, type BootUpdateResult } from '../media/index.js';
+import { parseBooted, type NodeContext } from './context.js';
 
 export interface NodeBootUpdateOptions {
-  /** the mounted boot partition (default: the partition labelled sb-boot, mounted for the update) */
+  /** the mounted boot partition (default: the vfat labelled SB-BOOT, mounted for the update) */
   bootDir?: string;
+  /** where the booted store's device is read (default /run/stackboot/booted) */
+  bootedFile?: string;
+  /** test seams: sysfs and /dev */
+  sysRoot?: string;
+  devDir?: string;
   kernel?: string;
   initrd?: string;
   fdt?: string;
@@ -57,11 +63,29 @@ async function stackBootFiles(ctx: NodeContext | null, root: string): Promise<{ 
   };
 }
 
-/** The partition labelled sb-boot, mounted at a temporary folder for FN. */
-async function withBootPartition<T>(fn: (dir: string) => Promise<T>): Promise<T> {
-  const r = await run('blkid', ['-L', BOOT_LABEL], { reject: false });
-  const dev = r.stdout.trim();
-  if (r.exitCode !== 0 || !dev) throw new StackbootError('DEVICE', `no partition labelled ${BOOT_LABEL}: give the mounted boot partition with --boot`);
+/**
+ * The boot partition's device: the vfat labelled SB-BOOT (`image` and `migrate` make it),
+ * found by reading each partition's FAT boot sector (no blkid needed). After a migrate the
+ * SD card and the NVMe both have one: the one on the booted store's disk is the one the
+ * firmware boots from.
+ */
+export async function findBootPartition(o: { bootedFile?: string; sysRoot?: string; devDir?: string } = {}): Promise<string> {
+  const want = vfatLabel(BOOT_LABEL);
+  const devDir = o.devDir ?? '/dev';
+  const found = (await partitionsWithFatLabel(want, o)).map((n) => path.join(devDir, n));
+  if (found.length === 0) throw new StackbootError('DEVICE', `no vfat partition labelled ${want}: give the mounted boot partition with --boot`);
+  if (found.length === 1) return found[0]!;
+  const booted = await fs.readFile(o.bootedFile ?? '/run/stackboot/booted', 'utf8').then(parseBooted, () => ({}) as Record<string, string>);
+  const storeDisk = booted.store_dev ? await diskOf(booted.store_dev, o.sysRoot) : undefined;
+  const same: string[] = [];
+  for (const d of found) if (storeDisk && (await diskOf(d, o.sysRoot)) === storeDisk) same.push(d);
+  if (same.length === 1) return same[0]!;
+  throw new StackbootError('DEVICE', `${found.length} partitions are labelled ${want} (${found.join(', ')})${storeDisk ? `, ${same.length} on the booted store's disk ${storeDisk}` : ''}: give the mounted one to update with --boot`);
+}
+
+/** The boot partition (findBootPartition), mounted at a temporary folder for FN. */
+async function withBootPartition<T>(o: NodeBootUpdateOptions, fn: (dir: string) => Promise<T>): Promise<T> {
+  const dev = await findBootPartition(o);
   const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'sb-boot-'));
   try {
     return await withDeviceMounted(dev, dir, fn);
@@ -80,5 +104,5 @@ export async function nodeBootUpdate(ctx: NodeContext | null, o: NodeBootUpdateO
     files = { kernel: o.kernel, initrd: o.initrd, ...(o.fdt ? { fdt: o.fdt } : {}), describe: `kernel ${path.basename(o.kernel)}` };
   }
   const go = (bootDir: string) => bootUpdate({ bootDir, ...files, append: o.append, dryRun: o.dryRun });
-  return o.bootDir ? go(o.bootDir) : withBootPartition(go);
+  return o.bootDir ? go(o.bootDir) : withBootPartition(o, go);
 }

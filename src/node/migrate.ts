@@ -2,7 +2,7 @@
  * SD → NVMe migration on a running node (Debian-based nodes with Node.js; busybox nodes
  * use `stackboot-node migrate`, the same steps in POSIX sh).
  *
- * Plan, then steps. The target gets the nvme layout (sb-boot vfat, sb-store ext4, sb-data
+ * Plan, then steps. The target gets the nvme layout (APP: vfat SB-BOOT, sb-store ext4, sb-data
  * ext4), NEW partition and filesystem UUIDs (sfdisk and mkfs pick random ones) and a NEW
  * store id: never a clone of the SD's, so the boot hook can tell the two stores apart.
  * Only the layers of the booted store's good stack are copied, each checked by sha256,
@@ -14,7 +14,7 @@ import { createReadStream, promises as fs } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { StackbootError, run, mountDevice, umount, type ProgressSink } from '../sys/index.js';
-import { deviceInfo, deviceProblems, gptScript, makeFilesystem, mkfsCommand, partitionCommand, partitionDevice, waitBlock, writePartitionTable, MiB } from '../media/index.js';
+import { deviceInfo, deviceProblems, gptScript, makeFilesystem, mkfsCommand, partitionCommand, partitionDevice, waitBlock, writePartitionTable, MiB, BOOT_LABEL, BOOT_PART_NAME, vfatLabel } from '../media/index.js';
 import { newStoreId, Store, DATA_LABEL, STORE_LABEL, type SlotName } from '../format/index.js';
 import { parseBooted } from './context.js';
 
@@ -27,7 +27,7 @@ export interface MigrateOptions {
   bootMiB?: number;
   /** data partition MiB (default a quarter of the disk) */
   dataMiB?: number;
-  /** also copy these files (kernel, initrd, extlinux/) into the new boot partition */
+  /** also copy these files (kernel, initrd, boot/extlinux/, EFI/) into the new boot partition */
   bootFilesDir?: string;
   force?: boolean;
   progress?: ProgressSink;
@@ -52,7 +52,7 @@ export interface MigratePlan {
   layersBytes: number;
   newStoreId: string;
   tries: number;
-  parts: { name: string; dev: string; sizeMiB: number | null; fs: 'vfat' | 'ext4' }[];
+  parts: { name: string; /** the filesystem label, when not the name */ label?: string; dev: string; sizeMiB: number | null; fs: 'vfat' | 'ext4' }[];
   steps: MigrateStep[];
 }
 
@@ -79,12 +79,12 @@ export async function planMigrate(o: MigrateOptions): Promise<MigratePlan> {
   const storeMiB = diskMiB - bootMiB - dataMiB - 2;
   if (storeMiB * MiB < layersBytes * 2) throw new StackbootError('NO_SPACE', `${o.to} (${diskMiB} MiB) is too small: the store needs ${Math.ceil((layersBytes * 2) / MiB)} MiB besides ${bootMiB} MiB boot and ${dataMiB} MiB data`);
   const p = (n: number): string => partitionDevice(o.to, n);
-  const sfdisk = gptScript({ parts: [{ size: `${bootMiB}MiB`, type: 'esp', name: 'sb-boot' }, { size: `${storeMiB}MiB`, type: 'linux', name: STORE_LABEL }, { type: 'linux', name: DATA_LABEL }] }).trimEnd();
+  const sfdisk = gptScript({ parts: [{ size: `${bootMiB}MiB`, type: 'esp', name: BOOT_PART_NAME }, { size: `${storeMiB}MiB`, type: 'linux', name: STORE_LABEL }, { type: 'linux', name: DATA_LABEL }] }).trimEnd();
   const tries = o.tries ?? 3;
   const nid = newStoreId();
   const steps: MigrateStep[] = [
     { what: `partition ${o.to} (GPT, new random UUIDs):\n${sfdisk}`, cmd: partitionCommand(o.to, 'device') },
-    { what: `format ${p(1)} vfat (sb-boot)`, cmd: mkfsCommand('vfat', p(1), 'sb-boot') },
+    { what: `format ${p(1)} vfat (${vfatLabel(BOOT_LABEL)})`, cmd: mkfsCommand('vfat', p(1), BOOT_LABEL) },
     { what: `format ${p(2)} ext4 (${STORE_LABEL}, new UUID)`, cmd: mkfsCommand('ext4', p(2), STORE_LABEL) },
     { what: `format ${p(3)} ext4 (${DATA_LABEL}, new UUID)`, cmd: mkfsCommand('ext4', p(3), DATA_LABEL) },
     { what: `create store ${nid} on ${p(2)}` },
@@ -103,7 +103,7 @@ export async function planMigrate(o: MigrateOptions): Promise<MigratePlan> {
     newStoreId: nid,
     tries,
     parts: [
-      { name: 'sb-boot', dev: p(1), sizeMiB: bootMiB, fs: 'vfat' },
+      { name: BOOT_PART_NAME, label: BOOT_LABEL, dev: p(1), sizeMiB: bootMiB, fs: 'vfat' },
       { name: STORE_LABEL, dev: p(2), sizeMiB: storeMiB, fs: 'ext4' },
       { name: DATA_LABEL, dev: p(3), sizeMiB: dataMiB, fs: 'ext4' },
     ],
@@ -119,7 +119,7 @@ export async function migrate(plan: MigratePlan, o: Pick<MigrateOptions, 'progre
   await writePartitionTable(plan.to, plan.steps[0].what.split('\n').slice(1).join('\n') + '\n', 'device');
   for (const p of plan.parts) await waitBlock(p.dev);
   say('format');
-  for (const p of plan.parts) await makeFilesystem(p.fs, p.dev, p.name);
+  for (const p of plan.parts) await makeFilesystem(p.fs, p.dev, p.label ?? p.name);
   const mnt = await fs.mkdtemp(path.join(o.tmpDir ?? os.tmpdir(), 'sb-migrate-'));
   let copied = 0;
   try {

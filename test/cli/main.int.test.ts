@@ -386,7 +386,15 @@ describe('the bundled CLI', () => {
     await fs.symlink(path.join(REPO, '.cache'), path.join(work, '.cache')).catch(() => {});
     const tight = await sb(['image', path.join(work, 'o1'), '--out', img, '--dry-run', '--arch', 'arm64', '--boot-size', '64']);
     expect(tight.exitCode, tight.stderr).toBe(0);
-    expect(tight.stdout).toMatch(/^  sb-boot +vfat +64 MiB$/m);
+    expect(tight.stdout).toMatch(/^  APP +vfat +64 MiB, label SB-BOOT$/m);
+    expect(tight.stdout).toMatch(/^  boot files: boot\/extlinux\/extlinux\.conf$/m);
+    // JetPack 5/6: the launcher for EFI/BOOT/, checked to be an arm64 PE program
+    const arm = await sb(['image', path.join(work, 'o1'), '--out', img, '--dry-run', '--arch', 'arm64', '--efi-boot', path.join(REPO, '.cache/targets/arm64/kernel2/boot', (await fs.readdir(path.join(REPO, '.cache/targets/arm64/kernel2/boot'))).find((f) => f.startsWith('vmlinuz'))!)]);
+    expect(arm.exitCode, arm.stderr).toBe(0);
+    expect(arm.stdout).toMatch(/^  boot files: boot\/extlinux\/extlinux\.conf, EFI\/BOOT\/BOOTAA64\.EFI$/m);
+    const notPe = await sb(['image', path.join(work, 'o1'), '--out', img, '--dry-run', '--arch', 'arm64', '--efi-boot', path.join(work, 'o1', 'manifest')]);
+    expect(notPe.exitCode).toBe(2);
+    expect(notPe.stderr).toMatch(/^stackboot: \[USAGE\] --efi-boot .*manifest is not a PE \(UEFI\) image: the firmware starts it as EFI\/BOOT\/BOOTAA64\.EFI$/m);
     expect(tight.stdout).toMatch(/^warning: the 64 MiB boot partition has no room for a boot-update of this kernel \(the next kernel and initrd go beside the current ones: 128 MiB\)$/m);
 
     // and for real, from another folder: the kernel comes from the package's .cache (next

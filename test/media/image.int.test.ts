@@ -77,7 +77,7 @@ describe('stackboot image', () => {
 
     const pt = JSON.parse((await run('sfdisk', ['--json', a])).stdout).partitiontable;
     expect(pt.label).toBe('gpt');
-    expect(pt.partitions.map((p: { name: string }) => p.name)).toEqual(['sb-boot', 'sb-store', 'sb-data']);
+    expect(pt.partitions.map((p: { name: string }) => p.name)).toEqual(['APP', 'sb-store', 'sb-data']);
     const [boot, store] = ra.partitions;
 
     // boot partition: kernel, initrd, extlinux.conf (read with mtools, no mount)
@@ -85,7 +85,7 @@ describe('stackboot image', () => {
     const dir = (await run('mdir', ['-b', '-i', `${a}@@${boot.start}`, '::/'], { env })).stdout;
     expect(dir).toMatch(/VMLINUZ|vmlinuz/i);
     expect(dir).toMatch(/initrd\.img/i);
-    const conf = (await run('mtype', ['-i', `${a}@@${boot.start}`, '::/extlinux/extlinux.conf'], { env })).stdout;
+    const conf = (await run('mtype', ['-i', `${a}@@${boot.start}`, '::/boot/extlinux/extlinux.conf'], { env })).stdout;
     expect(conf).toMatch(/^\s*LINUX \/vmlinuz$/m);
     expect(conf).toMatch(/^\s*INITRD \/initrd\.img$/m);
     expect(conf).toMatch(/^\s*APPEND console=ttyS0$/m);

@@ -9,7 +9,8 @@ import { promises as fs } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { planMigrate, migrate } from '../../src/node/migrate.js';
-import { partitionDevice } from '../../src/media/blockdev.js';
+import { fatLabel, partitionDevice } from '../../src/media/blockdev.js';
+import { run } from '../../src/sys/exec.js';
 import { stageStore, Store } from '../../src/format/store.js';
 import { parseState } from '../../src/format/state.js';
 import { attachLoop, detachLoop, mountDevice, umount } from '../../src/sys/mount.js';
@@ -87,6 +88,15 @@ describe('migrate (loop device)', () => {
       expect(await store.events()).toEqual([expect.stringMatching(new RegExp(`^\\d+ install slot=a stack=${v1.id.slice(0, 12)} tries=3 reason=migrated from store ${await sd.id()} \\(/dev/mmcblk0p2\\)$`))]);
       expect((await files(dir)).filter((f) => isTempName(path.basename(f)))).toEqual([]);
     });
+    // the boot partition: named APP (what JetPack 5/6's L4TLauncher looks for), FAT
+    // labelled SB-BOOT (what boot-update looks for)
+    const pt = JSON.parse((await run('sfdisk', ['--json', disk])).stdout).partitiontable;
+    expect(pt.partitions.map((x: { name: string }) => x.name)).toEqual(['APP', 'sb-store', 'sb-data']);
+    const h = await fs.open(partitionDevice(disk, 1), 'r');
+    const sector = Buffer.alloc(512);
+    await h.read(sector, 0, 512, 0);
+    await h.close();
+    expect(fatLabel(sector)).toBe('SB-BOOT');
   });
 
   it('a layer that does not verify stops the migration: no file under its name, no temp file, the SD untouched', async () => {

@@ -1,4 +1,5 @@
 /** `stackboot boot-update`: replace the boot partition's kernel and initrd safely, the old entry kept as the second extlinux label. */
+import path from 'node:path';
 import type { CommandModule } from 'yargs';
 import { fmtBytes, makeOut } from '../output.js';
 
@@ -7,7 +8,7 @@ export const bootUpdateCommand: CommandModule<any, any> = {
   describe: "replace the boot partition's kernel and initrd (the old ones stay as the second extlinux label)",
   builder: (y) =>
     y
-      .option('boot', { type: 'string', describe: 'the mounted boot partition (default: the partition labelled sb-boot, mounted for the update)' })
+      .option('boot', { type: 'string', describe: "the mounted boot partition (default: the vfat labelled SB-BOOT, the booted store's disk's when there are several, mounted for the update)" })
       .option('kernel', { type: 'string', describe: 'the new kernel' })
       .option('initrd', { type: 'string', describe: 'its initrd (a stackboot initrd: stackboot initramfs)' })
       .option('fdt', { type: 'string', describe: 'a device tree' })
@@ -24,9 +25,9 @@ export const bootUpdateCommand: CommandModule<any, any> = {
     const { nodeBootUpdate, nodeContext } = await import('../../node/index.js');
     const out = makeOut(a);
     const ctx = a.fromStack ? await nodeContext({ store: a.store, bootedSlot: a.bootedSlot, runDir: a.runDir }) : null;
-    const r = await nodeBootUpdate(ctx, { bootDir: a.boot, kernel: a.kernel, initrd: a.initrd, fdt: a.fdt, append: a.append, fromStack: a.fromStack, root: a.root, dryRun: a.dryRun });
+    const r = await nodeBootUpdate(ctx, { bootDir: a.boot, kernel: a.kernel, initrd: a.initrd, fdt: a.fdt, append: a.append, fromStack: a.fromStack, root: a.root, dryRun: a.dryRun, ...(a.runDir ? { bootedFile: path.join(a.runDir, 'stackboot', 'booted') } : {}) });
     out.result(r);
     if (r.current) return out.line(`the boot partition boots ${r.entry.kernel} already: nothing to do`);
-    out.line(`${r.dryRun ? 'would write' : 'wrote'} ${r.write.map((w) => w.to).join(', ') || 'nothing new'} (${fmtBytes(r.bytes)}, ${fmtBytes(r.free)} ${r.dryRun ? 'free' : 'were free'}); default ${r.entry.kernel} + ${r.entry.initrd}, previous ${r.previous.kernel} + ${r.previous.initrd}${r.remove.length ? `; ${r.dryRun ? 'would remove' : 'removed'} ${r.remove.join(', ')}` : ''}`);
+    out.line(`${r.conf}: ${r.dryRun ? 'would write' : 'wrote'} ${r.write.map((w) => w.to).join(', ') || 'nothing new'} (${fmtBytes(r.bytes)}, ${fmtBytes(r.free)} ${r.dryRun ? 'free' : 'were free'}); default ${r.entry.kernel} + ${r.entry.initrd}, previous ${r.previous.kernel} + ${r.previous.initrd}${r.remove.length ? `; ${r.dryRun ? 'would remove' : 'removed'} ${r.remove.join(', ')}` : ''}`);
   },
 };

@@ -23,6 +23,7 @@ export const imageCommand: CommandModule<any, any> = {
       .option('kernel', { type: 'string', describe: 'kernel image (default: the setup target)' })
       .option('fdt', { type: 'string', describe: 'device tree blob for extlinux.conf' })
       .option('initrd', { type: 'string', describe: 'use this initrd instead of building the standalone stackboot initrd' })
+      .option('efi-boot', { type: 'string', describe: "a UEFI boot program for the boot partition's EFI/BOOT/ (JetPack 5/6: Linux_for_Tegra/bootloader/BOOTAA64.efi, L4TLauncher)" })
       .option('pub', { type: 'string', array: true, describe: 'an ed25519 public key built into the initrd: the stacks it boots must be signed by one (repeatable)' })
       .option('verity-root', { type: 'string', describe: 'sysroot with dmsetup and signify-openbsd for the initrd (default for a stack with verity data or with --pub: the setup target)' })
       .option('kexec-root', { type: 'string', describe: 'sysroot with sbin/kexec for the initrd (default for a stack with its own kernel: the setup target)' })
@@ -33,7 +34,8 @@ export const imageCommand: CommandModule<any, any> = {
       .option('bmap', { type: 'boolean', default: true, describe: 'write <out>.bmap (--no-bmap: do not)' })
       .option('dry-run', { type: 'boolean', describe: 'print the plan (layout, sizes, ids) and write nothing' })
       .option('cache-root', { type: 'string', describe: 'where `npm run setup` put the targets (default: the package\'s .cache)' })
-      .example('$0 image out/demo -o node.img --layout sd', 'an SD card image of the demo stack'),
+      .example('$0 image out/demo -o node.img --layout sd', 'an SD card image of the demo stack')
+      .example('$0 image out/jetson -o sd.img --arch arm64 --kernel Image --efi-boot Linux_for_Tegra/bootloader/BOOTAA64.efi', 'for JetPack 5/6 (UEFI, L4TLauncher)'),
   handler: async (a) => {
     const [{ buildImage, loadImageSpec, planImage }, { makeBootConfig }, { loadRecipe }] = await Promise.all([import('../../media/index.js'), import('../../boot/index.js'), import('../../build/index.js')]);
     const out = makeOut(a);
@@ -56,6 +58,7 @@ export const imageCommand: CommandModule<any, any> = {
       verityRoot: a.verityRoot,
       pubKeys: a.pub ?? [],
       append: a.append ?? spec.append,
+      efiBoot: a.efiBoot ?? spec.efiBoot,
       bootConfig: makeBootConfig({ set: [...Object.entries(recipe?.boot ?? {}), ...((a.set as string[] | undefined) ?? [])] }),
       storeId: a.storeId,
       seed: a.seed,
@@ -68,7 +71,8 @@ export const imageCommand: CommandModule<any, any> = {
       const p = await planImage(o);
       out.result(p);
       out.line(`would write ${p.out}: ${p.layout} layout, ${p.totalMiB} MiB, stack ${p.stackId.slice(0, 12)} (${p.name} ${p.version}), store id ${p.storeId}`);
-      for (const part of p.parts) out.line(`  ${part.name.padEnd(9)} ${part.fs.padEnd(5)} ${part.sizeMiB} MiB`);
+      for (const part of p.parts) out.line(`  ${part.name.padEnd(9)} ${part.fs.padEnd(5)} ${part.sizeMiB} MiB${part.label !== part.name ? `, label ${part.label}` : ''}`);
+      out.line(`  boot files: ${p.bootConf}${p.efiBoot ? `, ${p.efiBoot}` : ''}`);
       warnBootRoom(out, p);
       return;
     }
