@@ -61,9 +61,11 @@ sb_sys_fsync() { sync "$1" 2>/dev/null || sync; }
 
 # sb_sys_fslabel DEV: print the filesystem label of DEV (empty when none).
 # Uses blkid when the root has one, else reads the ext2/3/4 superblock
-# (magic 0xEF53 at byte 1080, 16-byte label at byte 1144): Debian's busybox has no blkid.
+# (magic 0xEF53 at byte 1080, 16-byte label at byte 1144) or the FAT boot sector
+# ("FAT32   " at byte 82 and the 11-byte label at 71; "FAT12/16" at 54, label at 43):
+# Debian's busybox has no blkid.
 sb_sys_fslabel() {
-	local dev="$1" out magic
+	local dev="$1" out magic at
 	if command -v blkid >/dev/null 2>&1; then
 		out=$(blkid "$dev" 2>/dev/null)
 		case "$out" in
@@ -76,9 +78,20 @@ sb_sys_fslabel() {
 		[ -n "$out" ] && return 0
 	fi
 	magic=$(dd if="$dev" bs=1 skip=1080 count=2 2>/dev/null | od -An -tx1 | tr -d ' \n')
-	[ "$magic" = 53ef ] || return 0
-	dd if="$dev" bs=1 skip=1144 count=16 2>/dev/null | tr -d '\000'
-	echo
+	if [ "$magic" = 53ef ]; then
+		dd if="$dev" bs=1 skip=1144 count=16 2>/dev/null | tr -d '\000'
+		echo
+		return 0
+	fi
+	[ "$(dd if="$dev" bs=1 skip=510 count=2 2>/dev/null | od -An -tx1 | tr -d ' \n')" = 55aa ] || return 0
+	case "$(dd if="$dev" bs=1 skip=82 count=8 2>/dev/null)" in
+	'FAT32   ') at=71 ;;
+	*) case "$(dd if="$dev" bs=1 skip=54 count=8 2>/dev/null)" in 'FAT12   ' | 'FAT16   ') at=43 ;; *) return 0 ;; esac ;;
+	esac
+	out=$(dd if="$dev" bs=1 skip=$at count=11 2>/dev/null | tr -d '\000')
+	# blank-padded; "NO NAME" is FAT's "no label"
+	while [ "${out% }" != "$out" ]; do out=${out% }; done
+	[ "$out" = "NO NAME" ] || printf '%s\n' "$out"
 }
 
 # sb_sys_partname DEV_NAME: the GPT partition name from sysfs (empty when none).

@@ -20,8 +20,13 @@ export const DEFAULT_MODULES: readonly string[] = [
   'mmc_block',
 ];
 
-/** Shipped when the kernel has them (ext4's crc32c, vfat's codepages, virtio-mmio on arm64 virt). */
-export const OPTIONAL_MODULES: readonly string[] = ['crc32c', 'nls_cp437', 'nls_iso8859_1', 'nls_utf8', 'virtio_mmio'];
+/**
+ * Shipped when the kernel has them (ext4's crc32c, vfat's codepages and character sets,
+ * virtio-mmio on arm64 virt). Debian's kernels mount vfat with iocharset=ascii by default:
+ * without nls_ascii no vfat mounts ("IO charset ascii not found"), so neither a migrate's
+ * boot-file copy nor a boot-update could mount the boot partition.
+ */
+export const OPTIONAL_MODULES: readonly string[] = ['crc32c', 'nls_cp437', 'nls_ascii', 'nls_iso8859_1', 'nls_utf8', 'virtio_mmio'];
 
 export interface ResolvedModules {
   dir: string;

@@ -14,9 +14,10 @@ import { createReadStream, promises as fs } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { StackbootError, run, mountDevice, umount, type ProgressSink } from '../sys/index.js';
-import { deviceInfo, deviceProblems, gptScript, makeFilesystem, mkfsCommand, partitionCommand, partitionDevice, waitBlock, writePartitionTable, MiB, BOOT_LABEL, BOOT_PART_NAME, vfatLabel } from '../media/index.js';
+import { deviceInfo, deviceProblems, gptScript, makeFilesystem, mkfsCommand, partitionCommand, partitionDevice, waitBlock, writePartitionTable, MiB, BOOT_LABEL, BOOT_PART_NAME, vfatLabel, diskOf } from '../media/index.js';
 import { newStoreId, Store, DATA_LABEL, STORE_LABEL, type SlotName } from '../format/index.js';
 import { parseBooted } from './context.js';
+import { findBootPartition } from './boot-update.js';
 
 export interface MigrateOptions {
   /** the NVMe (whole disk) */
@@ -27,13 +28,18 @@ export interface MigrateOptions {
   bootMiB?: number;
   /** data partition MiB (default a quarter of the disk) */
   dataMiB?: number;
-  /** also copy these files (kernel, initrd, boot/extlinux/, EFI/) into the new boot partition */
+  /**
+   * copy these files (kernel, initrd, boot/extlinux/, EFI/) into the new boot partition;
+   * default: those of the boot partition the node booted from (boot-update's
+   * findBootPartition), so that the NVMe boots without the SD card
+   */
   bootFilesDir?: string;
   force?: boolean;
   progress?: ProgressSink;
   /** test seams */
   procRoot?: string;
   sysRoot?: string;
+  devDir?: string;
   tmpDir?: string;
 }
 
@@ -53,6 +59,8 @@ export interface MigratePlan {
   newStoreId: string;
   tries: number;
   parts: { name: string; /** the filesystem label, when not the name */ label?: string; dev: string; sizeMiB: number | null; fs: 'vfat' | 'ext4' }[];
+  /** where the new boot partition's files come from: a folder, the booted boot partition, or nowhere (why) */
+  bootFrom: { dir: string } | { dev: string } | { none: string };
   steps: MigrateStep[];
 }
 
@@ -91,7 +99,17 @@ export async function planMigrate(o: MigrateOptions): Promise<MigratePlan> {
     ...sm.manifest.layers.map((l) => ({ what: `copy and verify layer ${l.name} (${l.digest.slice(0, 12)}, ${l.size} bytes)` })),
     { what: `install stack ${sm.id.slice(0, 12)} in slot a as pending with ${tries} tries` },
   ];
-  if (o.bootFilesDir) steps.push({ what: `copy boot files from ${o.bootFilesDir} to ${p(1)}` });
+  let bootFrom: MigratePlan['bootFrom'] = o.bootFilesDir
+    ? { dir: o.bootFilesDir }
+    : await findBootPartition({ bootedFile, sysRoot: o.sysRoot, devDir: o.devDir }).then(
+        (dev) => ({ dev }),
+        (e: unknown) => ({ none: (e as Error).message }),
+      );
+  // the one found is on the disk about to be wiped: nothing to copy from
+  if ('dev' in bootFrom && (await diskOf(bootFrom.dev, o.sysRoot)) === info.name) bootFrom = { none: `the only boot partition found, ${bootFrom.dev}, is on ${o.to}` };
+  if ('dir' in bootFrom) steps.push({ what: `copy boot files from ${bootFrom.dir} to ${p(1)}` });
+  else if ('dev' in bootFrom) steps.push({ what: `copy the boot partition ${bootFrom.dev} (kernel, initrd, boot/extlinux/, EFI/) to ${p(1)}` });
+  else steps.push({ what: `leave ${p(1)} empty (${bootFrom.none}): the NVMe then boots only through the SD card's boot partition` });
   return {
     to: o.to,
     diskBytes: info.size,
@@ -102,6 +120,7 @@ export async function planMigrate(o: MigrateOptions): Promise<MigratePlan> {
     layersBytes,
     newStoreId: nid,
     tries,
+    bootFrom,
     parts: [
       { name: BOOT_PART_NAME, label: BOOT_LABEL, dev: p(1), sizeMiB: bootMiB, fs: 'vfat' },
       { name: STORE_LABEL, dev: p(2), sizeMiB: storeMiB, fs: 'ext4' },
@@ -112,7 +131,7 @@ export async function planMigrate(o: MigrateOptions): Promise<MigratePlan> {
 }
 
 /** Carries out a plan (see planMigrate). */
-export async function migrate(plan: MigratePlan, o: Pick<MigrateOptions, 'progress' | 'tmpDir' | 'bootFilesDir'> = {}): Promise<{ storeId: string; copiedBytes: number }> {
+export async function migrate(plan: MigratePlan, o: Pick<MigrateOptions, 'progress' | 'tmpDir'> = {}): Promise<{ storeId: string; copiedBytes: number }> {
   const say = (task: string): void => o.progress?.({ task, done: 0 });
   const [boot, storeP] = plan.parts;
   say('partition');
@@ -140,9 +159,28 @@ export async function migrate(plan: MigratePlan, o: Pick<MigrateOptions, 'progre
     await umount(mnt);
     await fs.rm(mnt, { recursive: true, force: true });
   }
-  if (o.bootFilesDir) {
-    const entries = await fs.readdir(o.bootFilesDir);
-    if (entries.length) await run('mcopy', ['-s', '-p', '-i', boot.dev, ...entries.map((e) => path.join(o.bootFilesDir!, e)), '::/'], { env: { MTOOLS_SKIP_CHECK: '1' } });
+  if (!('none' in plan.bootFrom)) {
+    say('boot files');
+    await copyBootFiles(plan.bootFrom, boot.dev, o.tmpDir);
   }
   return { storeId: plan.newStoreId, copiedBytes: copied };
+}
+
+const MTOOLS_ENV = { MTOOLS_SKIP_CHECK: '1' };
+
+/** The files of a folder, or of a vfat partition (read with mtools: no mount), into the new vfat partition `to`. */
+async function copyBootFiles(from: { dir: string } | { dev: string }, to: string, tmpDir?: string): Promise<void> {
+  let dir: string;
+  let tmp: string | undefined;
+  if ('dev' in from) {
+    tmp = await fs.mkdtemp(path.join(tmpDir ?? os.tmpdir(), 'sb-migrate-boot-'));
+    dir = tmp;
+  } else dir = from.dir;
+  try {
+    if ('dev' in from) await run('mcopy', ['-s', '-p', '-n', '-i', from.dev, '::/*', dir], { env: MTOOLS_ENV });
+    const entries = await fs.readdir(dir);
+    if (entries.length) await run('mcopy', ['-s', '-p', '-i', to, ...entries.map((e) => path.join(dir, e)), '::/'], { env: MTOOLS_ENV });
+  } finally {
+    if (tmp) await fs.rm(tmp, { recursive: true, force: true });
+  }
 }

@@ -1,7 +1,7 @@
 /**
  * SD → NVMe in QEMU: boot from the SD image (demo-tools stack: sfdisk and mkfs in the
  * root) with an empty NVMe, run `stackboot-node migrate`, reboot: the node is on the NVMe
- * (pending, then good after health). Then a layer of the NVMe store is removed from the
+ * (pending, then good after health), whose boot partition holds the SD's boot files. Then a layer of the NVMe store is removed from the
  * host: the node is back on the SD, and the NVMe store's events say why.
  */
 import { describe, it, expect, afterEach } from 'vitest';
@@ -48,6 +48,17 @@ describe('migrate SD → NVMe', () => {
     const ex = await vm.waitExit(60_000);
     expect(ex.output, vm.failMessage('migrate')).toMatch(/MIGRATE-EXIT=0/);
     expect(ex.output).toMatch(/migrated: \/dev\/nvme0n1 holds store [0-9a-f]{32}/);
+    // the boot partition came along (read on the host with mtools): the NVMe boots without the SD
+    expect(ex.output).toMatch(/migrate: boot files copied from \/dev\/mmcblk0p1/);
+    const nvPart = JSON.parse((await run('sfdisk', ['--json', nvme])).stdout).partitiontable.partitions[0];
+    expect(nvPart.name).toBe('APP');
+    const nvBoot = `${nvme}@@${nvPart.start * 512}`;
+    for (const f of ['vmlinuz', 'initrd.img', 'boot/extlinux/extlinux.conf']) {
+      const [a, b] = [path.join(work, 'sd-file'), path.join(work, 'nvme-file')];
+      await run('mcopy', ['-n', '-i', `${sd}@@${r.partitions[0].start}`, `::/${f}`, a], { env });
+      await run('mcopy', ['-n', '-i', nvBoot, `::/${f}`, b], { env });
+      expect((await fs.readFile(b)).equals(await fs.readFile(a)), `${f} on the NVMe`).toBe(true);
+    }
 
     // 2: the node boots from the NVMe store, pending, and health marks it good
     let b = await bootOnce({ target: t, kernel, initrd, disks, timeoutMs: 240_000, logFile: log });

@@ -9,7 +9,7 @@ import { promises as fs } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { planMigrate, migrate } from '../../src/node/migrate.js';
-import { fatLabel, partitionDevice } from '../../src/media/blockdev.js';
+import { fatLabel, mkfsCommand, partitionDevice, waitBlock } from '../../src/media/blockdev.js';
 import { run } from '../../src/sys/exec.js';
 import { stageStore, Store } from '../../src/format/store.js';
 import { parseState } from '../../src/format/state.js';
@@ -18,6 +18,7 @@ import { isTempName } from '../../src/sys/durable.js';
 import { sha256File } from '../../src/sys/digest.js';
 import { fakeBuild, keys, layerBytes, type FakeBuild } from '../support/update-fixtures.js';
 
+const MTOOLS = { MTOOLS_SKIP_CHECK: '1' };
 let tmp: string;
 let v1: FakeBuild;
 const undo: (() => Promise<unknown>)[] = [];
@@ -97,6 +98,44 @@ describe('migrate (loop device)', () => {
     await h.read(sector, 0, 512, 0);
     await h.close();
     expect(fatLabel(sector)).toBe('SB-BOOT');
+  });
+
+  it("copies the boot partition the node booted from (read with mtools, no mount): the NVMe boots without the SD card", async () => {
+    const { bootedFile, disk } = await setup('boot');
+    // the SD card: p1 the boot partition as `image` makes it, p2 the booted store's device
+    const sdImg = path.join(tmp, 'boot-sd.img');
+    const fh = await fs.open(sdImg, 'w');
+    await fh.truncate(96 << 20);
+    await fh.close();
+    await run('sh', ['-c', `printf 'label: gpt\\nsize=40MiB, type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B, name="APP"\\ntype=0FC63DAF-8483-4772-8E79-3D69D8477DE4, name="sb-store"\\n' | sfdisk --quiet '${sdImg}'`]);
+    const sdDisk = await attachLoop(sdImg, { partscan: true });
+    undo.push(() => detachLoop(sdDisk));
+    for (const n of [1, 2]) await waitBlock(partitionDevice(sdDisk, n));
+    const [cmd, ...args] = mkfsCommand('vfat', partitionDevice(sdDisk, 1), 'sb-boot');
+    await run(cmd!, args);
+    const files = path.join(tmp, 'boot-files');
+    await fs.mkdir(path.join(files, 'boot/extlinux'), { recursive: true });
+    await fs.mkdir(path.join(files, 'EFI/BOOT'), { recursive: true });
+    const want: Record<string, string> = { vmlinuz: 'the kernel', 'initrd.img': 'the initrd', 'boot/extlinux/extlinux.conf': 'DEFAULT stackboot\n', 'EFI/BOOT/BOOTAA64.EFI': 'the launcher' };
+    for (const [f, t] of Object.entries(want)) await fs.writeFile(path.join(files, f), t);
+    await run('mcopy', ['-s', '-i', partitionDevice(sdDisk, 1), ...['vmlinuz', 'initrd.img', 'boot', 'EFI'].map((f) => path.join(files, f)), '::/'], { env: MTOOLS });
+    await fs.writeFile(bootedFile, (await fs.readFile(bootedFile, 'utf8')).replace('store_dev=/dev/mmcblk0p2', `store_dev=${partitionDevice(sdDisk, 2)}`));
+
+    const p = await plan(bootedFile, disk);
+    expect(p.bootFrom).toEqual({ dev: partitionDevice(sdDisk, 1) });
+    expect(p.steps.at(-1)!.what).toBe(`copy the boot partition ${partitionDevice(sdDisk, 1)} (kernel, initrd, boot/extlinux/, EFI/) to ${partitionDevice(disk, 1)}`);
+    await migrate(p, { tmpDir: tmp });
+    const back = path.join(tmp, 'boot-back');
+    await fs.mkdir(back);
+    await run('mcopy', ['-s', '-n', '-i', partitionDevice(disk, 1), '::/*', back], { env: MTOOLS });
+    for (const [f, t] of Object.entries(want)) expect(await fs.readFile(path.join(back, f), 'utf8'), f).toBe(t);
+
+    // a node whose only boot partition is on the disk to be wiped: nothing to copy, said so
+    await fs.writeFile(bootedFile, (await fs.readFile(bootedFile, 'utf8')).replace(`store_dev=${partitionDevice(sdDisk, 2)}`, 'store_dev=/dev/mmcblk0p2'));
+    await detachLoop(sdDisk);
+    const again = await planMigrate({ to: disk, bootedFile, bootMiB: 40, dataMiB: 8, force: true });
+    expect('none' in again.bootFrom && again.bootFrom.none).toMatch(new RegExp(`only boot partition found, ${partitionDevice(disk, 1)}, is on ${disk}|no vfat partition labelled SB-BOOT|partitions are labelled SB-BOOT`));
+    expect(again.steps.at(-1)!.what).toMatch(/^leave .* empty \(.*\): the NVMe then boots only through the SD card's boot partition$/);
   });
 
   it('a layer that does not verify stops the migration: no file under its name, no temp file, the SD untouched', async () => {
