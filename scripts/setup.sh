@@ -65,6 +65,9 @@ PACKAGES=(
   # U-Boot for QEMU's aarch64 virt: the firmware e2e boots the SD image the way a board's
   # distro boot does (extlinux.conf from the vfat boot partition)
   u-boot-qemu
+  # EDK2's UEFI for QEMU's aarch64 virt: the firmware e2e checks that UEFI starts the
+  # program image --efi-boot puts on the ESP (JetPack 5/6 starts L4TLauncher so)
+  qemu-efi-aarch64
   # installed with --no-install-recommends, so name what is really used from recommends:
   # mmdebstrap's unshare mode and foreign-arch checks.
   uidmap arch-test fakeroot gpg

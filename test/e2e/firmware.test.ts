@@ -4,7 +4,10 @@
  * boot/extlinux/extlinux.conf on the vfat boot partition (the path JetPack 5/6's
  * L4TLauncher reads too: test/media/l4t.int.test.ts), loads the kernel and the initrd that
  * file names, and the initrd boots the stack. Every other e2e test hands QEMU the kernel
- * (-kernel), which skips the boot partition altogether.
+ * (-kernel), which skips the boot partition altogether. And UEFI (EDK2, Debian's
+ * qemu-efi-aarch64) starts the program `image --efi-boot` put at EFI/BOOT/BOOTAA64.EFI, the
+ * way JetPack 5/6's firmware starts L4TLauncher (whose reading of the partition is
+ * test/media/l4t.int.test.ts).
  *
  * And `boot-update` on that partition: a running node (the amd64 demo-node guest, with
  * Node.js and the real CLI) runs `stackboot boot-update`, which finds the image's vfat
@@ -31,6 +34,8 @@ useVmCleanup(afterEach);
 
 /** Debian's u-boot-qemu (scripts/setup.sh installs it). */
 const UBOOT_ARM64 = '/usr/lib/u-boot/qemu_arm64/u-boot.bin';
+/** Debian's qemu-efi-aarch64: EDK2's UEFI for QEMU's virt, the code JetPack 5/6's firmware is built on. */
+const UEFI_ARM64 = '/usr/share/qemu-efi-aarch64/QEMU_EFI.fd';
 const MTOOLS_ENV = { MTOOLS_SKIP_CHECK: '1' };
 
 let T: Target;
@@ -39,7 +44,9 @@ let img: string;
 let image: ImageResult;
 
 beforeAll(async () => {
-  if (!(await fs.stat(UBOOT_ARM64).then(() => true, () => false))) throw new Error(`${UBOOT_ARM64} is missing: scripts/setup.sh installs u-boot-qemu`);
+  for (const [f, pkg] of [[UBOOT_ARM64, 'u-boot-qemu'], [UEFI_ARM64, 'qemu-efi-aarch64']]) {
+    if (!(await fs.stat(f).then(() => true, () => false))) throw new Error(`${f} is missing: scripts/setup.sh installs ${pkg}`);
+  }
   T = await target('arm64');
   dir = await scratch('firmware');
   const demo = await demoStack('demo', 'arm64');
@@ -72,7 +79,7 @@ async function bootFiles(file: string): Promise<string[]> {
   return r.stdout.split('\n').map((l) => l.trim().replace(/^::\//, '').replace(/\/$/, '')).filter(Boolean).sort();
 }
 
-describe('the SD image through U-Boot (aarch64 virt)', () => {
+describe('the SD image through real firmware (aarch64 virt)', () => {
   itConcurrent('U-Boot boots the image: extlinux.conf from the vfat boot partition, its kernel and initrd, the stack', async () => {
     const copy = path.join(dir, 'sd-plain.img');
     await fs.copyFile(img, copy);
@@ -150,5 +157,22 @@ describe('the SD image through U-Boot (aarch64 virt)', () => {
     expectFirmwareBoot(r);
     expect(r.output).toMatch(new RegExp(`Retrieving file: /vmlinuz-${hk}`));
     expect(r.output, tailOf(r, 'not the new kernel')).toMatch(new RegExp(`Linux version ${k2.kver.replace(/[.+]/g, '\\$&')} `));
+  });
+  itConcurrent('UEFI (EDK2) finds the ESP and starts the program `image --efi-boot` put at EFI/BOOT/BOOTAA64.EFI, as JetPack 5/6 starts L4TLauncher', async () => {
+    // NVIDIA's launcher is not in Debian: the arm64 6.12 kernel (an EFI-stub PE program)
+    // stands in for it, told apart from the partition's own 6.1 kernel by its version
+    const k2 = T.kernel2;
+    if (!k2) throw new Error('scripts/setup.sh prepares KERNEL2 for arm64');
+    const demo = await demoStack('demo', 'arm64');
+    const uefiImg = path.join(dir, 'sd-arm64-uefi.img');
+    const r = await buildImage({ buildDir: demo.outDir, out: uefiImg, layout: 'sd', arch: 'arm64', cacheRoot: CACHE, efiBoot: k2.kernel, append: 'console=ttyAMA0', bmap: false });
+    expect(r.efiBoot).toBe('EFI/BOOT/BOOTAA64.EFI');
+    const vm = Vm.start({ target: T, firmware: UEFI_ARM64, initrd: '', disks: [{ file: uefiImg, bus: 'virtio' }], timeoutMs: 300_000, name: 'uefi-arm64' });
+    // the program started by the firmware's boot manager, from the removable-media path
+    await vm.waitFor(new RegExp(`Linux version ${k2.kver.replace(/[.+]/g, '\\$&')} `), 240_000);
+    vm.kill();
+    const out = (await vm.waitExit(10_000)).output;
+    expect(out, vm.failMessage('not started by UEFI')).toMatch(/EFI stub: /);
+    expect(out).not.toMatch(new RegExp(`Linux version ${T.kver.replace(/[.+]/g, '\\$&')} `));
   });
 });
