@@ -88,6 +88,48 @@ export async function partitionsWithFatLabel(label: string, o: { sysRoot?: strin
   return out;
 }
 
+/**
+ * The name of GPT entry `n` (1-based) from a disk's first sectors (protective MBR, header,
+ * entries), or undefined when there is no GPT: pure, for partitionName.
+ */
+export function gptEntryName(head: Buffer, n: number, sectorSize = 512): string | undefined {
+  const h = sectorSize;
+  if (head.length < h + 92 || head.toString('latin1', h, h + 8) !== 'EFI PART') return undefined;
+  const entriesLba = Number(head.readBigUInt64LE(h + 72));
+  const count = head.readUInt32LE(h + 80);
+  const size = head.readUInt32LE(h + 84);
+  if (n < 1 || n > count || size < 128) return undefined;
+  const at = entriesLba * sectorSize + (n - 1) * size;
+  if (at + 128 > head.length) return undefined;
+  return head.toString('utf16le', at + 56, at + 128).replace(/\0.*$/s, '');
+}
+
+/**
+ * A partition's GPT name (the kernel name, e.g. mmcblk0p1), or '' when it has none: sysfs
+ * PARTNAME when the kernel read the table, else the table itself (partitions added with
+ * partx carry no name in sysfs).
+ */
+export async function partitionName(name: string, o: { sysRoot?: string; devDir?: string } = {}): Promise<string> {
+  const dir = path.join(o.sysRoot ?? '/sys', 'class', 'block', name);
+  const t = await fs.readFile(path.join(dir, 'uevent'), 'utf8').catch(() => '');
+  const named = /^PARTNAME=(.*)$/m.exec(t)?.[1];
+  if (named !== undefined) return named;
+  const n = Number(/^PARTN=(\d+)$/m.exec(t)?.[1] ?? 0);
+  if (!n) return '';
+  const disk = await diskOf(name, o.sysRoot);
+  const sector = Number((await fs.readFile(path.join(o.sysRoot ?? '/sys', 'class', 'block', disk, 'queue', 'logical_block_size'), 'utf8').catch(() => '512')).trim()) || 512;
+  const h = await fs.open(path.join(o.devDir ?? '/dev', disk), 'r').catch(() => null);
+  if (!h) return '';
+  try {
+    // the header and the usual 128 entries of 128 bytes from LBA 2
+    const b = Buffer.alloc(sector * 2 + 128 * 128);
+    const { bytesRead } = await h.read(b, 0, b.length, 0);
+    return gptEntryName(b.subarray(0, bytesRead), n, sector) ?? '';
+  } finally {
+    await h.close();
+  }
+}
+
 /** The whole disk a partition device belongs to (its kernel name), or the device's own name when it is a disk. */
 export async function diskOf(dev: string, sysRoot = '/sys'): Promise<string> {
   const name = path.basename(dev);

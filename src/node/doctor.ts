@@ -2,14 +2,17 @@
  * doctor: what is wrong on a node. Each check gives ok / warn / fail and a message:
  * kernel support (overlay, squashfs, loop), the keys, the store's free space, the node
  * config against the boot.conf baked into the booted initramfs (the hook leaves a copy at
- * /run/stackboot/boot.conf), and every slot's stack (manifest matches the state, layers
- * present with the right size, or sha256 with `full`, signature valid).
+ * /run/stackboot/boot.conf), the boot partition (found as boot-update finds it, and named
+ * so that JetPack 5/6's L4TLauncher reads it), and every slot's stack (manifest matches the
+ * state, layers present with the right size, or sha256 with `full`, signature valid).
  */
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { diffBootConfig, type NodeConfig } from './config.js';
 import { makeBootConfig } from '../boot/index.js';
 import type { NodeContext } from './context.js';
+import { findBootPartition } from './boot-update.js';
+import { partitionName } from '../media/index.js';
 import { checkPublicKey, listPublicKeys, verifyWithKeyDir, SLOTS } from '../format/index.js';
 
 export type Level = 'ok' | 'warn' | 'fail';
@@ -33,6 +36,9 @@ export interface DoctorOptions {
   storeError?: string;
   /** warn below this many free bytes on the store (default 64 MiB) */
   lowSpace?: number;
+  /** test seams for the boot partition: sysfs and /dev */
+  sysRoot?: string;
+  devDir?: string;
 }
 
 export interface DoctorReport {
@@ -87,6 +93,17 @@ export async function doctor(o: DoctorOptions): Promise<DoctorReport> {
     } catch (e) {
       add('config', 'fail', `the initramfs's boot.conf does not parse: ${(e as Error).message}`);
     }
+  }
+
+  // the boot partition: the one boot-update would change, and its GPT name
+  const boot = await findBootPartition({ bootedFile: path.join(run, 'stackboot', 'booted'), sysRoot: o.sysRoot, devDir: o.devDir }).catch((e: Error) => {
+    add('boot', 'warn', `no boot partition for boot-update: ${e.message}`);
+    return null;
+  });
+  if (boot) {
+    const name = await partitionName(path.basename(boot), { sysRoot: o.sysRoot, devDir: o.devDir });
+    if (/^(APP|[AaBb]_APP|APP_[AaBb])$/.test(name)) add('boot', 'ok', `${boot} (GPT name ${name}): the boot partition, read by U-Boot and by JetPack 5/6's L4TLauncher`);
+    else add('boot', 'warn', `${boot} is the boot partition, but its GPT name is ${JSON.stringify(name)}: U-Boot boots it, JetPack 5/6's L4TLauncher reads only a partition named APP (and boot/extlinux/extlinux.conf on it): docs/boot.md, "Jetson"`);
   }
 
   const ctx = o.ctx;

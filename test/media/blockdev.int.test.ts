@@ -17,6 +17,7 @@ import {
   waitBlock,
   writePartitionTable,
   GPT_TYPES,
+  gptEntryName,
 } from '../../src/media/blockdev.js';
 import { run } from '../../src/sys/exec.js';
 import { attachLoop, detachLoop, mountDevice, umount, umountAll } from '../../src/sys/mount.js';
@@ -106,5 +107,23 @@ describe('a GPT on an image file', () => {
     expect(await findPartition(img, 'two')).toEqual({ index: 2, name: 'two', start: 10240 * 512, size: 16384 * 512, type: GPT_TYPES.linux, uuid });
     expect((await run('sfdisk', ['--dump', img])).stdout).toMatch(/^label-id: 11111111-2222-4333-8444-555555555555$/m);
     await expect(findPartition(img, 'three')).rejects.toMatchObject({ code: 'STORE', message: expect.stringMatching(/has no partition named three \(has: one, two\)/) });
+  });
+
+  it("names GPT entries from the disk's first sectors (512- and 4096-byte sectors), as doctor does where sysfs has no PARTNAME", async () => {
+    for (const sector of [512, 4096]) {
+      const img = await sparseFile(`names-${sector}.img`, 64 * MiB);
+      // sfdisk takes the sector size from the device: a loop device with that logical block size
+      const dev = (await run('losetup', ['--find', '--show', '--sector-size', String(sector), img])).stdout.trim();
+      loops.push(dev);
+      await run('sh', ['-c', `printf 'label: gpt\\nsize=8MiB, name="APP"\\nsize=8MiB, name="sb-store"\\nsize=8MiB, name="données"\\n' | sfdisk --quiet --no-reread '${dev}'`]);
+      await run('sync', []);
+      const fh = await open(img, 'r');
+      const head = Buffer.alloc(sector * 2 + 128 * 128);
+      await fh.read(head, 0, head.length, 0);
+      await fh.close();
+      expect([1, 2, 3, 4].map((n) => gptEntryName(head, n, sector)), `${sector}-byte sectors`).toEqual(['APP', 'sb-store', 'données', '']);
+      expect(gptEntryName(head, 129, sector)).toBeUndefined();
+    }
+    expect(gptEntryName(Buffer.alloc(4096), 1)).toBeUndefined();
   });
 });

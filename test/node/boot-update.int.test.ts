@@ -11,6 +11,8 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { fatLabel, mkfsCommand, partitionDevice, waitBlock } from '../../src/media/index.js';
 import { findBootPartition } from '../../src/node/boot-update.js';
+import { doctor } from '../../src/node/doctor.js';
+import { parseNodeConfig } from '../../src/node/config.js';
 import { run } from '../../src/sys/exec.js';
 import { attachLoop, detachLoop } from '../../src/sys/mount.js';
 import { tmpdir } from '../build/sources/tarfixture.js';
@@ -18,11 +20,11 @@ import { tmpdir } from '../build/sources/tarfixture.js';
 let work: string;
 const loops: string[] = [];
 
-/** A 96 MiB GPT disk on a loop device: p1 vfat labelled `boot` (when given), p2 ext4 sb-store. */
-async function disk(name: string, boot?: string): Promise<string> {
+/** A 96 MiB GPT disk on a loop device: p1 (GPT name `gptName`) vfat labelled `boot` (when given), p2 ext4 sb-store. */
+async function disk(name: string, boot?: string, gptName = 'APP'): Promise<string> {
   const img = path.join(work, `${name}.img`);
   await run('truncate', ['-s', '96M', img]);
-  await run('sh', ['-c', `printf 'label: gpt\\nsize=48MiB, type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B, name="APP"\\ntype=0FC63DAF-8483-4772-8E79-3D69D8477DE4, name="sb-store"\\n' | sfdisk --quiet '${img}'`]);
+  await run('sh', ['-c', `printf 'label: gpt\\nsize=48MiB, type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B, name="${gptName}"\\ntype=0FC63DAF-8483-4772-8E79-3D69D8477DE4, name="sb-store"\\n' | sfdisk --quiet '${img}'`]);
   const dev = await attachLoop(img, { partscan: true });
   loops.push(dev);
   for (const n of [1, 2]) await waitBlock(partitionDevice(dev, n));
@@ -76,5 +78,20 @@ describe('the boot partition, found', () => {
     expect(e?.message).toMatch(/partitions are labelled SB-BOOT \(.*\), 0 on the booted store's disk .*: give the mounted one to update with --boot/);
     expect(e?.message).toContain(`${sd}p1`);
     expect(e?.message).toContain(`${nvme}p1`);
+  });
+
+  it("doctor names the boot partition, and warns when JetPack 5/6's L4TLauncher would not find it (a GPT name other than APP)", async () => {
+    const nvme = await disk('doc-nvme', 'sb-boot');
+    const old = await disk('doc-old', 'sb-boot', 'sb-boot');
+    const runDir = path.join(work, 'run');
+    await fs.mkdir(path.join(runDir, 'stackboot'), { recursive: true });
+    const config = parseNodeConfig(`KEYS_DIR=${path.join(work, 'nokeys')}\n`);
+    const boot = async (storeDev: string) => {
+      await fs.writeFile(path.join(runDir, 'stackboot', 'booted'), `store_dev=${storeDev}\n`);
+      const r = await doctor({ ctx: null, config, runDir });
+      return r.findings.filter((x) => x.check === 'boot').map((x) => `${x.level} ${x.message}`);
+    };
+    expect(await boot(`${nvme}p2`)).toEqual([`ok ${nvme}p1 (GPT name APP): the boot partition, read by U-Boot and by JetPack 5/6's L4TLauncher`]);
+    expect(await boot(`${old}p2`)).toEqual([`warn ${old}p1 is the boot partition, but its GPT name is "sb-boot": U-Boot boots it, JetPack 5/6's L4TLauncher reads only a partition named APP (and boot/extlinux/extlinux.conf on it): docs/boot.md, "Jetson"`]);
   });
 });
