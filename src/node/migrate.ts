@@ -131,7 +131,7 @@ export async function planMigrate(o: MigrateOptions): Promise<MigratePlan> {
 }
 
 /** Carries out a plan (see planMigrate). */
-export async function migrate(plan: MigratePlan, o: Pick<MigrateOptions, 'progress' | 'tmpDir'> = {}): Promise<{ storeId: string; copiedBytes: number }> {
+export async function migrate(plan: MigratePlan, o: Pick<MigrateOptions, 'progress' | 'tmpDir'> = {}): Promise<{ storeId: string; copiedBytes: number; bootCopyError?: string }> {
   const say = (task: string): void => o.progress?.({ task, done: 0 });
   const [boot, storeP] = plan.parts;
   say('partition');
@@ -159,11 +159,16 @@ export async function migrate(plan: MigratePlan, o: Pick<MigrateOptions, 'progre
     await umount(mnt);
     await fs.rm(mnt, { recursive: true, force: true });
   }
+  // the boot files last: the store is whole without them (the SD card's boot partition
+  // boots it), so a failed copy is reported, not thrown
+  let bootCopyError: string | undefined;
   if (!('none' in plan.bootFrom)) {
     say('boot files');
-    await copyBootFiles(plan.bootFrom, boot.dev, o.tmpDir);
+    await copyBootFiles(plan.bootFrom, boot.dev, o.tmpDir).catch((e: Error) => {
+      bootCopyError = e.message;
+    });
   }
-  return { storeId: plan.newStoreId, copiedBytes: copied };
+  return { storeId: plan.newStoreId, copiedBytes: copied, ...(bootCopyError ? { bootCopyError } : {}) };
 }
 
 const MTOOLS_ENV = { MTOOLS_SKIP_CHECK: '1' };

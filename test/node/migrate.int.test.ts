@@ -138,6 +138,22 @@ describe('migrate (loop device)', () => {
     expect(again.steps.at(-1)!.what).toMatch(/^leave .* empty \(.*\): the NVMe then boots only through the SD card's boot partition$/);
   });
 
+  it('a boot-file copy that fails (the files do not fit) is reported, and the store is migrated all the same', async () => {
+    const { bootedFile, disk } = await setup('bootfail');
+    const files = path.join(tmp, 'too-big');
+    await fs.mkdir(files, { recursive: true });
+    const fh = await fs.open(path.join(files, 'vmlinuz'), 'w');
+    await fh.truncate(64 << 20);
+    await fh.close();
+    const p = await planMigrate({ to: disk, bootedFile, bootMiB: 40, dataMiB: 8, tries: 3, force: true, bootFilesDir: files });
+    expect(p.bootFrom).toEqual({ dir: files });
+    const r = await migrate(p, { tmpDir: tmp });
+    expect(r.bootCopyError).toMatch(/mcopy failed/);
+    await onNewStore(disk, 'bootfail', async (dir) => {
+      expect(await fs.readFile(path.join(dir, 'state'), 'utf8')).toBe(`stackboot-state 1\ncurrent -\na pending ${v1.id} 3\n`);
+    });
+  });
+
   it('a layer that does not verify stops the migration: no file under its name, no temp file, the SD untouched', async () => {
     const { sd, bootedFile, disk } = await setup('bad');
     const app = v1.manifest.layers[1];

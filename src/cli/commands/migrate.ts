@@ -29,6 +29,7 @@ export const migrateCommand: CommandModule<any, any> = {
     out.result({ plan, ...r });
     out.line(`migrated: ${plan.to} holds store ${r.storeId} with stack ${plan.stack.slice(0, 12)} in slot a (pending, ${plan.tries} tries; ${fmtBytes(r.copiedBytes)} copied and verified). Reboot to try it; the SD store ${plan.fromStore.id} stays the fallback.`);
     const bf = plan.bootFrom;
-    out.line('none' in bf ? `warning: the new boot partition is empty (${bf.none}): copy the kernel, initrd, boot/extlinux/ and EFI/ into it, or the NVMe boots only through the SD card` : `boot files: copied from ${'dev' in bf ? bf.dev : bf.dir}`);
+    const why = 'none' in bf ? bf.none : r.bootCopyError;
+    out.line(why ? `warning: the new boot partition is empty or incomplete (${why}): copy the kernel, initrd, boot/extlinux/ and EFI/ into it, or the NVMe boots only through the SD card` : `boot files: copied from ${'dev' in bf ? bf.dev : 'dir' in bf ? bf.dir : ''}`);
   },
 };
