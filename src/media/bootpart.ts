@@ -20,10 +20,9 @@
  * rewrites one directory entry, which is as atomic as vfat gets (docs/boot.md says what
  * the firmware must do for the fallback to the second label).
  */
-import { createHash } from 'node:crypto';
-import { createReadStream, promises as fs } from 'node:fs';
+import { promises as fs } from 'node:fs';
 import path from 'node:path';
-import { StackbootError, writeDurable, writeDurableFrom, fsyncPath } from '../sys/index.js';
+import { StackbootError, writeDurable, writeDurableFrom, fsyncPath, sha256File } from '../sys/index.js';
 import { renderTemplate } from '../boot/index.js';
 
 /** Where `image` writes extlinux.conf: the one path L4TLauncher reads, and U-Boot's second prefix. */
@@ -144,11 +143,6 @@ export function parseBootConf(text: string, file = EXTLINUX_CONF): BootConf {
   return { timeout, title, entries };
 }
 
-async function sha256Of(file: string): Promise<string> {
-  const h = createHash('sha256');
-  for await (const c of createReadStream(file)) h.update(c as Buffer);
-  return h.digest('hex');
-}
 
 export interface BootUpdateOptions {
   /** the boot partition, mounted read-write */
@@ -191,7 +185,7 @@ export async function planBootUpdate(o: BootUpdateOptions): Promise<BootUpdatePl
   const named = async (what: string, file: string, name: (h: string) => string) => {
     const st = await fs.stat(file).catch(() => null);
     if (!st?.isFile()) throw new StackbootError('USAGE', `--${what} ${file}: no such file`);
-    return { from: file, to: name((await sha256Of(file)).slice(0, 12)) };
+    return { from: file, to: name((await sha256File(file)).slice(0, 12)) };
   };
   const files = [
     await named('kernel', o.kernel, (h) => `vmlinuz-${h}`),

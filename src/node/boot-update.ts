@@ -7,11 +7,10 @@
  * folder given, or the vfat labelled SB-BOOT (on the booted store's disk when there are
  * several, as after a migrate), mounted for the update.
  */
-import { createHash } from 'node:crypto';
-import { createReadStream, promises as fs } from 'node:fs';
+import { promises as fs } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { StackbootError, withDeviceMounted } from '../sys/index.js';
+import { StackbootError, withDeviceMounted, sha256File } from '../sys/index.js';
 import { BOOT_LABEL, bootUpdate, diskOf, partitionsWithFatLabel, vfatLabel, type BootUpdateResult } from '../media/index.js';
 import { parseBooted, type NodeContext } from './context.js';
 
@@ -34,11 +33,6 @@ export interface NodeBootUpdateOptions {
   dryRun?: boolean;
 }
 
-async function sha256Of(file: string): Promise<string> {
-  const h = createHash('sha256');
-  for await (const c of createReadStream(file)) h.update(c as Buffer);
-  return h.digest('hex');
-}
 
 /** The booted stack's boot files in the running root, each checked against the manifest. */
 async function stackBootFiles(ctx: NodeContext | null, root: string): Promise<{ kernel: string; initrd: string; fdt?: string; describe: string }> {
@@ -49,7 +43,7 @@ async function stackBootFiles(ctx: NodeContext | null, root: string): Promise<{ 
   if (!kernel || !initrd) throw new StackbootError('USAGE', `the booted stack ${m.manifest.name} ${m.manifest.version} carries no kernel of its own: give --kernel and --initrd`);
   const check = async (what: string, f: { path: string; digest: string; size: number }) => {
     const file = path.join(root, f.path);
-    const got = await sha256Of(file).catch((e) => {
+    const got = await sha256File(file).catch((e) => {
       throw new StackbootError('STORE', `the stack's ${what} ${f.path} cannot be read in ${root}`, { cause: e });
     });
     if (got !== f.digest) throw new StackbootError('VERIFY', `the stack's ${what} ${file} does not match its manifest (sha256 ${got.slice(0, 12)}, the manifest says ${f.digest.slice(0, 12)})`);

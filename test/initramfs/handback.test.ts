@@ -13,14 +13,19 @@ import { fakeRoots, LIB } from './harness.js';
 /** a fresh fake root, cleaned up after the test */
 const root = fakeRoots();
 
+/** A new root whose /sbin/init is systemd, as Debian links it. */
+function systemdRoot(nr: string): string {
+  mkdirSync(join(nr, 'sbin'), { recursive: true });
+  mkdirSync(join(nr, 'lib/systemd'), { recursive: true });
+  writeFileSync(join(nr, 'lib/systemd/systemd'), '');
+  symlinkSync('/lib/systemd/systemd', join(nr, 'sbin/init'));
+  return nr;
+}
+
 describe('sb_handback_wanted', () => {
   it('is true for a systemd init (Debian links /sbin/init to it), false for others', async () => {
     const r = root();
-    const nr = r.newRoot;
-    mkdirSync(join(nr, 'sbin'), { recursive: true });
-    mkdirSync(join(nr, 'lib/systemd'), { recursive: true });
-    writeFileSync(join(nr, 'lib/systemd/systemd'), '');
-    symlinkSync('/lib/systemd/systemd', join(nr, 'sbin/init'));
+    const nr = systemdRoot(r.newRoot);
     const want = async (init: string) => (await r.sh(`SB_INIT=${init}; sb_handback_wanted "$SB_T/root" && echo YES || echo NO`)).out.trim();
     expect(await want('/sbin/init')).toBe('YES');
     expect(await want('/lib/systemd/systemd')).toBe('YES');
@@ -131,11 +136,7 @@ sb_handback_prepare "$SB_T/run" "$SB_T/busybox"`);
 describe('sb_handback_hook', () => {
   it("fills RUN/initramfs when the hook shipped its busybox and the new root's init is systemd; else nothing, and no failure", async () => {
     const r = root();
-    const nr = r.newRoot;
-    mkdirSync(join(nr, 'sbin'), { recursive: true });
-    mkdirSync(join(nr, 'lib/systemd'), { recursive: true });
-    writeFileSync(join(nr, 'lib/systemd/systemd'), '');
-    symlinkSync('/lib/systemd/systemd', join(nr, 'sbin/init'));
+    const nr = systemdRoot(r.newRoot);
     writeFileSync(join(nr, 'sbin/myinit'), '#!/bin/sh\n');
     // the core as a flavour installs it, with the busybox its hook copied (static: no libraries)
     const lib = join(r.dir, 'lib');
