@@ -20,7 +20,7 @@ process.on('SIGINT', () => void killAllVms().then(() => process.exit(130)));
 const jobs = Number(process.env.SB_INSTALL_JOBS ?? 2);
 const cal = await calibrateInstall(setup, jobs);
 console.log(`work ${dir}, seed ${seed}, ${jobs} VMs at a time; calibration: plan at ${cal.plan} ms, install done at ${cal.done} ms`);
-const results = await runCuts(setup, cutInstants(cal, trials, seed), jobs, 10, (r) =>
+const results = await runCuts(setup, cal, cutInstants(cal, trials, seed), jobs, 10, (r) =>
   console.log(`trial ${r.trial} +${r.killAfterMs} ms: ${r.outcome}${r.booted ? `, booted ${r.booted}` : ''}${r.partials ? `, ${r.partials} .part` : ''}${r.problems.length ? `  PROBLEMS: ${r.problems.join('; ')}` : ''}`),
 );
 console.log(summarizeCuts(results));

@@ -170,7 +170,7 @@ export async function planImage(o: ImageOptions): Promise<ImagePlan> {
   }
   const sizeOf = async (f?: string) => (f ? ((await fs.stat(f).catch(() => null))?.size ?? 0) : 0);
   const kernelBytes = Math.max(await sizeOf(kernelFile), manifest.kernel?.size ?? 0);
-  const room = bootRoomMiB(kernelBytes, await sizeOf(o.fdt));
+  const room = bootRoomMiB(kernelBytes, await sizeOf(o.fdt), await sizeOf(o.efiBoot));
   const bootMiB = o.bootMiB ?? Math.max(d.bootMiB, room);
   if (bootMiB < 40) throw new StackbootError('USAGE', `the boot partition needs at least 40 MiB (FAT32), got ${bootMiB}`);
   // room for slot a, an update of the same size in slot b, and ext4's own overhead

@@ -21,8 +21,10 @@ const INITRD_ROOM = 16 * MiB;
  * `boot-update` writes the next kernel and initrd beside the ones that boot now (they stay
  * as `previous`), so two such sets, a quarter more for a larger next kernel, in 16 MiB
  * steps. An arm64 Debian kernel (33 MiB) needs 128 MiB; an amd64 one (8 MiB) 64.
+ * `onceBytes`: what the partition holds once, whatever the updates (the UEFI boot
+ * program of `--efi-boot`).
  */
-export function bootRoomMiB(kernelBytes: number, fdtBytes = 0): number {
-  const need = 2 * (kernelBytes + fdtBytes + INITRD_ROOM) * 1.25;
+export function bootRoomMiB(kernelBytes: number, fdtBytes = 0, onceBytes = 0): number {
+  const need = 2 * (kernelBytes + fdtBytes + INITRD_ROOM) * 1.25 + onceBytes;
   return Math.ceil(need / (16 * MiB)) * 16;
 }

@@ -4,11 +4,14 @@
  * layers come whole, and of a chunk delta whose new layer the node rebuilds from the
  * chunks of its store's layers (makeChunkInstallSetup).
  *
- * Each trial boots a fresh copy of a node image (slot a good = demo-node v1) with the big
- * delta bundle on /dev/vdb and `demo.install=/dev/vdb`, waits for the install's `plan`
- * event, then SIGKILLs QEMU at a random instant in the install's write window (a bit past
- * its end, so some trials cut after it finished). The host then reads the store (a copy,
- * journal replayed by the mount) and checks:
+ * The node image (slot a good = demo-node v1) boots once with the big delta bundle on
+ * /dev/vdb and `demo.install=/dev/vdb`, and is saved (snapshot.ts: RAM, devices and disk)
+ * at the install's `plan` event, after everything that comes before the writes (the
+ * boot, Node.js starting under TCG, reading and checking the bundle's head, for a chunk
+ * delta the cutting of the store's layers: 15 to 80 s a boot). Each trial starts QEMU
+ * from that instant on its own copy of the disk and SIGKILLs it at a random instant in
+ * the install's write window (a bit past its end, so some trials cut after it finished).
+ * The host then reads the store (a copy, journal replayed by the mount) and checks:
  *  - every `layers/<sha256>.sqfs` hashes to its name (no corrupt layer, ever);
  *  - slot a is still good and current (never touched);
  *  - slot b is either empty (the install had not finished: the node boots a), or pending
@@ -38,7 +41,8 @@ import { chunkDelta } from '../../src/format/chunker.js';
 import { chunkIndexName, chunkIndexRefs } from '../../src/format/chunks.js';
 import { baseLayers, writeBundleFile } from '../../src/format/bundle.js';
 import { initrd, storeDisk, target } from './fixtures.js';
-import { Vm } from './qemu.js';
+import { Vm, type BootOptions } from './qemu.js';
+import { restore, snapshotAt, type VmSnapshot } from './snapshot.js';
 import { isTempName } from '../../src/sys/durable.js';
 
 export interface InstallCutSetup {
@@ -104,17 +108,20 @@ export async function makeInstallSetup(dir: string): Promise<InstallCutSetup> {
 }
 
 export interface InstallCalibration {
-  /** ms from QEMU start to the install's plan event and to its done event (state written) */
+  /** ms from QEMU start to the install's plan event (the boot the snapshot was taken from) */
   plan: number;
+  /** ms from QEMU start to the done event (state written): plan + an undisturbed run from the snapshot */
   done: number;
+  /** the node stopped at the install's plan event: every trial starts from it */
+  snapshot: VmSnapshot;
 }
 
 const PLAN = /^DEMO: install: \{"event":"plan"/m;
 const EXIT = /^DEMO: install from \/dev\/vdb: exit (\d+)/m;
 const DONE = /^DEMO: install: \{"event":"done"/m;
 
-function vmFor(s: InstallCutSetup, img: string, append: string, name: string): Vm {
-  return Vm.start({
+function bootFor(s: InstallCutSetup, img: string, append: string, name: string): BootOptions {
+  return {
     target: s.target,
     initrd: s.initrd,
     disks: [{ file: img, bus: 'virtio' }, { file: s.bundle, bus: 'virtio', readonly: true }],
@@ -124,30 +131,43 @@ function vmFor(s: InstallCutSetup, img: string, append: string, name: string): V
     memoryMiB: 768,
     timeoutMs: 240_000,
     name,
-  });
+  };
 }
 
-/** One undisturbed install, timing the plan event and the end. */
+/**
+ * Boots the node once with the install, saves the VM at the install's plan event (the
+ * instant every trial starts from: the boot, Node.js's start under TCG and, for a chunk
+ * delta, the plan's cutting of the store's layers take 15 to 80 s, the install's writes
+ * 2 s), then times undisturbed runs from there, as many at once as the trials will run,
+ * so the timing matches their load.
+ */
 export async function calibrateInstall(s: InstallCutSetup, jobs = 1): Promise<InstallCalibration> {
-  // as many at once as the trials will run, so the timing matches their load
-  const all = await Promise.all(Array.from({ length: jobs }, (_, i) => calibrateOne(s, i)));
-  return { plan: Math.round(all.reduce((t, c) => t + c.plan, 0) / jobs), done: Math.round(all.reduce((t, c) => t + c.done, 0) / jobs) };
+  const img = path.join(s.work, 'snapshot-boot.img');
+  await copyImage(s.base, img);
+  let snapshot: VmSnapshot;
+  try {
+    snapshot = await snapshotAt(bootFor(s, img, 'demo.install=/dev/vdb demo.nohealth demo.then=poweroff', 'snapshot'), PLAN, path.join(s.work, 'snapshot'), 180_000);
+  } finally {
+    await fs.rm(img, { force: true });
+  }
+  const runs = await Promise.all(Array.from({ length: jobs }, (_, i) => calibrateOne(s, snapshot, i)));
+  return { plan: snapshot.atMs, done: snapshot.atMs + Math.round(runs.reduce((t, c) => t + c, 0) / jobs), snapshot };
 }
 
-async function calibrateOne(s: InstallCutSetup, n: number): Promise<InstallCalibration> {
+/** One undisturbed run of the install from the snapshot: ms from the resume to the done event. */
+async function calibrateOne(s: InstallCutSetup, snap: VmSnapshot, n: number): Promise<number> {
   const img = path.join(s.work, `calibrate-${n}.img`);
-  await copyImage(s.base, img);
-  const vm = vmFor(s, img, 'demo.install=/dev/vdb demo.nohealth demo.then=poweroff', 'calibrate');
+  await copyImage(snap.disks[0], img);
+  const { vm, resumedAt } = await restore(snap, [img, snap.disks[1]], { name: `calibrate-${n}` });
   try {
-    await vm.waitFor(PLAN, 180_000);
-    const plan = vm.elapsed();
     await vm.waitFor(DONE, 180_000);
-    const done = vm.elapsed();
+    const done = vm.elapsed() - resumedAt;
     const m = await vm.waitFor(EXIT, 180_000);
     if (m[1] !== '0') throw new Error(vm.failMessage(`calibration install exited ${m[1]}`));
-    return { plan, done };
+    return done;
   } finally {
     vm.kill();
+    await vm.waitExit(30_000).catch(() => {});
     await fs.rm(img, { force: true });
   }
 }
@@ -208,13 +228,12 @@ export async function checkCut(s: InstallCutSetup, img: string): Promise<{ outco
   });
 }
 
-/** One trial: boot, kill `killAfterMs` after the plan event, check; optionally boot again. */
-export async function installCutTrial(s: InstallCutSetup, trial: number, killAfterMs: number, verifyBoot: boolean): Promise<CutResult> {
+/** One trial: the node from the snapshot (at the plan event), killed `killAfterMs` after it resumed, checked; optionally booted again. */
+export async function installCutTrial(s: InstallCutSetup, snap: VmSnapshot, trial: number, killAfterMs: number, verifyBoot: boolean): Promise<CutResult> {
   const img = path.join(s.work, `trial-${trial}.img`);
-  await copyImage(s.base, img);
-  const vm = vmFor(s, img, 'demo.install=/dev/vdb demo.nohealth demo.then=poweroff', `cut-${trial}`);
+  await copyImage(snap.disks[0], img);
+  const { vm } = await restore(snap, [img, snap.disks[1]], { name: `cut-${trial}` });
   try {
-    await vm.waitFor(PLAN, 180_000);
     await new Promise((r) => setTimeout(r, killAfterMs));
   } finally {
     vm.kill();
@@ -255,13 +274,13 @@ export function cutInstants(c: InstallCalibration, n: number, seed: number): num
 }
 
 /** Runs the trials, `jobs` VMs at a time (results in trial order). */
-export async function runCuts(s: InstallCutSetup, instants: number[], jobs: number, verifyEvery: number, onResult?: (r: CutResult) => void): Promise<CutResult[]> {
+export async function runCuts(s: InstallCutSetup, cal: InstallCalibration, instants: number[], jobs: number, verifyEvery: number, onResult?: (r: CutResult) => void): Promise<CutResult[]> {
   const results: CutResult[] = new Array(instants.length);
   let next = 0;
   const worker = async () => {
     while (next < instants.length) {
       const i = next++;
-      results[i] = await installCutTrial(s, i, instants[i], i % verifyEvery === 0);
+      results[i] = await installCutTrial(s, cal.snapshot, i, instants[i], i % verifyEvery === 0);
       onResult?.(results[i]);
     }
   };

@@ -49,6 +49,9 @@ describe('stackboot image', () => {
     expect((await planImage({ buildDir, out: 'x', layout: 'sd', arch: 'arm64', cacheRoot: CACHE })).parts[0]!.sizeMiB).toBe(128);
     expect((await planImage({ buildDir, out: 'x', layout: 'sd', arch: 'arm64', cacheRoot: CACHE, bootMiB: 48 })).parts[0]!.sizeMiB).toBe(48);
     expect(bootRoomMiB(44 << 20, 100 << 10)).toBe(160);
+    // the UEFI boot program is there once: 60 MiB for the kernels and initrds, 5 more for it
+    expect(bootRoomMiB(8 << 20)).toBe(64);
+    expect(bootRoomMiB(8 << 20, 0, 5 << 20)).toBe(80);
     // the stack's layers carry dm-verity data: the plan says so (its initrd gets dmsetup)
     expect(sd.verity).toBe(true);
     expect(sd.stackId).toBe(stackId);
