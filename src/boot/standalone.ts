@@ -6,7 +6,7 @@
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import zlib from 'node:zlib';
-import { StackbootError, run, archFromNode, isArch, noProgress, type Arch } from '../sys/index.js';
+import { StackbootError, run, hostArch, isArch, noProgress, type Arch } from '../sys/index.js';
 import { defaultBootConfig, validateBootConfig } from './bootconfig.js';
 import { writeCpio, type CpioEntry } from './cpio.js';
 import { checkElfArch, checkModuleArch, checkStaticElf } from './elf.js';
@@ -101,7 +101,7 @@ export async function buildStandalone(opts: InitramfsOptions): Promise<Initramfs
   const progress = opts.progress ?? noProgress;
   const hostBusybox = opts.hostBusybox ?? 'busybox';
   const templatesDir = opts.templatesDir ?? TEMPLATES_DIR;
-  const arch = opts.arch ?? archFromNode(process.arch);
+  const arch = opts.arch ?? hostArch();
   if (!arch || !isArch(arch)) throw new StackbootError('USAGE', `no target arch: pass --arch amd64|arm64`);
   let modulesDir = opts.modulesDir;
   let busybox = opts.busybox;

@@ -19,7 +19,7 @@
 import { AsyncLocalStorage } from 'node:async_hooks';
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
-import { StackbootError, makeDir } from '../sys/index.js';
+import { StackbootError, makeDir, pidAlive, selfPid } from '../sys/index.js';
 
 export interface LockOptions {
   /** how long to wait for a busy lock (default 10 s) */
@@ -34,16 +34,6 @@ export interface LockOptions {
  * (an install and a gc started side by side) waits like any other taker.
  */
 const held = new AsyncLocalStorage<ReadonlySet<string>>();
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (e) {
-    // EPERM: it exists, owned by someone else
-    return (e as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
 
 /** The holder of a lock: pid and command, or null when the owner file is not (yet) there. */
 async function owner(dir: string): Promise<{ pid: number; what: string } | null> {
@@ -71,8 +61,8 @@ async function clearStale(dir: string): Promise<boolean> {
   if (o === null) {
     // a taker between its mkdir and its owner file; or one that died right there
     if (!beforeBoot && Date.now() - st.mtimeMs < 10_000) return false;
-  } else if (!beforeBoot && alive(o.pid)) return false;
-  const away = `${dir}.stale-${process.pid}-${Date.now()}`;
+  } else if (!beforeBoot && pidAlive(o.pid)) return false;
+  const away = `${dir}.stale-${selfPid()}-${Date.now()}`;
   try {
     await fs.rename(dir, away);
   } catch {
@@ -101,7 +91,7 @@ export async function takeLock(dir: string, what: string, o: LockOptions = {}): 
     try {
       await fs.mkdir(dir);
       made = true;
-      await fs.writeFile(path.join(dir, 'owner'), `${process.pid} ${what}\n`);
+      await fs.writeFile(path.join(dir, 'owner'), `${selfPid()} ${what}\n`);
       return release;
     } catch (e) {
       if (made) await fs.rm(dir, { recursive: true, force: true }).catch(() => {});

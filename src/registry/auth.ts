@@ -26,7 +26,7 @@ export interface CredentialSources {
   authFile?: string;
   /** the node's file: refused when readable by group or others; no other file is read */
   rootOnly?: boolean;
-  /** the environment to read REGISTRY_AUTH_FILE, DOCKER_CONFIG, HOME from */
+  /** the environment to read REGISTRY_AUTH_FILE, DOCKER_CONFIG, HOME from (the CLI passes its own; none: ~/.docker/config.json only) */
   env?: NodeJS.ProcessEnv;
 }
 
@@ -73,7 +73,7 @@ export async function findCredentials(registry: string, o: CredentialSources = {
     if (o.password === undefined) throw new StackbootError('USAGE', `--username needs a password (--password-stdin)`);
     return { username: o.username, password: o.password };
   }
-  const env = o.env ?? process.env;
+  const env = o.env ?? {};
   // a node (rootOnly) reads its configured file only, never a user's docker config
   const files = o.authFile
     ? [o.authFile]

@@ -18,3 +18,8 @@ export function archFromNode(nodeArch: string): Arch | undefined {
 export function isArch(s: string): s is Arch {
   return s === 'amd64' || s === 'arm64';
 }
+
+/** The architecture this process runs on, or undefined when stackboot does not build for it. */
+export function hostArch(): Arch | undefined {
+  return archFromNode(process.arch);
+}

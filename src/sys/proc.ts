@@ -74,3 +74,18 @@ export async function bytesReadBy(root: number, name: string): Promise<number | 
   }
   return best;
 }
+
+/** This process's pid. */
+export function selfPid(): number {
+  return process.pid;
+}
+
+/** Whether a process with this pid exists (EPERM: it does, owned by someone else). */
+export function pidAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}

@@ -28,7 +28,7 @@ export async function registryClientFor(a: any, refText: string, note: (s: strin
   const ref = parseReference(refText);
   if (a.passwordStdin && a.username === undefined) throw new StackbootError('USAGE', '--password-stdin needs --username');
   const password = a.passwordStdin ? await readStdin() : undefined;
-  const client = await connectRegistry(ref, { username: a.username, password, caFile: a.caFile, insecure: a.insecure, onNote: note });
+  const client = await connectRegistry(ref, { username: a.username, password, caFile: a.caFile, insecure: a.insecure, onNote: note, env: process.env });
   return { ref, client };
 }
 
