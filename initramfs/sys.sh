@@ -47,12 +47,21 @@ sb_sys_has_kexec() { command -v kexec >/dev/null 2>&1; }
 # sb_sys_kexec_load KERNEL INITRD DTB CMDLINE: load the next kernel. kexec_file_load (-s)
 # first: the kernel itself parses the image (and checks its signature where the kernel
 # asks for one); the older kexec_load when the kernel refuses it or a device tree is
-# given (arm64's kexec_file_load takes the running one).
+# given (arm64's kexec_file_load takes the running one; Debian's arm64 kernels have no
+# kexec_file_load at all). With kexec_load, kexec-tools' purgatory hashes every loaded
+# segment again between the jump and the new kernel; on arm64 it runs with the caches
+# off, which takes tens of seconds to minutes on real boards (and ~40 s under QEMU) for a
+# check of memory the hook filled a moment before from files whose sha256 it had just
+# checked against the manifest: --no-checks (when this kexec has it) skips it.
 sb_sys_kexec_load() {
 	if [ -z "$3" ] && kexec -s -l "$1" --initrd="$2" --command-line="$4"; then
 		return 0
 	fi
-	kexec -l "$1" --initrd="$2" ${3:+--dtb="$3"} --command-line="$4"
+	kexec -l $(sb__kexec_nochecks) "$1" --initrd="$2" ${3:+--dtb="$3"} --command-line="$4"
+}
+# sb__kexec_nochecks: `--no-checks` when this kexec has it.
+sb__kexec_nochecks() {
+	case "$(kexec --help 2>&1)" in *--no-checks*) echo --no-checks ;; esac
 }
 # sb_sys_kexec_exec: jump into the loaded kernel (returns only when that fails).
 sb_sys_kexec_exec() { kexec -e; }
