@@ -51,6 +51,18 @@ sb_sys_has_dm_verity() {
 	[ -d "$SB_SYS_MODULE/dm_verity" ] && return 0
 	DM_DISABLE_UDEV=1 dmsetup targets 2>/dev/null | grep -q '^verity '
 }
+# sb_sys_hash_accel: loads the CPU's sha256 drivers when the initrd has them (x86
+# SSSE3/AVX2/SHA-NI, arm64 crypto extensions and NEON), before the first dm-verity table:
+# the crypto API gives dm-verity the best driver registered then, and a kernel with the
+# generic sha256 built in (Debian's) would otherwise keep it for the whole boot. A CPU
+# without the instructions refuses them: quietly, that is no fault.
+sb_sys_hash_accel() {
+	local m
+	for m in sha256_ssse3 sha2_ce sha256_arm64; do
+		sb_sys_modprobe "$m" >/dev/null 2>&1 && sb_debug "module $m loaded (sha256 for dm-verity)"
+	done
+	return 0
+}
 # sb_sys_loop_attach FILE: FILE read-only on a free loop device, whose path is left in
 # SB_LOOP. The free device is found in sysfs (a bound one has a `loop` folder there), so
 # a layer costs one losetup run (each is ~20 ms under TCG); `losetup -f`, which can also
@@ -162,7 +174,12 @@ sb_manifest_trusted() {
 # sb_verity_available: true when this machine can open dm-verity devices (asked once).
 sb_verity_available() {
 	if [ -z "${SB__DMV-}" ]; then
-		if sb_sys_has_dm_verity; then SB__DMV=yes; else SB__DMV=no; fi
+		if sb_sys_has_dm_verity; then
+			SB__DMV=yes
+			sb_sys_hash_accel
+		else
+			SB__DMV=no
+		fi
 	fi
 	[ "$SB__DMV" = yes ]
 }

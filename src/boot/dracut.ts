@@ -5,6 +5,7 @@
  */
 import { hookInputs, pubKeyFiles, writeTree, type InitramfsOptions, type InitramfsResult, type OutFile } from './hook.js';
 import { BOOT_CONF, SB_LIB, renderBootConfig, renderTemplate } from './render.js';
+import { VERITY_HASH_MODULES } from './modules.js';
 
 /** Tools the dracut module installs: the ones the core runs (required; dracut's base module brings only a few) and nice-to-have ones. */
 export const DRACUT_REQUIRED_TOOLS: readonly string[] = ['tail', 'losetup', 'sha256sum', 'sync', 'dd', 'od', 'tr', 'wc', 'cat', 'cp', 'mv', 'rm', 'mkdir', 'readlink', 'date', 'sleep', 'mount', 'umount', 'modprobe'];
@@ -19,6 +20,7 @@ export async function buildDracut(opts: InitramfsOptions): Promise<InitramfsResu
     sbLib: SB_LIB,
     bootConf: BOOT_CONF,
     modules: mods.modules,
+    hashModules: VERITY_HASH_MODULES,
     requiredTools: DRACUT_REQUIRED_TOOLS,
     optionalTools: DRACUT_OPTIONAL_TOOLS,
     fallbackDelay: Math.max(cfg.ON_FAIL_DELAY, 1),

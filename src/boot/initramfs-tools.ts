@@ -5,6 +5,7 @@
  */
 import { hookInputs, pubKeyFiles, writeTree, type InitramfsOptions, type InitramfsResult, type OutFile } from './hook.js';
 import { BOOT_CONF, SB_LIB, renderBootConfig, renderTemplate } from './render.js';
+import { VERITY_HASH_MODULES } from './modules.js';
 
 /** Tools the initramfs-tools hook copies when the build host has them (util-linux versions). */
 // kexec (kexec-tools): for stacks that carry their own kernel (initramfs/kexec.sh)
@@ -22,6 +23,7 @@ export async function buildInitramfsTools(opts: InitramfsOptions): Promise<Initr
     shareDir: SHARE_DIR,
     hostConf: '/etc/stackboot/boot.conf',
     modules: mods.modules,
+    hashModules: VERITY_HASH_MODULES,
     copyExec: ITOOLS_COPY_EXEC,
     fallbackDelay: Math.max(cfg.ON_FAIL_DELAY, 1),
     keys: (opts.pubKeys ?? []).length > 0,

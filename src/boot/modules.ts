@@ -28,6 +28,18 @@ export const DEFAULT_MODULES: readonly string[] = [
  */
 export const OPTIONAL_MODULES: readonly string[] = ['crc32c', 'nls_cp437', 'nls_ascii', 'nls_iso8859_1', 'nls_utf8', 'virtio_mmio'];
 
+/**
+ * The CPU's own sha256 drivers (x86 SSSE3/AVX2/SHA-NI; arm64 crypto extensions, NEON),
+ * shipped beside dm-verity when the kernel has them as modules. Debian builds the generic
+ * C sha256 in, so without them every dm-verity device hashes with it for the life of
+ * the boot (several times slower on a Jetson's Cortex-A78AE, which has the SHA-2
+ * instructions); the crypto API gives dm-verity the highest-priority driver registered
+ * when its table is loaded, so the hook loads these first (sb_sys_hash_accel). Not in
+ * the list /init loads at its start: on a CPU without the instructions they refuse to
+ * load, which is no fault.
+ */
+export const VERITY_HASH_MODULES: readonly string[] = ['sha256_ssse3', 'sha2_ce', 'sha256_arm64'];
+
 export interface ResolvedModules {
   dir: string;
   kver: string;
@@ -37,10 +49,10 @@ export interface ResolvedModules {
   skipped: string[];
 }
 
-/** The default modules plus `extra`, resolved with their dependencies against a modules dir. */
-export async function resolveShipped(modulesDir: string, extra: readonly string[]): Promise<ResolvedModules> {
+/** The default modules plus `extra` (and `optional` ones, when the kernel has them), resolved with their dependencies against a modules dir. */
+export async function resolveShipped(modulesDir: string, extra: readonly string[], optional: readonly string[] = []): Promise<ResolvedModules> {
   const { dir, kver, index } = await loadModuleIndex(modulesDir);
-  const r = resolveModules(index, [...DEFAULT_MODULES, ...extra], OPTIONAL_MODULES);
+  const r = resolveModules(index, [...DEFAULT_MODULES, ...extra], [...OPTIONAL_MODULES, ...optional]);
   return { dir, kver, index, ...r };
 }
 

@@ -13,7 +13,7 @@ import { checkElfArch, checkModuleArch, checkStaticElf } from './elf.js';
 import type { Compression } from './flavor.js';
 import { pubKeyFiles, writeAtomic, type InitramfsOptions, type InitramfsResult } from './hook.js';
 import { renderModulesDep, moduleNameFromPath, normalizeModuleName } from './kernel.js';
-import { resolveShipped } from './modules.js';
+import { VERITY_HASH_MODULES, resolveShipped } from './modules.js';
 import { BOOT_CONF, CORE_DIR, SB_LIB, TEMPLATES_DIR, checkShellSyntax, readCore, renderBootConfig, renderTemplate } from './render.js';
 import { loadTarget } from './target.js';
 import { programClosure } from './programs.js';
@@ -116,8 +116,10 @@ export async function buildStandalone(opts: InitramfsOptions): Promise<Initramfs
   const compress = opts.compress ?? 'gzip';
 
   progress({ task: 'initramfs: modules', done: 0 });
-  // dm-verity (with dm-mod and dm-bufio by modules.dep) when the initrd can use it
-  const res = await resolveShipped(modulesDir, [...(opts.modules ?? []), ...(opts.verityRoot ? ['dm-verity'] : [])]);
+  // dm-verity (with dm-mod and dm-bufio by modules.dep) when the initrd can use it, and
+  // the CPU's sha256 drivers for it (loaded by the hook before its first table)
+  const res = await resolveShipped(modulesDir, [...(opts.modules ?? []), ...(opts.verityRoot ? ['dm-verity'] : [])], opts.verityRoot ? VERITY_HASH_MODULES : []);
+  const hashDrivers = new Set(VERITY_HASH_MODULES.map(normalizeModuleName));
   const entries: CpioEntry[] = [];
   const modRoot = `lib/modules/${res.kver}`;
   let checkedArch = false;
@@ -197,7 +199,7 @@ export async function buildStandalone(opts: InitramfsOptions): Promise<Initramfs
     {
       sbLib: SB_LIB,
       bootConf: BOOT_CONF,
-      modules: res.modules.map((m) => m.name),
+      modules: res.modules.map((m) => m.name).filter((m) => !hashDrivers.has(m)),
       runSize: '10%',
       fallbackDelay: Math.max(cfg.ON_FAIL_DELAY, 1),
     },
