@@ -65,6 +65,8 @@ PACKAGES=(
   # U-Boot for QEMU's aarch64 virt: the firmware e2e boots the SD image the way a board's
   # distro boot does (extlinux.conf from the vfat boot partition)
   u-boot-qemu
+  # the real bmaptool: node.img.bmap is its format, tested both ways (test/media/bmap.int)
+  bmap-tools
   # EDK2's UEFI for QEMU's aarch64 virt: the firmware e2e checks that UEFI starts the
   # program image --efi-boot puts on the ESP (JetPack 5/6 starts L4TLauncher so)
   qemu-efi-aarch64
