@@ -151,6 +151,12 @@ describe('the SD image through real firmware (aarch64 virt)', () => {
     const back = path.join(dir, 'k2-back');
     await run('mcopy', ['-n', '-i', `${copy}@@${image.partitions[0]!.start}`, `::/vmlinuz-${hk}`, back], { env });
     expect(await sha12(back)).toBe(hk);
+    // the guest kernel's vfat writes left a filesystem its own checker finds clean
+    const part = path.join(dir, 'boot-after.part');
+    const p0 = image.partitions[0]!;
+    await run('dd', [`if=${copy}`, `of=${part}`, 'bs=1M', `skip=${p0.start / 1048576}`, `count=${p0.size / 1048576}`, 'status=none']);
+    const fat = await run('fsck.fat', ['-n', part], { reject: false });
+    expect(fat.exitCode, fat.stdout + fat.stderr).toBe(0);
 
     // U-Boot boots the new default: the 6.12 kernel, the same stack
     const r = await bootUboot(copy, 'uboot-arm64-updated');

@@ -105,5 +105,15 @@ describe('stackboot image', () => {
     expect((await run('blkid', ['-o', 'value', '-s', 'LABEL', part])).stdout.trim()).toBe('sb-store');
     const ls = (await run('debugfs', ['-R', 'ls -l /layers', part])).stdout;
     expect(ls.match(/\.sqfs/g)?.length).toBe(3);
+    // both filesystems are clean to their own checkers (e2fsprogs, dosfstools): what a
+    // firmware (U-Boot, UEFI) or a kernel reads is well-formed, not only what mtools and
+    // debugfs could read back
+    const fsck = await run('e2fsck', ['-fn', part], { reject: false });
+    expect(fsck.exitCode, fsck.stdout + fsck.stderr).toBe(0);
+    const bootPart = path.join(tmp, 'boot.part');
+    await run('dd', [`if=${a}`, `of=${bootPart}`, 'bs=1M', `skip=${boot.start / 1048576}`, `count=${boot.size / 1048576}`, 'status=none']);
+    const fat = await run('fsck.fat', ['-n', '-v', bootPart], { reject: false });
+    expect(fat.exitCode, fat.stdout + fat.stderr).toBe(0);
+    expect(fat.stdout).toMatch(/32 bit entries/);
   });
 });
