@@ -67,6 +67,9 @@ PACKAGES=(
   u-boot-qemu
   # the real bmaptool: node.img.bmap is its format, tested both ways (test/media/bmap.int)
   bmap-tools
+  # Python's http.server: a static server without Range (test/node/static-servers.int;
+  # busybox-static's httpd is the one with Range)
+  python3
   # EDK2's UEFI for QEMU's aarch64 virt: the firmware e2e checks that UEFI starts the
   # program image --efi-boot puts on the ESP (JetPack 5/6 starts L4TLauncher so)
   qemu-efi-aarch64
