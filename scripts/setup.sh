@@ -67,6 +67,8 @@ PACKAGES=(
   u-boot-qemu
   # the real bmaptool: node.img.bmap is its format, tested both ways (test/media/bmap.int)
   bmap-tools
+  # the real casync: issue 15's anchor, measured on the same layer pair (chunk tests, bench)
+  casync
   # Python's http.server: a static server without Range (test/node/static-servers.int;
   # busybox-static's httpd is the one with Range)
   python3

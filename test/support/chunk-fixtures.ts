@@ -171,3 +171,33 @@ export async function debianBases(): Promise<{ old: string; new: string }> {
   }
   return out;
 }
+
+/**
+ * What the real casync (Debian's casync 2) would fetch to go from `oldFile` to `newFile`:
+ * both cut with `casync make --chunk-size=N` into chunk stores, the new file's chunks the
+ * old one lacks as casync keeps them (`.cacnk`, zstd-compressed: what a client fetches),
+ * plus the new `.caibx` index. The anchor "casync on the same pair" of issue 15.
+ */
+export async function casyncFetch(oldFile: string, newFile: string, chunkSize = 16384): Promise<{ chunks: number; bytes: number; index: number }> {
+  const work = await fs.mkdtemp(path.join(path.dirname(newFile), '.casync-'));
+  try {
+    const make = async (name: string, file: string) => {
+      await run('casync', ['make', `--chunk-size=${chunkSize}`, `--store=${path.join(work, `${name}.castr`)}`, path.join(work, `${name}.caibx`), file]);
+      const sizes = new Map<string, number>();
+      const walk = async (d: string): Promise<void> => {
+        for (const e of await fs.readdir(d, { withFileTypes: true })) {
+          const p = path.join(d, e.name);
+          if (e.isDirectory()) await walk(p);
+          else if (e.name.endsWith('.cacnk')) sizes.set(e.name, (await fs.stat(p)).size);
+        }
+      };
+      await walk(path.join(work, `${name}.castr`));
+      return sizes;
+    };
+    const [had, want] = [await make('old', oldFile), await make('new', newFile)];
+    const lacking = [...want].filter(([n]) => !had.has(n));
+    return { chunks: lacking.length, bytes: lacking.reduce((t, [, s]) => t + s, 0), index: (await fs.stat(path.join(work, 'new.caibx'))).size };
+  } finally {
+    await fs.rm(work, { recursive: true, force: true });
+  }
+}
