@@ -50,7 +50,7 @@ sb_sys_has_kexec() { command -v kexec >/dev/null 2>&1; }
 # given (arm64's kexec_file_load takes the running one; Debian's arm64 kernels have no
 # kexec_file_load at all). With kexec_load, kexec-tools' purgatory hashes every loaded
 # segment again between the jump and the new kernel; on arm64 it runs with the caches
-# off, which takes tens of seconds to minutes on real boards (and ~40 s under QEMU) for a
+# off, which takes tens of seconds to minutes on real boards (and ~28 s under QEMU) for a
 # check of memory the hook filled a moment before from files whose sha256 it had just
 # checked against the manifest: --no-checks (when this kexec has it) skips it.
 sb_sys_kexec_load() {
