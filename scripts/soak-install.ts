@@ -11,6 +11,7 @@
 import { scratch } from '../test/e2e/fixtures.js';
 import { calibrateInstall, cutInstants, makeInstallSetup, runCuts, summarizeCuts } from '../test/e2e/install-powercut.js';
 import { killAllVms } from '../test/e2e/qemu.js';
+import { discard } from '../test/e2e/snapshot.js';
 
 const trials = Number(process.argv[2] ?? 200);
 const seed = Number(process.argv[3] ?? Date.now() % 1e9);
@@ -25,4 +26,5 @@ const results = await runCuts(setup, cal, cutInstants(cal, trials, seed), jobs, 
 );
 console.log(summarizeCuts(results));
 await killAllVms();
+await discard(cal.snapshot);
 process.exit(results.some((r) => r.problems.length) ? 1 : 0);

@@ -97,8 +97,6 @@ export interface VmSnapshot {
   disks: string[];
   /** ms from QEMU's start to the snapshot */
   atMs: number;
-  /** the console line that was waited for */
-  match: RegExpMatchArray;
 }
 
 const qmpArgs = (sock: string) => ['-qmp', `unix:${sock},server=on,wait=off`];
@@ -116,7 +114,7 @@ export async function snapshotAt(o: BootOptions, re: RegExp, dir: string, timeou
   let qmp: Qmp | undefined;
   try {
     qmp = await Qmp.connect(sock, vm);
-    const match = await vm.waitFor(re, timeoutMs);
+    await vm.waitFor(re, timeoutMs);
     await qmp.cmd('stop');
     const atMs = vm.elapsed();
     const state = path.join(dir, 'vm.state');
@@ -132,7 +130,7 @@ export async function snapshotAt(o: BootOptions, re: RegExp, dir: string, timeou
         disks.push(copy);
       }
     }
-    return { options: o, state, disks, atMs, match };
+    return { options: o, state, disks, atMs };
   } finally {
     qmp?.close();
     vm.kill();

@@ -13,7 +13,8 @@ import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { verityTreeBytes } from '../../src/build/verity.js';
 import { signifyPublicKey } from '../../src/format/signature.js';
-import { fakeRoots, readEvents, readState, sha256, type FakeRoot, type Store } from './harness.js';
+import { LIB, fakeRoots, readEvents, readState, sha256, type FakeRoot, type Store } from './harness.js';
+import { VERITY_HASH_MODULES } from '../../src/boot/modules.js';
 
 const roots = fakeRoots();
 const CONF = 'STORES=vda\n';
@@ -395,5 +396,14 @@ n1 /s/b.sqfs 4096 4096 ${ROOT} ${SALT}"; echo "RC=$?"`);
     expect(r.calls().filter((c) => c.startsWith('dmsetup create'))).toEqual([]);
     expect(r.calls()).toContain('dmsetup remove n0');
     expect(r.calls()).toContain(`losetup -d ${join(r.dir, 'dev')}/loop9`);
+  });
+});
+
+describe('sha256 drivers for dm-verity', () => {
+  it('the hook loads the same list the flavours ship (src/boot/modules.ts VERITY_HASH_MODULES)', () => {
+    const sh = readFileSync(join(LIB, 'verity.sh'), 'utf8');
+    const loop = /^sb_sys_hash_accel\(\) \{[\s\S]*?\n\tfor m in ([^;]+); do/m.exec(sh);
+    expect(loop, 'sb_sys_hash_accel loops over the module names').not.toBeNull();
+    expect(loop![1]!.trim().split(/\s+/)).toEqual([...VERITY_HASH_MODULES]);
   });
 });

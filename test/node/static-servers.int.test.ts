@@ -25,6 +25,7 @@ import { download } from '../../src/node/download.js';
 import { install, type InstallEvent } from '../../src/node/install.js';
 import { chunkedBuild } from '../support/chunk-fixtures.js';
 import { keys, layerBytes, sha256Of } from '../support/update-fixtures.js';
+import { freePort } from '../registry/harness.js';
 
 let tmp: string;
 let www: string;
@@ -53,16 +54,6 @@ beforeAll(async () => {
 afterAll(async () => {
   await fs.rm(tmp, { recursive: true, force: true });
 });
-
-const freePort = () =>
-  new Promise<number>((resolve, reject) => {
-    const s = net.createServer();
-    s.listen(0, '127.0.0.1', () => {
-      const p = (s.address() as net.AddressInfo).port;
-      s.close(() => resolve(p));
-    });
-    s.on('error', reject);
-  });
 
 interface Served {
   url: string;
