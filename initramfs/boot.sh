@@ -21,6 +21,7 @@ sb_booted_write() {
 		echo "fallback=$(sb_oneline "$SB_FALLBACK")"
 		echo "upper=$SB_UPPER"
 		echo "data_dev=${SB_DATA_DEV-}"
+		echo "watchdog=${SB_WATCHDOG_ARMED-}"
 	} >"$f.new" && mv -f "$f.new" "$f"
 }
 
@@ -159,6 +160,8 @@ sb_boot_finish() {
 	[ "$SB_UPPER" = disk ] && sb_wipe_stale "$store" "$stack"
 	sb_event "$store" boot "$slot" "$stack" "$(sb_slot_tries "$slot")" \
 		"$(sb_slot_status "$slot") on $(sb_store_get "$i" DEV)${SB_FALLBACK:+ after fallback: $SB_FALLBACK}"
+	# a pending stack: the board resets it if it hangs before mark-good (WATCHDOG=)
+	sb_watchdog_arm "$slot"
 	sb_booted_write "$i" "$slot"
 	sb_stores_record "$i"
 	# other stores: unmount (flushing what we wrote there)

@@ -22,6 +22,8 @@
 #                        the missing higher-priority disks      (2)
 #   SB_HEALTH_TIMEOUT    seconds per health check (node side)  (60)
 #   SB_HEALTH_REBOOT_DELAY seconds before a health reboot       (10)
+#   SB_WATCHDOG          seconds the board's watchdog gives a pending stack to be
+#                        marked good; 0: the hook leaves it alone (0; watchdog.sh)
 #   SB_FIRMWARE          none | jetson | uboot: the firmware-slot backend mark-good
 #                        also tells (node config; src/node/firmware.ts)      (none)
 #
@@ -34,6 +36,7 @@
 #   stackboot.kexec=ID:SLOT:STACK  SB_KEXEC_FROM: this is the kexec'ed second stage of
 #                             SLOT (its try is already counted; initramfs/kexec.sh)
 #   stackboot.tries=N         SB_TRIES
+#   stackboot.watchdog=SECS   SB_WATCHDOG
 #   stackboot.verify=size|sha256|verity, stackboot.upper=tmpfs|disk, stackboot.onfail=reboot|shell
 
 # sb_config_defaults: set every SB_* config variable that is still unset.
@@ -54,6 +57,7 @@ sb_config_defaults() {
 	: "${SB_DEVICE_SETTLE=2}"
 	: "${SB_HEALTH_TIMEOUT=60}"
 	: "${SB_HEALTH_REBOOT_DELAY=10}"
+	: "${SB_WATCHDOG=0}"
 	: "${SB_FORCE_SLOT=}"
 	: "${SB_FORCE_STORE=}"
 	: "${SB_WIPE=0}"
@@ -68,7 +72,7 @@ sb_config_defaults() {
 sb_config_set() {
 	local key="$1" val="$2" origin="${3:-config}" ok=1 n
 	case "$key" in
-	TRIES | ON_FAIL_DELAY | DEVICE_TIMEOUT | DEVICE_SETTLE | HEALTH_TIMEOUT | HEALTH_REBOOT_DELAY)
+	TRIES | ON_FAIL_DELAY | DEVICE_TIMEOUT | DEVICE_SETTLE | HEALTH_TIMEOUT | HEALTH_REBOOT_DELAY | WATCHDOG)
 		if n=$(sb_uint_norm "$val"); then val=$n; else ok=0; fi ;;
 	UPPER) case "$val" in tmpfs | disk) ;; *) ok=0 ;; esac ;;
 	VERIFY) case "$val" in size | sha256 | verity) ;; full) val=sha256 ;; *) ok=0 ;; esac ;;
@@ -148,6 +152,7 @@ sb_cmdline_apply() {
 		stackboot.store=*)
 			case "${w#*=}" in '' | *[!A-Za-z0-9/._-]*) sb_warn "cmdline: bad stackboot.store ignored" ;; *) SB_FORCE_STORE=${w#*=} ;; esac ;;
 		stackboot.tries=*) sb_config_set TRIES "${w#*=}" cmdline ;;
+		stackboot.watchdog=*) sb_config_set WATCHDOG "${w#*=}" cmdline ;;
 		stackboot.kexec=*)
 			SB_KEXEC_FROM=${w#*=}
 			sb_kexec_spec_parse || { sb_warn "cmdline: bad $w ignored"; SB_KEXEC_FROM=; } ;;

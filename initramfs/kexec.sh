@@ -174,6 +174,8 @@ EOT
 		return 1
 	fi
 	sb_event "$store" kexec "$slot" "$(sb_slot_stack "$slot")" "$(sb_slot_tries "$slot")" "kernel $running -> $rel"
+	# a pending stack's kernel that hangs: the board resets it (WATCHDOG=)
+	sb_watchdog_arm "$slot" kexec
 	# the kernel is loaded: leave nothing unwritten on the stores, then jump
 	sb_unmount_stack
 	sb_kexec_stores_quiesce

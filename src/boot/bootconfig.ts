@@ -39,6 +39,8 @@ export interface BootConfig {
   HEALTH_TIMEOUT: number;
   /** Seconds before a health reboot (node side). */
   HEALTH_REBOOT_DELAY: number;
+  /** Seconds the board's watchdog gives a pending stack to be marked good; 0: the hook leaves the watchdog alone (initramfs/watchdog.sh). */
+  WATCHDOG: number;
 }
 
 export type BootConfigKey = keyof BootConfig;
@@ -61,6 +63,7 @@ export const BOOT_CONFIG_KEYS: readonly BootConfigKey[] = [
   'DEVICE_SETTLE',
   'HEALTH_TIMEOUT',
   'HEALTH_REBOOT_DELAY',
+  'WATCHDOG',
 ];
 
 export function defaultBootConfig(): BootConfig {
@@ -81,6 +84,7 @@ export function defaultBootConfig(): BootConfig {
     DEVICE_SETTLE: 2,
     HEALTH_TIMEOUT: 60,
     HEALTH_REBOOT_DELAY: 10,
+    WATCHDOG: 0,
   };
 }
 
@@ -180,6 +184,10 @@ export function setBootConfigValue(cfg: BootConfig, key: string, value: string):
       return;
     case 'HEALTH_REBOOT_DELAY':
       cfg.HEALTH_REBOOT_DELAY = intValue(key, v, 0, 86400);
+      return;
+    case 'WATCHDOG':
+      // watchdog drivers take up to minutes (tegra_wdt 255 s, i6300esb 2046 s); the driver has the last word
+      cfg.WATCHDOG = intValue(key, v, 0, 3600);
       return;
   }
 }

@@ -6,6 +6,7 @@
 import { StackbootError } from '../sys/index.js';
 import { updateBooted, withStoreLock, withWritableStore, type NodeContext } from './context.js';
 import type { FirmwareSlots } from './firmware.js';
+import { armedWatchdog, stopWatchdog, type WatchdogStop } from './watchdog.js';
 import { candidates, markBad, markGood, rollback as rollbackState, SLOTS, type BootState, type SlotName } from '../format/index.js';
 
 export interface RollbackResult {
@@ -42,8 +43,20 @@ function bootedOrThrow(ctx: NodeContext): { slot: SlotName; stack: string } {
  * config), the firmware is told this boot was good too: only after stackboot's own state
  * says so, so a failure there leaves the stack good and says the firmware was not told.
  */
-export async function markBootedGood(ctx: NodeContext, firmware: FirmwareSlots | null = null): Promise<{ slot: SlotName; stack: string; was: string; firmware?: string }> {
-  const r = await markGoodInStore(ctx);
+export async function markBootedGood(
+  ctx: NodeContext,
+  firmware: FirmwareSlots | null = null,
+): Promise<{ slot: SlotName; stack: string; was: string; firmware?: string; watchdog?: { dev: string; result: WatchdogStop } }> {
+  const r: { slot: SlotName; stack: string; was: string; watchdog?: { dev: string; result: WatchdogStop } } = await markGoodInStore(ctx);
+  // the watchdog the hook armed for this stack's try (initramfs/watchdog.sh) has done its work
+  const wd = armedWatchdog(ctx.booted?.watchdog);
+  if (wd) {
+    const result = await stopWatchdog(wd.dev).catch((e: unknown) => {
+      throw new StackbootError('TOOL', `slot ${r.slot} is good, but the watchdog ${wd.dev} armed for its try could not be stopped: ${(e as Error).message}`, { cause: e });
+    });
+    if (result !== 'running') await updateBooted(ctx, { watchdog: '' });
+    r.watchdog = { dev: wd.dev, result };
+  }
   if (!firmware) return r;
   await firmware.markGood().catch((e: unknown) => {
     throw new StackbootError('TOOL', `slot ${r.slot} is good, but the ${firmware.kind} firmware was not told (it may switch its boot slot): ${(e as Error).message}`, { cause: e });

@@ -50,12 +50,17 @@ describe('boot config', () => {
       ['INIT=sbin/init', 'INIT'],
       ['STORE_LABEL=a label', 'STORE_LABEL'],
       ['DEVICE_TIMEOUT=0', 'DEVICE_TIMEOUT'],
+      ['WATCHDOG=-1', 'WATCHDOG'],
+      ['WATCHDOG=2m', 'WATCHDOG'],
+      ['WATCHDOG=3601', 'WATCHDOG'],
       ['TRYS=3', 'TRYS'],
       ['novalue', 'KEY=VALUE'],
     ]) expectConfigError(() => makeBootConfig({ set: [setting] }), field);
     // partitions (the hook looks at the partitions of each disk, and skips a partition named here)
     for (const p of ['mmcblk0p2', 'nvme0n1p2', 'vda2', 'sda1', 'xvda3']) expectConfigError(() => makeBootConfig({ set: [`STORES=nvme0n1 ${p}`] }), 'STORES');
     expect(makeBootConfig({ set: ['STORES=nvme0n1 mmcblk0 mmcblk1 vda sdb nvme1n1 vd* mmcblk*'] }).STORES).toHaveLength(8);
+    expect(makeBootConfig({ set: ['WATCHDOG=120'] }).WATCHDOG).toBe(120);
+    expect(makeBootConfig({}).WATCHDOG).toBe(0);
     expectConfigError(() => makeBootConfig({ text: 'TRIES=1\nthis is not a pair\n', origin: 'node.conf' }), 'node.conf:2');
     expectConfigError(() => validateBootConfig({ ...defaultBootConfig(), STORES: [] }), 'STORES');
     expectConfigError(() => validateBootConfig({ ...defaultBootConfig(), TRIES: -1 }), 'TRIES');

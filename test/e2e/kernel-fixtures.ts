@@ -9,6 +9,8 @@ import path from 'node:path';
 import { buildInitramfs, makeBootConfig } from '../../src/boot/initramfs.js';
 import type { Target } from '../../src/boot/target.js';
 import { parseRecipe } from '../../src/build/recipe.js';
+import { parseManifest, serializeManifest } from '../../src/format/manifest.js';
+import { run } from '../../src/sys/exec.js';
 import { buildStack, type BuildResult } from '../../src/build/stack.js';
 import type { Arch } from '../../src/sys/arch.js';
 import { CACHE, REPO, WORK, demoStack, scratch, target } from './fixtures.js';
@@ -77,3 +79,37 @@ export function kexecFixture(arch: Arch): Promise<KexecFixture> {
   return f;
 }
 
+
+const panics = new Map<string, Promise<{ dir: string; text: string }>>();
+
+/**
+ * v3: v2 with an initrd its kernel cannot use (garbage of the right digest), so the
+ * kernel kexec'ed into panics (VFS: unable to mount root). Made once per fixture, in
+ * `<dir>/v3`; `text` is its manifest.
+ */
+export function panicStack(f: KexecFixture): Promise<{ dir: string; text: string }> {
+  let p = panics.get(f.dir);
+  if (!p) {
+    p = (async () => {
+      const v3 = path.join(f.dir, 'v3');
+      await fs.mkdir(path.join(v3, 'layers'), { recursive: true });
+      const junkRoot = path.join(f.dir, 'junk-initrd');
+      const rel = f.v2.manifest.initrd!.path;
+      await fs.mkdir(path.dirname(path.join(junkRoot, rel)), { recursive: true });
+      await fs.writeFile(path.join(junkRoot, rel), Buffer.alloc(1 << 20, 0x5a));
+      const junkLayer = path.join(f.dir, 'junk.sqfs');
+      await run('gensquashfs', ['-D', junkRoot, '--all-root', '-f', '-q', junkLayer]);
+      const [jd, js] = await Promise.all([run('sha256sum', [junkLayer]).then((r) => r.stdout.split(' ')[0]!), fs.stat(junkLayer).then((s) => s.size)]);
+      const idig = (await run('sha256sum', [path.join(junkRoot, rel)])).stdout.split(' ')[0]!;
+      const m = parseManifest(await fs.readFile(f.v2.manifestFile, 'utf8'));
+      // the hand-made junk layer has no hash tree: v3 has no verity lines (VERIFY falls back to size)
+      const layers = m.layers.map(({ verity: _v, ...l }) => (l.name === 'initrd' ? { name: 'initrd', digest: jd, size: js } : l));
+      const text = serializeManifest({ ...m, version: '3', initrd: { path: rel, digest: idig, size: 1 << 20 }, layers });
+      await fs.writeFile(path.join(v3, 'manifest'), text);
+      for (const l of layers) await fs.copyFile(l.name === 'initrd' ? junkLayer : path.join(f.v2.outDir, 'layers', `${l.digest}.sqfs`), path.join(v3, 'layers', `${l.digest}.sqfs`));
+      return { dir: v3, text };
+    })();
+    panics.set(f.dir, p);
+  }
+  return p;
+}

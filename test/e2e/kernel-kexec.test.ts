@@ -7,15 +7,13 @@
  * corrupt in the store is refused before kexec; a power cut during the kexec'ed boot
  * counts as a used try.
  */
-import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { afterEach, beforeAll, describe, expect } from 'vitest';
 import { itConcurrent } from './concurrent.js';
-import { serializeManifest, parseManifest, stackId } from '../../src/format/manifest.js';
-import { run } from '../../src/sys/exec.js';
+import { stackId } from '../../src/format/manifest.js';
 import type { Arch } from '../../src/sys/arch.js';
 import { storeDisk } from './fixtures.js';
-import { kexecFixture as fixture, type KexecFixture as Fixture } from './kernel-fixtures.js';
+import { kexecFixture as fixture, panicStack, type KexecFixture as Fixture } from './kernel-fixtures.js';
 import { bootDemo, corruptLayer, escapeRe, readStore, tailOf, type DemoBoot } from './inspect.js';
 import { bootOnce, useVmCleanup, type Disk } from './qemu.js';
 
@@ -64,23 +62,7 @@ describe('stack kernels: kexec into the stack kernel', () => {
   async function panicFallsBack(arch: Arch): Promise<void> {
     const f = await fixture(arch);
     const k2 = f.T.kernel2!;
-    // v3: v2 with an initrd the kernel cannot use (garbage of the right digest)
-    const v3 = path.join(f.dir, 'v3');
-    await fs.mkdir(path.join(v3, 'layers'), { recursive: true });
-    const junkRoot = path.join(f.dir, 'junk-initrd');
-    const rel = f.v2.manifest.initrd!.path;
-    await fs.mkdir(path.dirname(path.join(junkRoot, rel)), { recursive: true });
-    await fs.writeFile(path.join(junkRoot, rel), Buffer.alloc(1 << 20, 0x5a));
-    const junkLayer = path.join(f.dir, 'junk.sqfs');
-    await run('gensquashfs', ['-D', junkRoot, '--all-root', '-f', '-q', junkLayer]);
-    const [jd, js] = await Promise.all([run('sha256sum', [junkLayer]).then((r) => r.stdout.split(' ')[0]!), fs.stat(junkLayer).then((s) => s.size)]);
-    const idig = (await run('sha256sum', [path.join(junkRoot, rel)])).stdout.split(' ')[0]!;
-    const m = parseManifest(await fs.readFile(f.v2.manifestFile, 'utf8'));
-    // the hand-made junk layer has no hash tree: v3 has no verity lines (VERIFY falls back to size)
-    const layers = m.layers.map(({ verity: _v, ...l }) => (l.name === 'initrd' ? { name: 'initrd', digest: jd, size: js } : l));
-    const text = serializeManifest({ ...m, version: '3', initrd: { path: rel, digest: idig, size: 1 << 20 }, layers });
-    await fs.writeFile(path.join(v3, 'manifest'), text);
-    for (const l of layers) await fs.copyFile(l.name === 'initrd' ? junkLayer : path.join(f.v2.outDir, 'layers', `${l.digest}.sqfs`), path.join(v3, 'layers', `${l.digest}.sqfs`));
+    const { dir: v3, text } = await panicStack(f);
     const img = path.join(f.dir, 'panic.img');
     await storeDisk({ file: img, slots: { a: { buildDir: f.v2.outDir, status: 'good' }, b: { buildDir: v3, status: 'pending', tries: 2 } }, current: 'a', storeMiB: 320 });
     // boots 1 and 2: v3's kernel starts and panics (panic=-1: at once; QEMU -no-reboot ends)

@@ -195,6 +195,12 @@ sb_sys_reboot() { sb__rec "reboot"; return 0; }
 sb_sys_shell() { sb__rec "shell"; return 0; }
 sb_sys_fsync() { sb__rec "fsync $1"; return 0; }
 mv() { sb__rec "mv $*"; command mv "$@"; }
+# the watchdog (watchdog.sh): a device is a file under $SB_DEV; SB_T_WD_* steer the fakes
+sb_sys_watchdog_present() { [ -e "$1" ]; }
+sb_sys_watchdog_arm() { sb__rec "watchdog-arm $1 $2"; [ -z "\${SB_T_WD_FAIL-}" ] || return 1; echo "\${SB_T_WD_TOOK:-$2}"; }
+sb_sys_watchdog_stop_on_reboot() { echo "\${SB_T_WD_SOR-0}"; }
+sb_sys_watchdog_stop() { sb__rec "watchdog-stop $1"; [ -z "\${SB_T_WD_BUSY-}" ] || { echo "can't create $1: Device or resource busy" >&2; return 1; }; }
+sb_sys_watchdog_state() { echo "\${SB_T_WD_STATE-inactive}"; }
 `;
   }
 

@@ -95,4 +95,20 @@ describe('rollback, mark-good, mark-bad', () => {
     expect(again.exitCode).toBe(13);
     expect(again.stderr).toMatch(/no previous good stack/);
   });
+
+  it("mark-good on a booted node stops the watchdog the hook armed for the try and clears it from the booted record", async () => {
+    const s = await twoStacks('wd1');
+    const runDir = path.join(tmp, 'run-wd1');
+    await fs.mkdir(path.join(runDir, 'stackboot'), { recursive: true });
+    const booted = path.join(runDir, 'stackboot', 'booted');
+    // /dev/null stands in for /dev/watchdog: a character device its magic close can be written to
+    const record = `store_dev=/dev/loop9\nstore_id=x\nstore_mnt=${s.dir}\nslot=b\nstack=${v2.id}\nstatus=pending\ntries=2\nfallback=\nupper=tmpfs\ndata_dev=\nwatchdog=/dev/null:30\n`;
+    await fs.writeFile(booted, record);
+    const g = await markBootedGood(await nodeContext({ runDir }));
+    expect(g).toMatchObject({ slot: 'b', was: 'pending', watchdog: { dev: '/dev/null', result: 'stopped' } });
+    expect((await s.store.readState()).slots.b?.status).toBe('good');
+    const after = await fs.readFile(booted, 'utf8');
+    expect(after).toMatch(/^watchdog=$/m);
+    expect(after).toMatch(/^status=good$/m);
+  });
 });

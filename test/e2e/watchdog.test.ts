@@ -1,0 +1,142 @@
+/**
+ * The board's watchdog over a pending stack's try (initramfs/watchdog.sh, WATCHDOG= in
+ * the boot config), on real QEMU nodes (amd64) with QEMU's i6300esb watchdog, whose
+ * expiry resets the machine (`-action watchdog=reset`; the harness's -no-reboot turns
+ * that reset into QEMU's exit, with no kernel reboot line on the console, since the guest
+ * kernel never learns of it):
+ * - a pending stack whose userspace hangs before it is marked good: the watchdog resets
+ *   the node, that try is used up, and the next boot falls back to the good stack, which
+ *   runs past the timeout (the hook arms nothing for a good stack);
+ * - a pending stack that its health checks mark good: mark-good stops the watchdog, and
+ *   the node runs past the timeout;
+ * - a stack whose own kernel hangs after the kexec (it panics with `panic=0`): the
+ *   watchdog armed before the jump (kept through it by `watchdog.stop_on_reboot=0`)
+ *   resets the node, and the node falls back to the good stack and its kernel.
+ */
+import path from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { afterEach, beforeAll, describe, expect } from 'vitest';
+import { buildInitramfs, makeBootConfig } from '../../src/boot/initramfs.js';
+import type { Target } from '../../src/boot/target.js';
+import { CACHE, demoStack, scratch, storeDisk, target } from './fixtures.js';
+import { itConcurrent } from './concurrent.js';
+import { kexecFixture, panicStack, KEXEC_BOOT } from './kernel-fixtures.js';
+import { readStore } from './inspect.js';
+import { Vm, useVmCleanup, type BootOptions } from './qemu.js';
+
+useVmCleanup(afterEach);
+
+/** The watchdog's timeout (s): long enough for the demo to boot and mark good under TCG. */
+const SECS = 20;
+const WATCHDOG_QEMU = ['-device', 'i6300esb', '-action', 'watchdog=reset'];
+const ARMED = new RegExp(`watchdog /dev/watchdog armed: slot b has ${SECS} s to be marked good`);
+/** What the guest kernel prints when it powers off or reboots itself. */
+const KERNEL_EXIT = /reboot: (Power down|Restarting system)/;
+
+let T: Target;
+let dir: string;
+let rd: string;
+
+beforeAll(async () => {
+  T = await target('amd64');
+  dir = await scratch('watchdog');
+  rd = path.join(dir, 'initrd.img');
+  await Promise.all([
+    buildInitramfs({ flavor: 'standalone', out: rd, arch: 'amd64', cacheRoot: CACHE, modules: ['i6300esb'], config: makeBootConfig({ set: [['STORES', 'vda'], ['DEVICE_TIMEOUT', '5'], ['WATCHDOG', String(SECS)]] }) }),
+    demoStack('demo'),
+    demoStack('demo-update'),
+  ]);
+}, 600_000);
+
+function start(img: string, append: string, o: Partial<BootOptions> = {}): Vm {
+  return Vm.start({ target: T, initrd: rd, disks: [{ file: img, bus: 'virtio' }], append: `quiet ${append}`, qemuArgs: WATCHDOG_QEMU, timeoutMs: 300_000, ...o });
+}
+
+/** The VM is still running `secs` seconds after now (nothing reset it). */
+async function staysUp(vm: Vm, secs: number, what: string): Promise<void> {
+  await sleep(secs * 1000);
+  expect(vm.exited, vm.failMessage(`${what}: the VM should still run ${secs} s later`)).toBe(false);
+  vm.kill();
+}
+
+/** The VM exits by itself without the guest kernel powering off or rebooting: the watchdog's reset. */
+async function resetByWatchdog(vm: Vm, armedAt: number, secs: number, what: string): Promise<void> {
+  const exit = await vm.waitExit(secs * 1000 + 120_000);
+  expect(exit.how, vm.failMessage(`${what}: QEMU should exit by itself`)).not.toBe('killed');
+  expect(exit.code, vm.failMessage(`${what}: QEMU's exit code`)).toBe(0);
+  expect(exit.output.slice(armedAt), vm.failMessage(`${what}: no power-off or reboot by the guest kernel`)).not.toMatch(KERNEL_EXIT);
+}
+
+describe('the watchdog over a pending try (amd64, i6300esb)', () => {
+  itConcurrent('a pending stack that hangs before mark-good is reset by the watchdog; its try is used and the good stack boots, unarmed', async () => {
+    const [v1, v2] = await Promise.all([demoStack('demo'), demoStack('demo-update')]);
+    const img = path.join(dir, 'hang.img');
+    await storeDisk({ file: img, slots: { a: { buildDir: v1.outDir, status: 'good' }, b: { buildDir: v2.outDir, status: 'pending', tries: 1 } }, current: 'a' });
+    // the stack's userspace never gets to its health checks: a hang as far as stackboot can tell
+    let vm = start(img, 'demo.nohealth demo.then=shell');
+    const armed = await vm.waitFor(ARMED, 240_000);
+    const armedMs = vm.elapsed();
+    await vm.waitFor(/^DEMO: booted watchdog=\/dev\/watchdog:20$/m, 120_000);
+    await vm.waitFor(/^DEMO: then shell$/m, 120_000);
+    await resetByWatchdog(vm, armed.index!, SECS, 'boot 1');
+    const resetAfter = vm.elapsed() - armedMs;
+    expect(resetAfter, vm.failMessage('the reset comes about the timeout after the arming')).toBeGreaterThan((SECS - 2) * 1000);
+    let s = await readStore(img);
+    expect(s.state?.slots.b).toEqual({ status: 'pending', stack: v2.stackId, tries: 0 });
+    // boot 2: no tries left: b is bad, a (good) boots and is not armed
+    vm = start(img, 'demo.then=shell');
+    await vm.waitFor(/^DEMO: then shell$/m, 240_000);
+    const out = vm.output();
+    expect(out, vm.failMessage('b ran out of tries')).toMatch(/slot b \([0-9a-f]{12}\) ran out of tries: bad/);
+    expect(out, vm.failMessage('a boots')).toMatch(/^DEMO: booted slot=a$/m);
+    expect(out, vm.failMessage('a good stack is not armed')).not.toMatch(/watchdog \/dev\/watchdog armed/);
+    expect(out).toMatch(/^DEMO: booted watchdog=$/m);
+    await staysUp(vm, SECS + 10, 'boot 2 (good stack)');
+    s = await readStore(img);
+    expect(s.state?.slots.b?.status).toBe('bad');
+    expect(s.events.map((e) => `${e.event} ${e.slot}`)).toEqual(['try b', 'boot b', 'exhausted b', 'boot a']);
+  });
+
+  itConcurrent('a pending stack that health marks good: mark-good stops the watchdog and the node runs on past the timeout', async () => {
+    const [v1, v2] = await Promise.all([demoStack('demo'), demoStack('demo-update')]);
+    const img = path.join(dir, 'good.img');
+    await storeDisk({ file: img, slots: { a: { buildDir: v1.outDir, status: 'good' }, b: { buildDir: v2.outDir, status: 'pending', tries: 2 } }, current: 'a' });
+    const vm = start(img, 'demo.then=shell');
+    await vm.waitFor(ARMED, 240_000);
+    await vm.waitFor(/^DEMO: then shell$/m, 120_000);
+    const out = vm.output();
+    expect(out, vm.failMessage('health exit')).toMatch(/^DEMO: health exit 0$/m);
+    expect(out, vm.failMessage('mark-good stops the watchdog')).toMatch(/watchdog \/dev\/watchdog stopped \(the stack is good\)/);
+    await staysUp(vm, SECS + 10, 'after mark-good');
+    const s = await readStore(img);
+    expect(s.state?.slots.b).toEqual({ status: 'good', stack: v2.stackId });
+  });
+
+  itConcurrent('a stack kernel that hangs after the kexec (panic=0): the watchdog armed before the jump resets the node, which falls back to the good stack and its kernel', async () => {
+    const f = await kexecFixture('amd64');
+    const v3 = await panicStack(f);
+    // the first stage with the watchdog driver and WATCHDOG=
+    const rdK = path.join(dir, 'initrd-kexec.img');
+    await buildInitramfs({ flavor: 'standalone', out: rdK, arch: 'amd64', cacheRoot: CACHE, modules: ['i6300esb'], kexecRoot: f.T.kexecRoot, config: makeBootConfig({ set: [...Object.entries(KEXEC_BOOT), ['WATCHDOG', String(SECS)]] }) });
+    const img = path.join(dir, 'kexec-hang.img');
+    await storeDisk({ file: img, slots: { a: { buildDir: f.v2.outDir, status: 'good' }, b: { buildDir: v3.dir, status: 'pending', tries: 1 } }, current: 'a', storeMiB: 320 });
+    const o = { initrd: rdK, memoryMiB: 768 };
+    // panic=0: a panicking kernel waits forever, as a hung one does
+    let vm = start(img, 'panic=0 watchdog.stop_on_reboot=0', o);
+    const armed = await vm.waitFor(ARMED, 240_000);
+    expect(vm.output(), vm.failMessage('no warning about stop_on_reboot')).not.toMatch(/may be stopped by the jump/);
+    await vm.waitFor(/Kernel panic - not syncing/, 240_000);
+    await resetByWatchdog(vm, armed.index!, SECS, 'kexec boot');
+    let s = await readStore(img);
+    expect(s.state?.slots.b?.tries).toBe(0);
+    // the next boot: b is out of tries; a boots on its own 6.12 kernel
+    vm = start(img, 'demo.then=shell', o);
+    await vm.waitFor(/^DEMO: then shell$/m, 300_000);
+    expect(vm.output(), vm.failMessage('b ran out of tries')).toMatch(/slot b \([0-9a-f]{12}\) ran out of tries: bad/);
+    expect(vm.output(), vm.failMessage('a on its kernel')).toMatch(new RegExp(`^DEMO: kernel ${f.T.kernel2!.kver.replace(/[.+]/g, '\\$&')}$`, 'm'));
+    vm.kill();
+    s = await readStore(img);
+    expect(s.state?.slots.b?.status).toBe('bad');
+    expect(s.events.map((e) => `${e.event} ${e.slot}`)).toEqual(['try b', 'kexec b', 'exhausted b', 'kexec a', 'boot a']);
+  });
+});
