@@ -4,6 +4,7 @@ export * from './cpio.js';
 export * from './flavor.js';
 export * from './initramfs.js';
 export * from './kernel.js';
+export * from './kconfig.js';
 export * from './target.js';
 export { TEMPLATES_DIR, CORE_DIR, SB_LIB, BOOT_CONF, shellQuote, renderTemplate, renderBootConfig, checkShellSyntax, readCore } from './render.js';
 export { DEFAULT_MODULES, OPTIONAL_MODULES } from './modules.js';

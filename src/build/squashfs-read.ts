@@ -74,6 +74,13 @@ export async function hashInImage(image: string, p: string): Promise<{ digest: s
   return { digest: h.digest('hex'), size };
 }
 
+/** The text of the regular file PATH in IMAGE (a small one: a kernel's config). */
+export async function readTextInImage(image: string, p: string): Promise<string> {
+  const r = await run('rdsquashfs', ['-c', p, image], { reject: false });
+  if (r.exitCode !== 0) throw new StackbootError('TOOL', `rdsquashfs cannot read ${p} in ${image}: ${r.stderr.trim().split('\n').at(-1) || `exit ${r.exitCode}`}`);
+  return r.stdout;
+}
+
 /** Unpacks the folder PATH of IMAGE (with its path) under DEST: sqfs2tar -d PATH -k | tar -x. */
 export async function extractFromImage(image: string, p: string, dest: string): Promise<void> {
   await makeDir(dest);

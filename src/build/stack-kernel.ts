@@ -12,8 +12,8 @@ import os from 'node:os';
 import path from 'node:path';
 import { StackbootError, run, isArch, type Arch, type ProgressSink } from '../sys/index.js';
 import type { BootFile, KernelRef } from '../format/index.js';
-import { buildInitramfs, loadTarget, makeBootConfig } from '../boot/index.js';
-import { extractFromImage, hashInImage, statInImage, xattrNamesInImage, type ImageEntry } from './squashfs-read.js';
+import { buildInitramfs, describeUnmet, loadTarget, makeBootConfig, parseKernelConfig, stackKernelNeeds, unmetNeeds } from '../boot/index.js';
+import { extractFromImage, hashInImage, readTextInImage, statInImage, xattrNamesInImage, type ImageEntry } from './squashfs-read.js';
 import type { KernelSpec } from './recipe.js';
 
 /** The name of the layer that carries the stack kernel's initrd. */
@@ -74,6 +74,8 @@ export interface StackKernelOptions {
   epoch: number;
   /** the recipe's boot settings (the initrd's boot.conf) */
   boot: Record<string, string>;
+  /** the layers' squashfs compressor (the kernel must read it) */
+  compression: string;
   /** busybox-static for the arch (default: the setup target's) */
   busybox?: string;
   /** a sysroot with sbin/kexec (default: the setup target's, when it has one) */
@@ -94,6 +96,27 @@ export interface StackKernel {
   cleanup(): Promise<void>;
 }
 
+/**
+ * The kernel's own config (`/boot/config-<release>` in the stack, as distribution kernel
+ * packages ship it) must have what mounting this stack takes (boot/kconfig.ts): a kernel
+ * that cannot read its own layers would spend every try of the stack after the kexec.
+ * Without the file nothing is checked (said in the progress note).
+ */
+async function checkKernelConfig(o: StackKernelOptions, release: string): Promise<void> {
+  const p = `/boot/config-${release}`;
+  const f = await findInStack(o.layers, p);
+  if (!f || f.entry.type !== 'file') {
+    o.progress({ task: 'kernel', done: 0, note: `no ${p} in the stack: not checked that kernel ${release} reads ${o.compression} squashfs, overlayfs and loop devices` });
+    return;
+  }
+  const unmet = unmetNeeds(parseKernelConfig(await readTextInImage(f.image, p)), stackKernelNeeds(o.compression));
+  if (unmet.length) {
+    throw new StackbootError('RECIPE', `kernel: ${release} cannot boot this stack: its config ${p} lacks ${describeUnmet(unmet)}; build the layers with a compression it reads (compression.algorithm) or use a kernel with them`, {
+      details: { release, missing: unmet.map((n) => n.option) },
+    });
+  }
+}
+
 /** Finds the kernel, makes its initrd. The caller builds `layerDir` as the INITRD_LAYER. */
 export async function prepareStackKernel(o: StackKernelOptions): Promise<StackKernel> {
   const release = kernelRelease(o.spec);
@@ -103,6 +126,7 @@ export async function prepareStackKernel(o: StackKernelOptions): Promise<StackKe
   o.progress({ task: 'kernel', done: 0, note: `stack kernel ${release}` });
   const k = await stackFile(o.layers, 'kernel', o.spec.path);
   const fdt = o.spec.fdt ? await stackFile(o.layers, 'device tree', o.spec.fdt) : undefined;
+  await checkKernelConfig(o, release);
   const work = await fs.mkdtemp(path.join(os.tmpdir(), 'sb-kernel-'));
   const cleanup = () => fs.rm(work, { recursive: true, force: true });
   try {

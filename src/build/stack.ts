@@ -111,6 +111,7 @@ async function stackKernelLayer(ctx: LayerContext, recipe: Recipe, built: BuiltL
     arch: o.arch,
     epoch: o.epoch,
     boot: recipe.boot,
+    compression: recipe.compression.algorithm,
     busybox: o.busybox,
     kexecRoot: o.kexecRoot,
     verityRoot: o.verityRoot,

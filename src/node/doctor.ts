@@ -9,9 +9,10 @@
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { diffBootConfig, type NodeConfig } from './config.js';
-import { makeBootConfig } from '../boot/index.js';
+import { describeUnmet, makeBootConfig } from '../boot/index.js';
 import type { NodeContext } from './context.js';
 import { findBootPartition } from './boot-update.js';
+import { bootKernelReads } from './kernel-support.js';
 import { partitionName } from '../media/index.js';
 import { checkPublicKey, listPublicKeys, verifyWithKeyDir, SLOTS } from '../format/index.js';
 
@@ -39,6 +40,9 @@ export interface DoctorOptions {
   /** test seams for the boot partition: sysfs and /dev */
   sysRoot?: string;
   devDir?: string;
+  /** test seams for the running kernel's config: /boot and its release (default uname -r) */
+  bootDir?: string;
+  kernelRelease?: string;
 }
 
 export interface DoctorReport {
@@ -129,6 +133,7 @@ export async function doctor(o: DoctorOptions): Promise<DoctorReport> {
     add('state', 'fail', `state unreadable: ${(e as Error).message}`);
     return { findings: f, ok: false };
   }
+  const kernelSaid = new Set<string>();
   for (const s of SLOTS) {
     const v = st.slots[s];
     let unparsed: string | null = null;
@@ -166,6 +171,14 @@ export async function doctor(o: DoctorOptions): Promise<DoctorReport> {
       }
     }
     if (!bad.length) add('stack', 'ok', `${label}: ${m.manifest.name} ${m.manifest.version}, ${m.manifest.layers.length} layers ${o.full ? 'verified (sha256)' : 'present'}`);
+    // the boot partition's kernel mounts its layers (node/kernel-support.ts)
+    const k = await bootKernelReads(ctx, m.manifest, { procDir: proc, bootDir: o.bootDir, release: o.kernelRelease });
+    if (k.known && k.unmet.length) add('kernel', 'fail', `${label}: the boot kernel ${k.release} (${k.source}) lacks ${describeUnmet(k.unmet)}: it cannot boot this stack`);
+    else {
+      const msg = k.known ? `the boot kernel ${k.release} (${k.source}) reads ${m.manifest.compression ?? 'zstd'} squashfs, overlayfs and loop devices` : `the stacks' layers are not checked against the boot kernel: ${k.why}`;
+      if (!kernelSaid.has(msg)) add('kernel', 'ok', msg);
+      kernelSaid.add(msg);
+    }
   }
   return { findings: f, ok: !f.some((x) => x.level === 'fail') };
 }

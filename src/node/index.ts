@@ -10,6 +10,7 @@ export * from './migrate.js';
 export * from './paths.js';
 export * from './rollback.js';
 export * from './watchdog.js';
+export * from './kernel-support.js';
 export * from './boot-update.js';
 export * from './firmware.js';
 export * from './chunk-install.js';

@@ -4,7 +4,8 @@
  *   plan    read the bundle head (manifest, signature, contents); choose the slot
  *           (never the booted one, never the current good one); list the layers the store
  *           lacks.
- *   checks  signature against the keys dir; compatible; every missing layer is carried by
+ *   checks  signature against the keys dir; compatible; the boot kernel reads its layers (when known:
+ *           node/kernel-support.ts); every missing layer is carried by
  *           the bundle or can be rebuilt from chunks (a delta needs its base: else MISSING_LAYERS, listing them, and
  *           nothing changes); free space (statfs).
  *   steps   1. each missing layer streamed into the store (Store.putLayer: a temp file
@@ -32,6 +33,8 @@ import { StackbootError, remount, RateMeter, noProgress, type ProgressSink } fro
 import { withStoreLock, type NodeContext } from './context.js';
 import { bundleChunkSource, installChunked, planChunks, type ChunkPlan } from './chunk-install.js';
 import type { ChunkSource } from './chunk-source.js';
+import { bootKernelReads, type KernelLookup } from './kernel-support.js';
+import { describeUnmet } from '../boot/index.js';
 
 export interface InstallOptions {
   ctx: NodeContext;
@@ -55,6 +58,8 @@ export interface InstallOptions {
   chunkSource?: ChunkSource;
   /** test hook: free bytes instead of statfs */
   freeBytes?: () => Promise<number>;
+  /** where the running kernel's config is read (default /proc/config.gz, /boot/config-<uname -r>) */
+  kernelLookup?: KernelLookup;
 }
 
 export type InstallEvent =
@@ -172,6 +177,7 @@ async function planAndCheck(run: InstallRun, h: BundleHead): Promise<Set<string>
   run.bundleChunks = h.chunks;
   const state = await run.store.readState();
   await checkCompatible(run.o, state, h);
+  await checkKernelReads(run.o, h);
   run.already = await installedAlready(run.store, state, h);
   if (run.already) throw new PlanOnly();
   const downgradeFrom = await checkDowngrade(run.o, run.store, state, h);
@@ -208,6 +214,21 @@ async function checkCompatible(o: InstallOptions, state: BootState, h: BundleHea
   if (want !== null && h.manifest.compatible !== want) {
     throw new StackbootError('INCOMPATIBLE', `${o.label}: stack ${h.manifest.name} ${h.manifest.version} is for "${h.manifest.compatible}", this node takes "${want}"`);
   }
+}
+
+/**
+ * The boot partition's kernel mounts every stack's layers first (node/kernel-support.ts):
+ * a stack it is known not to read (its config lacks the layers' compressor, overlayfs or
+ * loop) would spend its tries and fall back, so it is refused before a byte is written.
+ */
+async function checkKernelReads(o: InstallOptions, h: BundleHead): Promise<void> {
+  const v = await bootKernelReads(o.ctx, h.manifest, o.kernelLookup);
+  if (!v.known || v.unmet.length === 0) return;
+  throw new StackbootError(
+    'INCOMPATIBLE',
+    `${o.label}: stack ${h.manifest.name} ${h.manifest.version} cannot boot on this node: its kernel ${v.release} (${v.source}) lacks ${describeUnmet(v.unmet)}; build the stack's layers with a compression that kernel reads, or put a kernel with them on the boot partition (stackboot boot-update)`,
+    { details: { release: v.release, missing: v.unmet.map((n) => n.option) } },
+  );
 }
 
 /**

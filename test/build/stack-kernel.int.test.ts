@@ -79,7 +79,7 @@ describe('stack kernel: finding files in the merged root of built layers', () =>
 });
 
 describe('stack kernel: build', () => {
-  async function kernelRecipe(name: string, extra: Record<string, unknown> = {}) {
+  async function kernelRecipe(name: string, extra: Record<string, unknown> = {}, extraLayers: unknown[] = []) {
     const k2 = T.kernel2!;
     const root = path.join(work, 'base-root');
     await fs.mkdir(path.join(root, 'sbin'), { recursive: true });
@@ -95,6 +95,7 @@ describe('stack kernel: build', () => {
       layers: [
         { name: 'base', source: { type: 'dir', path: root } },
         { name: 'kernel', source: { type: 'dir', path: kroot } },
+        ...extraLayers,
       ],
       kernel: { path: `/boot/vmlinuz-${k2.kver}` },
       ...extra,
@@ -127,6 +128,28 @@ describe('stack kernel: build', () => {
     // the same recipe in another folder, no cache: the same stack
     const b = await buildStack(recipe, { ...opts, cacheDir: null, outDir: path.join(work, 'out-b') });
     expect(b.stackId).toBe(a.stackId);
+  });
+
+  it("refuses a kernel whose own config (/boot/config-<release>) cannot read the stack's layers, naming the option; takes it with a compression it reads", async () => {
+    const k2 = T.kernel2!;
+    const cfgPath = path.join(path.dirname(k2.kernel), `config-${k2.kver}`);
+    const real = await fs.readFile(cfgPath, 'utf8');
+    expect(real, "Debian's config has it").toMatch(/^CONFIG_SQUASHFS_ZSTD=y$/m);
+    // a layer on top replaces the kernel's config with one without squashfs zstd (as Raspberry Pi kernels are)
+    const top = path.join(work, 'nozstd-root');
+    await fs.mkdir(path.join(top, 'boot'), { recursive: true });
+    await fs.writeFile(path.join(top, 'boot', `config-${k2.kver}`), real.replace(/^CONFIG_SQUASHFS_ZSTD=y$/m, '# CONFIG_SQUASHFS_ZSTD is not set'));
+    const opts = { cacheDir: path.join(work, 'cache'), epoch: 0, arch: 'amd64', uid: 0, progress: noProgress };
+    const recipe = await kernelRecipe('nozstd', {}, [{ name: 'nozstd', source: { type: 'dir', path: top } }]);
+    await expect(buildStack(recipe, { ...opts, outDir: path.join(work, 'out-nozstd') })).rejects.toThrow(
+      new RegExp(`kernel: ${k2.kver.replace(/[.+]/g, '\\$&')} cannot boot this stack: its config /boot/config-\\S+ lacks CONFIG_SQUASHFS_ZSTD \\(the layers are zstd-compressed\\)`),
+    );
+    await expect(fs.stat(path.join(work, 'out-nozstd', 'manifest'))).rejects.toThrow();
+    // the same stack with xz layers, which that kernel reads
+    const xz = await kernelRecipe('xz', { compression: { algorithm: 'xz', level: 6 } }, [{ name: 'nozstd', source: { type: 'dir', path: top } }]);
+    const r = await buildStack(xz, { ...opts, outDir: path.join(work, 'out-xz') });
+    expect(r.manifest.compression).toBe('xz');
+    expect(r.manifest.kernel?.release).toBe(k2.kver);
   });
 
   it('a kernel path the stack lacks is a recipe error naming it', async () => {

@@ -40,7 +40,7 @@ export function layerBytes(size: number, seed?: string): Buffer {
 /** A build output: manifest, manifest.sig (when key), layers/<sha>.sqfs. */
 export async function fakeBuild(
   dir: string,
-  o: { version: string; layers: { name: string; data: Buffer }[]; compatible?: string; key?: string },
+  o: { version: string; layers: { name: string; data: Buffer }[]; compatible?: string; key?: string; compression?: string },
 ): Promise<FakeBuild> {
   await fs.mkdir(path.join(dir, 'layers'), { recursive: true });
   const layers = [];
@@ -49,7 +49,7 @@ export async function fakeBuild(
     await fs.writeFile(path.join(dir, 'layers', `${digest}.sqfs`), l.data);
     layers.push({ digest, size: l.data.length, name: l.name });
   }
-  const manifest: Manifest = { name: 'node', version: o.version, compatible: o.compatible ?? 'test-node', created: 0, compression: 'zstd', layers };
+  const manifest: Manifest = { name: 'node', version: o.version, compatible: o.compatible ?? 'test-node', created: 0, compression: o.compression ?? 'zstd', layers };
   const text = serializeManifest(manifest);
   await fs.writeFile(path.join(dir, 'manifest'), text);
   if (o.key) await fs.writeFile(path.join(dir, 'manifest.sig'), await signBytes(Buffer.from(text), o.key));
