@@ -96,17 +96,20 @@ sb_kexec_check_file() {
 	return 0
 }
 
-# sb_kexec_cmdline SPEC: the running command line without BOOT_IMAGE= and an earlier
-# stackboot.kexec=, plus stackboot.kexec=SPEC.
+# sb_kexec_cmdline SPEC [WATCHDOG]: the running command line without BOOT_IMAGE= and an
+# earlier stackboot.kexec=, plus stackboot.kexec=SPEC; with WATCHDOG (seconds: the
+# watchdog this stage arms before the jump) stackboot.watchdog=WATCHDOG instead of an
+# earlier one, so that the second stage takes the running watchdog over (watchdog.sh).
 sb_kexec_cmdline() {
 	local w out=
 	sb_noglob
 	for w in $SB_CMDLINE; do
 		case "$w" in BOOT_IMAGE=* | stackboot.kexec=*) continue ;; esac
+		case "$w" in stackboot.watchdog=*) [ -n "${2-}" ] && continue ;; esac
 		out="$out $w"
 	done
 	sb_restore_glob
-	printf '%s\n' "${out# } stackboot.kexec=$1"
+	printf '%s\n' "${out# } stackboot.kexec=$1${2:+ stackboot.watchdog=$2}"
 }
 
 # sb_kexec_step I SLOT NEWROOT: after SLOT of store I is mounted on NEWROOT. 0 when the
@@ -116,7 +119,7 @@ sb_kexec_cmdline() {
 # line, or a kexec'ed second stage that still runs another kernel. SB_FAIL_ENV=1 when the
 # machine is at fault (no kexec in this initrd, a kernel that refuses the load).
 sb_kexec_step() {
-	local i="$1" slot="$2" root="$3" store man k rel kp ksha ksz ip isha isz fp= fsha fsz running spec rc
+	local i="$1" slot="$2" root="$3" store man k rel kp ksha ksz ip isha isz fp= fsha fsz running spec rc wd
 	store=$(sb_store_get "$i" MNT)
 	man="$store/slots/$slot/manifest"
 	SB_FAIL_WHY= SB_FAIL_ENV=
@@ -166,8 +169,11 @@ EOT
 		return 1
 	fi
 	spec="$(sb_store_get "$i" ID):$slot:$(sb_slot_stack "$slot")"
+	# the watchdog armed before the jump (below) is the second stage's to take over
+	wd=
+	sb_watchdog_wanted "$slot" && wd=$SB_WATCHDOG
 	sb_log "slot $slot runs kernel $rel, not $running: loading it for kexec"
-	if ! sb_sys_kexec_load "$root$kp" "$root$ip" "${fp:+$root$fp}" "$(sb_kexec_cmdline "$spec")"; then
+	if ! sb_sys_kexec_load "$root$kp" "$root$ip" "${fp:+$root$fp}" "$(sb_kexec_cmdline "$spec" "$wd")"; then
 		SB_FAIL_WHY="kexec could not load kernel $rel"
 		sb_sys_has_kexec || SB_FAIL_WHY="$SB_FAIL_WHY: no kexec in this initrd" SB_FAIL_ENV=1
 		sb_unmount_stack
@@ -180,7 +186,10 @@ EOT
 	sb_unmount_stack
 	sb_kexec_stores_quiesce
 	sb_sys_kexec_exec
-	# only a failed jump gets here: the loaded kernel is unusable
+	# only a failed jump gets here: the loaded kernel is unusable, and the candidate that
+	# boots instead must not be reset by the watchdog armed for this one
+	[ -n "$SB_WATCHDOG_ARMED" ] && sb_watchdog_disarm "$SB_WATCHDOG_ARMED"
+	SB_WATCHDOG_ARMED=
 	sb_err "kexec into $rel failed"
 	SB_FAIL_WHY="kexec into kernel $rel failed" SB_FAIL_ENV=1
 	return 1

@@ -26,7 +26,12 @@ sb_watchdog_arm() {
 	sb_watchdog_wanted "$slot" || return 0
 	dev=$(sb_watchdog_dev)
 	if ! sb_sys_watchdog_present "$dev"; then
-		sb_warn "WATCHDOG=$SB_WATCHDOG but no $dev (the board's watchdog driver is not in this initrd): a hang of slot $slot is not reset"
+		if [ -n "${SB_KEXEC_FROM-}" ]; then
+			# the second stage: the first stage armed it before the jump
+			sb_warn "no $dev in this initrd (the stack kernel's modules lack the board's watchdog driver): the watchdog the first stage armed runs on, and nothing here can stop it; put the driver in the stack kernel's modules (recipe kernel.modules)"
+		else
+			sb_warn "WATCHDOG=$SB_WATCHDOG but no $dev (the board's watchdog driver is not in this initrd): a hang of slot $slot is not reset"
+		fi
 		return 1
 	fi
 	if [ "$how" = kexec ]; then

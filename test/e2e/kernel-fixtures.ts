@@ -29,8 +29,11 @@ export interface KexecFixture {
 
 const fixtures = new Map<Arch, Promise<KexecFixture>>();
 
-/** images/demo plus the 6.12 kernel (modules and kernel file in two layers) and a probe. */
-async function kernelStack(T: Target, dir: string, arch: Arch): Promise<BuildResult> {
+/**
+ * images/demo plus the 6.12 kernel (modules and kernel file in two layers) and a probe,
+ * built into `<dir>/<out>` (default v2); `modules`: more modules for its initrd.
+ */
+export async function kernelStack(T: Target, dir: string, arch: Arch, o: { modules?: string[]; out?: string } = {}): Promise<BuildResult> {
   const k2 = T.kernel2!;
   const kroot = path.dirname(path.dirname(path.dirname(k2.modules)));
   const probe = path.join(dir, 'probe');
@@ -54,12 +57,12 @@ async function kernelStack(T: Target, dir: string, arch: Arch): Promise<BuildRes
         { name: 'probe', source: { type: 'dir', path: probe }, owner: 'root' },
       ],
       boot: KEXEC_BOOT,
-      kernel: { path: `/boot/vmlinuz-${k2.kver}` },
+      kernel: { path: `/boot/vmlinuz-${k2.kver}`, ...(o.modules ? { modules: o.modules } : {}) },
     }),
     path.join(REPO, 'images/demo/kernel-recipe.json'),
     { arch },
   );
-  return buildStack(recipe, { outDir: path.join(dir, 'v2'), cacheDir: path.join(WORK, 'layer-cache'), epoch: 0, arch, uid: 0, kexecRoot: T.kexecRoot, progress: () => {} });
+  return buildStack(recipe, { outDir: path.join(dir, o.out ?? 'v2'), cacheDir: path.join(WORK, 'layer-cache'), epoch: 0, arch, uid: 0, kexecRoot: T.kexecRoot, progress: () => {} });
 }
 
 export function kexecFixture(arch: Arch): Promise<KexecFixture> {

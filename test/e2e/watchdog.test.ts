@@ -11,7 +11,9 @@
  *   the node runs past the timeout;
  * - a stack whose own kernel hangs after the kexec (it panics with `panic=0`): the
  *   watchdog armed before the jump (kept through it by `watchdog.stop_on_reboot=0`)
- *   resets the node, and the node falls back to the good stack and its kernel.
+ *   resets the node, and the node falls back to the good stack and its kernel;
+ * - a stack with its own kernel that boots: the second stage (the driver in its initrd)
+ *   arms the watchdog again, and mark-good stops it.
  */
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -20,7 +22,7 @@ import { buildInitramfs, makeBootConfig } from '../../src/boot/initramfs.js';
 import type { Target } from '../../src/boot/target.js';
 import { CACHE, demoStack, scratch, storeDisk, target } from './fixtures.js';
 import { itConcurrent } from './concurrent.js';
-import { kexecFixture, panicStack, KEXEC_BOOT } from './kernel-fixtures.js';
+import { kernelStack, kexecFixture, panicStack, KEXEC_BOOT } from './kernel-fixtures.js';
 import { readStore } from './inspect.js';
 import { Vm, useVmCleanup, type BootOptions } from './qemu.js';
 
@@ -65,6 +67,18 @@ async function resetByWatchdog(vm: Vm, armedAt: number, secs: number, what: stri
   expect(exit.how, vm.failMessage(`${what}: QEMU should exit by itself`)).not.toBe('killed');
   expect(exit.code, vm.failMessage(`${what}: QEMU's exit code`)).toBe(0);
   expect(exit.output.slice(armedAt), vm.failMessage(`${what}: no power-off or reboot by the guest kernel`)).not.toMatch(KERNEL_EXIT);
+}
+
+let kexecInitrd: Promise<string> | undefined;
+/** The first stage for stack kernels: kexec, the watchdog driver and WATCHDOG= (made once). */
+function firstStage(): Promise<string> {
+  kexecInitrd ??= (async () => {
+    const f = await kexecFixture('amd64');
+    const rdK = path.join(dir, 'initrd-kexec.img');
+    await buildInitramfs({ flavor: 'standalone', out: rdK, arch: 'amd64', cacheRoot: CACHE, modules: ['i6300esb'], kexecRoot: f.T.kexecRoot, config: makeBootConfig({ set: [...Object.entries(KEXEC_BOOT), ['WATCHDOG', String(SECS)]] }) });
+    return rdK;
+  })();
+  return kexecInitrd;
 }
 
 describe('the watchdog over a pending try (amd64, i6300esb)', () => {
@@ -115,9 +129,7 @@ describe('the watchdog over a pending try (amd64, i6300esb)', () => {
   itConcurrent('a stack kernel that hangs after the kexec (panic=0): the watchdog armed before the jump resets the node, which falls back to the good stack and its kernel', async () => {
     const f = await kexecFixture('amd64');
     const v3 = await panicStack(f);
-    // the first stage with the watchdog driver and WATCHDOG=
-    const rdK = path.join(dir, 'initrd-kexec.img');
-    await buildInitramfs({ flavor: 'standalone', out: rdK, arch: 'amd64', cacheRoot: CACHE, modules: ['i6300esb'], kexecRoot: f.T.kexecRoot, config: makeBootConfig({ set: [...Object.entries(KEXEC_BOOT), ['WATCHDOG', String(SECS)]] }) });
+    const rdK = await firstStage();
     const img = path.join(dir, 'kexec-hang.img');
     await storeDisk({ file: img, slots: { a: { buildDir: f.v2.outDir, status: 'good' }, b: { buildDir: v3.dir, status: 'pending', tries: 1 } }, current: 'a', storeMiB: 320 });
     const o = { initrd: rdK, memoryMiB: 768 };
@@ -138,5 +150,22 @@ describe('the watchdog over a pending try (amd64, i6300esb)', () => {
     s = await readStore(img);
     expect(s.state?.slots.b?.status).toBe('bad');
     expect(s.events.map((e) => `${e.event} ${e.slot}`)).toEqual(['try b', 'kexec b', 'exhausted b', 'kexec a', 'boot a']);
+  });
+
+  itConcurrent('a pending stack with its own kernel that is marked good: armed before the jump, taken over by the second stage (the driver in its initrd, stackboot.watchdog= passed on), stopped by mark-good', async () => {
+    const f = await kexecFixture('amd64');
+    const [rdK, v2wd] = await Promise.all([firstStage(), kernelStack(f.T, dir, 'amd64', { modules: ['i6300esb'], out: 'v2-watchdog' })]);
+    const img = path.join(dir, 'kexec-good.img');
+    await storeDisk({ file: img, slots: { a: { buildDir: f.v1.outDir, status: 'good' }, b: { buildDir: v2wd.outDir, status: 'pending', tries: 2 } }, current: 'a', storeMiB: 320 });
+    const vm = start(img, 'watchdog.stop_on_reboot=0 demo.then=shell', { initrd: rdK, memoryMiB: 768 });
+    await vm.waitFor(/^DEMO: then shell$/m, 300_000);
+    const out = vm.output();
+    expect(out, vm.failMessage('the second stage runs the 6.12 kernel')).toMatch(new RegExp(`^DEMO: kernel ${f.T.kernel2!.kver.replace(/[.+]/g, '\\$&')}$`, 'm'));
+    expect(out.match(new RegExp(ARMED.source, 'g')), vm.failMessage('armed by both stages')).toHaveLength(2);
+    expect(out, vm.failMessage('health')).toMatch(/^DEMO: health exit 0$/m);
+    expect(out, vm.failMessage('mark-good stops it')).toMatch(/watchdog \/dev\/watchdog stopped \(the stack is good\)/);
+    await staysUp(vm, SECS + 10, 'after mark-good');
+    const s = await readStore(img);
+    expect(s.state?.slots.b).toEqual({ status: 'good', stack: v2wd.stackId });
   });
 });

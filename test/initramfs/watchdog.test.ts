@@ -96,38 +96,56 @@ describe('the hook arms the watchdog for a pending stack', () => {
     expect(r.booted().watchdog).toBe(`${dev}:255`);
   });
 
-  it('a pending stack with its own kernel: armed before the kexec jump, with a warning when the kernel would stop the watchdog on the way', async () => {
+  /** Gives slot b of R a kernel other than the running one (6.1). */
+  function kernelForB(r: FakeRoot, store: ReturnType<FakeRoot['makeStore']>): void {
+    const files: [string, string, Buffer][] = [
+      ['kernel', '/boot/vmlinuz-9.9', Buffer.from('kernel')],
+      ['initrd', '/boot/initrd-9.9.img', Buffer.from('initrd')],
+    ];
+    for (const [, p, b] of files) {
+      mkdirSync(join(r.newRoot, 'boot'), { recursive: true });
+      writeFileSync(join(r.newRoot, p), b);
+    }
+    const mf = join(store.dir, 'slots', 'b', 'manifest');
+    const text = readFileSync(mf, 'utf8').replace('\nlayer ', `\nkernel 9.9 /boot/vmlinuz-9.9 sha256:${sha256(files[0]![2])} 6\ninitrd /boot/initrd-9.9.img sha256:${sha256(files[1]![2])} 6\nlayer `);
+    writeFileSync(mf, text);
+    const st = join(store.dir, 'state');
+    writeFileSync(st, readFileSync(st, 'utf8').replace(store.stack.b!, sha256(text)));
+  }
+  const kexecFakes = (jumpFails = false) => `sb_sys_kernel_release() { echo 6.1; }
+sb_sys_has_kexec() { return 0; }
+sb_sys_kexec_load() { sb__rec "kexec-load $4"; return 0; }
+sb_sys_kexec_exec() { sb__rec "kexec-exec"; ${jumpFails ? 'return 1' : 'echo JUMPED; exit 0'}; }
+sb_config_load "$SB_T/boot.conf"
+sb_boot "$SB_T/root"; echo "BOOT=$?"`;
+
+  it('a failed kexec jump after the arming: the watchdog is stopped again, so the stack booted instead is not reset', async () => {
+    const r = roots();
+    const { dev, store } = node(r, '');
+    kernelForB(r, store);
+    writeFileSync(join(r.dir, 'boot.conf'), 'STORES=vda\nWATCHDOG=30\n');
+    const res = await r.sh(kexecFakes(true));
+    expect(res.out).toContain('BOOT=0');
+    expect(r.booted().slot).toBe('a');
+    const calls = r.calls();
+    expect(calls.indexOf(`watchdog-stop ${dev}`)).toBeGreaterThan(calls.indexOf('kexec-exec'));
+    expect(r.booted().watchdog).toBe('');
+  });
+
+  it('a pending stack with its own kernel: armed before the kexec jump, stackboot.watchdog= passed on to the second stage, a warning when the kernel would stop the watchdog on the way', async () => {
     for (const sor of ['0', '-1']) {
       const r = roots();
       const { dev, store } = node(r, '');
-      // b names a kernel other than the running one
-      const files: [string, string, Buffer][] = [
-        ['kernel', '/boot/vmlinuz-9.9', Buffer.from('kernel')],
-        ['initrd', '/boot/initrd-9.9.img', Buffer.from('initrd')],
-      ];
-      for (const [, p, b] of files) {
-        mkdirSync(join(r.newRoot, 'boot'), { recursive: true });
-        writeFileSync(join(r.newRoot, p), b);
-      }
-      const mf = join(store.dir, 'slots', 'b', 'manifest');
-      const text = readFileSync(mf, 'utf8').replace('\nlayer ', `\nkernel 9.9 /boot/vmlinuz-9.9 sha256:${sha256(files[0]![2])} 6\ninitrd /boot/initrd-9.9.img sha256:${sha256(files[1]![2])} 6\nlayer `);
-      writeFileSync(mf, text);
-      const st = join(store.dir, 'state');
-      writeFileSync(st, readFileSync(st, 'utf8').replace(store.stack.b!, sha256(text)));
+      kernelForB(r, store);
       writeFileSync(join(r.dir, 'boot.conf'), 'STORES=vda\nWATCHDOG=30\n');
-      const res = await r.sh(
-        `sb_sys_kernel_release() { echo 6.1; }
-sb_sys_has_kexec() { return 0; }
-sb_sys_kexec_load() { sb__rec "kexec-load"; return 0; }
-sb_sys_kexec_exec() { sb__rec "kexec-exec"; echo JUMPED; exit 0; }
-sb_config_load "$SB_T/boot.conf"
-sb_boot "$SB_T/root"; echo "BOOT=$?"`,
-        { SB_T_WD_SOR: sor },
-      );
+      const res = await r.sh(kexecFakes(), { SB_T_WD_SOR: sor, SB_CMDLINE: 'console=ttyS0 stackboot.watchdog=5' });
       expect(res.out).toContain('JUMPED');
       const calls = r.calls();
-      const arm = calls.indexOf(`watchdog-arm ${dev} 30`);
-      expect(arm).toBeGreaterThan(calls.indexOf('kexec-load'));
+      // the command line's stackboot.watchdog=5 wins over WATCHDOG=30, and is what the second stage gets
+      const load = calls.findIndex((c) => c.startsWith('kexec-load'));
+      expect(calls[load]).toMatch(/^kexec-load console=ttyS0 stackboot\.kexec=\S+ stackboot\.watchdog=5$/);
+      const arm = calls.indexOf(`watchdog-arm ${dev} 5`);
+      expect(arm).toBeGreaterThan(load);
       expect(arm).toBeLessThan(calls.indexOf('kexec-exec'));
       if (sor === '0') expect(res.err).not.toMatch(/stop_on_reboot/);
       else expect(res.err).toMatch(/may be stopped by the jump into the new kernel \(watchdog.stop_on_reboot=-1\): put watchdog.stop_on_reboot=0 on the kernel command line/);
