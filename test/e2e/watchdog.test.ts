@@ -90,7 +90,7 @@ describe('the watchdog over a pending try (amd64, i6300esb)', () => {
     let vm = start(img, 'demo.nohealth demo.then=shell');
     const armed = await vm.waitFor(ARMED, 240_000);
     const armedMs = vm.elapsed();
-    await vm.waitFor(/^DEMO: booted watchdog=\/dev\/watchdog:20$/m, 120_000);
+    await vm.waitFor(new RegExp(`^DEMO: booted watchdog=/dev/watchdog:${SECS}$`, 'm'), 120_000);
     await vm.waitFor(/^DEMO: then shell$/m, 120_000);
     await resetByWatchdog(vm, armed.index!, SECS, 'boot 1');
     const resetAfter = vm.elapsed() - armedMs;
@@ -105,7 +105,7 @@ describe('the watchdog over a pending try (amd64, i6300esb)', () => {
     expect(out, vm.failMessage('a boots')).toMatch(/^DEMO: booted slot=a$/m);
     expect(out, vm.failMessage('a good stack is not armed')).not.toMatch(/watchdog \/dev\/watchdog armed/);
     expect(out).toMatch(/^DEMO: booted watchdog=$/m);
-    await staysUp(vm, SECS + 10, 'boot 2 (good stack)');
+    await staysUp(vm, SECS + 5, 'boot 2 (good stack)');
     s = await readStore(img);
     expect(s.state?.slots.b?.status).toBe('bad');
     expect(s.events.map((e) => `${e.event} ${e.slot}`)).toEqual(['try b', 'boot b', 'exhausted b', 'boot a']);
@@ -121,7 +121,7 @@ describe('the watchdog over a pending try (amd64, i6300esb)', () => {
     const out = vm.output();
     expect(out, vm.failMessage('health exit')).toMatch(/^DEMO: health exit 0$/m);
     expect(out, vm.failMessage('mark-good stops the watchdog')).toMatch(/watchdog \/dev\/watchdog stopped \(the stack is good\)/);
-    await staysUp(vm, SECS + 10, 'after mark-good');
+    await staysUp(vm, SECS + 5, 'after mark-good');
     const s = await readStore(img);
     expect(s.state?.slots.b).toEqual({ status: 'good', stack: v2.stackId });
   });
@@ -164,7 +164,7 @@ describe('the watchdog over a pending try (amd64, i6300esb)', () => {
     expect(out.match(new RegExp(ARMED.source, 'g')), vm.failMessage('armed by both stages')).toHaveLength(2);
     expect(out, vm.failMessage('health')).toMatch(/^DEMO: health exit 0$/m);
     expect(out, vm.failMessage('mark-good stops it')).toMatch(/watchdog \/dev\/watchdog stopped \(the stack is good\)/);
-    await staysUp(vm, SECS + 10, 'after mark-good');
+    await staysUp(vm, SECS + 5, 'after mark-good');
     const s = await readStore(img);
     expect(s.state?.slots.b).toEqual({ status: 'good', stack: v2wd.stackId });
   });
