@@ -5,8 +5,10 @@
  * `stackboot-node health` and mark the stack good; the host then reads the store.
  *
  * A small test-only layer on top adds stackboot-e2e-report.service (after the health
- * unit): it prints `E2E:` lines (health result, mounts, store state, status) and powers
- * off. The console also shows what systemd says about the store and the loop devices at
+ * unit): it prints `E2E:` lines (health result, mounts, store state, status, the watchdog)
+ * and powers off. That first boot has QEMU's i6300esb watchdog and WATCHDOG=120: the hook
+ * arms it for the pending stack, systemd takes it over (RuntimeWatchdogSec=60 in the
+ * layer), and mark-good leaves it to systemd. The console also shows what systemd says about the store and the loop devices at
  * shutdown (DESIGN.md, hard lessons); the test logs those lines. systemd cannot release
  * them itself; it hands the last unmounts back to the initramfs's shutdown.sh
  * (/run/initramfs/shutdown), which must report everything released.
@@ -61,6 +63,7 @@ store=$(sed -n 's/^store_mnt=//p' /run/stackboot/booted)
 say "store=$store options=$(findmnt -n -o OPTIONS "$store")"
 say "curl=$(curl --version | head -n 1 | cut -d' ' -f1-2)"
 say "uptime=$(cut -d' ' -f1 /proc/uptime)"
+say "watchdog state=$(cat /sys/class/watchdog/watchdog0/state 2>/dev/null || echo none) timeout=$(cat /sys/class/watchdog/watchdog0/timeout 2>/dev/null || echo none) booted=$(sed -n 's/^watchdog=//p' /run/stackboot/booted)"
 while IFS= read -r l; do say "state $l"; done <"$store/state"
 stackboot-node status | while IFS= read -r l; do say "status $l"; done
 losetup -n -l -O NAME,BACK-FILE 2>/dev/null | while IFS= read -r l; do say "loop $l"; done
@@ -81,9 +84,12 @@ async function reportLayer(dir: string): Promise<string> {
   await fs.mkdir(path.join(root, 'etc/systemd/system/multi-user.target.wants'), { recursive: true });
   await fs.writeFile(path.join(root, 'usr/local/sbin/stackboot-e2e-report'), REPORT_SCRIPT, { mode: 0o755 });
   await fs.writeFile(path.join(root, 'etc/systemd/system/stackboot-e2e-report.service'), REPORT_UNIT, { mode: 0o644 });
+  // systemd feeds the hardware watchdog once it runs (the boot with WATCHDOG= below: the hook's watchdog becomes systemd's)
+  await fs.mkdir(path.join(root, 'etc/systemd/system.conf.d'), { recursive: true });
+  await fs.writeFile(path.join(root, 'etc/systemd/system.conf.d/stackboot-e2e-watchdog.conf'), '[Manager]\nRuntimeWatchdogSec=60\n', { mode: 0o644 });
   await fs.symlink('../stackboot-e2e-report.service', path.join(root, 'etc/systemd/system/multi-user.target.wants/stackboot-e2e-report.service'));
   // stable mtimes, so the layer's cache key does not change between runs
-  for (const p of ['usr/local/sbin/stackboot-e2e-report', 'etc/systemd/system/stackboot-e2e-report.service']) await fs.utimes(path.join(root, p), 0, 0);
+  for (const p of ['usr/local/sbin/stackboot-e2e-report', 'etc/systemd/system/stackboot-e2e-report.service', 'etc/systemd/system.conf.d/stackboot-e2e-watchdog.conf']) await fs.utimes(path.join(root, p), 0, 0);
   return root;
 }
 
@@ -96,8 +102,9 @@ async function prepareDebian(): Promise<string | null> {
 }
 
 /** One boot of the Debian root on its store disk (1 GiB, systemd's status lines on), until it powers off. */
-function bootDebian(o: { target: Awaited<ReturnType<typeof target>>; kernel?: string; initrd: string; img: string; append: string; name: string }): Promise<BootResult> {
+function bootDebian(o: { target: Awaited<ReturnType<typeof target>>; kernel?: string; initrd: string; img: string; append: string; name: string; qemuArgs?: string[] }): Promise<BootResult> {
   return bootOnce({
+    qemuArgs: o.qemuArgs,
     target: o.target,
     kernel: o.kernel,
     initrd: o.initrd,
@@ -176,9 +183,10 @@ describe('a real Debian 12 root with systemd (amd64, QEMU)', () => {
       slots: { a: { buildDir: demo.outDir, status: 'good' }, b: { buildDir: debian.outDir, status: 'pending', tries: 3 } },
       current: 'a',
     });
-    const ird = await initrd(path.join(dir, 'initrd.img'), { STORES: 'vda', INIT: '/sbin/init', DEVICE_TIMEOUT: '5' });
+    // with the board's watchdog (QEMU's i6300esb): the hook arms it for the pending stack, systemd (RuntimeWatchdogSec) takes it over
+    const ird = await initrd(path.join(dir, 'initrd.img'), { STORES: 'vda', INIT: '/sbin/init', DEVICE_TIMEOUT: '5', WATCHDOG: '120' }, 'amd64', ['i6300esb']);
 
-    const r = await bootDebian({ target: T, initrd: ird, img, append: '', name: 'debian' });
+    const r = await bootDebian({ target: T, initrd: ird, img, append: '', name: 'debian', qemuArgs: ['-device', 'i6300esb', '-action', 'watchdog=reset'] });
     const out = plain(r.output);
     const t = (re: RegExp): string => {
       const m = re.exec(out);
@@ -201,6 +209,11 @@ describe('a real Debian 12 root with systemd (amd64, QEMU)', () => {
     expect(out).toMatch(/E2E: status booted: +slot b, stack \w+ \(good\)/m);
     expect(out).toMatch(/E2E: report done$/m);
     expect(r.how, tailOf(r, `VM ended by ${r.how}`)).toBe('poweroff');
+    // the watchdog: armed by the hook for the pending stack, held and fed by systemd (its
+    // RuntimeWatchdogSec=60), so mark-good left it to systemd and the record forgot it
+    expect(out, tailOf(r, 'the hook arms the watchdog')).toMatch(/stackboot: watchdog \/dev\/watchdog armed: slot b has 120 s to be marked good/);
+    expect(out, tailOf(r, 'mark-good leaves it to systemd')).toMatch(/watchdog \/dev\/watchdog is held by another process \(systemd's RuntimeWatchdogSec\?\), which feeds it/);
+    expect(out, tailOf(r, "systemd's timeout")).toMatch(/E2E: watchdog state=active timeout=60 booted=$/m);
 
     // what systemd says at shutdown about the store, the layers' loop devices and the overlay
     // (the report unit writes through the journal to the console: its lines carry a

@@ -106,13 +106,14 @@ export async function storeDisk(o: StoreDiskOptions): Promise<{ storeDir: string
   return { storeDir, file: o.file };
 }
 
-/** A standalone initrd with the given boot config settings. */
-export async function initrd(file: string, settings: Record<string, string>, arch: Arch = 'amd64'): Promise<string> {
+/** A standalone initrd with the given boot config settings (and modules beyond the defaults). */
+export async function initrd(file: string, settings: Record<string, string>, arch: Arch = 'amd64', modules: string[] = []): Promise<string> {
   await buildInitramfs({
     flavor: 'standalone',
     out: file,
     arch,
     cacheRoot: CACHE,
+    modules,
     config: makeBootConfig({ set: Object.entries(settings) }),
   });
   return file;
