@@ -10,9 +10,10 @@ import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { diffBootConfig, type NodeConfig } from './config.js';
 import { describeUnmet, makeBootConfig } from '../boot/index.js';
-import type { NodeContext } from './context.js';
+import { parseBooted, type NodeContext } from './context.js';
 import { findBootPartition } from './boot-update.js';
 import { bootKernelReads } from './kernel-support.js';
+import { armedWatchdog } from './watchdog.js';
 import { partitionName } from '../media/index.js';
 import { checkPublicKey, listPublicKeys, verifyWithKeyDir, SLOTS } from '../format/index.js';
 
@@ -48,6 +49,29 @@ export interface DoctorOptions {
 export interface DoctorReport {
   findings: Finding[];
   ok: boolean;
+}
+
+/**
+ * The watchdog over a pending try (WATCHDOG= of the booted initrd, initramfs/watchdog.sh):
+ * a device to arm, the hook's arming of this boot still running after the stack is good,
+ * and a kernel that would stop it at the kexec into a stack's own kernel.
+ */
+async function watchdogFindings(o: DoctorOptions, run: string, secs: number, add: (check: string, level: Level, message: string) => void): Promise<void> {
+  const booted = parseBooted((await readText(path.join(run, 'stackboot', 'booted'))) ?? '');
+  const armed = armedWatchdog(booted.watchdog);
+  if (secs === 0 && !armed) return;
+  const dev = path.join(o.devDir ?? '/dev', 'watchdog');
+  const present = await fs.stat(dev).then((st) => st.isCharacterDevice(), () => false);
+  if (secs > 0) {
+    if (present) add('watchdog', 'ok', `WATCHDOG=${secs}: the hook arms ${dev} for each pending stack`);
+    else add('watchdog', 'warn', `WATCHDOG=${secs}, but there is no ${dev}: the initrd loads no watchdog driver, and a pending stack that hangs is not reset (docs/boot.md)`);
+    const sor = (await readText(path.join(o.sysRoot ?? '/sys', 'module', 'watchdog', 'parameters', 'stop_on_reboot')))?.trim();
+    if (present && sor !== undefined && sor !== '0') add('watchdog', 'warn', `watchdog.stop_on_reboot is ${sor}: the kexec into a stack's own kernel may stop the watchdog (put watchdog.stop_on_reboot=0 on the kernel command line)`);
+  }
+  if (armed) {
+    if (booted.status === 'pending') add('watchdog', 'ok', `armed by the hook for this boot: the pending stack has ${armed.seconds} s from the hand-over to be marked good`);
+    else add('watchdog', 'warn', `${armed.dev} was armed by the hook for this boot and is still running though the stack is ${booted.status || 'not pending'}: the board resets unless something feeds it (stackboot mark-good stops it)`);
+  }
 }
 
 async function readText(f: string): Promise<string | null> {
@@ -86,11 +110,12 @@ export async function doctor(o: DoctorOptions): Promise<DoctorReport> {
   }
 
   // config against the initramfs's copy
+  let baked: ReturnType<typeof makeBootConfig> | null = null;
   const initrdConf = await readText(path.join(run, 'stackboot', 'boot.conf'));
   if (initrdConf === null) add('config', 'warn', `no ${path.join(run, 'stackboot', 'boot.conf')} (the booted initramfs's boot config): cannot compare with ${o.config.file ?? 'the defaults'}`);
   else {
     try {
-      const baked = makeBootConfig({ text: initrdConf, origin: 'initramfs boot.conf' });
+      baked = makeBootConfig({ text: initrdConf, origin: 'initramfs boot.conf' });
       const d = diffBootConfig(o.config.boot, baked);
       if (d.length === 0) add('config', 'ok', `${o.config.file ?? 'node config (defaults)'} matches the initramfs's boot.conf`);
       for (const x of d) add('config', 'warn', `${x.key}: node config says ${JSON.stringify(x.node)}, the initramfs was built with ${JSON.stringify(x.initramfs)} (rebuild the initramfs or fix the config)`);
@@ -98,6 +123,8 @@ export async function doctor(o: DoctorOptions): Promise<DoctorReport> {
       add('config', 'fail', `the initramfs's boot.conf does not parse: ${(e as Error).message}`);
     }
   }
+
+  await watchdogFindings(o, run, baked?.WATCHDOG ?? o.config.boot.WATCHDOG, add);
 
   // the boot partition: the one boot-update would change, and its GPT name
   const boot = await findBootPartition({ bootedFile: path.join(run, 'stackboot', 'booted'), sysRoot: o.sysRoot, devDir: o.devDir }).catch((e: Error) => {

@@ -9,6 +9,13 @@ import type { FirmwareSlots } from './firmware.js';
 import { armedWatchdog, stopWatchdog, type WatchdogStop } from './watchdog.js';
 import { candidates, markBad, markGood, rollback as rollbackState, SLOTS, type BootState, type SlotName } from '../format/index.js';
 
+/** What mark-good did with the watchdog the hook armed: stopWatchdog's answer, or the error that kept it from stopping it. */
+export interface BootWatchdogStop {
+  dev: string;
+  result: WatchdogStop | 'error';
+  error?: string;
+}
+
 export interface RollbackResult {
   to: SlotName;
   dropped?: SlotName;
@@ -46,16 +53,17 @@ function bootedOrThrow(ctx: NodeContext): { slot: SlotName; stack: string } {
 export async function markBootedGood(
   ctx: NodeContext,
   firmware: FirmwareSlots | null = null,
-): Promise<{ slot: SlotName; stack: string; was: string; firmware?: string; watchdog?: { dev: string; result: WatchdogStop } }> {
-  const r: { slot: SlotName; stack: string; was: string; watchdog?: { dev: string; result: WatchdogStop } } = await markGoodInStore(ctx);
-  // the watchdog the hook armed for this stack's try (initramfs/watchdog.sh) has done its work
+): Promise<{ slot: SlotName; stack: string; was: string; firmware?: string; watchdog?: BootWatchdogStop }> {
+  const r: { slot: SlotName; stack: string; was: string; watchdog?: BootWatchdogStop } = await markGoodInStore(ctx);
+  // the watchdog the hook armed for this stack's try (initramfs/watchdog.sh) has done its
+  // work; a failure to stop it is reported, and the firmware is still told
   const wd = armedWatchdog(ctx.booted?.watchdog);
   if (wd) {
-    const result = await stopWatchdog(wd.dev).catch((e: unknown) => {
-      throw new StackbootError('TOOL', `slot ${r.slot} is good, but the watchdog ${wd.dev} armed for its try could not be stopped: ${(e as Error).message}`, { cause: e });
-    });
-    if (result !== 'running') await updateBooted(ctx, { watchdog: '' });
-    r.watchdog = { dev: wd.dev, result };
+    r.watchdog = await stopWatchdog(wd.dev).then(
+      (result): BootWatchdogStop => ({ dev: wd.dev, result }),
+      (e: unknown): BootWatchdogStop => ({ dev: wd.dev, result: 'error', error: (e as Error).message }),
+    );
+    if (r.watchdog.result !== 'running' && r.watchdog.result !== 'error') await updateBooted(ctx, { watchdog: '' });
   }
   if (!firmware) return r;
   await firmware.markGood().catch((e: unknown) => {

@@ -78,4 +78,34 @@ describe('doctor', () => {
     expect(m3).toContainEqual(expect.stringMatching(/^warn config no .*boot.conf/));
     expect(m3).toContainEqual(expect.stringMatching(/^fail store no store: not booted/));
   });
+
+  it('the watchdog: WATCHDOG= without a device, a stop_on_reboot that the kexec would obey, and an arming still running after mark-good', async () => {
+    const d = path.join(tmp, 'wd');
+    const run = path.join(d, 'run');
+    const dev = path.join(d, 'dev');
+    const sys = path.join(d, 'sys');
+    await fs.mkdir(path.join(run, 'stackboot'), { recursive: true });
+    await fs.mkdir(dev, { recursive: true });
+    await fs.mkdir(path.join(sys, 'module/watchdog/parameters'), { recursive: true });
+    await fs.writeFile(path.join(run, 'stackboot', 'boot.conf'), 'STORES=vda\nWATCHDOG=60\n');
+    const config = parseNodeConfig('STORES=vda\nWATCHDOG=60\n');
+    const findings = async () =>
+      (await doctor({ ctx: null, config, procDir: path.join(d, 'proc'), runDir: run, devDir: dev, sysRoot: sys })).findings.filter((f) => f.check === 'watchdog').map((f) => `${f.level} ${f.message}`);
+    expect(await findings()).toEqual([expect.stringMatching(/^warn WATCHDOG=60, but there is no \S+\/dev\/watchdog: the initrd loads no watchdog driver/)]);
+    // a character device (/dev/null stands in), the core's default stop_on_reboot
+    await fs.symlink('/dev/null', path.join(dev, 'watchdog'));
+    await fs.writeFile(path.join(sys, 'module/watchdog/parameters/stop_on_reboot'), '-1\n');
+    expect(await findings()).toEqual([expect.stringMatching(/^ok WATCHDOG=60: the hook arms/), expect.stringMatching(/^warn watchdog\.stop_on_reboot is -1: the kexec into a stack's own kernel may stop the watchdog/)]);
+    await fs.writeFile(path.join(sys, 'module/watchdog/parameters/stop_on_reboot'), '0\n');
+    // armed for a pending stack: fine; still armed after the stack is good: said
+    const record = (status: string) => `slot=b\nstack=x\nstatus=${status}\nwatchdog=${path.join(dev, 'watchdog')}:60\n`;
+    await fs.writeFile(path.join(run, 'stackboot', 'booted'), record('pending'));
+    expect(await findings()).toEqual([expect.stringMatching(/^ok WATCHDOG=60/), 'ok armed by the hook for this boot: the pending stack has 60 s from the hand-over to be marked good']);
+    await fs.writeFile(path.join(run, 'stackboot', 'booted'), record('good'));
+    expect((await findings())[1]).toMatch(/^warn \S+ was armed by the hook for this boot and is still running though the stack is good: the board resets unless something feeds it/);
+    // WATCHDOG=0 and nothing armed: nothing to say
+    await fs.writeFile(path.join(run, 'stackboot', 'boot.conf'), 'STORES=vda\n');
+    await fs.rm(path.join(run, 'stackboot', 'booted'));
+    expect((await doctor({ ctx: null, config: parseNodeConfig('STORES=vda\n'), procDir: path.join(d, 'proc'), runDir: run, devDir: dev, sysRoot: sys })).findings.filter((f) => f.check === 'watchdog')).toEqual([]);
+  });
 });

@@ -198,15 +198,16 @@ export const markGoodCommand: CommandModule<any, any> = {
     const r = await markBootedGood(await ctxOf(a), firmwareSlots(cfg.node.FIRMWARE));
     out.result(r);
     out.line(`slot ${r.slot} (${r.stack.slice(0, 12)}) is good and current (was ${r.was})${r.firmware ? `; the ${r.firmware} firmware was told` : ''}`);
-    if (r.watchdog) out.line(WATCHDOG_SAYS[r.watchdog.result](r.watchdog.dev));
+    if (r.watchdog) out.line(WATCHDOG_SAYS[r.watchdog.result]!(r.watchdog.dev, r.watchdog.error));
   },
 };
 
-const WATCHDOG_SAYS: Record<string, (dev: string) => string> = {
+const WATCHDOG_SAYS: Record<string, (dev: string, error?: string) => string> = {
   stopped: (d) => `the watchdog ${d} armed for its try is stopped`,
   held: (d) => `the watchdog ${d} is held by another process (systemd's RuntimeWatchdogSec?), which feeds it`,
   running: (d) => `warning: the watchdog ${d} runs on after its magic close (nowayout): feed it, or the board resets`,
   gone: (d) => `the watchdog ${d} armed at boot is gone`,
+  error: (d, e) => `warning: the watchdog ${d} armed for its try could not be stopped (${e}): feed it, or the board resets`,
 };
 
 export const markBadCommand: CommandModule<any, any> = {
