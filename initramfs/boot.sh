@@ -76,7 +76,7 @@ sb_try_pending() {
 		sb_state_write "$store"
 		# like any failed candidate: its (disk) upper must not outlive it
 		sb_wipe_upper "$store" "$stack" "$slot"
-		sb_event "$store" exhausted "$slot" "$stack" 0 "no tries left"
+		sb_event "$store" exhausted "$slot" "$stack" 0 "no tries left${SB_WATCHDOG_NOTE-}"
 		SB_FALLBACK="slot $slot $(sb_short "$stack"): no tries left"
 		return 1
 	fi
@@ -86,7 +86,7 @@ sb_try_pending() {
 		sb_err "cannot persist the try of slot $slot; not trying it"
 		return 1
 	fi
-	sb_event "$store" try "$slot" "$stack" "$tries" "pending, $tries tries left after this one"
+	sb_event "$store" try "$slot" "$stack" "$tries" "pending, $tries tries left after this one${SB_WATCHDOG_NOTE-}"
 	sb_try_slot "$i" "$slot" "$root"
 }
 
@@ -214,6 +214,7 @@ sb_boot() {
 		return 0
 	}
 	SB_FALLBACK= SB_TRIED= SB_BOOT_SLOT= SB_DATA_DEV=
+	sb_watchdog_reset_check
 	sb_stores_find || return 1
 	for i in $SB_STORE_ORDER; do
 		if sb_boot_store "$i" "$root"; then

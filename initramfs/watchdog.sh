@@ -79,6 +79,20 @@ sb_watchdog_disarm() {
 	return 1
 }
 
+# sb_watchdog_reset_check: SB_WATCHDOG_NOTE=" (the last boot was reset by the watchdog)"
+# when the driver says the board's last reset came from it (bootstatus has
+# WDIOF_CARDRESET, 0x20; the driver clears it, so only the boot after such a reset sees
+# it), else empty; for the reasons of the pending stack's events. Once per boot.
+sb_watchdog_reset_check() {
+	local s
+	SB_WATCHDOG_NOTE=
+	s=$(sb_sys_watchdog_bootstatus "$(sb_watchdog_dev)")
+	sb_is_uint "$s" || return 0
+	[ $((s & 32)) -ne 0 ] || return 0
+	SB_WATCHDOG_NOTE=" (the last boot was reset by the watchdog)"
+	sb_warn "the board's last reset came from its watchdog"
+}
+
 # sb_sys_watchdog_arm DEV SECS: start DEV with a SECS timeout and leave it running with
 # nobody to feed it; prints the timeout the driver took. No shell can set a watchdog's timeout (an ioctl), so busybox's
 # watchdog applet opens DEV and sets it; it is SIGKILLed once sysfs shows the watchdog
@@ -130,6 +144,9 @@ sb__watchdog_sys() {
 	*) printf '%s/%s\n' "$SB_SYS_WATCHDOG" "${1##*/}" ;;
 	esac
 }
+
+# sb_sys_watchdog_bootstatus DEV: the driver's bootstatus flags (sysfs, decimal); empty when unknown.
+sb_sys_watchdog_bootstatus() { cat "$(sb__watchdog_sys "$1")/bootstatus" 2>/dev/null; }
 
 # sb_sys_watchdog_stop_on_reboot: the watchdog core's stop_on_reboot (-1: as the driver
 # asks, 0: keep watching, 1: stop); empty when unknown.

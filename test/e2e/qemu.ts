@@ -15,7 +15,7 @@
  *   meanwhile took that rest with it (a boot's last ~300 bytes lost, twice, with two VMs
  *   beside a busy test process). A pipe holds 64 KiB of such writes; the harness drains it
  *   every few ms and once more after QEMU exits, so the console is whole.
- * - `-no-reboot`: a guest reboot ends QEMU. Kernel panics end it too: `panic=-1` is added
+ * - `-no-reboot` (unless `reboot: true`): a guest reboot ends QEMU. Kernel panics end it too: `panic=-1` is added
  *   to the command line (reboot at once on panic, which -no-reboot turns into an exit),
  *   so a dying init never leaves a VM spinning until the timeout. `VmExit.how` says which.
  * - Every wait is bounded; on a timeout the VM is killed. `killAllVms()` (registered with
@@ -87,6 +87,12 @@ export interface BootOptions {
   qemuArgs?: string[];
   /** A label for messages (default: the arch). */
   name?: string;
+  /**
+   * Let a guest reboot (or a watchdog reset) restart the guest inside the same QEMU, as a
+   * board would, instead of ending QEMU (-no-reboot, the default). `panic=-1` then loops:
+   * bound the VM with timeoutMs.
+   */
+  reboot?: boolean;
 }
 
 export type ExitHow = 'poweroff' | 'reboot' | 'panic' | 'killed' | 'timeout' | 'error';
@@ -185,7 +191,7 @@ export function qemuCommand(o: BootOptions, consolePipe?: string): { cmd: string
     ...(consolePipe ? ['-chardev', `pipe,id=con,path=${consolePipe.replace(/,/g, ',,')}`, '-serial', 'chardev:con'] : ['-serial', 'stdio']),
     // no default NIC; a user-mode one without its iPXE option ROM (booted by -kernel)
     ...(o.nic === 'user' ? ['-netdev', 'user,id=net0', '-device', 'virtio-net-pci,netdev=net0,romfile='] : ['-nic', 'none']),
-    '-no-reboot',
+    ...(o.reboot ? [] : ['-no-reboot']),
     ...(o.firmware
       ? ['-bios', o.firmware]
       : ['-kernel', o.kernel ?? o.target.vmlinux ?? o.target.kernel, '-initrd', o.initrd, '-append', kernelCmdline(arch, o.append)]),

@@ -201,6 +201,7 @@ sb_sys_watchdog_arm() { sb__rec "watchdog-arm $1 $2"; [ -z "\${SB_T_WD_FAIL-}" ]
 sb_sys_watchdog_stop_on_reboot() { echo "\${SB_T_WD_SOR-0}"; }
 sb_sys_watchdog_stop() { sb__rec "watchdog-stop $1"; [ -z "\${SB_T_WD_BUSY-}" ] || { echo "can't create $1: Device or resource busy" >&2; return 1; }; }
 sb_sys_watchdog_state() { echo "\${SB_T_WD_STATE-inactive}"; }
+sb_sys_watchdog_bootstatus() { echo "\${SB_T_WD_BOOTSTATUS-0}"; }
 `;
   }
 

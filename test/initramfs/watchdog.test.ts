@@ -153,6 +153,30 @@ sb_boot "$SB_T/root"; echo "BOOT=$?"`;
   });
 });
 
+describe('a boot after a watchdog reset', () => {
+  it("the pending stack's try and exhausted events say the last boot was reset by the watchdog (bootstatus WDIOF_CARDRESET); other flags and other boots say nothing", async () => {
+    for (const [bootstatus, said] of [['32', true], ['0', false], ['1', false], ['', false]] as const) {
+      const r = roots();
+      const store = r.makeStore('s1', { current: 'a', a: { status: 'good' }, b: { status: 'pending', tries: 1 } });
+      r.addDisk('vda', [{ name: 'vda2', label: 'sb-store', store: store.dir }]);
+      const res = await r.boot('STORES=vda\n', { SB_T_WD_BOOTSTATUS: bootstatus });
+      expect(res.out).toContain('BOOT=0');
+      const ev = readFileSync(join(store.dir, 'events'), 'utf8');
+      expect(ev, bootstatus).toMatch(/try/);
+      if (said) {
+        expect(ev).toMatch(/pending, 0 tries left after this one \(the last boot was reset by the watchdog\)/);
+        expect(res.err).toMatch(/the board's last reset came from its watchdog/);
+      } else expect(ev).not.toMatch(/watchdog/);
+    }
+    // the next boot: no tries left, and the reset named again
+    const r = roots();
+    const store = r.makeStore('s1', { current: 'a', a: { status: 'good' }, b: { status: 'pending', tries: 0 } });
+    r.addDisk('vda', [{ name: 'vda2', label: 'sb-store', store: store.dir }]);
+    await r.boot('STORES=vda\n', { SB_T_WD_BOOTSTATUS: '32' });
+    expect(readFileSync(join(store.dir, 'events'), 'utf8')).toMatch(/no tries left \(the last boot was reset by the watchdog\)/);
+  });
+});
+
 describe("stackboot-node mark-good stops the hook's watchdog", () => {
   async function markGood(env: Record<string, string> = {}) {
     const r = roots();
