@@ -11,9 +11,12 @@ sb_state_reset() {
 }
 
 # sb_state_read STORE_DIR: load STORE_DIR/state. Returns 1 when it is missing or
-# has no magic line (the state is then empty). Malformed lines are skipped.
+# has no magic line (the state is then empty). Blank and # lines are skipped anywhere, a
+# CR before the newline is ignored, and a malformed line is skipped with a warning (the
+# TypeScript reader reads the file the same way: test/protocol/vectors/state).
 sb_state_read() {
-	local f="$1/state" first=1 a b c d e
+	local f="$1/state" first=1 a b c d e cr
+	cr=$(printf '\r')
 	sb_state_reset
 	[ -r "$f" ] || {
 		sb_debug "no state in $1"
@@ -21,9 +24,12 @@ sb_state_read() {
 	}
 	# a last line without a newline still counts
 	while read -r a b c d e || [ -n "$a" ]; do
+		# a CR before the newline ends the line's last word (or is a word of its own)
+		a=${a%"$cr"} b=${b%"$cr"} c=${c%"$cr"} d=${d%"$cr"} e=${e%"$cr"}
+		case "$a" in '' | '#'*) continue ;; esac
 		if [ "$first" = 1 ]; then
 			first=0
-			if [ "$a $b" != "stackboot-state 1" ]; then
+			if [ "$a $b" != "stackboot-state 1" ] || [ -n "$c" ]; then
 				sb_warn "$f: bad magic, state ignored"
 				return 1
 			fi

@@ -39,18 +39,34 @@ export function isSlot(s: string): s is SlotName {
   return s === 'a' || s === 'b';
 }
 
-export function parseState(text: string): BootState {
-  const lines = text.split('\n').filter((l) => l.trim() !== '' && !l.startsWith('#'));
-  if (lines[0] !== STATE_MAGIC) throw new StackbootError('STATE', `not a stackboot state file (first line must be "${STATE_MAGIC}")`);
+/**
+ * Reads a state file as the hook does (initramfs/state.sh sb_state_read; the shared
+ * vectors in test/protocol/vectors/state hold both to it): blank lines and lines whose
+ * first word starts with `#` are skipped anywhere, a CR before the newline is ignored,
+ * the first line left must be the magic's two words, and a malformed slot line is
+ * skipped (the slot reads as empty) with its reason pushed to `problems`. A file
+ * without the magic throws (STATE): the hook boots no stack from it.
+ */
+export function parseState(text: string, problems?: string[]): BootState {
+  const lines = text.split('\n').filter((l) => l.trim() !== '' && !l.trimStart().startsWith('#'));
+  const magic = (lines[0] ?? '').trim().split(/\s+/);
+  if (magic.length !== 2 || magic.join(' ') !== STATE_MAGIC) throw new StackbootError('STATE', `not a stackboot state file (first line must be "${STATE_MAGIC}")`);
   const st = emptyState();
+  const skip = (why: string) => problems?.push(`${why}: line skipped (the slot reads as empty, as the hook reads it)`);
   for (const line of lines.slice(1)) {
     const f = line.trim().split(/\s+/);
     if (f[0] === 'current') {
       st.current = f[1] && isSlot(f[1]) ? f[1] : null;
     } else if (isSlot(f[0])) {
       const status = f[1];
-      if (status !== 'good' && status !== 'pending' && status !== 'bad') throw new StackbootError('STATE', `state: slot ${f[0]}: unknown status ${status}`);
-      if (!ID.test(f[2] ?? '')) throw new StackbootError('STATE', `state: slot ${f[0]}: bad stack id`);
+      if (!ID.test(f[2] ?? '')) {
+        skip(`slot ${f[0]}: bad stack id`);
+        continue;
+      }
+      if (status !== 'good' && status !== 'pending' && status !== 'bad') {
+        skip(`slot ${f[0]}: unknown status ${JSON.stringify(status)}`);
+        continue;
+      }
       const s: SlotState = { status, stack: f[2] };
       if (status === 'pending') {
         // as the hook reads it (initramfs/util.sh sb_uint_norm): decimal digits only, at

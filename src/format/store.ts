@@ -52,9 +52,10 @@ export class Store {
     return (await fs.readFile(path.join(this.dir, 'store-id'), 'utf8')).trim();
   }
 
-  async readState(): Promise<BootState> {
+  /** The boot state as the hook reads it; the lines it skips go to `problems` (parseState). */
+  async readState(problems?: string[]): Promise<BootState> {
     const t = await fs.readFile(path.join(this.dir, 'state'), 'utf8').catch(() => null);
-    return t === null ? emptyState() : parsing(path.join(this.dir, 'state'), () => parseState(t));
+    return t === null ? emptyState() : parsing(path.join(this.dir, 'state'), () => parseState(t, problems));
   }
 
   async writeState(st: BootState): Promise<void> {
@@ -109,8 +110,9 @@ export class Store {
     await placeDurable(src, this.layerPath(digest));
   }
 
+  /** Appends one event line; the reason on one line as the hook writes it (`oneLine`). */
   async appendEvent(event: string, fields: { slot?: string; stack?: string; tries?: number; reason: string }, now = Math.floor(Date.now() / 1000)): Promise<void> {
-    const line = `${now} ${event} slot=${fields.slot ?? '-'} stack=${fields.stack ? fields.stack.slice(0, 12) : '-'}${fields.tries !== undefined ? ` tries=${fields.tries}` : ''} reason=${fields.reason.replace(/[\r\n]+/g, ' ')}\n`;
+    const line = `${now} ${event} slot=${fields.slot ?? '-'} stack=${fields.stack ? fields.stack.slice(0, 12) : '-'}${fields.tries !== undefined ? ` tries=${fields.tries}` : ''} reason=${oneLine(fields.reason)}\n`;
     const fh = await fs.open(path.join(this.dir, 'events'), 'a');
     try {
       await fh.write(line);
@@ -240,4 +242,12 @@ async function streamHashed(body: AsyncIterable<Buffer>, file: string, onBytes?:
     await fh.close();
   }
   return { n, digest: hash.digest('hex') };
+}
+
+/**
+ * A value for one line of the events file, as the hook's sb_oneline makes it: every
+ * control character (0x00-0x1f: tab, CR and LF too) becomes one space.
+ */
+export function oneLine(text: string): string {
+  return text.replace(/[\x00-\x1f]/g, ' ');
 }

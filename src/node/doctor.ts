@@ -154,12 +154,15 @@ export async function doctor(o: DoctorOptions): Promise<DoctorReport> {
   }
   // stacks
   let st;
+  const skipped: string[] = [];
   try {
-    st = await store.readState();
+    st = await store.readState(skipped);
   } catch (e) {
     add('state', 'fail', `state unreadable: ${(e as Error).message}`);
     return { findings: f, ok: false };
   }
+  // a hand edit or a disk error: the next state write (a boot's try, an install) drops it
+  for (const p of skipped) add('state', 'warn', `state: ${p}`);
   const kernelSaid = new Set<string>();
   for (const s of SLOTS) {
     const v = st.slots[s];

@@ -17,9 +17,16 @@ describe('boot state', () => {
     expect(serializeState(st)).toBe(text);
   });
 
-  it('refuses garbage', () => {
+  it('refuses a file without the magic; skips a malformed slot line and says why, as the hook does', () => {
     expect(() => parseState('hello')).toThrow(/not a stackboot state/);
-    expect(() => parseState(`stackboot-state 1\na weird ${A}`)).toThrow(/unknown status/);
+    expect(() => parseState('stackboot-state 1 2\ncurrent a')).toThrow(/not a stackboot state/);
+    const problems: string[] = [];
+    const st = parseState(`stackboot-state 1\ncurrent a\na weird ${A}\nb good ${B.toUpperCase()}\nb pending ${B} 2`, problems);
+    expect(st).toEqual({ current: 'a', slots: { b: { status: 'pending', stack: B, tries: 2 } } });
+    expect(problems).toEqual([
+      'slot a: unknown status "weird": line skipped (the slot reads as empty, as the hook reads it)',
+      'slot b: bad stack id: line skipped (the slot reads as empty, as the hook reads it)',
+    ]);
   });
 
   // the table the hook follows: candidate order per state

@@ -65,6 +65,14 @@ describe('doctor', () => {
     const rg = await doctor({ ctx: await nodeContext({ store }), config, procDir: proc, runDir: run });
     expect(rg.findings.filter((f) => /^slot a /.test(f.message)).map((f) => `${f.level} ${f.message}`)).toEqual([expect.stringMatching(/^fail slot a \(good .*\): manifest does not parse: /)]);
     await fs.writeFile(path.join(store, 'slots', 'a', 'manifest'), goodManifest);
+    // a torn slot line in the state: skipped as the hook skips it, and said
+    const goodState = await fs.readFile(path.join(store, 'state'), 'utf8');
+    await fs.writeFile(path.join(store, 'state'), goodState.replace(/^b pending ([0-9a-f]{20}).*$/m, 'b pending $1'));
+    const rt = await doctor({ ctx: await nodeContext({ store }), config, procDir: proc, runDir: run });
+    const mt = rt.findings.map((f) => `${f.level} ${f.check} ${f.message}`);
+    expect(mt).toContainEqual('warn state state: slot b: bad stack id: line skipped (the slot reads as empty, as the hook reads it)');
+    expect(mt.filter((m) => /slot b/.test(m) && m.startsWith('fail'))).toEqual([]);
+    await fs.writeFile(path.join(store, 'state'), goodState);
     // a private key among the public ones: the fleet's signing key on a node
     await fs.copyFile(k.key, path.join(k.keysDir, 'leaked.pub'));
     const rp = await doctor({ ctx: await nodeContext({ store }), config, procDir: proc, runDir: run });

@@ -1,1 +1,0 @@
-9 fail slot=a stack=aaaaaaaaaaaa reason=layer	base

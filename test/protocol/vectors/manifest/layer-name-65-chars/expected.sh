@@ -1,1 +1,0 @@
-layer 1111111111111111111111111111111111111111111111111111111111111111 3000 nnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnn

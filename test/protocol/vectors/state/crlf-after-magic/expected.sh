@@ -1,3 +1,0 @@
-stackboot-state 1
-current -
-b pending bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb 0
