@@ -9,6 +9,7 @@ import { run } from '../../src/sys/exec.js';
 import { install } from '../../src/node/install.js';
 import { nodeContext } from '../../src/node/context.js';
 import { markBootedBad, markBootedGood, nodeStatus, rollback } from '../../src/node/rollback.js';
+import { jetsonSlots } from '../../src/node/firmware.js';
 import { fakeBuild, keys, layerBytes, type FakeBuild } from '../support/update-fixtures.js';
 import { loopStore, type LoopStore } from '../support/store-loop.js';
 
@@ -110,5 +111,26 @@ describe('rollback, mark-good, mark-bad', () => {
     const after = await fs.readFile(booted, 'utf8');
     expect(after).toMatch(/^watchdog=$/m);
     expect(after).toMatch(/^status=good$/m);
+  });
+
+  it("mark-good with a watchdog it cannot stop (a device node without a driver): says why, keeps it in the booted record, the stack is good and the firmware is still told", async () => {
+    const s = await twoStacks('wd2');
+    const runDir = path.join(tmp, 'run-wd2');
+    await fs.mkdir(path.join(runDir, 'stackboot'), { recursive: true });
+    // a character device of a major no driver has (the experimental range): open fails ENXIO
+    const dev = path.join(runDir, 'watchdog-nodriver');
+    await run('mknod', [dev, 'c', '240', '77']);
+    const booted = path.join(runDir, 'stackboot', 'booted');
+    await fs.writeFile(booted, `store_dev=/dev/loop9\nstore_id=x\nstore_mnt=${s.dir}\nslot=b\nstack=${v2.id}\nstatus=pending\ntries=2\nfallback=\nupper=tmpfs\ndata_dev=\nwatchdog=${dev}:30\n`);
+    // nvbootctrl as the Jetson firmware's tool: a script that records its arguments
+    const calls = path.join(runDir, 'nvbootctrl.calls');
+    const nv = path.join(runDir, 'nvbootctrl');
+    await fs.writeFile(nv, `#!/bin/sh\necho "$*" >>${calls}\n`, { mode: 0o755 });
+    const g = await markBootedGood(await nodeContext({ runDir }), jetsonSlots({ tools: { nvbootctrl: nv } }));
+    expect(g).toMatchObject({ slot: 'b', was: 'pending', firmware: 'jetson', watchdog: { dev, result: 'error', error: expect.stringMatching(/ENXIO/) } });
+    expect((await s.store.readState()).slots.b?.status).toBe('good');
+    expect(await fs.readFile(calls, 'utf8')).toBe('-t rootfs verify\n');
+    // still armed as far as the node knows: doctor and a later mark-good see it
+    expect(await fs.readFile(booted, 'utf8')).toContain(`watchdog=${dev}:30\n`);
   });
 });
