@@ -99,6 +99,8 @@ sb_boot_store() {
 		return 1
 	fi
 	sb_debug "state: current=$SB_ST_CURRENT a=$SB_ST_a/$SB_ST_a_TRIES b=$SB_ST_b/$SB_ST_b_TRIES"
+	# a factory reset asked for this store: before anything of it is mounted
+	sb_reset "$i"
 	# the kexec'ed second stage: the slot the first stage chose, its try already counted
 	if sb_kexec_spec_parse && sb_kexec_second_stage "$i" "$SB_KX_SLOT"; then
 		s=$SB_KX_SLOT

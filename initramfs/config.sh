@@ -31,6 +31,7 @@
 #   stackboot.slot=a|b        SB_FORCE_SLOT
 #   stackboot.store=ID|DEV    SB_FORCE_STORE (a store-id, or a device like vda2 or /dev/vda2)
 #   stackboot.wipe            SB_WIPE=1
+#   stackboot.reset           SB_RESET=1 (a factory reset at this boot: reset.sh)
 #   stackboot.break           SB_BREAK=1
 #   stackboot.debug           SB_DEBUG=1
 #   stackboot.kexec=ID:SLOT:STACK  SB_KEXEC_FROM: this is the kexec'ed second stage of
@@ -61,6 +62,7 @@ sb_config_defaults() {
 	: "${SB_FORCE_SLOT=}"
 	: "${SB_FORCE_STORE=}"
 	: "${SB_WIPE=0}"
+	: "${SB_RESET=0}"
 	: "${SB_BREAK=0}"
 	: "${SB_DEBUG=0}"
 	: "${SB_KEXEC_FROM=}"
@@ -147,6 +149,7 @@ sb_cmdline_apply() {
 		stackboot.debug | stackboot.debug=1 | stackboot.debug=y*) SB_DEBUG=1 ;;
 		stackboot.break | stackboot.break=1 | stackboot.break=y*) SB_BREAK=1 ;;
 		stackboot.wipe | stackboot.wipe=1 | stackboot.wipe=y*) SB_WIPE=1 ;;
+		stackboot.reset | stackboot.reset=1 | stackboot.reset=y*) SB_RESET=1 ;;
 		stackboot.slot=*)
 			if sb_is_slot "${w#*=}"; then SB_FORCE_SLOT=${w#*=}; else sb_warn "cmdline: bad $w ignored"; fi ;;
 		stackboot.store=*)

@@ -104,7 +104,8 @@ sb_kexec_cmdline() {
 	local w out=
 	sb_noglob
 	for w in $SB_CMDLINE; do
-		case "$w" in BOOT_IMAGE=* | stackboot.kexec=*) continue ;; esac
+		# the first stage carried out a factory reset already (reset.sh)
+		case "$w" in BOOT_IMAGE=* | stackboot.kexec=* | stackboot.reset | stackboot.reset=*) continue ;; esac
 		case "$w" in stackboot.watchdog=*) [ -n "${2-}" ] && continue ;; esac
 		out="$out $w"
 	done

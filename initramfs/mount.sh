@@ -127,10 +127,10 @@ sb_mount_stack() {
 	return 0
 }
 
-# sb_data_mount STORE_INDEX: mount the data partition (label $SB_DATA_LABEL; the one on
-# the booted store's disk first) at $SB_RUN/sb/data. Prints nothing; returns 1 if none.
-sb_data_mount() {
-	local disk w pick= mnt="$SB_RUN/sb/data"
+# sb_data_part STORE_INDEX: prints the data partition of store STORE_INDEX (label
+# $SB_DATA_LABEL; the one on the store's disk first, else the first found), or nothing.
+sb_data_part() {
+	local disk w pick=
 	disk=$(sb_store_get "$1" DISK)
 	for w in $SB_DATA_CANDIDATES; do
 		[ -z "$pick" ] && pick=${w#*:}
@@ -139,6 +139,14 @@ sb_data_mount() {
 			break
 		}
 	done
+	printf '%s' "$pick"
+}
+
+# sb_data_mount STORE_INDEX: mount the data partition (sb_data_part) at $SB_RUN/sb/data.
+# Prints nothing; returns 1 if none.
+sb_data_mount() {
+	local pick mnt="$SB_RUN/sb/data"
+	pick=$(sb_data_part "$1")
 	[ -n "$pick" ] || return 1
 	mkdir -p "$mnt"
 	if sb_sys_mount -t ext4 -o rw "$SB_DEV/$pick" "$mnt"; then

@@ -4,6 +4,7 @@ export * from './chunks.js';
 export * from './manifest.js';
 export * from './signature.js';
 export * from './state.js';
+export * from './reset.js';
 export * from './store.js';
 export * from './tarfile.js';
 export * from './version.js';

@@ -9,6 +9,7 @@ import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { sha256File, parsing, StackbootError, makeDir, writeDurable, writeDurableFrom, placeDurable, fsyncPath } from '../sys/index.js';
 import { parseManifest, stackId, type LayerRef, type Manifest } from './manifest.js';
+import { formatResetRequest, parseResetRequest, type ResetRequest } from './reset.js';
 import { clearSlot, emptyState, markPending, parseState, serializeState, type BootState, type SlotName } from './state.js';
 
 export const STORE_LABEL = 'sb-store';
@@ -56,6 +57,22 @@ export class Store {
   async readState(problems?: string[]): Promise<BootState> {
     const t = await fs.readFile(path.join(this.dir, 'state'), 'utf8').catch(() => null);
     return t === null ? emptyState() : parsing(path.join(this.dir, 'state'), () => parseState(t, problems));
+  }
+
+  /** The factory reset request the next boot carries out, or null (none, or not a request: format/reset.ts). */
+  async resetRequest(): Promise<ResetRequest | null> {
+    const t = await fs.readFile(path.join(this.dir, 'reset'), 'utf8').catch(() => null);
+    return t === null ? null : parseResetRequest(t);
+  }
+
+  /** Writes a factory reset request (durable), or removes it (null). */
+  async setResetRequest(r: ResetRequest | null): Promise<void> {
+    const f = path.join(this.dir, 'reset');
+    if (r) await writeDurable(f, formatResetRequest(r));
+    else {
+      await fs.rm(f, { force: true });
+      await fsyncPath(this.dir);
+    }
   }
 
   async writeState(st: BootState): Promise<void> {

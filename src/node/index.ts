@@ -9,6 +9,7 @@ export * from './lock.js';
 export * from './migrate.js';
 export * from './paths.js';
 export * from './rollback.js';
+export * from './reset.js';
 export * from './watchdog.js';
 export * from './kernel-support.js';
 export * from './boot-update.js';

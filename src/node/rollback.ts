@@ -7,7 +7,7 @@ import { StackbootError } from '../sys/index.js';
 import { updateBooted, withStoreLock, withWritableStore, type NodeContext } from './context.js';
 import type { FirmwareSlots } from './firmware.js';
 import { armedWatchdog, stopWatchdog, type WatchdogStop } from './watchdog.js';
-import { candidates, markBad, markGood, rollback as rollbackState, SLOTS, type BootState, type SlotName } from '../format/index.js';
+import { candidates, markBad, markGood, rollback as rollbackState, SLOTS, type BootState, type ResetRequest, type SlotName } from '../format/index.js';
 
 /** What mark-good did with the watchdog the hook armed: stopWatchdog's answer, or the error that kept it from stopping it. */
 export interface BootWatchdogStop {
@@ -134,6 +134,8 @@ export interface NodeStatus {
   slots: SlotStatus[];
   next: { slot: SlotName; why: string }[];
   events: string[];
+  /** a factory reset the next boot carries out (factory-reset) */
+  reset: ResetRequest | null;
 }
 
 /** What `stackboot-node status` shows: booted stack, slots, next candidates, last events. */
@@ -165,5 +167,6 @@ export async function nodeStatus(ctx: NodeContext, nEvents = 5): Promise<NodeSta
     slots,
     next: candidates(st).filter((c) => slots.find((x) => x.slot === c.slot)?.matches),
     events: (await ctx.store.events()).slice(-nEvents),
+    reset: await ctx.store.resetRequest(),
   };
 }

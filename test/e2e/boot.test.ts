@@ -11,7 +11,7 @@ import { rm } from 'node:fs/promises';
 import path from 'node:path';
 import { demoStack, storeDisk, initrd, target, scratch } from './fixtures.js';
 import { useVmCleanup, Vm, type Disk } from './qemu.js';
-import { bootDemo, readStore, upperFiles, readData, corruptLayer, copyImage, writeStoreFile, tailOf, type DemoBoot } from './inspect.js';
+import { bootDemo, readStore, upperFiles, readData, corruptLayer, copyImage, writeStoreFile, tailOf, withPart, type DemoBoot } from './inspect.js';
 import type { BuildResult } from '../../src/build/stack.js';
 import type { Target } from '../../src/boot/target.js';
 import type { Arch } from '../../src/sys/arch.js';
@@ -235,6 +235,37 @@ describe.concurrent.each([{ arch: 'amd64' as Arch }, { arch: 'arm64' as Arch }])
       expect(await upperFiles(img, upd.stackId), 'the failed stack upper was not wiped').not.toContain('upper-marker');
       expect(s.events.some((e) => e.event === 'wipe' && e.slot === 'b'), s.eventsText).toBe(true);
       expect(await readData(img, '/var/lib/demo/keep')).toBe('written by 2\n');
+    });
+
+    itConcurrent('10: factory reset: stackboot-node factory-reset on the node, and the next boot wipes every disk upper and the data partition (lost+found kept) before the stack mounts; PERSIST seeded again', async () => {
+      const img = path.join(dir, 's10.img');
+      await storeDisk({ file: img, slots: { a: { buildDir: demo.outDir, status: 'good' } }, data: { 'var/lib/demo/user.db': 'user data\n', 'home/u/.profile': 'x\n' } });
+      const ird = await rd({ STORES: 'vda', UPPER: 'disk', PERSIST: '/var/lib/demo' });
+
+      const b1 = await boot(ird, virtio(img), 'demo.nohealth demo.write=/upper-marker demo.write=/var/lib/demo/keep demo.node=factory-reset');
+      ran(b1, '1', 'a');
+      expect(b1.output, tailOf(b1, 'no request')).toMatch(/^DEMO: node: factory reset requested: at the next boot the hook wipes/m);
+      expect(await upperFiles(img, demo.stackId)).toContain('upper-marker');
+      expect(await readData(img, '/var/lib/demo/keep')).toBe('written by 1\n');
+      const req = await withPart(img, 'sb-store', (v) => v.read('/reset'));
+      expect(req).toMatch(/^stackboot-reset 1\nrequested \d+ stackboot-node factory-reset\n$/);
+
+      const b2 = await boot(ird, virtio(img));
+      ran(b2, '1', 'a');
+      expect(b2.output, tailOf(b2, 'no reset')).toMatch(/stackboot: factory reset done: disk uppers wiped, the data partition \/dev\/vda2 emptied \(2 entries\)/);
+      expect(b2.output).toMatch(/^DEMO: upper is fresh$/m);
+      expect(await upperFiles(img, demo.stackId)).not.toContain('upper-marker');
+      const data = await withPart(img, 'sb-data', async (v) => ({ top: (await v.ls('/'))!.sort(), demo: await v.ls('/var/lib/demo'), lost: await v.exists('/lost+found') }));
+      // everything gone but lost+found and the PERSIST path, seeded again from the stack
+      expect(data.top).toEqual(['lost+found', 'var']);
+      expect(data.demo).toEqual(['.keep']);
+      const s = await readStore(img);
+      expect(await withPart(img, 'sb-store', (v) => v.exists('/reset'))).toBe(false);
+      expect(s.state?.slots.a?.status).toBe('good');
+      expect(s.events.filter((e) => e.event === 'reset').map((e) => e.reason), s.eventsText).toEqual([
+        'requested by stackboot-node factory-reset: the next boot wipes the disk uppers and the data partition',
+        expect.stringMatching(/^factory reset \(\d+ stackboot-node factory-reset\): disk uppers wiped, the data partition \/dev\/vda2 emptied \(2 entries\)$/),
+      ]);
     });
 
     describe('6: two stores, NVMe first, SD card as rescue', () => {

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { chmodSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { run } from '../../src/sys/exec.js';
 import { fakeRoots, NODE_TOOL, readEvents, readState, type FakeRoot, type Store, type StoreSpec } from './harness.js';
@@ -77,6 +77,38 @@ describe('stackboot-node', () => {
       expect(told[1]).toBe(`b good ${store.stack.b}`);
       expect(out.stderr).toMatch(new RegExp(`the ${fw} firmware was told this boot was good`));
     }
+  });
+
+  it('factory-reset: writes the request the hook reads (temp file, fsync, rename, fsync dir), status shows it, --cancel removes it; the next boot carries it out', async () => {
+    const { r, store, node } = await booted({ current: 'a', a: { status: 'good' } }, 'STORES=vda\nDEVICE_TIMEOUT=1\nUPPER=disk\n');
+    const upper = join(store.dir, 'upper', store.stack.a!, 'data');
+    writeFileSync(join(upper, 'changed-at-runtime'), 'x');
+    const before = r.calls().length;
+    const res = await node('factory-reset');
+    expect(res.code, res.err).toBe(0);
+    expect(res.out).toMatch(/^factory reset requested: at the next boot the hook wipes every disk upper of .* and the data partition \(label sb-data\) but lost\+found; the stacks stay/);
+    expect(readFileSync(join(store.dir, 'reset'), 'utf8')).toMatch(/^stackboot-reset 1\nrequested \d+ stackboot-node factory-reset\n$/);
+    const calls = r.calls().slice(before);
+    const mnt = `${r.dir}/run/sb/s0`;
+    expect(calls.indexOf(`fsync ${mnt}/reset.new`)).toBeLessThan(calls.indexOf(`mv -f ${mnt}/reset.new ${mnt}/reset`));
+    expect(calls.indexOf(`fsync ${mnt}`)).toBeGreaterThan(calls.indexOf(`mv -f ${mnt}/reset.new ${mnt}/reset`));
+    expect(readEvents(store).at(-1)).toMatchObject({ event: 'reset', slot: '-', stack: '-', reason: 'requested by stackboot-node factory-reset: the next boot wipes the disk uppers and the data partition' });
+    expect((await node('status')).out).toMatch(/^factory reset requested \(\d+ stackboot-node factory-reset\): the next boot wipes/m);
+    expect(JSON.parse((await node('status', '--json')).out).reset_requested).toBe(true);
+    // cancel, and a cancel with nothing to cancel
+    expect((await node('factory-reset', '--cancel')).out).toBe('cancelled the factory reset request\n');
+    expect((await node('factory-reset', '--cancel')).out).toBe('no factory reset was requested\n');
+    expect(JSON.parse((await node('status', '--json')).out).reset_requested).toBe(false);
+    expect((await node('factory-reset', '--now')).code).toBe(2);
+    // asked again, then the next boot (nothing mounted, a fresh /run) carries it out
+    expect((await node('factory-reset')).code).toBe(0);
+    rmSync(join(r.runDir, 'sb'), { recursive: true, force: true });
+    writeFileSync(join(r.dir, 'mounts'), '');
+    const boot = await r.boot('STORES=vda\nDEVICE_TIMEOUT=1\nUPPER=disk\n');
+    expect(boot.out).toContain('BOOT=0');
+    expect(existsSync(join(store.dir, 'reset'))).toBe(false);
+    expect(existsSync(join(upper, 'changed-at-runtime'))).toBe(false);
+    expect(readEvents(store).filter((e) => e.event === 'reset').map((e) => e.reason).at(-1)).toMatch(/^factory reset \(\d+ stackboot-node factory-reset\): disk uppers wiped, no data partition \(label sb-data\)$/);
   });
 
   it('mark-bad: booted current good -> bad, current moves to the other good', async () => {

@@ -12,7 +12,7 @@ import { cacheCommand } from './cache.js';
 import { pushCommand } from './push.js';
 import { pullCommand } from './pull.js';
 import { bootUpdateCommand } from './boot-update.js';
-import { installCommand, rollbackCommand, gcCommand, doctorCommand, statusCommand, markGoodCommand, markBadCommand } from './node.js';
+import { installCommand, rollbackCommand, gcCommand, doctorCommand, statusCommand, markGoodCommand, markBadCommand, factoryResetCommand } from './node.js';
 
 export const commands: CommandModule<any, any>[] = [
   buildCommand,
@@ -29,5 +29,5 @@ export const commands: CommandModule<any, any>[] = [
   pushCommand,
   pullCommand,
   bootUpdateCommand,
-  installCommand, rollbackCommand, gcCommand, doctorCommand, statusCommand, markGoodCommand, markBadCommand,
+  installCommand, rollbackCommand, gcCommand, doctorCommand, statusCommand, markGoodCommand, markBadCommand, factoryResetCommand,
 ];

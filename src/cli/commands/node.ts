@@ -1,4 +1,4 @@
-/** Node-side commands: install, rollback, gc, doctor, status, mark-good, mark-bad. */
+/** Node-side commands: install, rollback, gc, doctor, status, mark-good, mark-bad, factory-reset. */
 import { createReadStream } from 'node:fs';
 import { stat } from 'node:fs/promises';
 import type { Readable } from 'node:stream';
@@ -184,6 +184,27 @@ export const statusCommand: CommandModule<any, any> = {
     if (s.booted) out.report(`booted: slot ${s.booted.slot} ${s.booted.stack.slice(0, 12)} ${s.booted.status}${s.booted.tries ? ` tries=${s.booted.tries}` : ''}${s.booted.fallback ? ` fallback: ${s.booted.fallback}` : ''}`);
     for (const x of s.slots) out.report(`slot ${x.slot}: ${x.status}${x.stack ? ` ${x.stack.slice(0, 12)}` : ''}${x.tries !== undefined ? ` tries=${x.tries}` : ''}${x.name ? ` ${x.name} ${x.version}` : ''}${x.kernel ? ` kernel ${x.kernel}` : ''}${x.stack && !x.matches ? ' (manifest mismatch)' : ''}${x.current ? ' current' : ''}${x.booted ? ' booted' : ''}`);
     out.report(`next boot: ${s.next.map((c) => `${c.slot} (${c.why})`).join(', ') || 'nothing bootable'}`);
+    if (s.reset) out.report(`factory reset requested (${s.reset.by}, ${new Date(s.reset.requested * 1000).toISOString()}): the next boot wipes the disk uppers and the data partition`);
+  },
+};
+
+export const factoryResetCommand: CommandModule<any, any> = {
+  command: 'factory-reset',
+  describe: 'at the next boot, wipe the node\'s writable state (disk uppers, data partition); the stacks stay',
+  builder: (y) => nodeOptions(y).option('cancel', { type: 'boolean', describe: 'remove a pending request' }).option('dry-run', { type: 'boolean' }),
+  handler: async (a) => {
+    const out = makeOut(a);
+    const { factoryReset } = await import('../../node/index.js');
+    const cfg = await loadConfig(a.config);
+    const r = await factoryReset(await ctxOf(a), { cancel: a.cancel, dryRun: a.dryRun, dataLabel: cfg.boot.DATA_LABEL });
+    out.result(r);
+    if (r.action === 'cancel') {
+      out.line(r.previous ? `${r.dryRun ? 'would cancel' : 'cancelled'} the factory reset requested by ${r.previous.by}` : 'no factory reset was requested');
+      return;
+    }
+    out.line(`${r.dryRun ? 'dry run: would request' : 'requested'} a factory reset of ${r.store}${r.previous ? ' (it was requested already)' : ''}; at the next boot the hook wipes:`);
+    for (const w of r.wipes) out.line(`  ${w}`);
+    out.line(r.dryRun ? 'nothing written' : 'the stacks stay; reboot to reset (stackboot factory-reset --cancel undoes the request)');
   },
 };
 
