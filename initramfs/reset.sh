@@ -93,13 +93,15 @@ sb_reset() {
 		sb_sys_umount "$mnt"
 		data="the data partition $SB_DEV/$part emptied ($SB_RESET_N entries)"
 	fi
+	sb_log "factory reset done: disk uppers wiped, $data"
+	# the event before the request goes: a power cut between them redoes a reset that
+	# finds nothing left to wipe (two events), never leaves one without its event
+	sb_event "$store" reset - "" "" "factory reset ($SB_RESET_BY): disk uppers wiped, $data"
 	if [ -e "$store/reset" ]; then
 		rm -f "$store/reset"
 		sb_sys_fsync "$store"
 	fi
 	# once a boot: the command line's request is not carried out again on another store
 	SB_RESET=0
-	sb_log "factory reset done: disk uppers wiped, $data"
-	sb_event "$store" reset - "" "" "factory reset ($SB_RESET_BY): disk uppers wiped, $data"
 	return 0
 }
