@@ -4,7 +4,8 @@
  * config against the boot.conf baked into the booted initramfs (the hook leaves a copy at
  * /run/stackboot/boot.conf), the boot partition (found as boot-update finds it, and named
  * so that JetPack 5/6's L4TLauncher reads it), and every slot's stack (manifest matches the
- * state, layers present with the right size, or sha256 with `full`, signature valid).
+ * state, layers present with the right size, or sha256 with `full`, signature valid), state
+ * lines the hook skips, and a pending factory reset.
  */
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
@@ -163,6 +164,8 @@ export async function doctor(o: DoctorOptions): Promise<DoctorReport> {
   }
   // a hand edit or a disk error: the next state write (a boot's try, an install) drops it
   for (const p of skipped) add('state', 'warn', `state: ${p}`);
+  const reset = await store.resetRequest();
+  if (reset) add('reset', 'warn', `a factory reset is requested (${reset.by}, ${new Date(reset.requested * 1000).toISOString()}): the next boot wipes the disk uppers and the data partition (stackboot factory-reset --cancel undoes it)`);
   const kernelSaid = new Set<string>();
   for (const s of SLOTS) {
     const v = st.slots[s];

@@ -73,6 +73,11 @@ describe('doctor', () => {
     expect(mt).toContainEqual('warn state state: slot b: bad stack id: line skipped (the slot reads as empty, as the hook reads it)');
     expect(mt.filter((m) => /slot b/.test(m) && m.startsWith('fail'))).toEqual([]);
     await fs.writeFile(path.join(store, 'state'), goodState);
+    // a pending factory reset is said
+    await fs.writeFile(path.join(store, 'reset'), 'stackboot-reset 1\nrequested 0 stackboot factory-reset\n');
+    const rr = await doctor({ ctx: await nodeContext({ store }), config, procDir: proc, runDir: run });
+    expect(rr.findings.map((f) => `${f.level} ${f.check} ${f.message}`)).toContainEqual('warn reset a factory reset is requested (stackboot factory-reset, 1970-01-01T00:00:00.000Z): the next boot wipes the disk uppers and the data partition (stackboot factory-reset --cancel undoes it)');
+    await fs.rm(path.join(store, 'reset'));
     // a private key among the public ones: the fleet's signing key on a node
     await fs.copyFile(k.key, path.join(k.keysDir, 'leaked.pub'));
     const rp = await doctor({ ctx: await nodeContext({ store }), config, procDir: proc, runDir: run });
