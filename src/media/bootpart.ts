@@ -67,6 +67,19 @@ export interface BootEntry {
   append: string;
 }
 
+/** The label of the boot menu's factory reset entry (`image --reset-entry`; boot-update keeps it). */
+export const RESET_LABEL = 'factory-reset';
+
+/**
+ * The factory reset entry for ENTRY: the same kernel, initrd and device tree, with
+ * `stackboot.reset` on its command line (docs/PROTOCOL.md "Factory reset"): picked from
+ * the firmware's boot menu (U-Boot's console, L4TLauncher's menu), it wipes the node's
+ * writable state at that boot, for a node that no longer reaches its userspace.
+ */
+export function resetEntryOf(e: Pick<BootEntry, 'kernel' | 'initrd' | 'fdt' | 'append' | 'menu'>): BootEntry {
+  return { label: RESET_LABEL, menu: `factory reset (wipes the data partition): ${e.menu}`, kernel: e.kernel, initrd: e.initrd, fdt: e.fdt, append: `${e.append} stackboot.reset`.trim() };
+}
+
 export interface BootConf {
   timeout: number;
   title: string;
@@ -80,7 +93,10 @@ export async function renderBootConf(c: BootConf): Promise<string> {
   for (const e of c.entries) {
     for (const [k, v] of [['label', e.label], ['menu label', e.menu], ['kernel', e.kernel], ['initrd', e.initrd], ['fdt', e.fdt ?? ''], ['kernel command line', e.append]] as const) checkBootValue(`the ${k} of ${e.label}`, v);
   }
-  return renderTemplate('boot/extlinux.conf.hbs', { timeout: c.timeout, default: c.entries[0]!.label, title: c.title, entries: c.entries.map((e) => ({ ...e, fdt: e.fdt ?? '' })) });
+  // U-Boot's menu takes a choice only with PROMPT 1 (else it boots the default at once):
+  // with a factory reset entry the menu waits TIMEOUT for one; L4TLauncher ignores the key
+  const prompt = c.entries.some((e) => e.label === RESET_LABEL);
+  return renderTemplate('boot/extlinux.conf.hbs', { timeout: c.timeout, prompt, default: c.entries[0]!.label, title: c.title, entries: c.entries.map((e) => ({ ...e, fdt: e.fdt ?? '' })) });
 }
 
 /**
@@ -240,7 +256,9 @@ export async function bootUpdate(o: BootUpdateOptions, hooks: { beforeSwitch?():
   }
   await hooks.beforeSwitch?.();
   const old = parseBootConf(await fs.readFile(path.join(o.bootDir, plan.conf), 'utf8'));
-  const text = await renderBootConf({ timeout: old.timeout, title: old.title || o.describe, entries: [plan.entry, plan.previous] });
+  // a factory reset entry stays, on the new entry's files
+  const reset = old.entries.some((e) => e.label === RESET_LABEL) ? [resetEntryOf(plan.entry)] : [];
+  const text = await renderBootConf({ timeout: old.timeout, title: old.title || o.describe, entries: [plan.entry, plan.previous, ...reset] });
   await writeDurable(path.join(o.bootDir, plan.conf), text);
   for (const f of plan.remove) await fs.rm(path.join(o.bootDir, f), { force: true });
   if (plan.remove.length) await fsyncPath(o.bootDir);

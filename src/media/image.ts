@@ -20,7 +20,7 @@ import { assembleDisk, MiB, type AssembledPart, type PartSpec } from './disk.js'
 import { vfatLabel } from './blockdev.js';
 import { StackbootError, checkEpoch, type ProgressSink, type Arch, makeDir, onInterrupt } from '../sys/index.js';
 import { makeBootConfig, type BootConfig, buildInitramfs, loadTarget, checkPe, EFI_BOOT_PATH } from '../boot/index.js';
-import { renderBootConf, checkBootValue, EXTLINUX_CONF, BOOT_PART_NAME } from './bootpart.js';
+import { renderBootConf, checkBootValue, resetEntryOf, EXTLINUX_CONF, BOOT_PART_NAME } from './bootpart.js';
 import { parseManifest, stackId, type Manifest, DATA_LABEL, STORE_LABEL, stageStore } from '../format/index.js';
 import { writeBmapFor, type Bmap } from './bmap.js';
 import { IMAGE_LAYOUTS, LAYOUT_DEFAULTS, bootRoomMiB, type ImageLayout } from './layout.js';
@@ -41,6 +41,8 @@ export interface ImageSpec {
   append?: string;
   /** a UEFI boot program (e.g. JetPack's L4TLauncher, BOOTAA64.efi), relative to the recipe folder */
   efiBoot?: string;
+  /** a factory reset entry in the boot menu (`--reset-entry`) */
+  resetEntry?: boolean;
 }
 
 export interface ImageOptions {
@@ -63,6 +65,8 @@ export interface ImageOptions {
   bootConfig?: BootConfig;
   /** kernel command line in extlinux.conf */
   append?: string;
+  /** a second boot menu entry that boots with stackboot.reset: a factory reset picked at the firmware's menu */
+  resetEntry?: boolean;
   /**
    * a UEFI boot program put on the boot partition (an ESP) at EFI/BOOT/BOOTAA64.EFI
    * (BOOTX64.EFI on amd64): JetPack 5/6's L4TLauncher (Linux_for_Tegra/bootloader/BOOTAA64.efi),
@@ -217,12 +221,13 @@ export async function planImage(o: ImageOptions): Promise<ImagePlan> {
   };
 }
 
-/** Renders extlinux.conf (templates/boot/extlinux.conf.hbs) for a new image: one entry. */
-export async function renderExtlinux(c: { name: string; version: string; stackId: string; kernel: string; initrd: string; fdt?: string; append: string; timeout?: number }): Promise<string> {
+/** Renders extlinux.conf (templates/boot/extlinux.conf.hbs) for a new image: one entry, and the factory reset one with `resetEntry`. */
+export async function renderExtlinux(c: { name: string; version: string; stackId: string; kernel: string; initrd: string; fdt?: string; append: string; timeout?: number; resetEntry?: boolean }): Promise<string> {
+  const main = { label: 'stackboot', menu: `stackboot (${c.name} ${c.version}, stack ${c.stackId.slice(0, 12)})`, kernel: c.kernel, initrd: c.initrd, fdt: c.fdt, append: c.append };
   return renderBootConf({
     timeout: c.timeout ?? 10,
     title: `${c.name} ${c.version}`,
-    entries: [{ label: 'stackboot', menu: `stackboot (${c.name} ${c.version}, stack ${c.stackId.slice(0, 12)})`, kernel: c.kernel, initrd: c.initrd, fdt: c.fdt, append: c.append }],
+    entries: [main, ...(c.resetEntry ? [resetEntryOf(main)] : [])],
   });
 }
 
@@ -258,7 +263,7 @@ export async function buildImage(o: ImageOptions): Promise<ImageResult> {
     }
     await fs.writeFile(
       path.join(boot, EXTLINUX_CONF),
-      await renderExtlinux({ name: plan.name, version: plan.version, stackId: plan.stackId, kernel: 'vmlinuz', initrd: 'initrd.img', fdt: o.fdt ? path.basename(o.fdt) : undefined, append: o.append ?? '' }),
+      await renderExtlinux({ name: plan.name, version: plan.version, stackId: plan.stackId, kernel: 'vmlinuz', initrd: 'initrd.img', fdt: o.fdt ? path.basename(o.fdt) : undefined, append: o.append ?? '', resetEntry: o.resetEntry }),
     );
     // mcopy -m keeps the files' mtimes: make them SOURCE_DATE_EPOCH
     await clampTree(boot, plan.epoch);
@@ -331,10 +336,11 @@ export async function loadImageSpec(recipeDir: string): Promise<ImageSpec> {
   }
   if (typeof j !== 'object' || j === null) throw new StackbootError('RECIPE', `${f}: expected an object`);
   const s = j as Record<string, unknown>;
-  for (const k of Object.keys(s)) if (!['layout', 'bootMiB', 'storeMiB', 'dataMiB', 'sizeMiB', 'append', 'efiBoot', 'description'].includes(k)) throw new StackbootError('RECIPE', `${f}: unknown key ${k}`);
+  for (const k of Object.keys(s)) if (!['layout', 'bootMiB', 'storeMiB', 'dataMiB', 'sizeMiB', 'append', 'efiBoot', 'resetEntry', 'description'].includes(k)) throw new StackbootError('RECIPE', `${f}: unknown key ${k}`);
   if (s.layout !== undefined && !IMAGE_LAYOUTS.includes(s.layout as ImageLayout)) throw new StackbootError('RECIPE', `${f}: layout must be one of ${IMAGE_LAYOUTS.join(', ')}`);
   for (const k of ['bootMiB', 'storeMiB', 'dataMiB', 'sizeMiB']) if (s[k] !== undefined && !(Number.isInteger(s[k]) && (s[k] as number) > 0)) throw new StackbootError('RECIPE', `${f}: ${k} must be a positive integer`);
   for (const k of ['append', 'efiBoot']) if (s[k] !== undefined && typeof s[k] !== 'string') throw new StackbootError('RECIPE', `${f}: ${k} must be a string`);
+  if (s.resetEntry !== undefined && typeof s.resetEntry !== 'boolean') throw new StackbootError('RECIPE', `${f}: resetEntry must be true or false`);
   if (typeof s.efiBoot === 'string') s.efiBoot = path.resolve(recipeDir, s.efiBoot);
   return s as ImageSpec;
 }

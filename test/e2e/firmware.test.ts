@@ -27,7 +27,7 @@ import type { Target } from '../../src/boot/target.js';
 import { CACHE, demoStack, scratch, storeDisk, target } from './fixtures.js';
 import { nodeStack } from './node-fixtures.js';
 import { bootOnce, useVmCleanup, Vm, type BootResult } from './qemu.js';
-import { tailOf } from './inspect.js';
+import { readStore, tailOf, withPart } from './inspect.js';
 import { itConcurrent } from './concurrent.js';
 
 useVmCleanup(afterEach);
@@ -164,6 +164,30 @@ describe('the SD image through real firmware (aarch64 virt)', () => {
     expect(r.output).toMatch(new RegExp(`Retrieving file: /vmlinuz-${hk}`));
     expect(r.output, tailOf(r, 'not the new kernel')).toMatch(new RegExp(`Linux version ${k2.kver.replace(/[.+]/g, '\\$&')} `));
   });
+  itConcurrent("image --reset-entry: U-Boot's menu (PROMPT 1) offers the factory reset entry; picked with a key, the stack boots with stackboot.reset and the hook wipes the data partition", async () => {
+    const demo = await demoStack('demo', 'arm64');
+    const resetImg = path.join(dir, 'sd-arm64-reset.img');
+    const ri = await buildImage({ buildDir: demo.outDir, out: resetImg, layout: 'sd', arch: 'arm64', cacheRoot: CACHE, append: 'console=ttyAMA0 panic=-1', resetEntry: true, bmap: false });
+    // something of the user's on the data partition: a file written with debugfs
+    const data = ri.partitions.find((p) => p.name === 'sb-data')!;
+    const note = path.join(dir, 'user-note');
+    await fs.writeFile(note, 'user data\n');
+    await run('debugfs', ['-w', '-R', `write ${note} user-note`, `${resetImg}?offset=${data.start}`]);
+    const vm = Vm.start({ target: T, firmware: UBOOT_ARM64, initrd: '', disks: [{ file: resetImg, bus: 'virtio' }], timeoutMs: 240_000, name: 'uboot-reset' });
+    // the prompt has no newline yet: match the unfinished line (U-Boot waits TIMEOUT, 1 s)
+    await vm.waitFor(/Enter choice: /, { timeoutMs: 120_000, partial: true });
+    vm.send('2\n');
+    const r = await vm.waitExit(200_000);
+    expect(r.output, vm.failMessage('the menu did not list the reset entry')).toMatch(/2:\s+factory reset \(wipes the data partition\)/);
+    expect(r.output, vm.failMessage('not booted with stackboot.reset')).toMatch(/Kernel command line: .*stackboot\.reset/);
+    expect(r.output, vm.failMessage('no reset')).toMatch(/stackboot: factory reset done: disk uppers wiped, the data partition \/dev\/vda3 emptied \(1 entries\)/);
+    expect(r.output).toMatch(/DEMO: running stackboot demo 1/);
+    expect(r.how).toBe('poweroff');
+    const s = await readStore(resetImg);
+    expect(s.events.filter((e) => e.event === 'reset').map((e) => e.reason)).toEqual([expect.stringMatching(/^factory reset \(stackboot\.reset on the kernel command line\): disk uppers wiped/)]);
+    expect(await withPart(resetImg, 'sb-data', (v) => v.exists('/user-note'))).toBe(false);
+  });
+
   itConcurrent('UEFI (EDK2) finds the ESP and starts the program `image --efi-boot` put at EFI/BOOT/BOOTAA64.EFI, as JetPack 5/6 starts L4TLauncher', async () => {
     // NVIDIA's launcher is not in Debian: the arm64 6.12 kernel (an EFI-stub PE program)
     // stands in for it, told apart from the partition's own 6.1 kernel by its version

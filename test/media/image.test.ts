@@ -35,6 +35,8 @@ describe('image.json', () => {
     const f = path.join(dir, 'image.json');
     await expect(spec('{"efi":"x"}')).rejects.toMatchObject({ code: 'RECIPE', message: `${f}: unknown key efi` });
     await expect(spec('{"efiBoot":1}')).rejects.toMatchObject({ code: 'RECIPE', message: `${f}: efiBoot must be a string` });
+    await expect(spec('{"resetEntry":"yes"}')).rejects.toMatchObject({ code: 'RECIPE', message: `${f}: resetEntry must be true or false` });
+    expect(await spec('{"resetEntry":true}')).toEqual({ resetEntry: true });
     await expect(spec('{"layout":"usb"}')).rejects.toMatchObject({ code: 'RECIPE', message: `${f}: layout must be one of sd, nvme, custom` });
     await expect(spec('{"bootMiB":-1}')).rejects.toMatchObject({ code: 'RECIPE', message: `${f}: bootMiB must be a positive integer` });
     await expect(spec('{')).rejects.toMatchObject({ code: 'RECIPE', message: `${f}: not valid JSON` });

@@ -90,6 +90,30 @@ describe('JetPack 5/6: L4TLauncher reads the boot partition', () => {
     for (const x of l2.entries) await expectFiles(dir, x);
   });
 
+  it('--reset-entry: the launcher lists the factory reset entry after the default (the same files, stackboot.reset added); boot-update keeps it, on the new files', async () => {
+    const img = path.join(tmp, 'jetson-reset.img');
+    const r = await buildImage({ buildDir, out: img, layout: 'sd', arch: 'arm64', cacheRoot: CACHE, efiBoot: T.kernel, append: 'console=ttyTCU0,115200', resetEntry: true, bmap: false });
+    const { names, dir } = await readImage(img, r.partitions[0]!.start);
+    const l = await l4tRead({ dir, names, filesPart: 1, launcher: 1 });
+    if (!l.ok) throw new Error('L4TLauncher found no extlinux.conf');
+    expect(l.entries.map((x) => x.label)).toEqual(['stackboot', 'factory-reset']);
+    expect(l.entries[l.default]!.label).toBe('stackboot');
+    expect(l.entries[1]).toMatchObject({ linux: '\\vmlinuz', initrd: '\\initrd.img', append: 'console=ttyTCU0,115200 stackboot.reset' });
+    expect(l.entries[1]!.menu).toMatch(/^factory reset \(wipes the data partition\): stackboot \(demo/);
+    await expectFiles(dir, l.entries[1]!);
+
+    const k2 = path.join(tmp, 'Image-r2');
+    const i2 = path.join(tmp, 'initrd-r2.img');
+    await fs.copyFile(T.kernel2?.kernel ?? T.kernel, k2);
+    await fs.writeFile(i2, 'the next initrd, with the reset entry');
+    const u = await bootUpdate({ bootDir: dir, kernel: k2, initrd: i2, describe: 'demo 2' });
+    const l2 = await l4tRead({ dir, names, filesPart: 1, launcher: 1 });
+    if (!l2.ok) throw new Error('L4TLauncher cannot read the updated extlinux.conf');
+    expect(l2.entries.map((x) => x.label)).toEqual(['stackboot', 'previous', 'factory-reset']);
+    expect(l2.entries[2]).toMatchObject({ linux: `\\${u.entry.kernel}`, initrd: `\\${u.entry.initrd}`, append: 'console=ttyTCU0,115200 stackboot.reset' });
+    for (const x of l2.entries) await expectFiles(dir, x);
+  });
+
   it('with rootfs A/B the launcher falls back to the plain APP name; an image of the old layout (sb-boot, extlinux/) is not found at all', async () => {
     const dir = path.join(tmp, 'legacy');
     await fs.mkdir(path.join(dir, 'extlinux'), { recursive: true });

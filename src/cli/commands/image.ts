@@ -28,6 +28,7 @@ export const imageCommand: CommandModule<any, any> = {
       .option('verity-root', { type: 'string', describe: 'sysroot with dmsetup and signify-openbsd for the initrd (default for a stack with verity data or with --pub: the setup target)' })
       .option('kexec-root', { type: 'string', describe: 'sysroot with sbin/kexec for the initrd (default for a stack with its own kernel: the setup target)' })
       .option('append', { type: 'string', describe: 'kernel command line in extlinux.conf' })
+      .option('reset-entry', { type: 'boolean', describe: "a second boot menu entry, 'factory-reset': the same kernel with stackboot.reset (wipes the data partition at that boot)" })
       .option('set', { type: 'string', array: true, describe: 'initrd boot config KEY=VALUE (repeatable)' })
       .option('store-id', { type: 'string', describe: 'store id, 32 hex (default: derived from the stack id)' })
       .option('seed', { type: 'string', describe: 'seed for all UUIDs (default: the stack id)' })
@@ -59,6 +60,7 @@ export const imageCommand: CommandModule<any, any> = {
       pubKeys: a.pub ?? [],
       append: a.append ?? spec.append,
       efiBoot: a.efiBoot ?? spec.efiBoot,
+      resetEntry: a.resetEntry ?? spec.resetEntry,
       bootConfig: makeBootConfig({ set: [...Object.entries(recipe?.boot ?? {}), ...((a.set as string[] | undefined) ?? [])] }),
       storeId: a.storeId,
       seed: a.seed,
