@@ -33,12 +33,20 @@ export interface FactoryResetResult {
   dryRun: boolean;
 }
 
+/** What the next boot wipes, in words; on a booted node, as this boot has it (the booted record). */
+function whatGoes(ctx: NodeContext, label: string): string[] {
+  const b = ctx.booted;
+  const uppers = `every disk upper of the store (${ctx.store.dir}/upper)${b && b.upper !== 'disk' ? ': this boot has none in use (UPPER=tmpfs)' : ''}`;
+  const data = b?.data_dev ? `everything on the data partition ${b.data_dev} (label ${label}) but lost+found` : `everything on the data partition (label ${label}) but lost+found${b ? ': the hook bound none at this boot (no PERSIST); the next boot wipes the one it finds' : ''}`;
+  return [uppers, data];
+}
+
 /** Plans, then (unless dryRun) writes or removes the store's factory reset request. */
 export async function factoryReset(ctx: NodeContext, o: FactoryResetOptions = {}): Promise<FactoryResetResult> {
   const plan = async (): Promise<FactoryResetResult> => {
     const previous = await ctx.store.resetRequest();
     const request = o.cancel ? null : { requested: o.now ?? Math.floor(Date.now() / 1000), by: o.by ?? 'stackboot factory-reset' };
-    const wipes = o.cancel ? [] : [`every disk upper of the store (${ctx.store.dir}/upper)`, `everything on the data partition (label ${o.dataLabel ?? 'sb-data'}) but lost+found`];
+    const wipes = o.cancel ? [] : whatGoes(ctx, o.dataLabel ?? 'sb-data');
     return { store: ctx.store.dir, action: o.cancel ? 'cancel' : 'request', request, previous, wipes, dryRun: !!o.dryRun };
   };
   if (o.dryRun) return plan();

@@ -61,6 +61,23 @@ describe('factory-reset (node)', () => {
     expect((await ctx.store.events()).length).toBe(n);
   });
 
+  it('on a booted node the plan says what this boot has: a tmpfs upper, the data partition it mounted', async () => {
+    const storeDir = path.join(dir, 'store');
+    const runDir = path.join(dir, 'run');
+    await fs.mkdir(path.join(runDir, 'stackboot'), { recursive: true });
+    const rec = (upper: string, data: string) => `store_dev=/dev/vda2\nstore_id=x\nstore_mnt=${storeDir}\nslot=a\nstack=${'a'.repeat(64)}\nstatus=good\ntries=\nfallback=\nupper=${upper}\ndata_dev=${data}\nwatchdog=\n`;
+    await fs.writeFile(path.join(runDir, 'stackboot', 'booted'), rec('tmpfs', '/dev/vda3'));
+    expect((await factoryReset(await nodeContext({ runDir }), { dryRun: true })).wipes).toEqual([
+      `every disk upper of the store (${storeDir}/upper): this boot has none in use (UPPER=tmpfs)`,
+      'everything on the data partition /dev/vda3 (label sb-data) but lost+found',
+    ]);
+    await fs.writeFile(path.join(runDir, 'stackboot', 'booted'), rec('disk', ''));
+    expect((await factoryReset(await nodeContext({ runDir }), { dryRun: true })).wipes).toEqual([
+      `every disk upper of the store (${storeDir}/upper)`,
+      'everything on the data partition (label sb-data) but lost+found: the hook bound none at this boot (no PERSIST); the next boot wipes the one it finds',
+    ]);
+  });
+
   it('the request format: one line for who asked; a file without the magic is no request, for both readers', async () => {
     expect(formatResetRequest({ requested: 5, by: 'a\nb\tc' })).toBe('stackboot-reset 1\nrequested 5 a b c\n');
     expect(parseResetRequest('stackboot-reset 1\nrequested 5 a b c\n')).toEqual({ requested: 5, by: 'a b c' });
