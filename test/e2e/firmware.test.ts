@@ -163,6 +163,20 @@ describe('the SD image through real firmware (aarch64 virt)', () => {
     expectFirmwareBoot(r);
     expect(r.output).toMatch(new RegExp(`Retrieving file: /vmlinuz-${hk}`));
     expect(r.output, tailOf(r, 'not the new kernel')).toMatch(new RegExp(`Linux version ${k2.kver.replace(/[.+]/g, '\\$&')} `));
+
+    // the fallback to the old entry, as a board's altbootcmd does it after bootlimit
+    // failed boots (docs/boot.md): pxe_label_override=previous, then the distro boot;
+    // typed here at U-Boot's prompt (this U-Boot build counts no boots)
+    const vmPrev = Vm.start({ target: T, firmware: UBOOT_ARM64, initrd: '', disks: [{ file: copy, bus: 'virtio' }], timeoutMs: 240_000, name: 'uboot-previous' });
+    await vmPrev.waitFor(/Hit any key to stop autoboot/, { timeoutMs: 120_000, partial: true });
+    vmPrev.send('\n');
+    await vmPrev.waitFor(/=> $/m, { timeoutMs: 30_000, partial: true });
+    vmPrev.send('setenv pxe_label_override previous; run bootcmd\n');
+    const rp = await vmPrev.waitExit(200_000);
+    expect(rp.output, vmPrev.failMessage('not the old kernel')).toMatch(new RegExp(`Linux version ${T.kver.replace(/[.+]/g, '\\$&')} `));
+    expect(rp.output).toMatch(/Retrieving file: \/vmlinuz\r?\n/);
+    expect(rp.output, vmPrev.failMessage('the stack did not boot')).toMatch(/DEMO: running stackboot demo 1/);
+    expect(rp.how).toBe('poweroff');
   });
   itConcurrent("image --reset-entry: U-Boot's menu (PROMPT 1) offers the factory reset entry; picked with a key, the stack boots with stackboot.reset and the hook wipes the data partition", async () => {
     const demo = await demoStack('demo', 'arm64');
