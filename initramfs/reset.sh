@@ -71,6 +71,8 @@ sb_reset() {
 	sb_reset_request "$store" || return 0
 	sb_log "factory reset ($SB_RESET_BY): wiping the disk uppers and the data partition"
 	sb_store_rw "$store" || return 1
+	# what a reset cut in the middle of its upper wipe left (sb_wipe_dir's renamed tree)
+	rm -rf "$store"/.wipe-upper-* 2>/dev/null
 	if [ -d "$store/upper" ] && ! sb_wipe_dir "$store/upper"; then
 		sb_err "factory reset: cannot wipe $store/upper; the request stays for the next boot"
 		return 1

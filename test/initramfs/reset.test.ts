@@ -93,6 +93,7 @@ describe('factory reset (reset.sh)', () => {
     expect(readEvents(s)[0]!.reason).toMatch(/not finished: cannot mount the data partition .*vda3; again at the next boot/);
     // an interrupted earlier reset left its trash: gone with the rest
     mkdirSync(join(data, '.sb-reset', 'old'), { recursive: true });
+    mkdirSync(join(s.dir, '.wipe-upper-4242', 'x'), { recursive: true });
     // the next boot: nothing mounted, a fresh /run
     rmSync(join(r.runDir, 'sb'), { recursive: true, force: true });
     writeFileSync(join(r.dir, 'mounts'), '');
@@ -100,6 +101,7 @@ describe('factory reset (reset.sh)', () => {
     expect(again.out, again.err).toContain('BOOT=0');
     expect(existsSync(join(s.dir, 'reset'))).toBe(false);
     expect(readdirSync(data).sort()).toEqual(['lost+found', 'var']);
+    expect(readdirSync(s.dir).filter((n) => n.startsWith('.wipe'))).toEqual([]);
     expect(readEvents(s).filter((e) => e.event === 'reset').map((e) => e.reason)).toEqual([
       expect.stringMatching(/not finished/),
       expect.stringMatching(/disk uppers wiped, the data partition .*vda3 emptied \(4 entries\)$/),
