@@ -431,20 +431,24 @@ function slotWord(st: BootState | null, slot: 'a' | 'b'): string {
  *  - the recovery boot always reaches the demo init (never an unbootable node), and its
  *    own health check leaves the store consistent (b good, or b bad and current a).
  */
+/** A power cut: boots, SIGKILLs QEMU `killMs` after the ANCHOR line, returns the console up to the cut. */
+export async function cutBoot(o: BootOptions, killMs: number): Promise<string> {
+  const vm = Vm.start({ timeoutMs: 180_000, ...o });
+  try {
+    await vm.killWhen(ANCHOR, { timeoutMs: 120_000, delayMs: killMs });
+  } finally {
+    vm.kill();
+  }
+  return vm.output();
+}
+
 export async function powercutTrial(s: PowercutSetup, trial: number, killMs: number): Promise<TrialResult> {
   const t0 = Date.now();
   const img = path.join(s.work, `trial-${trial}.img`);
   const problems: string[] = [];
   await copyImage(s.base, img);
   const disks: Disk[] = [{ file: img, bus: 'virtio' }];
-  const vm = Vm.start({ target: s.target, initrd: s.initrd, disks, append: s.append, timeoutMs: 180_000, name: `cut-${trial}` });
-  let cutOut = '';
-  try {
-    await vm.killWhen(ANCHOR, { timeoutMs: 120_000, delayMs: killMs });
-  } finally {
-    vm.kill();
-    cutOut = vm.output();
-  }
+  const cutOut = await cutBoot({ target: s.target, initrd: s.initrd, disks, append: s.append, name: `cut-${trial}` }, killMs);
   const phase: TrialResult['phase'] = /reboot: Power down/.test(cutOut)
     ? 'done'
     : /is good and current/.test(cutOut)

@@ -13,7 +13,7 @@ import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { demoStack, storeDisk, initrd, target, scratch } from './fixtures.js';
 import { useVmCleanup, Vm } from './qemu.js';
-import { ANCHOR, bootDemo, copyImage, prng, readStore, withPart, writeStoreFile } from './inspect.js';
+import { ANCHOR, bootDemo, copyImage, cutBoot, prng, readStore, withPart, writeStoreFile } from './inspect.js';
 import type { Target } from '../../src/boot/target.js';
 
 useVmCleanup(afterEach);
@@ -85,14 +85,7 @@ describe('power cuts during a factory reset (arm64, QEMU)', () => {
     const img = path.join(work, `trial-${n}.img`);
     await copyImage(base, img);
     const disks = [{ file: img, bus: 'virtio' as const }];
-    const vm = Vm.start({ target: T, initrd: ird, disks, append: APPEND, timeoutMs: 180_000, name: `reset-cut-${n}` });
-    let cutOut = '';
-    try {
-      await vm.killWhen(ANCHOR, { timeoutMs: 120_000, delayMs: killMs });
-    } finally {
-      vm.kill();
-      cutOut = vm.output();
-    }
+    const cutOut = await cutBoot({ target: T, initrd: ird, disks, append: APPEND, name: `reset-cut-${n}` }, killMs);
     const phase: Trial['phase'] = DONE.test(cutOut) ? 'done' : STARTED.test(cutOut) ? 'wiping' : 'before';
     const problems: string[] = [];
     const cut = await withPart(img, 'sb-store', (v) => v.exists('/reset'));
