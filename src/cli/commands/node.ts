@@ -191,7 +191,12 @@ export const statusCommand: CommandModule<any, any> = {
 export const factoryResetCommand: CommandModule<any, any> = {
   command: 'factory-reset',
   describe: 'at the next boot, wipe the node\'s writable state (disk uppers, data partition); the stacks stay',
-  builder: (y) => nodeOptions(y).option('cancel', { type: 'boolean', describe: 'remove a pending request' }).option('dry-run', { type: 'boolean' }),
+  builder: (y) =>
+    nodeOptions(y)
+      .option('cancel', { type: 'boolean', describe: 'remove a pending request' })
+      .option('dry-run', { type: 'boolean', describe: 'say what the next boot would wipe; write nothing' })
+      .example('$0 factory-reset && reboot', 'the next boot wipes the data partition and the disk uppers, then boots the same stack')
+      .example('$0 factory-reset --cancel', 'undo the request before the reboot'),
   handler: async (a) => {
     const out = makeOut(a);
     const { factoryReset } = await import('../../node/index.js');
