@@ -19,11 +19,10 @@ import { install, type InstallEvent } from '../../src/node/install.js';
 import { registryChunkSource } from '../../src/node/chunk-source.js';
 import type { NodeContext } from '../../src/node/context.js';
 import { RegistryClient, installError, openRegistrySource, parseReference, pullStack, pushStack, type ClientOptions } from '../../src/registry/index.js';
-import { makePki, startProxy, startRegistry, type CountingProxy, type Pki, type RunningRegistry } from '../registry/harness.js';
+import { REGISTRY_USER as USER, startBasicAuthRegistry, type CountingProxy, type Pki, type RunningRegistry } from '../registry/harness.js';
 import { chunkedBuild } from '../support/chunk-fixtures.js';
 import { keys, layerBytes, sha256Of } from '../support/update-fixtures.js';
 
-const USER = { username: 'ci', password: 'correct horse' };
 let tmp: string;
 let pki: Pki;
 let reg: RunningRegistry;
@@ -62,9 +61,7 @@ async function installRef(store: Store, ref: string, o: { dryRun?: boolean; chun
 
 beforeAll(async () => {
   tmp = await fs.mkdtemp(path.join(tmpdir(), 'sb-chunk-registry-'));
-  pki = await makePki(path.join(tmp, 'pki'));
-  reg = await startRegistry({ dir: path.join(tmp, 'reg'), pki, basic: { user: USER.username, password: USER.password } });
-  proxy = await startProxy(reg.port, pki);
+  ({ pki, reg, proxy } = await startBasicAuthRegistry(tmp));
   k = await keys(path.join(tmp, 'k'));
   v1 = (await chunkedBuild(path.join(tmp, 'v1'), { version: '1', key: k.key, layers: [{ name: 'base', data: v1Data }] })).dir;
   const b2 = await chunkedBuild(path.join(tmp, 'v2'), { version: '2', key: k.key, layers: [{ name: 'base', data: v2Data }] });

@@ -17,10 +17,9 @@ import { parseState } from '../../src/format/state.js';
 import { bundleStreamFromBuild } from '../../src/format/bundle.js';
 import { RegistryClient, installError, readBody, openRegistrySource, parseReference, pushStack, pullStack, type PushResult, type ClientOptions } from '../../src/registry/index.js';
 import { loopStore, snapshot, type LoopStore } from '../support/store-loop.js';
-import { makePki, startProxy, startRegistry, sha256hex, type CountingProxy, type Pki, type RunningRegistry } from './harness.js';
+import { REGISTRY_USER as USER, startBasicAuthRegistry, startProxy, sha256hex, type CountingProxy, type Pki, type RunningRegistry } from './harness.js';
 import { buildSigned, keys, type BuiltStack } from './stacks.js';
 
-const USER = { username: 'ci', password: 'correct horse' };
 let tmp: string;
 let pki: Pki;
 let reg: RunningRegistry;
@@ -58,9 +57,7 @@ async function installRef(s: LoopStore, ref: string, o: { client?: RegistryClien
 
 beforeAll(async () => {
   tmp = await fs.mkdtemp(path.join(tmpdir(), 'sb-registry-'));
-  pki = await makePki(path.join(tmp, 'pki'));
-  reg = await startRegistry({ dir: path.join(tmp, 'reg'), pki, basic: { user: USER.username, password: USER.password } });
-  proxy = await startProxy(reg.port, pki);
+  ({ pki, reg, proxy } = await startBasicAuthRegistry(tmp));
   k = await keys(path.join(tmp, 'k'));
   otherKeys = await keys(path.join(tmp, 'other'), 'someone');
   v1 = await buildSigned(tmp, '1', k.key);

@@ -277,3 +277,20 @@ export async function startTokenServer(dir: string, user: { user: string; passwo
 }
 
 export const sha256hex = (b: Buffer | string) => createHash('sha256').update(b).digest('hex');
+
+/** The user of the basic-auth registries (htpasswd). */
+export const REGISTRY_USER = { username: 'ci', password: 'correct horse' };
+
+/**
+ * The setup most registry tests share: a test CA, Distribution with basic auth for
+ * REGISTRY_USER over TLS, and the counting proxy in front (the caller stops both).
+ */
+export async function startBasicAuthRegistry(dir: string): Promise<{ pki: Pki; reg: RunningRegistry; proxy: CountingProxy & { authSeen: (string | undefined)[] } }> {
+  const pki = await makePki(path.join(dir, 'pki'));
+  const reg = await startRegistry({ dir: path.join(dir, 'reg'), pki, basic: { user: REGISTRY_USER.username, password: REGISTRY_USER.password } });
+  const proxy = await startProxy(reg.port, pki).catch(async (e) => {
+    await reg.stop();
+    throw e;
+  });
+  return { pki, reg, proxy };
+}
