@@ -5,6 +5,7 @@ export * from './manifest.js';
 export * from './signature.js';
 export * from './state.js';
 export * from './reset.js';
+export * from './oneline.js';
 export * from './store.js';
 export * from './tarfile.js';
 export * from './version.js';

@@ -6,6 +6,8 @@
  *   stackboot-reset 1
  *   requested <epoch seconds> <who asked>
  */
+import { oneLine } from './oneline.js';
+
 export const RESET_MAGIC = 'stackboot-reset 1';
 
 export interface ResetRequest {
@@ -25,5 +27,5 @@ export function parseResetRequest(text: string): ResetRequest | null {
 
 export function formatResetRequest(r: ResetRequest): string {
   // one line, as the hook reads it (its event's reason quotes it)
-  return `${RESET_MAGIC}\nrequested ${r.requested} ${r.by.replace(/[\x00-\x1f]/g, ' ')}\n`;
+  return `${RESET_MAGIC}\nrequested ${r.requested} ${oneLine(r.by)}\n`;
 }

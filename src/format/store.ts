@@ -10,6 +10,7 @@ import path from 'node:path';
 import { sha256File, parsing, StackbootError, makeDir, writeDurable, writeDurableFrom, placeDurable, fsyncPath } from '../sys/index.js';
 import { parseManifest, stackId, type LayerRef, type Manifest } from './manifest.js';
 import { formatResetRequest, parseResetRequest, type ResetRequest } from './reset.js';
+import { oneLine } from './oneline.js';
 import { clearSlot, emptyState, markPending, parseState, serializeState, type BootState, type SlotName } from './state.js';
 
 export const STORE_LABEL = 'sb-store';
@@ -259,12 +260,4 @@ async function streamHashed(body: AsyncIterable<Buffer>, file: string, onBytes?:
     await fh.close();
   }
   return { n, digest: hash.digest('hex') };
-}
-
-/**
- * A value for one line of the events file, as the hook's sb_oneline makes it: every
- * control character (0x00-0x1f: tab, CR and LF too) becomes one space.
- */
-export function oneLine(text: string): string {
-  return text.replace(/[\x00-\x1f]/g, ' ');
 }
