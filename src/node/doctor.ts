@@ -166,6 +166,10 @@ export async function doctor(o: DoctorOptions): Promise<DoctorReport> {
   for (const p of skipped) add('state', 'warn', `state: ${p}`);
   const reset = await store.resetRequest();
   if (reset) add('reset', 'warn', `a factory reset is requested (${reset.by}, ${new Date(reset.requested * 1000).toISOString()}): the next boot wipes the disk uppers and the data partition (stackboot factory-reset --cancel undoes it)`);
+  // a reset entry picked once is fine; the same word in the default entry wipes every boot
+  const cmdline = await fs.readFile(path.join(proc, 'cmdline'), 'utf8').catch(() => '');
+  // the words the hook takes (initramfs/config.sh): stackboot.reset, =1, =y…
+  if (/(^|\s)stackboot\.reset(=(1|y\S*))?(\s|$)/.test(cmdline)) add('reset', 'warn', 'this boot ran with stackboot.reset on the kernel command line (the data partition was wiped at its start): if the boot menu\'s default entry has it, every boot wipes; only the factory-reset entry should');
   const kernelSaid = new Set<string>();
   for (const s of SLOTS) {
     const v = st.slots[s];

@@ -78,6 +78,14 @@ describe('doctor', () => {
     const rr = await doctor({ ctx: await nodeContext({ store }), config, procDir: proc, runDir: run });
     expect(rr.findings.map((f) => `${f.level} ${f.check} ${f.message}`)).toContainEqual('warn reset a factory reset is requested (stackboot factory-reset, 1970-01-01T00:00:00.000Z): the next boot wipes the disk uppers and the data partition (stackboot factory-reset --cancel undoes it)');
     await fs.rm(path.join(store, 'reset'));
+    // a boot with stackboot.reset on its command line: said, in case the default entry has it
+    await fs.writeFile(path.join(proc, 'cmdline'), 'console=ttyAMA0 stackboot.reset quiet\n');
+    const rc = await doctor({ ctx: await nodeContext({ store }), config, procDir: proc, runDir: run });
+    expect(rc.findings.filter((f) => f.check === 'reset').map((f) => f.message)).toEqual([expect.stringMatching(/^this boot ran with stackboot\.reset on the kernel command line .*every boot wipes/)]);
+    await fs.writeFile(path.join(proc, 'cmdline'), 'console=ttyAMA0 quiet stackboot.resets stackboot.reset=0\n');
+    const rn = await doctor({ ctx: await nodeContext({ store }), config, procDir: proc, runDir: run });
+    expect(rn.findings.filter((f) => f.check === 'reset')).toEqual([]);
+    await fs.rm(path.join(proc, 'cmdline'));
     // a private key among the public ones: the fleet's signing key on a node
     await fs.copyFile(k.key, path.join(k.keysDir, 'leaked.pub'));
     const rp = await doctor({ ctx: await nodeContext({ store }), config, procDir: proc, runDir: run });
