@@ -20,7 +20,7 @@ import { assembleDisk, MiB, type AssembledPart, type PartSpec } from './disk.js'
 import { vfatLabel } from './blockdev.js';
 import { StackbootError, checkEpoch, type ProgressSink, type Arch, makeDir, onInterrupt } from '../sys/index.js';
 import { makeBootConfig, type BootConfig, buildInitramfs, loadTarget, checkPe, EFI_BOOT_PATH } from '../boot/index.js';
-import { renderBootConf, checkBootValue, resetEntryOf, EXTLINUX_CONF, BOOT_PART_NAME } from './bootpart.js';
+import { renderBootConf, checkBootValue, resetEntryOf, EXTLINUX_CONF, BOOT_PART_NAME, RESET_LABEL } from './bootpart.js';
 import { parseManifest, stackId, type Manifest, DATA_LABEL, STORE_LABEL, stageStore } from '../format/index.js';
 import { writeBmapFor, type Bmap } from './bmap.js';
 import { IMAGE_LAYOUTS, LAYOUT_DEFAULTS, bootRoomMiB, type ImageLayout } from './layout.js';
@@ -117,6 +117,8 @@ export interface ImagePlan {
   parts: { name: string; fs: 'vfat' | 'ext4'; label: string; sizeMiB: number }[];
   /** the extlinux.conf on the boot partition */
   bootConf: string;
+  /** its entries' labels, the default first (`factory-reset` with resetEntry) */
+  bootEntries: string[];
   /** where the UEFI boot program goes on the boot partition, when one is given */
   efiBoot?: string;
   totalMiB: number;
@@ -215,6 +217,7 @@ export async function planImage(o: ImageOptions): Promise<ImagePlan> {
       { name: DATA_LABEL, fs: 'ext4', label: DATA_LABEL, sizeMiB: dataMiB },
     ],
     bootConf: EXTLINUX_CONF,
+    bootEntries: ['stackboot', ...(o.resetEntry ? [RESET_LABEL] : [])],
     ...(o.efiBoot ? { efiBoot: EFI_BOOT_PATH[o.arch ?? 'amd64'] } : {}),
     totalMiB: total,
     bootRoomMiB: room,

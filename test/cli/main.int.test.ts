@@ -388,6 +388,9 @@ describe('the bundled CLI', () => {
     expect(tight.exitCode, tight.stderr).toBe(0);
     expect(tight.stdout).toMatch(/^  APP +vfat +64 MiB, label SB-BOOT$/m);
     expect(tight.stdout).toMatch(/^  boot files: boot\/extlinux\/extlinux\.conf$/m);
+    expect(tight.stdout).toMatch(/^  boot menu: stackboot \(the first the default\)$/m);
+    const withReset = await sb(['image', path.join(work, 'o1'), '--out', img, '--dry-run', '--reset-entry']);
+    expect(withReset.stdout).toMatch(/^  boot menu: stackboot, factory-reset \(the first the default\)$/m);
     // JetPack 5/6: the launcher for EFI/BOOT/, checked to be an arm64 PE program
     const arm = await sb(['image', path.join(work, 'o1'), '--out', img, '--dry-run', '--arch', 'arm64', '--efi-boot', path.join(REPO, '.cache/targets/arm64/kernel2/boot', (await fs.readdir(path.join(REPO, '.cache/targets/arm64/kernel2/boot'))).find((f) => f.startsWith('vmlinuz'))!)]);
     expect(arm.exitCode, arm.stderr).toBe(0);

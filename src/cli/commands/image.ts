@@ -75,6 +75,7 @@ export const imageCommand: CommandModule<any, any> = {
       out.line(`would write ${p.out}: ${p.layout} layout, ${p.totalMiB} MiB, stack ${p.stackId.slice(0, 12)} (${p.name} ${p.version}), store id ${p.storeId}`);
       for (const part of p.parts) out.line(`  ${part.name.padEnd(9)} ${part.fs.padEnd(5)} ${part.sizeMiB} MiB${part.label !== part.name ? `, label ${part.label}` : ''}`);
       out.line(`  boot files: ${p.bootConf}${p.efiBoot ? `, ${p.efiBoot}` : ''}`);
+      out.line(`  boot menu: ${p.bootEntries.join(', ')} (the first the default)`);
       warnBootRoom(out, p);
       return;
     }
