@@ -75,17 +75,7 @@ sb_state_format() {
 sb_state_write() {
 	local dir="$1"
 	sb_store_rw "$dir" || return 1
-	if ! sb_state_format >"$dir/state.new"; then
-		sb_err "cannot write $dir/state.new"
-		rm -f "$dir/state.new" 2>/dev/null
-		return 1
-	fi
-	sb_sys_fsync "$dir/state.new"
-	if ! mv -f "$dir/state.new" "$dir/state"; then
-		sb_err "cannot rename $dir/state.new"
-		return 1
-	fi
-	sb_sys_fsync "$dir"
+	sb_write_durable "$dir/state" sb_state_format || return 1
 	sb_debug "state of $dir: current=$SB_ST_CURRENT a=$SB_ST_a${SB_ST_a_TRIES:+/$SB_ST_a_TRIES} b=$SB_ST_b${SB_ST_b_TRIES:+/$SB_ST_b_TRIES}"
 	return 0
 }

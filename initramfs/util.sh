@@ -76,3 +76,23 @@ sb_noglob() {
 	set -f
 }
 sb_restore_glob() { [ "${SB__GLOBOFF:-0}" = 1 ] || set +f; }
+
+# sb_write_durable FILE CMD [ARG...]: replace FILE with what CMD prints, durably: FILE.new
+# written and fsynced, renamed over FILE, the directory fsynced (a power cut leaves the old
+# FILE or the new one, never a part). 1, with an error logged, when it cannot.
+sb_write_durable() {
+	local f="$1"
+	shift
+	if ! "$@" >"$f.new"; then
+		sb_err "cannot write $f.new"
+		rm -f "$f.new" 2>/dev/null
+		return 1
+	fi
+	sb_sys_fsync "$f.new"
+	if ! mv -f "$f.new" "$f"; then
+		sb_err "cannot rename $f.new"
+		return 1
+	fi
+	sb_sys_fsync "${f%/*}"
+	return 0
+}

@@ -67,6 +67,9 @@ export interface BootEntry {
   append: string;
 }
 
+/** The label of the boot menu's default entry, the one that boots the store. */
+export const DEFAULT_LABEL = 'stackboot';
+
 /** The label of the boot menu's factory reset entry (`image --reset-entry`; boot-update keeps it). */
 export const RESET_LABEL = 'factory-reset';
 
@@ -208,7 +211,7 @@ export async function planBootUpdate(o: BootUpdateOptions): Promise<BootUpdatePl
     await named('initrd', o.initrd, (h) => `initrd-${h}.img`),
     ...(o.fdt ? [await named('fdt', o.fdt, (h) => `${h}-${path.basename(o.fdt!)}`)] : []),
   ];
-  const entry: BootEntry = { label: 'stackboot', menu: `stackboot (${o.describe})`, kernel: files[0]!.to, initrd: files[1]!.to, fdt: files[2]?.to, append: o.append ?? now.append };
+  const entry: BootEntry = { label: DEFAULT_LABEL, menu: `stackboot (${o.describe})`, kernel: files[0]!.to, initrd: files[1]!.to, fdt: files[2]?.to, append: o.append ?? now.append };
   const current = now.kernel === entry.kernel && now.initrd === entry.initrd && (now.fdt ?? '') === (entry.fdt ?? '') && now.append === entry.append;
   const previous: BootEntry = { ...now, label: 'previous', menu: now.label === 'previous' ? now.menu : `previous: ${now.menu}` };
   const keep = new Set([entry.kernel, entry.initrd, entry.fdt, previous.kernel, previous.initrd, previous.fdt].filter(Boolean) as string[]);

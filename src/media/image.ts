@@ -20,7 +20,7 @@ import { assembleDisk, MiB, type AssembledPart, type PartSpec } from './disk.js'
 import { vfatLabel } from './blockdev.js';
 import { StackbootError, checkEpoch, type ProgressSink, type Arch, makeDir, onInterrupt } from '../sys/index.js';
 import { makeBootConfig, type BootConfig, buildInitramfs, loadTarget, checkPe, EFI_BOOT_PATH } from '../boot/index.js';
-import { renderBootConf, checkBootValue, resetEntryOf, EXTLINUX_CONF, BOOT_PART_NAME, RESET_LABEL } from './bootpart.js';
+import { renderBootConf, checkBootValue, resetEntryOf, EXTLINUX_CONF, BOOT_PART_NAME, DEFAULT_LABEL, RESET_LABEL } from './bootpart.js';
 import { parseManifest, stackId, type Manifest, DATA_LABEL, STORE_LABEL, stageStore } from '../format/index.js';
 import { writeBmapFor, type Bmap } from './bmap.js';
 import { IMAGE_LAYOUTS, LAYOUT_DEFAULTS, bootRoomMiB, type ImageLayout } from './layout.js';
@@ -217,7 +217,7 @@ export async function planImage(o: ImageOptions): Promise<ImagePlan> {
       { name: DATA_LABEL, fs: 'ext4', label: DATA_LABEL, sizeMiB: dataMiB },
     ],
     bootConf: EXTLINUX_CONF,
-    bootEntries: ['stackboot', ...(o.resetEntry ? [RESET_LABEL] : [])],
+    bootEntries: [DEFAULT_LABEL, ...(o.resetEntry ? [RESET_LABEL] : [])],
     ...(o.efiBoot ? { efiBoot: EFI_BOOT_PATH[o.arch ?? 'amd64'] } : {}),
     totalMiB: total,
     bootRoomMiB: room,
@@ -226,7 +226,7 @@ export async function planImage(o: ImageOptions): Promise<ImagePlan> {
 
 /** Renders extlinux.conf (templates/boot/extlinux.conf.hbs) for a new image: one entry, and the factory reset one with `resetEntry`. */
 export async function renderExtlinux(c: { name: string; version: string; stackId: string; kernel: string; initrd: string; fdt?: string; append: string; timeout?: number; resetEntry?: boolean }): Promise<string> {
-  const main = { label: 'stackboot', menu: `stackboot (${c.name} ${c.version}, stack ${c.stackId.slice(0, 12)})`, kernel: c.kernel, initrd: c.initrd, fdt: c.fdt, append: c.append };
+  const main = { label: DEFAULT_LABEL, menu: `stackboot (${c.name} ${c.version}, stack ${c.stackId.slice(0, 12)})`, kernel: c.kernel, initrd: c.initrd, fdt: c.fdt, append: c.append };
   return renderBootConf({
     timeout: c.timeout ?? 10,
     title: `${c.name} ${c.version}`,
