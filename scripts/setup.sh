@@ -72,6 +72,9 @@ PACKAGES=(
   # Python's http.server: a static server without Range (test/node/static-servers.int;
   # busybox-static's httpd is the one with Range)
   python3
+  # libzstd from Python: the chunk deltas' frame deltas (issue 15) recompress squashfs blocks
+  # with the system libzstd, and compress chunks against a raw-content prefix
+  python3-zstandard
   # EDK2's UEFI for QEMU's aarch64 virt: the firmware e2e checks that UEFI starts the
   # program image --efi-boot puts on the ESP (JetPack 5/6 starts L4TLauncher so)
   qemu-efi-aarch64

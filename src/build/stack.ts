@@ -11,6 +11,7 @@ import { NAME_RE, chunkIndexLine, serializeManifest, stackId, type Manifest } fr
 import type { Recipe } from './recipe.js';
 import { toolVersion } from './squashfs.js';
 import { writeChunkIndex } from '../format/index.js';
+import { frameDeltaLines } from './frame-deltas.js';
 import { readVerity } from './verity.js';
 import { INITRD_LAYER, prepareStackKernel } from './stack-kernel.js';
 import type { FolderAttrs } from './sources/tar.js';
@@ -232,7 +233,10 @@ async function buildLayersAndManifest(recipe: Recipe, o: BuildOptions): Promise<
     ...(boot ? { kernel: boot.kernel, initrd: boot.initrd, ...(boot.fdt ? { fdt: boot.fdt } : {}) } : {}),
     layers: await Promise.all(built.map(async (l) => ({ digest: l.digest, size: l.size, name: l.name, verity: l.verity ?? (await readVerity(l.file)) }))),
   };
-  if (o.chunks) manifest.extra = await Promise.all(built.map(async (l) => chunkIndexLine(await writeChunkIndex(l.file, l.digest))));
+  if (o.chunks) {
+    manifest.extra = await Promise.all(built.map(async (l) => chunkIndexLine(await writeChunkIndex(l.file, l.digest))));
+    if (recipe.compression.algorithm === 'zstd') manifest.extra.push(...(await frameDeltaLines(built, recipe.compression.level ?? 3, o.progress)));
+  }
   const text = serializeManifest(manifest);
   const manifestFile = path.join(o.outDir, 'manifest');
   await writeDurable(manifestFile, text);

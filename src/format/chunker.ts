@@ -9,12 +9,13 @@
  * the tree's chunks from the data instead of fetching them).
  *
  * The cutting is a pure function of the bytes and the sizes (ChunkSizes): a node cuts
- * its old layers itself, with the sizes the new layer's index names.
+ * its old layers itself, with the sizes the new layer's index names. A chunk is named by
+ * the first 16 bytes of its sha256 (chunks.ts).
  */
 import { createHash } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
-import { chunkIndexName, parseChunkIndex, serializeChunkIndex, type ChunkEntry, type ChunkIndex, type ChunkIndexRef, type ChunkSizes } from './chunks.js';
+import { CHUNK_DIGEST_HEX, chunkIndexName, parseChunkIndex, serializeChunkIndex, type ChunkEntry, type ChunkIndex, type ChunkIndexRef, type ChunkSizes } from './chunks.js';
 import type { LayerRef } from './manifest.js';
 import { verityTreeBytes } from './verity-tree.js';
 import type { BundleChunks } from './bundle.js';
@@ -110,7 +111,7 @@ export class Chunker {
         continue;
       }
       this.sha.update(buf.subarray(start, cut));
-      out.push({ size: len, digest: this.sha.digest('hex') });
+      out.push({ size: len, digest: this.sha.digest('hex').slice(0, CHUNK_DIGEST_HEX) });
       this.offset += len;
       while (this.cutIdx < this.cuts.length && this.cuts[this.cutIdx] <= this.offset) this.cutIdx++;
       this.sha = createHash('sha256');
@@ -127,7 +128,7 @@ export class Chunker {
 
   end(): ChunkEntry[] {
     if (this.len === 0) return [];
-    const last = { size: this.len, digest: this.sha.digest('hex') };
+    const last = { size: this.len, digest: this.sha.digest('hex').slice(0, CHUNK_DIGEST_HEX) };
     this.offset += this.len;
     this.len = 0;
     return [last];

@@ -5,8 +5,12 @@
  * line `chunks <layer sha256> sha256:<index sha256> <index bytes>` (docs/PROTOCOL.md,
  * "Chunk index"). Binary, big-endian:
  *
- *   "SBCHUNKS" u8 version(1) u8[3] 0  u32 min u32 avg u32 max  u64 layer bytes  u32 count
- *   count × ( u32 size, 32 bytes sha256 )
+ *   "SBCHUNKS" u8 version(2) u8[3] 0  u32 min u32 avg u32 max  u64 layer bytes  u32 count
+ *   count × ( u16 size, the first 16 bytes of its sha256 )
+ *
+ * Version 1 (still read) had u32 sizes and whole sha256s: 36 bytes a chunk where 18 do.
+ * A chunk is named by half its sha256 (128 bits: no accidental match among the chunks of
+ * a fleet, no forged one either); the layer's whole sha256 stays the judge of the bytes.
  */
 import { createHash } from 'node:crypto';
 import { StackbootError } from '../sys/index.js';
@@ -14,7 +18,10 @@ import type { Manifest } from './manifest.js';
 
 export const CHUNKS_MAGIC = 'SBCHUNKS';
 const HEAD = 36;
-const ENTRY = 36;
+const ENTRY = 18;
+const ENTRY_V1 = 36;
+/** The hex characters of a chunk's name: the first 16 bytes of its sha256. */
+export const CHUNK_DIGEST_HEX = 32;
 
 /** The cutting sizes (bytes): no chunk below min (but a file's last and a forced cut's), none above max. */
 export interface ChunkSizes {
@@ -25,8 +32,13 @@ export interface ChunkSizes {
 
 export interface ChunkEntry {
   size: number;
-  /** lowercase hex sha256 */
+  /** the first 16 bytes of its sha256, lowercase hex (chunkDigest) */
   digest: string;
+}
+
+/** A chunk's name: the first 16 bytes of its sha256, hex. */
+export function chunkDigest(b: Buffer): string {
+  return createHash('sha256').update(b).digest('hex').slice(0, CHUNK_DIGEST_HEX);
 }
 
 export interface ChunkIndex {
@@ -48,9 +60,10 @@ function bad(msg: string): never {
 }
 
 export function serializeChunkIndex(ix: ChunkIndex): Buffer {
+  if (ix.sizes.max > 0xffff) bad(`chunks of up to ${ix.sizes.max} bytes do not fit the index (at most 65535)`);
   const b = Buffer.alloc(HEAD + ENTRY * ix.chunks.length);
   b.write(CHUNKS_MAGIC, 0, 'latin1');
-  b.writeUInt8(1, 8);
+  b.writeUInt8(2, 8);
   b.writeUInt32BE(ix.sizes.min, 12);
   b.writeUInt32BE(ix.sizes.avg, 16);
   b.writeUInt32BE(ix.sizes.max, 20);
@@ -58,8 +71,8 @@ export function serializeChunkIndex(ix: ChunkIndex): Buffer {
   b.writeUInt32BE(ix.chunks.length, 32);
   let at = HEAD;
   for (const c of ix.chunks) {
-    b.writeUInt32BE(c.size, at);
-    b.write(c.digest, at + 4, 'hex');
+    b.writeUInt16BE(c.size, at);
+    b.write(c.digest.slice(0, CHUNK_DIGEST_HEX), at + 2, 'hex');
     at += ENTRY;
   }
   return b;
@@ -67,19 +80,22 @@ export function serializeChunkIndex(ix: ChunkIndex): Buffer {
 
 export function parseChunkIndex(b: Buffer): ChunkIndex {
   if (b.length < HEAD || b.toString('latin1', 0, 8) !== CHUNKS_MAGIC) bad('bad magic');
-  if (b.readUInt8(8) !== 1) bad(`version ${b.readUInt8(8)} is not known`);
+  const version = b.readUInt8(8);
+  if (version !== 1 && version !== 2) bad(`version ${version} is not known`);
+  const entry = version === 1 ? ENTRY_V1 : ENTRY;
   const sizes = { min: b.readUInt32BE(12), avg: b.readUInt32BE(16), max: b.readUInt32BE(20) };
   if (!(sizes.min > 0 && sizes.min <= sizes.avg && sizes.avg <= sizes.max)) bad(`bad sizes ${sizes.min}/${sizes.avg}/${sizes.max}`);
   const layerSize = Number(b.readBigUInt64BE(24));
   const count = b.readUInt32BE(32);
-  if (b.length !== HEAD + ENTRY * count) bad(`${b.length} bytes for ${count} chunks`);
+  if (b.length !== HEAD + entry * count) bad(`${b.length} bytes for ${count} chunks`);
   const chunks: ChunkEntry[] = [];
   let sum = 0;
-  for (let i = 0, at = HEAD; i < count; i++, at += ENTRY) {
-    const size = b.readUInt32BE(at);
+  for (let i = 0, at = HEAD; i < count; i++, at += entry) {
+    const size = version === 1 ? b.readUInt32BE(at) : b.readUInt16BE(at);
     if (size === 0 || size > sizes.max) bad(`chunk ${i} has ${size} bytes`);
     sum += size;
-    chunks.push({ size, digest: b.toString('hex', at + 4, at + ENTRY) });
+    const d = version === 1 ? at + 4 : at + 2;
+    chunks.push({ size, digest: b.toString('hex', d, d + CHUNK_DIGEST_HEX / 2) });
   }
   if (sum !== layerSize) bad(`chunks sum to ${sum} bytes, the layer has ${layerSize}`);
   return { sizes, layerSize, chunks };

@@ -10,4 +10,5 @@ export * from './store.js';
 export * from './tarfile.js';
 export * from './version.js';
 export * from './chunker.js';
+export * from './frames.js';
 export * from './verity-tree.js';

@@ -15,12 +15,14 @@
  * chunk that is wrong is fetched once more; wrong again, or a server without Range, and
  * the layer is fetched whole instead (said in a `chunks` event).
  */
-import { createHash } from 'node:crypto';
 import { promises as fs } from 'node:fs';
-import { chunkFile } from '../format/index.js';
+import { chunkDigest, chunkFile } from '../format/index.js';
 import { StackbootError } from '../sys/index.js';
 import { VerityTreeBuilder, treeChunks, verifyChunkIndex, type ChunkIndex, type ChunkIndexRef, type ChunkSizes, type LayerRef, type Store } from '../format/index.js';
 import { RangeUnsupported, type ChunkSource } from './chunk-source.js';
+import { FrameBuilder, FrameMismatch, planFrames, type FramePlan } from './frame-delta.js';
+import { openZstd } from '../sys/index.js';
+import type { FramesRef } from '../format/index.js';
 
 /** Where a chunk lies in a layer the store has. */
 interface LocalChunk {
@@ -43,6 +45,12 @@ export interface ChunkPlan {
   /** bytes to fetch (plus the index itself) */
   fetch: number;
   indexBytes: number;
+  /** frame deltas: the frames rebuilt from decoded chunks (frame-delta.ts) */
+  frames?: FramePlan;
+  /** why the layer goes without frame deltas, when its manifest names a frames index */
+  framesOff?: string;
+  /** bytes of the layer rebuilt from frame deltas (decoded chunks of the store and fetched ones) */
+  rebuilt?: number;
 }
 
 /** The most bytes one Range request asks for (runs of adjacent missing chunks). */
@@ -70,7 +78,7 @@ export async function storeChunks(store: Store, sizes: ChunkSizes, except: Set<s
  * (a bundle's chunk delta) exactly those chunks come from the source, the others must
  * be in the store.
  */
-export async function planChunks(store: Store, layer: LayerRef, ref: ChunkIndexRef, source: ChunkSource, carried?: Set<number>): Promise<ChunkPlan> {
+export async function planChunks(store: Store, layer: LayerRef, ref: ChunkIndexRef, source: ChunkSource, carried?: Set<number>, framesRef?: FramesRef): Promise<ChunkPlan> {
   const index = verifyChunkIndex(ref, layer.size, await source.index(ref), source.label);
   const have = await storeChunks(store, index.sizes, new Set([layer.digest]));
   const local = index.chunks.map((c, i) => (carried?.has(i) ? null : have.get(c.digest) ?? null));
@@ -85,7 +93,39 @@ export async function planChunks(store: Store, layer: LayerRef, ref: ChunkIndexR
     if (local[i]) got += c.size;
     else if (tree.has(i)) computed += c.size;
   });
-  return { layer, index, local, tree, have: got, computed, fetch: layer.size - got - computed, indexBytes: ref.size };
+  const plan: ChunkPlan = { layer, index, local, tree, have: got, computed, fetch: layer.size - got - computed, indexBytes: ref.size };
+  return framesRef && !carried ? withFrames(plan, store, source, framesRef) : plan;
+}
+
+/** The byte ranges of the layer the chunk plan fetches, merged. */
+function remoteRanges(p: ChunkPlan): [number, number][] {
+  const out: [number, number][] = [];
+  let at = 0;
+  p.index.chunks.forEach((c, i) => {
+    if (p.local[i] === null && !p.tree.has(i)) {
+      const last = out[out.length - 1];
+      if (last && last[1] === at) last[1] += c.size;
+      else out.push([at, at + c.size]);
+    }
+    at += c.size;
+  });
+  return out;
+}
+
+/** The plan with frame deltas: the planned frames' bytes come from `.delta` and the store, the rest as before. */
+async function withFrames(p: ChunkPlan, store: Store, source: ChunkSource, ref: FramesRef): Promise<ChunkPlan> {
+  const remote = remoteRanges(p);
+  if (remote.length === 0) return p;
+  const r = await planFrames(store, p.layer, ref, source, remote);
+  if ('off' in r) return { ...p, framesOff: r.off };
+  const f = r.plan;
+  // the remote bytes outside the planned frames are still fetched from the layer file
+  let covered = 0;
+  for (const i of f.frames.keys()) {
+    const fr = f.index.frames[i];
+    for (const [s, e] of remote) covered += Math.max(0, Math.min(e, fr.offset + fr.length) - Math.max(s, fr.offset));
+  }
+  return { ...p, frames: f, rebuilt: covered, fetch: p.fetch - covered + f.deltaBytes, indexBytes: p.indexBytes + f.indexBytes };
 }
 
 /** A run of chunks that come from one place: one read of a store's layer, or one Range request. */
@@ -122,7 +162,7 @@ function segments(p: ChunkPlan): Segment[] {
   return out;
 }
 
-const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex');
+const sha = chunkDigest;
 
 /** The first chunk of a segment's bytes whose sha256 is wrong, or -1. */
 function badChunk(p: ChunkPlan, s: Segment, bytes: Buffer): number {
@@ -152,9 +192,9 @@ class ChunkMismatch extends StackbootError {
 }
 
 /** The new layer's bytes in order, and its dm-verity tree computed from them where the plan says. */
-async function* assemble(p: ChunkPlan, source: ChunkSource, onFetched: (n: number) => void): AsyncGenerator<Buffer> {
+async function* assemble(p: ChunkPlan, source: ChunkSource, onFetched: (n: number) => void, onFramesOff?: (why: string) => void): AsyncGenerator<Buffer> {
   const v = p.layer.verity;
-  if (!v || p.tree.size === 0) return yield* assembleData(p, source, onFetched);
+  if (!v || p.tree.size === 0) return yield* assembleData(p, source, onFetched, undefined, onFramesOff);
   const t = new VerityTreeBuilder(v.dataBytes, Buffer.from(v.salt, 'hex'));
   let built: Buffer | undefined;
   let at = 0;
@@ -166,21 +206,59 @@ async function* assemble(p: ChunkPlan, source: ChunkSource, onFetched: (n: numbe
     const fetched = await fetchSegment(p, { ...s, remote: true, tree: false }, source);
     onFetched(fetched.length);
     return fetched;
-  })) {
+  }, onFramesOff)) {
     if (at < v.dataBytes) t.push(b.subarray(0, Math.min(b.length, v.dataBytes - at)));
     at += b.length;
     yield b;
   }
 }
 
+/**
+ * A remote run's bytes with frame deltas: the planned frames in it rebuilt, the bytes
+ * between them fetched from the layer file; checked chunk by chunk like a fetched run.
+ */
+async function frameSegment(p: ChunkPlan, s: Segment, fb: FrameBuilder, source: ChunkSource, onFetched: (n: number) => void): Promise<Buffer> {
+  const parts: Buffer[] = [];
+  let pos = s.start;
+  for (const i of fb.framesIn(s.start, s.end)) {
+    const f = p.frames!.index.frames[i];
+    if (f.offset > pos) {
+      const gap = await source.range(p.layer, pos, f.offset);
+      onFetched(gap.length);
+      parts.push(gap);
+      pos = f.offset;
+    }
+    const block = await fb.frame(i);
+    const to = Math.min(s.end, f.offset + f.length);
+    parts.push(block.subarray(pos - f.offset, to - f.offset));
+    pos = to;
+  }
+  if (pos < s.end) {
+    const gap = await source.range(p.layer, pos, s.end);
+    onFetched(gap.length);
+    parts.push(gap);
+  }
+  const bytes = Buffer.concat(parts);
+  const bad = badChunk(p, s, bytes);
+  if (bad >= 0) throw new FrameMismatch(`chunk ${bad} of layer ${p.layer.name} is wrong as rebuilt from frame deltas`);
+  return bytes;
+}
+
 /** The layer's bytes in order: local chunks read and checked, remote runs fetched ahead, tree runs from `computeTree`. */
-async function* assembleData(p: ChunkPlan, source: ChunkSource, onFetched: (n: number) => void, computeTree?: (s: Segment) => Promise<Buffer>): AsyncGenerator<Buffer> {
+async function* assembleData(p: ChunkPlan, source: ChunkSource, onFetched: (n: number) => void, computeTree?: (s: Segment) => Promise<Buffer>, onFramesOff?: (why: string) => void): AsyncGenerator<Buffer> {
   const segs = segments(p);
+  const zstd = p.frames && p.frames.frames.size ? await openZstd() : undefined;
+  let fb = zstd ? new FrameBuilder(p.frames!, zstd, p.layer, source) : undefined;
+  const withFrames = (s: Segment) => !!fb && s.remote && fb.framesIn(s.start, s.end).length > 0;
   const pending = new Map<number, Promise<Buffer>>();
   const ahead = (from: number) => {
     for (let k = from, n = 0; k < segs.length && n < AHEAD; k++) {
       if (!segs[k].remote) continue;
       n++;
+      if (withFrames(segs[k])) {
+        for (const i of fb!.framesIn(segs[k].start, segs[k].end)) fb!.prefetch(i);
+        continue;
+      }
       if (!pending.has(k)) {
         const pr = fetchSegment(p, segs[k], source);
         pr.catch(() => {}); // awaited in order below
@@ -189,27 +267,55 @@ async function* assembleData(p: ChunkPlan, source: ChunkSource, onFetched: (n: n
     }
   };
   const files = new Map<string, fs.FileHandle>();
+  // every byte written passes the frame builder (the decoded bytes before a rebuilt frame)
+  const out = async (b: Buffer) => {
+    if (fb) await fb.tap(b);
+    return b;
+  };
   try {
     for (let k = 0; k < segs.length; k++) {
       const s = segs[k];
       ahead(k);
       if (s.tree) {
-        yield await computeTree!(s);
+        yield await out(await computeTree!(s));
+        continue;
+      }
+      if (s.remote && withFrames(s)) {
+        let bytes: Buffer;
+        try {
+          bytes = await frameSegment(p, s, fb!, source, onFetched);
+        } catch (e) {
+          if (!(e instanceof FrameMismatch || e instanceof RangeUnsupported)) throw e;
+          // the rest of the layer goes as chunks
+          onFramesOff?.((e as Error).message);
+          onFetched(fb!.fetched);
+          await fb!.close();
+          await zstd!.close();
+          fb = undefined;
+          bytes = await fetchSegment(p, s, source);
+          onFetched(bytes.length);
+        }
+        yield await out(bytes);
         continue;
       }
       if (s.remote) {
-        const bytes = await pending.get(k)!;
+        const bytes = await (pending.get(k) ?? fetchSegment(p, s, source));
         pending.delete(k);
         onFetched(bytes.length);
-        yield bytes;
+        yield await out(bytes);
         continue;
       }
       const bytes = await readLocal(s, files);
-      if (badChunk(p, s, bytes) < 0) yield bytes;
-      else for (let i = s.from; i < s.to; i++) yield await localChunk(p, i, files, source, onFetched);
+      if (badChunk(p, s, bytes) < 0) yield await out(bytes);
+      else for (let i = s.from; i < s.to; i++) yield await out(await localChunk(p, i, files, source, onFetched));
     }
   } finally {
     for (const fh of files.values()) await fh.close().catch(() => {});
+    if (fb) {
+      onFetched(fb.fetched);
+      await fb.close();
+      await zstd!.close();
+    }
   }
 }
 
@@ -286,6 +392,8 @@ export interface ChunkInstallResult {
   fetched: number;
   /** why the layer was fetched whole instead, if it was */
   fallback?: string;
+  /** why the frame deltas stopped part way (the rest came as chunks), if they did */
+  framesOff?: string;
 }
 
 /**
@@ -294,9 +402,10 @@ export interface ChunkInstallResult {
  */
 export async function installChunked(store: Store, p: ChunkPlan, source: ChunkSource, onBytes: (n: number) => void): Promise<ChunkInstallResult> {
   let fetched = p.indexBytes;
+  let framesOff: string | undefined;
   try {
-    await store.putLayer(p.layer, assemble(p, source, (n) => (fetched += n)), { source: source.label, what: 'chunks', onBytes });
-    return { had: p.layer.size - (fetched - p.indexBytes), fetched };
+    await store.putLayer(p.layer, assemble(p, source, (n) => (fetched += n), (why) => (framesOff = why)), { source: source.label, what: 'chunks', onBytes });
+    return { had: p.layer.size - (fetched - p.indexBytes), fetched, ...(framesOff ? { framesOff } : {}) };
   } catch (e) {
     if (!(e instanceof RangeUnsupported || e instanceof ChunkMismatch)) throw e;
     let whole = 0;

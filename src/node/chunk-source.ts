@@ -12,7 +12,7 @@ import http from 'node:http';
 import https from 'node:https';
 import type { Readable } from 'node:stream';
 import { StackbootError } from '../sys/index.js';
-import { chunkIndexName, type ChunkIndexRef, type LayerRef } from '../format/index.js';
+import { chunkIndexName, deltaFileName, framesIndexName, type ChunkIndexRef, type FramesRef, type LayerRef } from '../format/index.js';
 import { download } from './download.js';
 import { blobStream, fetchBlobRange, type BlobFetchOptions, type RegistryClient, type RemoteStack } from '../registry/index.js';
 
@@ -25,6 +25,10 @@ export interface ChunkSource {
   range(layer: LayerRef, start: number, end: number): Promise<Buffer>;
   /** the whole layer file (the fallback) */
   whole(layer: LayerRef): Readable;
+  /** frame deltas (format/frames.ts): a layer's frames index (checked by the caller) */
+  frames?(ref: FramesRef): Promise<Buffer>;
+  /** bytes [start, end) of a layer's `.delta` file */
+  deltaRange?(layer: LayerRef, start: number, end: number): Promise<Buffer>;
 }
 
 /** The server sent the whole file to a Range request (or no Range support): fall back to the whole layer. */
@@ -46,43 +50,45 @@ export function httpChunkSource(base: string, o: HttpChunkSourceOptions = {}): C
   const root = base.replace(/\/+$/, '');
   const layerUrl = (l: LayerRef) => `${root}/layers/${l.digest}.sqfs`;
   const etags = new Map<string, string>();
+  const small = async (url: string, size: number) => {
+    const { body, status } = await get(url, {}, size + 1);
+    if (status !== 200) throw new StackbootError('NETWORK', `${url}: HTTP ${status}`, { details: { status } });
+    return body;
+  };
+  const range = async (url: string, start: number, end: number) => {
+    const parts: Buffer[] = [];
+    let at = start;
+    let failures = 0;
+    while (at < end) {
+      try {
+        const etag = etags.get(url);
+        const r = await get(url, { Range: `bytes=${at}-${end - 1}`, ...(etag ? { 'If-Range': etag } : {}) }, end - at, (b) => {
+          parts.push(b);
+          at += b.length;
+          failures = 0; // progress: the retries count again from here
+        });
+        if (r.status === 200) throw new RangeUnsupported(url);
+        if (r.status !== 206) throw new StackbootError('NETWORK', `${url}: HTTP ${r.status}`, { details: { status: r.status } });
+        if (r.etag) etags.set(url, r.etag);
+        if (at < end) throw new Error(`connection closed at byte ${at} of ${start}-${end}`);
+      } catch (e) {
+        if (e instanceof StackbootError) throw e;
+        if (++failures > (o.retries ?? 5)) throw new StackbootError('NETWORK', `${url}: failed after ${o.retries ?? 5} retries at byte ${at}: ${(e as Error).message}`, { cause: e });
+        o.onRetry?.({ what: url, attempt: failures, received: at - start, reason: (e as Error).message });
+        await new Promise((res) => setTimeout(res, (o.backoffMs ?? 500) * 2 ** (failures - 1)));
+      }
+    }
+    return Buffer.concat(parts);
+  };
   return {
     label: root,
-    async index(ref) {
-      const url = `${root}/layers/${chunkIndexName(ref.layer)}`;
-      const { body, status } = await get(url, {}, ref.size + 1);
-      if (status !== 200) throw new StackbootError('NETWORK', `${url}: HTTP ${status}`, { details: { status } });
-      return body;
-    },
-    async range(layer, start, end) {
-      const url = layerUrl(layer);
-      const parts: Buffer[] = [];
-      let at = start;
-      let failures = 0;
-      while (at < end) {
-        try {
-          const etag = etags.get(url);
-          const r = await get(url, { Range: `bytes=${at}-${end - 1}`, ...(etag ? { 'If-Range': etag } : {}) }, end - at, (b) => {
-            parts.push(b);
-            at += b.length;
-            failures = 0; // progress: the retries count again from here
-          });
-          if (r.status === 200) throw new RangeUnsupported(url);
-          if (r.status !== 206) throw new StackbootError('NETWORK', `${url}: HTTP ${r.status}`, { details: { status: r.status } });
-          if (r.etag) etags.set(url, r.etag);
-          if (at < end) throw new Error(`connection closed at byte ${at} of ${start}-${end}`);
-        } catch (e) {
-          if (e instanceof StackbootError) throw e;
-          if (++failures > (o.retries ?? 5)) throw new StackbootError('NETWORK', `${url}: failed after ${o.retries ?? 5} retries at byte ${at}: ${(e as Error).message}`, { cause: e });
-          o.onRetry?.({ what: url, attempt: failures, received: at - start, reason: (e as Error).message });
-          await new Promise((res) => setTimeout(res, (o.backoffMs ?? 500) * 2 ** (failures - 1)));
-        }
-      }
-      return Buffer.concat(parts);
-    },
+    index: (ref) => small(`${root}/layers/${chunkIndexName(ref.layer)}`, ref.size),
+    range: (layer, start, end) => range(layerUrl(layer), start, end),
     whole(layer) {
       return download(layerUrl(layer), { retries: o.retries, backoffMs: o.backoffMs });
     },
+    frames: (ref) => small(`${root}/layers/${framesIndexName(ref.layer)}`, ref.size),
+    deltaRange: (layer, start, end) => range(`${root}/layers/${deltaFileName(layer.digest)}`, start, end),
   };
 }
 

@@ -28,7 +28,7 @@
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import type { Readable } from 'node:stream';
-import { chunkIndexRefs, compareVersions, readBundle, type BundleHead, type LayerRef, verifyWithKeyDir, installTarget, type BootState, type SlotName, type Store } from '../format/index.js';
+import { chunkIndexRefs, framesRefs, compareVersions, readBundle, type BundleHead, type LayerRef, verifyWithKeyDir, installTarget, type BootState, type SlotName, type Store } from '../format/index.js';
 import { StackbootError, remount, RateMeter, noProgress, type ProgressSink } from '../sys/index.js';
 import { withStoreLock, type NodeContext } from './context.js';
 import { bundleChunkSource, installChunked, planChunks, type ChunkPlan } from './chunk-install.js';
@@ -66,7 +66,7 @@ export type InstallEvent =
   | { event: 'plan'; stack: string; name: string; version: string; slot: SlotName; write: string[]; have: string[]; bytes: number; free: number; downgradeFrom?: string }
   | { event: 'step'; step: string }
   | { event: 'layer'; name: string; digest: string; size: number }
-  | { event: 'chunks'; name: string; digest: string; size: number; had: number; fetch: number; computed?: number; fetched?: number; fallback?: string }
+  | { event: 'chunks'; name: string; digest: string; size: number; had: number; fetch: number; computed?: number; rebuilt?: number; framesOff?: string; fetched?: number; fallback?: string }
   | { event: 'done'; stack: string; slot: SlotName; tries: number };
 
 export interface InstallPlan {
@@ -184,7 +184,7 @@ async function planAndCheck(run: InstallRun, h: BundleHead): Promise<Set<string>
   run.plan = { ...(await planInstall(run.o, state, h, signedBy)), ...(downgradeFrom ? { downgradeFrom } : {}) };
   const p = run.plan;
   run.emit({ event: 'plan', stack: p.stack, name: p.name, version: p.version, slot: p.slot, write: p.write.map((l) => l.name), have: p.have.map((l) => l.name), bytes: p.bytes, free: p.free, ...(p.downgradeFrom ? { downgradeFrom: p.downgradeFrom.version } : {}) });
-  for (const c of p.chunked) run.emit({ event: 'chunks', name: c.layer.name, digest: c.layer.digest, size: c.layer.size, had: c.have + c.computed, fetch: c.fetch + c.indexBytes, ...(c.computed ? { computed: c.computed } : {}) });
+  for (const c of p.chunked) run.emit({ event: 'chunks', name: c.layer.name, digest: c.layer.digest, size: c.layer.size, had: c.have + c.computed + (c.rebuilt ?? 0), fetch: c.fetch + c.indexBytes, ...(c.computed ? { computed: c.computed } : {}), ...(c.rebuilt ? { rebuilt: c.rebuilt } : {}), ...(c.framesOff ? { framesOff: c.framesOff } : {}) });
   checkSpace(run.o, run.store, p);
   if (run.o.dryRun) throw new PlanOnly();
   if (run.o.ctx.remount) {
@@ -299,12 +299,13 @@ async function planInstall(o: InstallOptions, state: BootState, h: BundleHead, s
  */
 async function planChunked(o: InstallOptions, h: BundleHead, notCarried: LayerRef[]): Promise<ChunkPlan[]> {
   const refs = chunkIndexRefs(h.manifest);
+  const frames = framesRefs(h.manifest);
   const out: ChunkPlan[] = [];
   for (const l of notCarried) {
     const ref = refs.get(l.digest);
     const inBundle = h.chunks.get(l.digest);
     if (ref && inBundle) out.push(await planChunks(o.ctx.store, l, ref, bundleChunkSource(o.label, inBundle.index), new Set(inBundle.carried)));
-    else if (ref && o.chunkSource) out.push(await planChunks(o.ctx.store, l, ref, o.chunkSource));
+    else if (ref && o.chunkSource) out.push(await planChunks(o.ctx.store, l, ref, o.chunkSource, undefined, frames.get(l.digest)));
   }
   return out;
 }
@@ -348,7 +349,7 @@ async function receiveChunkData(run: InstallRun, digest: string, body: Readable)
 async function receiveChunked(run: InstallRun, c: ChunkPlan, source: ChunkSource | undefined): Promise<void> {
   if (!source) throw new StackbootError('SOURCE', `${run.o.label} ended before the chunks of layer ${c.layer.name} (truncated bundle?)`);
   const r = await installChunked(run.store, c, source, (n) => run.meter?.update((run.doneBytes += n)));
-  run.emit({ event: 'chunks', name: c.layer.name, digest: c.layer.digest, size: c.layer.size, had: r.had, fetch: c.fetch + c.indexBytes, fetched: r.fetched, ...(r.fallback ? { fallback: r.fallback } : {}) });
+  run.emit({ event: 'chunks', name: c.layer.name, digest: c.layer.digest, size: c.layer.size, had: r.had, fetch: c.fetch + c.indexBytes, fetched: r.fetched, ...(r.fallback ? { fallback: r.fallback } : {}), ...(r.framesOff ? { framesOff: r.framesOff } : {}) });
   run.written.add(c.layer.digest);
 }
 

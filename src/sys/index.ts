@@ -11,3 +11,4 @@ export * from './mount.js';
 export * from './package.js';
 export * from './proc.js';
 export * from './progress.js';
+export * from './zstd.js';

@@ -20,6 +20,7 @@ function cut(data: Buffer, cuts: number[] = [], piece = 7777): ChunkEntry[] {
 }
 
 const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex');
+const half = (b: Buffer) => sha(b).slice(0, 32);
 
 describe('Chunker', () => {
   const data = layerBytes(2 << 20, 'chunker');
@@ -29,7 +30,7 @@ describe('Chunker', () => {
     expect(chunks.reduce((n, c) => n + c.size, 0)).toBe(data.length);
     let at = 0;
     for (const c of chunks) {
-      expect(c.digest).toBe(sha(data.subarray(at, at + c.size)));
+      expect(c.digest).toBe(half(data.subarray(at, at + c.size)));
       at += c.size;
     }
     expect(chunks.slice(0, -1).every((c) => c.size >= sizes.min && c.size <= sizes.max)).toBe(true);
@@ -81,8 +82,27 @@ describe('chunk index', () => {
 
   it('round-trips, and is checked against the manifest line', () => {
     expect(parseChunkIndex(bytes)).toEqual(ix);
-    expect(bytes.length).toBe(36 + 36 * chunks.length);
+    expect(bytes.length).toBe(36 + 18 * chunks.length);
     expect(verifyChunkIndex(ref, 300_000, bytes, 'test').chunks).toEqual(chunks);
+  });
+
+  it('reads version 1 (u32 sizes, whole sha256s): the chunks named by the first half of the sha256', () => {
+    const v1 = Buffer.alloc(36 + 36 * chunks.length);
+    bytes.copy(v1, 0, 0, 36);
+    v1.writeUInt8(1, 8);
+    const data = layerBytes(300_000, 'ix');
+    let at = 0;
+    chunks.forEach((c, i) => {
+      v1.writeUInt32BE(c.size, 36 + 36 * i);
+      v1.write(sha(data.subarray(at, at + c.size)), 40 + 36 * i, 'hex');
+      at += c.size;
+    });
+    expect(parseChunkIndex(v1)).toEqual(ix);
+    expect(chunks.every((c) => c.digest.length === 32)).toBe(true);
+    const v3 = Buffer.from(bytes);
+    v3.writeUInt8(3, 8);
+    expect(() => parseChunkIndex(v3)).toThrow(/version 3 is not known/);
+    expect(() => serializeChunkIndex({ ...ix, sizes: { min: 1024, avg: 65536, max: 131072 } })).toThrow(/at most 65535/);
   });
 
   it('refuses a tampered index, a truncated one, one of another size of layer', () => {

@@ -29,6 +29,12 @@ export interface ServerOptions {
   tamperAt?: number;
   /** hold each ranged response after its first bytes for this many ms */
   stallMs?: number;
+  /** the file names (their ending) that range, dropAfter, tamperAt and stallMs apply to (default: every file; tamperAt: .sqfs) */
+  files?: string;
+  /** stall only from this ranged response of those files on (0 = the first) */
+  stallFrom?: number;
+  /** answer 404 for files whose names end so */
+  hide?: string;
 }
 
 export interface ChunkServer {
@@ -52,11 +58,13 @@ export async function chunkServer(dir: string, opts: ServerOptions = {}): Promis
     total: () => [...sent.values()].reduce((a, b) => a + b, 0),
     close: () => new Promise((r) => server.close(() => r())),
   };
+  let stalls = 0;
   const server = http.createServer(async (req, res) => {
     const rel = decodeURIComponent(new URL(req.url ?? '/', 'http://x').pathname).replace(/^\/+/, '');
     const file = path.join(dir, rel);
     const st = await fs.stat(file).catch(() => null);
-    if (!st?.isFile()) {
+    const mine = rel.endsWith(s.opts.files ?? '');
+    if (!st?.isFile() || (s.opts.hide && rel.endsWith(s.opts.hide))) {
       res.writeHead(404).end();
       return;
     }
@@ -71,7 +79,7 @@ export async function chunkServer(dir: string, opts: ServerOptions = {}): Promis
         await fh.close();
       }
       const t = s.opts.tamperAt;
-      if (t !== undefined && rel.endsWith('.sqfs') && t >= start && t <= end) b[t - start] ^= 0xff;
+      if (t !== undefined && rel.endsWith(s.opts.files ?? '.sqfs') && t >= start && t <= end) b[t - start] ^= 0xff;
       return b;
     };
     const m = /^bytes=(\d+)-(\d*)$/.exec(String(req.headers.range ?? ''));
@@ -80,13 +88,13 @@ export async function chunkServer(dir: string, opts: ServerOptions = {}): Promis
       const name = path.basename(rel);
       const count = (n: number) => sent.set(name, (sent.get(name) ?? 0) + n);
       const drop = s.opts.dropAfter;
-      if (status === 206 && drop !== undefined && body.length > drop) {
+      if (status === 206 && mine && drop !== undefined && body.length > drop) {
         s.opts.dropAfter = undefined;
         count(drop);
         res.write(body.subarray(0, drop), () => setTimeout(() => res.destroy(), 20));
         return;
       }
-      if (status === 206 && s.opts.stallMs) {
+      if (status === 206 && mine && s.opts.stallMs && stalls++ >= (s.opts.stallFrom ?? 0)) {
         const head = Math.min(body.length, 4096);
         count(head);
         res.write(body.subarray(0, head));
@@ -99,7 +107,7 @@ export async function chunkServer(dir: string, opts: ServerOptions = {}): Promis
       count(body.length);
       res.end(body);
     };
-    if (m && s.opts.range !== false) {
+    if (m && (s.opts.range !== false || !mine)) {
       const start = Number(m[1]);
       const end = m[2] ? Math.min(Number(m[2]), st.size - 1) : st.size - 1;
       s.ranges++;
@@ -200,4 +208,50 @@ export async function casyncFetch(oldFile: string, newFile: string, chunkSize = 
   } finally {
     await fs.rm(work, { recursive: true, force: true });
   }
+}
+
+/** Deterministic text that compresses like code and data do (words of a small vocabulary, numbers). */
+export function sourceText(bytes: number, seed: number): Buffer {
+  const words = ['static', 'int', 'return', 'struct', 'if', 'else', 'for', 'while', 'buffer', 'length', 'error', 'const', 'void', 'size_t', 'ssl', 'cert', 'verify', 'ctx', 'state', 'key'];
+  let x = seed >>> 0 || 1;
+  const rnd = () => ((x = (Math.imul(x, 1103515245) + 12345) >>> 0) >>> 8);
+  const parts: string[] = [];
+  let n = 0;
+  while (n < bytes) {
+    const line = `${words[rnd() % words.length]} ${words[rnd() % words.length]}_${rnd() % 1000}(${rnd() % 65536}, ${words[rnd() % words.length]});\n`;
+    parts.push(line);
+    n += line.length;
+  }
+  return Buffer.from(parts.join('')).subarray(0, bytes);
+}
+
+/**
+ * Two real squashfs builds (`stackboot build --chunks`, zstd-3, one layer from a folder):
+ * v1, and v2 where a 3 MB file had text inserted and changed in a few places (what a
+ * library's version bump does to it), another file is new and a third one unchanged.
+ */
+export async function squashfsPair(dir: string): Promise<{ v1: string; v2: string }> {
+  const lib = sourceText(3 << 20, 7);
+  const trees = {
+    v1: { 'usr/lib/libfoo.so.1': lib, 'usr/share/data.txt': sourceText(1 << 20, 11) } as Record<string, Buffer>,
+    v2: {
+      'usr/lib/libfoo.so.1': Buffer.concat([lib.subarray(0, 1_000_000), Buffer.from('/* CVE-2026-0001: check the length first */\n'.repeat(5)), lib.subarray(1_000_000, 2_000_000), sourceText(300, 99), lib.subarray(2_000_300)]),
+      'usr/share/data.txt': sourceText(1 << 20, 11),
+      'usr/share/new.txt': sourceText(50_000, 13),
+    } as Record<string, Buffer>,
+  };
+  const out = { v1: '', v2: '' };
+  for (const which of ['v1', 'v2'] as const) {
+    const root = path.join(dir, `${which}-root`);
+    for (const [rel, data] of Object.entries(trees[which])) {
+      await fs.mkdir(path.dirname(path.join(root, rel)), { recursive: true });
+      await fs.writeFile(path.join(root, rel), data);
+    }
+    const recipeDir = path.join(dir, `${which}-recipe`);
+    await fs.mkdir(recipeDir, { recursive: true });
+    await fs.writeFile(path.join(recipeDir, 'recipe.json'), JSON.stringify({ name: 'node', version: which === 'v1' ? '1' : '2', compatible: 'test-node', layers: [{ name: 'base', source: { type: 'dir', path: root } }] }));
+    out[which] = path.join(dir, `${which}-build`);
+    await buildStack(await loadRecipe(recipeDir, { arch: 'amd64' }), { outDir: out[which], cacheDir: path.join(dir, 'layer-cache'), epoch: 0, arch: 'amd64', uid: 0, chunks: true, progress: () => {} });
+  }
+  return out;
 }
