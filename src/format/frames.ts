@@ -19,7 +19,7 @@
  *   "SBFRAMES" u8 version(1) u8 delta level u8[2] 0
  *   u32 level  u8[16] libzstd version (ASCII, NUL-padded)
  *   u32 min u32 avg u32 max (decoded chunk sizes)  u32 prefix bytes
- *   u64 layer bytes  u64 .delta bytes  u32 frame count
+ *   u64 layer bytes  u64 .delta bytes  u32 frame count  u32 0  u8[32] .delta sha256
  *   count × ( u64 offset, u32 compressed bytes, u32 decoded bytes,
  *             u64 entries offset (in .delta), u32 entry count, u64 data offset (in .delta), u32 data bytes )
  * `<layer>.delta`: every frame's entries (in frame order), then every frame's data:
@@ -37,7 +37,7 @@ import { chunkDigest, type ChunkSizes } from './chunks.js';
 import type { Manifest } from './manifest.js';
 
 export const FRAMES_MAGIC = 'SBFRAMES';
-const HEAD = 72;
+const HEAD = 104;
 const FRAME = 40;
 export const ENTRY = 21;
 /** Decoded chunk sizes and the dictionary's reach, chosen by measurement (docs/design.md, "Chunk deltas"). */
@@ -69,6 +69,8 @@ export interface FramesIndex {
   prefix: number;
   layerSize: number;
   deltaSize: number;
+  /** the delta file's sha256 (hex): a registry addresses it so */
+  deltaDigest: string;
   frames: Frame[];
 }
 
@@ -100,6 +102,7 @@ export function serializeFramesIndex(ix: FramesIndex): Buffer {
   b.writeBigUInt64BE(BigInt(ix.layerSize), 48);
   b.writeBigUInt64BE(BigInt(ix.deltaSize), 56);
   b.writeUInt32BE(ix.frames.length, 64);
+  b.write(ix.deltaDigest, 72, 'hex');
   let at = HEAD;
   for (const f of ix.frames) {
     b.writeBigUInt64BE(BigInt(f.offset), at);
@@ -129,6 +132,7 @@ export function parseFramesIndex(b: Buffer): FramesIndex {
     prefix: b.readUInt32BE(44),
     layerSize: Number(b.readBigUInt64BE(48)),
     deltaSize: Number(b.readBigUInt64BE(56)),
+    deltaDigest: b.toString('hex', 72, 104),
     frames: [],
   };
   let end = 0;
@@ -419,14 +423,19 @@ export async function writeFrameDeltas(layerFile: string, layerDigest: string, z
     const deltaFile = path.join(dir, deltaFileName(layerDigest));
     const tmp = `${deltaFile}.tmp-${process.pid}`;
     const out = await fs.open(tmp, 'w');
+    const sha = createHash('sha256');
     try {
-      for (const e of entries) await out.write(e);
+      for (const e of entries) {
+        sha.update(e);
+        await out.write(e);
+      }
       const src = await fs.open(dataFile, 'r');
       try {
         const buf = Buffer.allocUnsafe(4 << 20);
         for (let pos = 0; ; ) {
           const { bytesRead } = await src.read(buf, 0, buf.length, pos);
           if (bytesRead === 0) break;
+          sha.update(buf.subarray(0, bytesRead));
           await out.write(buf.subarray(0, bytesRead));
           pos += bytesRead;
         }
@@ -438,7 +447,7 @@ export async function writeFrameDeltas(layerFile: string, layerDigest: string, z
       await out.close();
     }
     await fs.rename(tmp, deltaFile);
-    const index = serializeFramesIndex({ level, deltaLevel: DELTA_LEVEL, zstdVersion: zstd.version, sizes: DECODED_SIZES, prefix: PREFIX_BYTES, layerSize: size, deltaSize: entriesBytes + dataAt, frames });
+    const index = serializeFramesIndex({ level, deltaLevel: DELTA_LEVEL, zstdVersion: zstd.version, sizes: DECODED_SIZES, prefix: PREFIX_BYTES, layerSize: size, deltaSize: entriesBytes + dataAt, deltaDigest: sha.digest('hex'), frames });
     await writeDurable(path.join(dir, framesIndexName(layerDigest)), index);
     return { layer: layerDigest, digest: createHash('sha256').update(index).digest('hex'), size: index.length };
   } finally {

@@ -27,8 +27,8 @@ export interface ChunkSource {
   whole(layer: LayerRef): Readable;
   /** frame deltas (format/frames.ts): a layer's frames index (checked by the caller) */
   frames?(ref: FramesRef): Promise<Buffer>;
-  /** bytes [start, end) of a layer's `.delta` file */
-  deltaRange?(layer: LayerRef, start: number, end: number): Promise<Buffer>;
+  /** bytes [start, end) of a layer's `.delta` file (`delta`: its sha256 and size, as its frames index names them) */
+  deltaRange?(layer: LayerRef, delta: { digest: string; size: number }, start: number, end: number): Promise<Buffer>;
 }
 
 /** The server sent the whole file to a Range request (or no Range support): fall back to the whole layer. */
@@ -88,7 +88,7 @@ export function httpChunkSource(base: string, o: HttpChunkSourceOptions = {}): C
       return download(layerUrl(layer), { retries: o.retries, backoffMs: o.backoffMs });
     },
     frames: (ref) => small(`${root}/layers/${framesIndexName(ref.layer)}`, ref.size),
-    deltaRange: (layer, start, end) => range(`${root}/layers/${deltaFileName(layer.digest)}`, start, end),
+    deltaRange: (layer, _delta, start, end) => range(`${root}/layers/${deltaFileName(layer.digest)}`, start, end),
   };
 }
 
@@ -113,6 +113,21 @@ export function registryChunkSource(client: RegistryClient, remote: RemoteStack,
     },
     whole(layer) {
       return blobStream(client, repo, layerDesc(layer), o);
+    },
+    async frames(ref) {
+      const d = remote.artifact.frames.find((f) => f.digest === `sha256:${ref.digest}`);
+      if (!d) throw new StackbootError('NETWORK', `${client.registry}/${repo}: the stack carries no frame deltas for layer ${ref.layer.slice(0, 12)} (pushed without them)`);
+      const parts: Buffer[] = [];
+      for await (const c of blobStream(client, repo, d, o)) parts.push(c as Buffer);
+      return Buffer.concat(parts);
+    },
+    async deltaRange(_layer, delta, start, end) {
+      try {
+        return await fetchBlobRange(client, repo, `sha256:${delta.digest}`, start, end, o);
+      } catch (e) {
+        if (e instanceof StackbootError && e.details?.rangeUnsupported) throw new RangeUnsupported(`${client.registry}/${repo} blob ${delta.digest.slice(0, 12)}`);
+        throw e;
+      }
     },
   };
 }

@@ -91,11 +91,12 @@ export async function planFrames(store: Store, layer: LayerRef, ref: FramesRef, 
     if (chosen.length === 0) return { plan: { index, frames, local: new Map(), deltaBytes: 0, indexBytes: ref.size, decodedHave: 0, decodedFetch: 0 } };
     let deltaBytes = 0;
     let entryBytes = 0;
+    const delta = { digest: index.deltaDigest, size: index.deltaSize };
     const entryRanges = runs(chosen.map((i) => [index.frames[i].entriesOffset, index.frames[i].entriesOffset + index.frames[i].entries * ENTRY]));
     const fetched = new Map<number, Buffer>();
     try {
       for (const [s, e] of entryRanges) {
-        fetched.set(s, await source.deltaRange(layer, s, e));
+        fetched.set(s, await source.deltaRange(layer, delta, s, e));
         entryBytes += e - s;
       }
     } catch (e) {
@@ -198,7 +199,7 @@ export class FrameBuilder {
       at += e.stored;
     }
     const parts: Buffer[] = [];
-    for (const [s, e] of runs(ranges)) parts.push(await this.source.deltaRange!(this.layer, s, e));
+    for (const [s, e] of runs(ranges)) parts.push(await this.source.deltaRange!(this.layer, { digest: this.p.index.deltaDigest, size: this.p.index.deltaSize }, s, e));
     const b = Buffer.concat(parts);
     this.fetched += b.length;
     return b;

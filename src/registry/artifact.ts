@@ -21,7 +21,7 @@
  */
 import { createHash } from 'node:crypto';
 import { StackbootError } from '../sys/index.js';
-import { chunkIndexName, chunkIndexRefs, type Manifest } from '../format/index.js';
+import { chunkIndexName, chunkIndexRefs, deltaFileName, framesIndexName, framesRefs, type Manifest } from '../format/index.js';
 
 export const OCI_MANIFEST_TYPE = 'application/vnd.oci.image.manifest.v1+json';
 export const ARTIFACT_TYPE = 'application/vnd.stackboot.stack.v1';
@@ -29,6 +29,9 @@ export const MANIFEST_BLOB_TYPE = 'application/vnd.stackboot.manifest.v1';
 export const SIGNATURE_BLOB_TYPE = 'application/vnd.stackboot.signature.v1';
 export const LAYER_BLOB_TYPE = 'application/vnd.stackboot.layer.v1.squashfs';
 export const CHUNKS_BLOB_TYPE = 'application/vnd.stackboot.chunks.v1';
+/** frame deltas (format/frames.ts): a layer's frames index (named by the signed manifest) and its delta file (named by the index) */
+export const FRAMES_BLOB_TYPE = 'application/vnd.stackboot.frames.v1';
+export const DELTA_BLOB_TYPE = 'application/vnd.stackboot.delta.v1';
 export const EMPTY_CONFIG = { mediaType: 'application/vnd.oci.empty.v1+json', digest: 'sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a', size: 2 };
 export const EMPTY_CONFIG_BYTES = Buffer.from('{}');
 export const TITLE = 'org.opencontainers.image.title';
@@ -49,17 +52,34 @@ export interface StackArtifact {
   layers: Descriptor[];
   /** the chunk indexes (none from a stack pushed without them) */
   chunks: Descriptor[];
+  /** frame deltas: the frames indexes and the delta files (none from a stack pushed without them) */
+  frames: Descriptor[];
+  deltas: Descriptor[];
   annotations: Record<string, string>;
 }
 
 export const sha256Digest = (b: Buffer | string): string => `sha256:${createHash('sha256').update(b).digest('hex')}`;
 
-/** The OCI manifest of a stack (bytes as pushed: its sha256 is the pushed digest). */
-export function stackArtifact(m: Manifest, manifestText: Buffer, sig: Buffer | null, arch?: string): Buffer {
+/** A layer's delta file as its frames index names it (pushed with the index). */
+export interface DeltaBlob {
+  layer: string;
+  digest: string;
+  size: number;
+}
+
+/** The OCI manifest of a stack (bytes as pushed: its sha256 is the pushed digest); `deltas`: the frame deltas pushed with it. */
+export function stackArtifact(m: Manifest, manifestText: Buffer, sig: Buffer | null, arch?: string, deltas: DeltaBlob[] = []): Buffer {
   const layers: Descriptor[] = [{ mediaType: MANIFEST_BLOB_TYPE, digest: sha256Digest(manifestText), size: manifestText.length, annotations: { [TITLE]: 'manifest' } }];
   if (sig) layers.push({ mediaType: SIGNATURE_BLOB_TYPE, digest: sha256Digest(sig), size: sig.length, annotations: { [TITLE]: 'manifest.sig' } });
   for (const l of m.layers) layers.push({ mediaType: LAYER_BLOB_TYPE, digest: `sha256:${l.digest}`, size: l.size, annotations: { [TITLE]: `${l.digest}.sqfs`, 'io.stackboot.layer.name': l.name } });
   for (const c of chunkIndexRefs(m).values()) layers.push({ mediaType: CHUNKS_BLOB_TYPE, digest: `sha256:${c.digest}`, size: c.size, annotations: { [TITLE]: chunkIndexName(c.layer) } });
+  const frames = framesRefs(m);
+  for (const d of deltas) {
+    const f = frames.get(d.layer);
+    if (!f) continue;
+    layers.push({ mediaType: FRAMES_BLOB_TYPE, digest: `sha256:${f.digest}`, size: f.size, annotations: { [TITLE]: framesIndexName(d.layer) } });
+    layers.push({ mediaType: DELTA_BLOB_TYPE, digest: `sha256:${d.digest}`, size: d.size, annotations: { [TITLE]: deltaFileName(d.layer) } });
+  }
   const annotations: Record<string, string> = {
     'io.stackboot.name': m.name,
     'io.stackboot.version': m.version,
@@ -103,6 +123,8 @@ export function parseStackArtifact(body: Buffer, what: string): StackArtifact {
     signature: sigs[0] ?? null,
     layers: layers.filter((l) => l.mediaType === LAYER_BLOB_TYPE),
     chunks: layers.filter((l) => l.mediaType === CHUNKS_BLOB_TYPE),
+    frames: layers.filter((l) => l.mediaType === FRAMES_BLOB_TYPE),
+    deltas: layers.filter((l) => l.mediaType === DELTA_BLOB_TYPE),
     annotations: j.annotations ?? {},
   };
 }
@@ -120,6 +142,9 @@ export function checkArtifactMatches(a: StackArtifact, m: Manifest, what: string
   const refs = new Set([...chunkIndexRefs(m).values()].map((c) => `sha256:${c.digest}/${c.size}`));
   const stray = a.chunks.find((c) => !refs.has(`${c.digest}/${c.size}`));
   if (stray) throw new StackbootError('VERIFY', `${what}: the registry names a chunk index (${stray.digest.slice(0, 19)}) the signed manifest of ${m.name} ${m.version} does not`);
+  const frames = new Set([...framesRefs(m).values()].map((c) => `sha256:${c.digest}/${c.size}`));
+  const strayFrames = a.frames.find((c) => !frames.has(`${c.digest}/${c.size}`));
+  if (strayFrames) throw new StackbootError('VERIFY', `${what}: the registry names a frames index (${strayFrames.digest.slice(0, 19)}) the signed manifest of ${m.name} ${m.version} does not`);
   for (const [k, v] of [['name', m.name], ['version', m.version], ['compatible', m.compatible]] as const) {
     const ann = a.annotations[`io.stackboot.${k}`];
     if (ann !== undefined && ann !== v) throw new StackbootError('VERIFY', `${what}: the registry says ${k} ${JSON.stringify(ann)}, the signed manifest says ${JSON.stringify(v)}`);

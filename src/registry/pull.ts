@@ -107,6 +107,14 @@ export async function pullStack(client: RegistryClient, ref: Reference, out: str
     if (await sameSize(file, c.size)) continue;
     await writeDurableFrom(file, (tmp) => pipeline(blobStream(client, remote.ref.repository, c, o), createWriteStream(tmp, { flags: 'wx' })));
   }
+  // the frame deltas it carries, under their names (the descriptors' titles: <layer>.frames, <layer>.delta)
+  for (const d of [...remote.artifact.frames, ...remote.artifact.deltas]) {
+    const name = d.annotations?.['org.opencontainers.image.title'] ?? '';
+    if (!/^[0-9a-f]{64}\.(frames|delta)$/.test(name)) continue;
+    const file = path.join(out, 'layers', name);
+    if (await sameSize(file, d.size)) continue;
+    await writeDurableFrom(file, (tmp) => pipeline(blobStream(client, remote.ref.repository, d, o), createWriteStream(tmp, { flags: 'wx' })));
+  }
   // manifest last: a folder with a manifest is a whole build output
   await fs.rm(path.join(out, 'manifest.sig'), { force: true });
   if (remote.sig !== null) await writeDurable(path.join(out, 'manifest.sig'), remote.sig);

@@ -10,10 +10,10 @@ import { createHash } from 'node:crypto';
 import { createReadStream, promises as fs } from 'node:fs';
 import path from 'node:path';
 import { StackbootError, parsing } from '../sys/index.js';
-import { DEFAULT_CHUNK_SIZES, chunkIndexBytes, chunkIndexName, chunkIndexRefs, parseManifest, parseSignature, signBytes, stackId, type Manifest } from '../format/index.js';
+import { DEFAULT_CHUNK_SIZES, chunkIndexBytes, chunkIndexName, chunkIndexRefs, deltaFileName, framesIndexName, framesRefs, parseFramesIndex, parseManifest, parseSignature, signBytes, stackId, type Manifest } from '../format/index.js';
 import { readBody, registryError, type RegistryClient } from './client.js';
 import { hasBlob } from './blob.js';
-import { EMPTY_CONFIG, EMPTY_CONFIG_BYTES, OCI_MANIFEST_TYPE, ARTIFACT_TYPE, sha256Digest, stackArtifact, type Descriptor } from './artifact.js';
+import { EMPTY_CONFIG, EMPTY_CONFIG_BYTES, OCI_MANIFEST_TYPE, ARTIFACT_TYPE, sha256Digest, stackArtifact, type DeltaBlob, type Descriptor } from './artifact.js';
 import { formatReference, type Reference } from './reference.js';
 
 export interface PushOptions {
@@ -59,7 +59,7 @@ interface LocalBlob {
   file?: string;
 }
 
-async function readBuild(o: PushOptions): Promise<{ manifest: Manifest; text: Buffer; sig: Buffer | null; indexes: Map<string, { file?: string; bytes?: Buffer }> }> {
+async function readBuild(o: PushOptions): Promise<{ manifest: Manifest; text: Buffer; sig: Buffer | null; indexes: Map<string, { file?: string; bytes?: Buffer }>; deltas: (DeltaBlob & { frames: string; delta: string })[] }> {
   const text = await fs.readFile(path.join(o.buildDir, 'manifest')).catch((e) => {
     throw new StackbootError('USAGE', `${o.buildDir} has no manifest (is it a build output?)`, { cause: e });
   });
@@ -79,7 +79,28 @@ async function readBuild(o: PushOptions): Promise<{ manifest: Manifest; text: Bu
     if (!st) throw new StackbootError('SOURCE', `layer ${l.name} (${l.digest.slice(0, 12)}) is missing from ${o.buildDir}/layers`);
     if (st.size !== l.size) throw new StackbootError('SOURCE', `layer ${l.name}: ${st.size} bytes in ${o.buildDir}, the manifest says ${l.size}`);
   }
-  return { manifest, text, sig, indexes: await chunkIndexes(o, manifest) };
+  return { manifest, text, sig, indexes: await chunkIndexes(o, manifest), deltas: await frameDeltas(o, manifest) };
+}
+
+/**
+ * The frame deltas of the layers whose frames index the manifest names and the build
+ * output has (the index it names, and a delta file of the index's size): pushed as two
+ * blobs a layer (the registry checks the delta file's sha256, the one the index names).
+ * A folder without them (a bundle) pushes none: nodes then rebuild from chunks alone.
+ */
+async function frameDeltas(o: PushOptions, manifest: Manifest): Promise<(DeltaBlob & { frames: string; delta: string })[]> {
+  const out: (DeltaBlob & { frames: string; delta: string })[] = [];
+  for (const ref of framesRefs(manifest).values()) {
+    const frames = path.join(o.buildDir, 'layers', framesIndexName(ref.layer));
+    const delta = path.join(o.buildDir, 'layers', deltaFileName(ref.layer));
+    const b = await fs.readFile(frames).catch(() => null);
+    if (!b || b.length !== ref.size || createHash('sha256').update(b).digest('hex') !== ref.digest) continue;
+    const ix = parsing(frames, () => parseFramesIndex(b));
+    const st = await fs.stat(delta).catch(() => null);
+    if (st?.size !== ix.deltaSize) continue;
+    out.push({ layer: ref.layer, digest: ix.deltaDigest, size: ix.deltaSize, frames, delta });
+  }
+  return out;
 }
 
 /**
@@ -154,8 +175,10 @@ export async function pushStack(o: PushOptions): Promise<PushResult> {
   const { client, ref } = o;
   const repo = ref.repository;
   const scope = `repository:${repo}:pull,push`;
-  const { manifest, text, sig, indexes } = await readBuild(o);
-  const artifact = stackArtifact(manifest, text, sig, o.arch);
+  const { manifest, text, sig, indexes, deltas } = await readBuild(o);
+  const artifact = stackArtifact(manifest, text, sig, o.arch, deltas);
+  const framesOf = framesRefs(manifest);
+  const layerName = (d: string) => manifest.layers.find((l) => l.digest === d)?.name ?? d.slice(0, 12);
   const digest = sha256Digest(artifact);
   if (ref.digest && ref.digest !== digest) throw new StackbootError('USAGE', `${formatReference(ref)}: the stack's artifact has the digest ${digest}: push to a tag, or to that digest`);
   const blobs: LocalBlob[] = [
@@ -163,7 +186,11 @@ export async function pushStack(o: PushOptions): Promise<PushResult> {
     { what: 'manifest', desc: { mediaType: '', digest: sha256Digest(text), size: text.length }, bytes: text },
     ...(sig ? [{ what: 'manifest.sig', desc: { mediaType: '', digest: sha256Digest(sig), size: sig.length }, bytes: sig }] : []),
     ...manifest.layers.map((l) => ({ what: `layer ${l.name}`, desc: { mediaType: '', digest: `sha256:${l.digest}`, size: l.size }, ...(o.absentLayers?.has(l.digest) ? {} : { file: path.join(o.buildDir, 'layers', `${l.digest}.sqfs`) }) })),
-    ...[...chunkIndexRefs(manifest).values()].map((c) => ({ what: `chunk index of ${manifest.layers.find((l) => l.digest === c.layer)?.name ?? c.layer.slice(0, 12)}`, desc: { mediaType: '', digest: `sha256:${c.digest}`, size: c.size }, ...indexes.get(c.layer) })),
+    ...[...chunkIndexRefs(manifest).values()].map((c) => ({ what: `chunk index of ${layerName(c.layer)}`, desc: { mediaType: '', digest: `sha256:${c.digest}`, size: c.size }, ...indexes.get(c.layer) })),
+    ...deltas.flatMap((d) => [
+      { what: `frames index of ${layerName(d.layer)}`, desc: { mediaType: '', digest: `sha256:${framesOf.get(d.layer)!.digest}`, size: framesOf.get(d.layer)!.size }, file: d.frames },
+      { what: `delta file of ${layerName(d.layer)}`, desc: { mediaType: '', digest: `sha256:${d.digest}`, size: d.size }, file: d.delta },
+    ]),
   ];
   const result: PushResult['blobs'] = [];
   let uploaded = 0;

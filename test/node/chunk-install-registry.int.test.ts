@@ -5,7 +5,9 @@
  * by rebuilding the new layer from its store's chunks and fetching only the missing ones
  * with Range requests on the layer's blob (resumed after a dropped connection), the layer
  * byte-identical; `chunks: false` (--no-chunks) fetches it whole; `pull` writes the
- * indexes into the build output folder.
+ * indexes into the build output folder. Frame deltas (real squashfs layers): the frames
+ * index and the delta file travel as two more blobs, skopeo copies them, a node rebuilds
+ * the changed blocks with Range requests on the delta blob.
  */
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import { createReadStream, promises as fs } from 'node:fs';
@@ -20,7 +22,8 @@ import { registryChunkSource } from '../../src/node/chunk-source.js';
 import type { NodeContext } from '../../src/node/context.js';
 import { RegistryClient, installError, openRegistrySource, parseReference, pullStack, pushStack, type ClientOptions } from '../../src/registry/index.js';
 import { REGISTRY_USER as USER, startBasicAuthRegistry, type CountingProxy, type Pki, type RunningRegistry } from '../registry/harness.js';
-import { chunkedBuild } from '../support/chunk-fixtures.js';
+import { chunkedBuild, squashfsPair } from '../support/chunk-fixtures.js';
+import { parseManifest } from '../../src/format/manifest.js';
 import { keys, layerBytes, sha256Of } from '../support/update-fixtures.js';
 
 let tmp: string;
@@ -183,5 +186,57 @@ describe('chunk deltas from a registry', () => {
     await expect(pushStack({ client: direct(), ref: parseReference(`oci://${reg.host}/refused/chunky:2`), buildDir: gone })).rejects.toMatchObject({ code: 'SOURCE', message: expect.stringMatching(/cutting the layer again with the default sizes gives another one: push the build output folder/) });
     // nothing of either reached the registry
     await expect(pullStack(direct(), parseReference(`oci://${reg.host}/refused/chunky:2`), path.join(tmp, 'refused-pull'))).rejects.toThrow(/404|unknown|not found/i);
+  });
+});
+
+describe('frame deltas from a registry', () => {
+  let f1: string, f2: string, fDigest: string;
+  const creds = () => [`--src-creds=${USER.username}:${USER.password}`, `--dest-creds=${USER.username}:${USER.password}`];
+
+  beforeAll(async () => {
+    ({ v1: f1, v2: f2 } = await squashfsPair(path.join(tmp, 'pair')));
+    fDigest = parseManifest(await fs.readFile(path.join(f2, 'manifest'), 'utf8')).layers[0].digest;
+    await pushStack({ client: direct(), ref: parseReference(`oci://${reg.host}/fleet/frames:1`), buildDir: f1, key: k.key });
+    const p = await pushStack({ client: direct(), ref: parseReference(`oci://${reg.host}/fleet/frames:2`), buildDir: f2, key: k.key });
+    expect(p.blobs.map((b) => b.what)).toEqual(['config', 'manifest', 'manifest.sig', 'layer base', 'chunk index of base', 'frames index of base', 'delta file of base']);
+  }, 120_000);
+
+  const frameStore = (name: string) => stageStore(path.join(tmp, name, 'store'), { slots: { a: { buildDir: f1, status: 'good' } } });
+
+  it('the artifact carries the frames index and the delta file; skopeo copies them; a node rebuilds the changed blocks from its store and Range requests on the delta blob', async () => {
+    const raw = JSON.parse((await run('skopeo', ['inspect', '--raw', '--cert-dir', pki.certDir, `--creds=${USER.username}:${USER.password}`, `docker://${reg.host}/fleet/frames:2`])).stdout) as { layers: { mediaType: string }[] };
+    expect(raw.layers.map((l) => l.mediaType).slice(-2)).toEqual(['application/vnd.stackboot.frames.v1', 'application/vnd.stackboot.delta.v1']);
+    await run('skopeo', ['copy', '--src-cert-dir', pki.certDir, '--dest-cert-dir', pki.certDir, ...creds(), `docker://${reg.host}/fleet/frames:2`, `docker://${reg.host}/copied/frames:2`]);
+    for (const repo of ['fleet', 'copied']) {
+      const store = await frameStore(`frames-${repo}`);
+      proxy.reset();
+      const { r, chunks } = await installRef(store, `oci://${proxy.host}/${repo}/frames:2`);
+      expect(r.installed).toBe(true);
+      expect(chunks[0].rebuilt).toBeGreaterThan(0);
+      expect(chunks[0].framesOff).toBeUndefined();
+      const done = chunks.find((e) => e.fetched !== undefined)!;
+      expect(done.framesOff).toBeUndefined();
+      expect(done.fallback).toBeUndefined();
+      expect(done.fetched).toBe(chunks[0].fetch);
+      expect(await sha256Of(store.layerPath(fDigest))).toBe(fDigest);
+      // the delta blob's ranges and the small blobs: a small share of the 1.4 MB layer
+      expect(proxy.bytes()).toBeLessThan(200_000);
+    }
+  });
+
+  it('pull writes the frames index and the delta file into the folder; a stack pushed from a bundle has none, and the node says so', async () => {
+    const out = path.join(tmp, 'frames-pulled');
+    await pullStack(direct(), parseReference(`oci://${reg.host}/fleet/frames:2`), out);
+    for (const ext of ['frames', 'delta']) expect(Buffer.compare(await fs.readFile(path.join(out, 'layers', `${fDigest}.${ext}`)), await fs.readFile(path.join(f2, 'layers', `${fDigest}.${ext}`)))).toBe(0);
+    const file = path.join(tmp, 'frames-v2.sb');
+    await writeBundleFile({ buildDir: f2, file, key: k.key });
+    const dir = path.join(tmp, 'frames-unpacked');
+    await unpackBundle(createReadStream(file), dir, file);
+    await pushStack({ client: direct(), ref: parseReference(`oci://${reg.host}/bundled/frames:2`), buildDir: dir });
+    const store = await frameStore('frames-bundled');
+    const { r, chunks } = await installRef(store, `oci://${proxy.host}/bundled/frames:2`);
+    expect(r.installed).toBe(true);
+    expect(chunks[0].framesOff).toMatch(/carries no frame deltas/);
+    expect(await sha256Of(store.layerPath(fDigest))).toBe(fDigest);
   });
 });

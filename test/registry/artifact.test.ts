@@ -2,8 +2,9 @@
 import { describe, it, expect } from 'vitest';
 import { createHash } from 'node:crypto';
 import { serializeManifest, type Manifest } from '../../src/format/manifest.js';
-import { ARTIFACT_TYPE, CHUNKS_BLOB_TYPE, EMPTY_CONFIG, EMPTY_CONFIG_BYTES, LAYER_BLOB_TYPE, checkArtifactMatches, parseStackArtifact, stackArtifact } from '../../src/registry/artifact.js';
+import { ARTIFACT_TYPE, CHUNKS_BLOB_TYPE, DELTA_BLOB_TYPE, FRAMES_BLOB_TYPE, EMPTY_CONFIG, EMPTY_CONFIG_BYTES, LAYER_BLOB_TYPE, checkArtifactMatches, parseStackArtifact, stackArtifact } from '../../src/registry/artifact.js';
 import { chunkIndexLine } from '../../src/format/chunks.js';
+import { framesLine } from '../../src/format/frames.js';
 
 const hex = (s: string) => createHash('sha256').update(s).digest('hex');
 const m: Manifest = { name: 'node', version: '2', compatible: 'fleet', created: 1700000000, layers: [{ digest: hex('base'), size: 10, name: 'base' }, { digest: hex('app'), size: 5, name: 'app' }] };
@@ -63,5 +64,25 @@ describe('stack artifact', () => {
     expect(() => checkArtifactMatches(a, m, 'r')).toThrow(/names a chunk index \(sha256:[0-9a-f]{12}\) the signed manifest of node 2 does not/);
     // an artifact without the indexes (pushed by an older stackboot) is still the stack
     expect(() => checkArtifactMatches(parseStackArtifact(stackArtifact(m, text, sig), 'r'), mc, 'r')).not.toThrow();
+  });
+
+  it('carries a layer\'s frames index and delta file when pushed with them; a frames index the manifest does not name is refused', () => {
+    const fr = { layer: hex('base'), digest: hex('frames'), size: 104 };
+    const mf: Manifest = { ...m, extra: [framesLine(fr)] };
+    const tf = Buffer.from(serializeManifest(mf));
+    const j = JSON.parse(stackArtifact(mf, tf, sig, undefined, [{ layer: hex('base'), digest: hex('delta'), size: 5000 }]).toString());
+    expect(j.layers.slice(-2)).toMatchObject([
+      { mediaType: FRAMES_BLOB_TYPE, digest: `sha256:${hex('frames')}`, size: 104, annotations: { 'org.opencontainers.image.title': `${hex('base')}.frames` } },
+      { mediaType: DELTA_BLOB_TYPE, digest: `sha256:${hex('delta')}`, size: 5000, annotations: { 'org.opencontainers.image.title': `${hex('base')}.delta` } },
+    ]);
+    const a = parseStackArtifact(Buffer.from(JSON.stringify(j)), 'r');
+    expect(a.frames.map((c) => c.digest)).toEqual([`sha256:${hex('frames')}`]);
+    expect(a.deltas.map((c) => c.size)).toEqual([5000]);
+    expect(() => checkArtifactMatches(a, mf, 'r')).not.toThrow();
+    expect(() => checkArtifactMatches(a, m, 'r')).toThrow(/names a frames index \(sha256:[0-9a-f]{12}\) the signed manifest of node 2 does not/);
+    // pushed without them (from a bundle): the stack, with no frame deltas
+    const bare = parseStackArtifact(stackArtifact(mf, tf, sig), 'r');
+    expect(bare.frames).toEqual([]);
+    expect(() => checkArtifactMatches(bare, mf, 'r')).not.toThrow();
   });
 });
