@@ -15,7 +15,7 @@ export const buildCommand: CommandModule<any, any> = {
       .option('no-cache', { type: 'boolean', describe: 'build every layer, do not read or write the cache' })
       .option('jobs', { alias: 'j', type: 'number', coerce: wholeNumber('jobs', 1, 1024), describe: 'compressor threads (output does not depend on it)' })
       .option('busybox', { type: 'string', describe: 'a recipe with a kernel: busybox-static for its initrd (default: the setup target)' })
-      .option('chunks', { type: 'boolean', describe: 'write a chunk index beside each layer, named in the manifest, for chunk-delta installs (install --chunks-from)' })
+      .option('chunks', { type: 'boolean', describe: 'write a chunk index beside each layer, and for zstd layers its frame deltas (needs python3-zstandard), named in the manifest, for chunk-delta installs (install --chunks-from, oci://)' })
       .option('kexec-root', { type: 'string', describe: 'a recipe with a kernel: sysroot with sbin/kexec for its initrd (default: the setup target)' })
       .option('verity-root', { type: 'string', describe: 'a recipe with a kernel: sysroot with dmsetup and signify-openbsd for its initrd (default: the setup target)' })
       .option('pub', { type: 'string', array: true, describe: 'a recipe with a kernel: a public key its initrd checks manifests against (repeatable)' })

@@ -94,8 +94,13 @@ export const installCommand: CommandModule<any, any> = {
       if (a.json) return jsonLine(ev);
       if (ev.event === 'plan') out.line(`installing ${ev.name} ${ev.version} (${ev.stack.slice(0, 12)}) into slot ${ev.slot}: ${ev.write.length} layer(s) to write (${fmtBytes(ev.bytes)}), ${ev.have.length} present; ${fmtBytes(ev.free)} free${ev.downgradeFrom ? `; a DOWNGRADE from ${ev.downgradeFrom}` : ''}`);
       else if (ev.event === 'layer') out.line(`  layer ${ev.name} ${ev.digest.slice(0, 12)} ${fmtBytes(ev.size)}`);
-      else if (ev.event === 'chunks' && ev.fetched === undefined) out.line(`  layer ${ev.name} ${ev.digest.slice(0, 12)} from chunks: ${fmtBytes(ev.had)} in the store, ${fmtBytes(ev.fetch)} to fetch (${((ev.fetch / ev.size) * 100).toFixed(1)} %)`);
-      else if (ev.event === 'chunks') out.line(ev.fallback ? `  layer ${ev.name}: fetched whole (${fmtBytes(ev.fetched!)}): ${ev.fallback}` : `  layer ${ev.name} rebuilt: ${fmtBytes(ev.had)} from the store, ${fmtBytes(ev.fetched!)} fetched`);
+      else if (ev.event === 'chunks' && ev.fetched === undefined) {
+        out.line(`  layer ${ev.name} ${ev.digest.slice(0, 12)} from chunks: ${fmtBytes(ev.had)} in the store, ${fmtBytes(ev.fetch)} to fetch (${((ev.fetch / ev.size) * 100).toFixed(1)} %)${ev.rebuilt ? `; ${fmtBytes(ev.rebuilt)} of changed blocks rebuilt from frame deltas` : ''}`);
+        if (ev.framesOff) out.line(`    no frame deltas: ${ev.framesOff}`);
+      } else if (ev.event === 'chunks') {
+        out.line(ev.fallback ? `  layer ${ev.name}: fetched whole (${fmtBytes(ev.fetched!)}): ${ev.fallback}` : `  layer ${ev.name} rebuilt: ${fmtBytes(ev.had)} from the store, ${fmtBytes(ev.fetched!)} fetched`);
+        if (ev.framesOff) out.line(`    frame deltas stopped part way (the rest came as chunks): ${ev.framesOff}`);
+      }
       else if (a.verbose && ev.event === 'step') out.line(`  ${ev.step}`);
     };
     const r = await install({
