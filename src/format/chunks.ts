@@ -101,12 +101,29 @@ export function parseChunkIndex(b: Buffer): ChunkIndex {
   return { sizes, layerSize, chunks };
 }
 
-/** A chunk index checked against the signed manifest's line for its layer (size and sha256 first, then parsed). */
-export function verifyChunkIndex(ref: ChunkIndexRef, layerSize: number, b: Buffer, source: string): ChunkIndex {
+/** A layer's file as the signed manifest names it (`<key> <layer> sha256:<hex> <bytes>`): throws VERIFY unless `b` is it. */
+export function checkLayerFile(ref: ChunkIndexRef, b: Buffer, source: string, what: string): void {
   const d = createHash('sha256').update(b).digest('hex');
   if (b.length !== ref.size || d !== ref.digest) {
-    throw new StackbootError('VERIFY', `${source}: the chunk index of layer ${ref.layer.slice(0, 12)} does not match the signed manifest (${b.length} bytes, sha256 ${d.slice(0, 12)}; expected ${ref.size}, ${ref.digest.slice(0, 12)})`);
+    throw new StackbootError('VERIFY', `${source}: the ${what} of layer ${ref.layer.slice(0, 12)} does not match the signed manifest (${b.length} bytes, sha256 ${d.slice(0, 12)}; expected ${ref.size}, ${ref.digest.slice(0, 12)})`);
   }
+}
+
+/** The lines `<key> <layer> sha256:<hex> <bytes>` of a manifest (extra lines), by layer digest. */
+export function layerFileRefs(m: Manifest, key: string): Map<string, ChunkIndexRef> {
+  const out = new Map<string, ChunkIndexRef>();
+  for (const [k, v] of m.extra ?? []) {
+    if (k !== key) continue;
+    const w = /^([0-9a-f]{64}) sha256:([0-9a-f]{64}) (\d+)$/.exec(v);
+    if (!w) throw new StackbootError('MANIFEST', `bad ${key} line ${JSON.stringify(v)} (expected "${key} <layer sha256> sha256:<hex> <bytes>")`);
+    out.set(w[1], { layer: w[1], digest: w[2], size: Number(w[3]) });
+  }
+  return out;
+}
+
+/** A chunk index checked against the signed manifest's line for its layer (size and sha256 first, then parsed). */
+export function verifyChunkIndex(ref: ChunkIndexRef, layerSize: number, b: Buffer, source: string): ChunkIndex {
+  checkLayerFile(ref, b, source, 'chunk index');
   const ix = parseChunkIndex(b);
   if (ix.layerSize !== layerSize) bad(`layer ${ref.layer.slice(0, 12)}: the index is of ${ix.layerSize} bytes, the layer has ${layerSize}`);
   return ix;
@@ -114,14 +131,7 @@ export function verifyChunkIndex(ref: ChunkIndexRef, layerSize: number, b: Buffe
 
 /** The chunk index lines of a manifest (`chunks <layer> sha256:<hex> <bytes>`: kept as extra lines), by layer digest. */
 export function chunkIndexRefs(m: Manifest): Map<string, ChunkIndexRef> {
-  const out = new Map<string, ChunkIndexRef>();
-  for (const [k, v] of m.extra ?? []) {
-    if (k !== 'chunks') continue;
-    const w = /^([0-9a-f]{64}) sha256:([0-9a-f]{64}) (\d+)$/.exec(v);
-    if (!w) throw new StackbootError('MANIFEST', `bad chunks line ${JSON.stringify(v)} (expected "chunks <layer sha256> sha256:<hex> <bytes>")`);
-    out.set(w[1], { layer: w[1], digest: w[2], size: Number(w[3]) });
-  }
-  return out;
+  return layerFileRefs(m, 'chunks');
 }
 
 /** The manifest's extra line for an index. */

@@ -33,7 +33,7 @@ import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { StackbootError, writeDurable, type Zstd } from '../sys/index.js';
 import { Chunker } from './chunker.js';
-import { chunkDigest, type ChunkSizes } from './chunks.js';
+import { checkLayerFile, chunkDigest, layerFileRefs, type ChunkIndexRef, type ChunkSizes } from './chunks.js';
 import type { Manifest } from './manifest.js';
 
 export const FRAMES_MAGIC = 'SBFRAMES';
@@ -289,11 +289,8 @@ export function decodedChunks(decoded: Buffer, sizes: ChunkSizes): { size: numbe
 
 // ---- the build side -----------------------------------------------------------------
 
-export interface FramesRef {
-  layer: string;
-  digest: string;
-  size: number;
-}
+/** What the manifest says of a layer's frames index (as of its chunk index). */
+export type FramesRef = ChunkIndexRef;
 
 export function framesIndexName(layerDigest: string): string {
   return `${layerDigest}.frames`;
@@ -304,14 +301,7 @@ export function deltaFileName(layerDigest: string): string {
 
 /** The frames lines of a manifest (`frames <layer> sha256:<hex> <bytes>`), by layer digest. */
 export function framesRefs(m: Manifest): Map<string, FramesRef> {
-  const out = new Map<string, FramesRef>();
-  for (const [k, v] of m.extra ?? []) {
-    if (k !== 'frames') continue;
-    const w = /^([0-9a-f]{64}) sha256:([0-9a-f]{64}) (\d+)$/.exec(v);
-    if (!w) throw new StackbootError('MANIFEST', `bad frames line ${JSON.stringify(v)} (expected "frames <layer sha256> sha256:<hex> <bytes>")`);
-    out.set(w[1], { layer: w[1], digest: w[2], size: Number(w[3]) });
-  }
-  return out;
+  return layerFileRefs(m, 'frames');
 }
 
 export function framesLine(ref: FramesRef): [string, string] {
@@ -320,10 +310,7 @@ export function framesLine(ref: FramesRef): [string, string] {
 
 /** A frames index checked against the manifest's line (size and sha256), then parsed. */
 export function verifyFramesIndex(ref: FramesRef, layerSize: number, b: Buffer, source: string): FramesIndex {
-  const d = createHash('sha256').update(b).digest('hex');
-  if (b.length !== ref.size || d !== ref.digest) {
-    throw new StackbootError('VERIFY', `${source}: the frames index of layer ${ref.layer.slice(0, 12)} does not match the signed manifest (${b.length} bytes, sha256 ${d.slice(0, 12)}; expected ${ref.size}, ${ref.digest.slice(0, 12)})`);
-  }
+  checkLayerFile(ref, b, source, 'frames index');
   const ix = parseFramesIndex(b);
   if (ix.layerSize !== layerSize) bad(`layer ${ref.layer.slice(0, 12)}: the index is of ${ix.layerSize} bytes, the layer has ${layerSize}`);
   return ix;

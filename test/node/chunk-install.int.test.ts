@@ -14,11 +14,9 @@
  *   still whole, no layer under the new name, gc sweeps the temp file.
  */
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
-import { spawn } from 'node:child_process';
 import { createReadStream, promises as fs } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { chunkDelta } from '../../src/format/chunker.js';
 import { VERITY_SALT, VerityTreeBuilder } from '../../src/format/verity-tree.js';
 import { writeBundleFile } from '../../src/format/bundle.js';
@@ -28,9 +26,8 @@ import { stageStore, Store } from '../../src/format/store.js';
 import { isTempName } from '../../src/sys/durable.js';
 import { install, type InstallEvent } from '../../src/node/install.js';
 import { httpChunkSource } from '../../src/node/chunk-source.js';
-import { gc } from '../../src/node/gc.js';
 import type { NodeContext } from '../../src/node/context.js';
-import { casyncFetch, chunkServer, chunkedBuild, debianBases } from '../support/chunk-fixtures.js';
+import { casyncFetch, chunkServer, chunkedBuild, debianBases, killMidReassembly } from '../support/chunk-fixtures.js';
 import { keys, layerBytes, sha256Of } from '../support/update-fixtures.js';
 import { snapshot } from '../support/store-loop.js';
 
@@ -253,30 +250,9 @@ describe('chunk install: failures', () => {
   it('killed in the middle of the reassembly: the old stack whole, no layer under the new name, gc sweeps the temp', async () => {
     const { store, bundle } = await setup('kill', v1, v2);
     const srv = await chunkServer(v2, { stallMs: 60_000 });
-    const before = await snapshot(store.dir);
-    const script = path.join(path.dirname(fileURLToPath(import.meta.url)), 'chunk-install-child.ts');
-    const child = spawn('npx', ['tsx', script, store.dir, bundle, srv.url, k.keysDir], { stdio: ['ignore', 'ignore', 'pipe'], detached: true });
-    let err = '';
-    child.stderr.on('data', (d) => (err += d));
     try {
-      const layers = path.join(store.dir, 'layers');
-      let temp = false;
-      for (let i = 0; i < 600 && !temp; i++) {
-        await new Promise((r) => setTimeout(r, 100));
-        temp = (await fs.readdir(layers)).some(isTempName);
-      }
-      expect(temp, `the child is reassembling (${err})`).toBe(true);
-      process.kill(-child.pid!, 'SIGKILL');
-      await new Promise((r) => child.once('exit', r));
-      expect(await fs.stat(store.layerPath(v2Digest)).catch(() => null)).toBeNull();
-      const oldM = (await store.slotManifest('a'))!;
-      expect(await store.checkLayers(oldM.manifest, true)).toEqual([]);
-      expect((await store.readState()).slots.a?.status).toBe('good');
-      const g = await gc(ctxOf(store));
-      expect(g.partials.length).toBe(1);
-      expect(await snapshot(store.dir)).toBe(before);
+      await killMidReassembly({ store, bundle, url: srv.url, keysDir: k.keysDir, digest: v2Digest });
     } finally {
-      if (child.exitCode === null && child.signalCode === null) process.kill(-child.pid!, 'SIGKILL');
       await srv.close();
     }
   }, 120_000);

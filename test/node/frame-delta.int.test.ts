@@ -11,25 +11,20 @@
  * range; the process killed in the middle of rebuilding frames.
  */
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
-import { spawn } from 'node:child_process';
 import { createReadStream, promises as fs } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { writeBundleFile } from '../../src/format/bundle.js';
 import { chunkIndexRefs } from '../../src/format/chunks.js';
 import { decodedChunks, framesRefs, layerFrames, parseDeltaEntries, parseFramesIndex, ENTRY } from '../../src/format/frames.js';
 import { parseManifest } from '../../src/format/manifest.js';
 import { stageStore, type Store } from '../../src/format/store.js';
-import { isTempName } from '../../src/sys/durable.js';
 import { openZstd } from '../../src/sys/zstd.js';
 import { install, type InstallEvent } from '../../src/node/install.js';
 import { httpChunkSource } from '../../src/node/chunk-source.js';
-import { gc } from '../../src/node/gc.js';
 import type { NodeContext } from '../../src/node/context.js';
-import { chunkServer, squashfsPair, type ServerOptions } from '../support/chunk-fixtures.js';
+import { chunkServer, killMidReassembly, squashfsPair, type ServerOptions } from '../support/chunk-fixtures.js';
 import { keys, sha256Of } from '../support/update-fixtures.js';
-import { snapshot } from '../support/store-loop.js';
 
 let tmp: string;
 let k: Awaited<ReturnType<typeof keys>>;
@@ -190,29 +185,9 @@ describe('frame deltas', () => {
     const { store, bundle } = await setup('kill');
     // the plan's entries come at once; every later delta range stalls
     const srv = await chunkServer(pair.v2, { files: '.delta', stallMs: 60_000, stallFrom: 1 });
-    const before = await snapshot(store.dir);
-    const script = path.join(path.dirname(fileURLToPath(import.meta.url)), 'chunk-install-child.ts');
-    const child = spawn('npx', ['tsx', script, store.dir, bundle, srv.url, k.keysDir], { stdio: ['ignore', 'ignore', 'pipe'], detached: true });
-    let err = '';
-    child.stderr.on('data', (d) => (err += d));
     try {
-      let temp = false;
-      for (let i = 0; i < 600 && !(temp && (srv.sent.get(`${digest}.delta`) ?? 0) > 0); i++) {
-        await new Promise((r) => setTimeout(r, 100));
-        temp = (await fs.readdir(path.join(store.dir, 'layers'))).some(isTempName);
-      }
-      expect(temp, `the child is reassembling (${err})`).toBe(true);
-      process.kill(-child.pid!, 'SIGKILL');
-      await new Promise((r) => child.once('exit', r));
-      expect(await fs.stat(store.layerPath(digest)).catch(() => null)).toBeNull();
-      const oldM = (await store.slotManifest('a'))!;
-      expect(await store.checkLayers(oldM.manifest, true)).toEqual([]);
-      expect((await store.readState()).slots.a?.status).toBe('good');
-      const g = await gc(ctxOf(store));
-      expect(g.partials.length).toBe(1);
-      expect(await snapshot(store.dir)).toBe(before);
+      await killMidReassembly({ store, bundle, url: srv.url, keysDir: k.keysDir, digest, ready: () => (srv.sent.get(`${digest}.delta`) ?? 0) > 0 });
     } finally {
-      if (child.exitCode === null && child.signalCode === null) process.kill(-child.pid!, 'SIGKILL');
       await srv.close();
     }
   }, 120_000);
