@@ -27,7 +27,8 @@ import { isTempName } from '../../src/sys/durable.js';
 import { install, type InstallEvent } from '../../src/node/install.js';
 import { httpChunkSource } from '../../src/node/chunk-source.js';
 import type { NodeContext } from '../../src/node/context.js';
-import { casyncFetch, chunkServer, chunkedBuild, debianBases, killMidReassembly } from '../support/chunk-fixtures.js';
+import { casyncFetch, chunkServer, chunkedBuild, debianBases } from '../support/chunk-fixtures.js';
+import { killMidReassembly } from '../support/chunk-kill.js';
 import { keys, layerBytes, sha256Of } from '../support/update-fixtures.js';
 import { snapshot } from '../support/store-loop.js';
 

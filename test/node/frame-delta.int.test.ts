@@ -23,7 +23,8 @@ import { openZstd } from '../../src/sys/zstd.js';
 import { install, type InstallEvent } from '../../src/node/install.js';
 import { httpChunkSource } from '../../src/node/chunk-source.js';
 import type { NodeContext } from '../../src/node/context.js';
-import { chunkServer, killMidReassembly, squashfsPair, type ServerOptions } from '../support/chunk-fixtures.js';
+import { chunkServer, squashfsPair, type ServerOptions } from '../support/chunk-fixtures.js';
+import { killMidReassembly } from '../support/chunk-kill.js';
 import { keys, sha256Of } from '../support/update-fixtures.js';
 
 let tmp: string;
