@@ -150,9 +150,9 @@ export class FrameMismatch extends StackbootError {
 
 /**
  * Rebuilds the planned frames of one layer, in layer order. The decoded bytes of every
- * indexed frame pass through `seen` (the rebuilt ones as they are made, the others as the
- * writer passes them: `tap`), so a chunk is decompressed against the same bytes the build
- * compressed it with.
+ * indexed frame pass through the decoded tail (the rebuilt ones as they are made, the
+ * others as the writer passes them: `tap`), so a chunk is decompressed against the same
+ * bytes the build compressed it with.
  */
 export class FrameBuilder {
   private readonly tail: DecodedTail;
@@ -165,20 +165,30 @@ export class FrameBuilder {
   private readonly oldFrames = new Map<string, Buffer>();
   private readonly files = new Map<string, fs.FileHandle>();
   private readonly prefetched = new Map<number, Promise<Buffer>>();
+  /** the planned frames' numbers, in layer order */
+  private readonly planned: number[];
   fetched = 0;
 
   constructor(private readonly p: FramePlan, private readonly zstd: Zstd, private readonly layer: LayerRef, private readonly source: ChunkSource) {
     this.tail = new DecodedTail(p.index.prefix);
+    this.planned = [...p.frames.keys()].sort((a, b) => a - b);
   }
 
   /** The planned frames that overlap [start, end) of the layer, in order. */
   framesIn(start: number, end: number): number[] {
-    const out: number[] = [];
-    for (const i of this.p.frames.keys()) {
-      const f = this.p.index.frames[i];
-      if (f.offset < end && f.offset + f.length > start) out.push(i);
+    const frames = this.p.index.frames;
+    // the first planned frame that ends after `start` (frames are in order and do not overlap)
+    let lo = 0;
+    let hi = this.planned.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >> 1;
+      const f = frames[this.planned[mid]];
+      if (f.offset + f.length <= start) lo = mid + 1;
+      else hi = mid;
     }
-    return out.sort((a, b) => a - b);
+    const out: number[] = [];
+    for (let k = lo; k < this.planned.length && frames[this.planned[k]].offset < end; k++) out.push(this.planned[k]);
+    return out;
   }
 
   /** Starts fetching a planned frame's missing chunks (ahead of the writer). */
