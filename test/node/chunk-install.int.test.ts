@@ -21,6 +21,8 @@ import { chunkDelta } from '../../src/format/chunker.js';
 import { VERITY_SALT, VerityTreeBuilder } from '../../src/format/verity-tree.js';
 import { writeBundleFile } from '../../src/format/bundle.js';
 import { chunkIndexRefs } from '../../src/format/chunks.js';
+import { layerFrames, parseFramesIndex } from '../../src/format/frames.js';
+import { openZstd } from '../../src/sys/zstd.js';
 import { parseManifest } from '../../src/format/manifest.js';
 import { stageStore, Store } from '../../src/format/store.js';
 import { isTempName } from '../../src/sys/durable.js';
@@ -103,6 +105,17 @@ describe('chunk install: the Debian base-layer security update', () => {
       expect(ev.framesOff).toBeUndefined();
       expect(dry.chunks[0].rebuilt).toBeGreaterThan(0.1 * size);
       expect(share).toBeLessThanOrEqual(0.12);
+      // the build listed every block of the layer: the system libzstd gave each one back byte for byte
+      const ix = parseFramesIndex(await fs.readFile(path.join(b.new, 'layers', `${digest}.frames`)));
+      const zstd = await openZstd();
+      let blocks = 0;
+      try {
+        for await (const f of layerFrames(path.join(b.new, 'layers', `${digest}.sqfs`), zstd)) expect(ix.frames[blocks++]?.offset).toBe(f.offset);
+      } finally {
+        await zstd.close();
+      }
+      expect(blocks).toBe(ix.frames.length);
+      expect(blocks).toBeGreaterThan(1000); // 1,535
     } finally {
       await srv.close();
     }
