@@ -7,6 +7,7 @@
  * chunk indexes alone (nodes then fetch changed blocks whole).
  */
 import { promises as fs } from 'node:fs';
+import { availableParallelism } from 'node:os';
 import path from 'node:path';
 import { openZstd, StackbootError, type ProgressSink, type Zstd } from '../sys/index.js';
 import { DELTA_LEVEL, PREFIX_BYTES, deltaFileName, framesIndexName, framesLine, parseFramesIndex, writeFrameDeltas, type FramesRef } from '../format/index.js';
@@ -34,7 +35,7 @@ async function existing(l: BuiltLayer, zstd: Zstd, level: number): Promise<Frame
 }
 
 /** The manifest's `frames` lines for the built layers (none when libzstd cannot be reached from here). */
-export async function frameDeltaLines(built: BuiltLayer[], level: number, progress: ProgressSink): Promise<[string, string][]> {
+export async function frameDeltaLines(built: BuiltLayer[], level: number, progress: ProgressSink, jobs = availableParallelism()): Promise<[string, string][]> {
   let zstd: Zstd;
   try {
     zstd = await openZstd();
@@ -42,6 +43,8 @@ export async function frameDeltaLines(built: BuiltLayer[], level: number, progre
     progress({ task: 'frame deltas', done: 0, note: `skipped: ${(e as Error).message}`, final: true });
     return [];
   }
+  // more libzstd processes (up to `jobs`) once a layer has to be written
+  const pool: Zstd[] = [zstd];
   try {
     const out: [string, string][] = [];
     const seen = new Set<string>();
@@ -51,7 +54,8 @@ export async function frameDeltaLines(built: BuiltLayer[], level: number, progre
       let ref = await existing(l, zstd, level);
       if (!ref) {
         const task = `frame deltas ${l.name}`;
-        ref = await writeFrameDeltas(l.file, l.digest, zstd, level, (done, total) => progress({ task, done, total, unit: 'bytes' }));
+        while (pool.length < Math.max(1, jobs)) pool.push(await openZstd());
+        ref = await writeFrameDeltas(l.file, l.digest, pool, level, (done, total) => progress({ task, done, total, unit: 'bytes' }));
         progress({ task, done: 1, total: 1, final: true });
       }
       out.push(framesLine(ref));
@@ -60,6 +64,6 @@ export async function frameDeltaLines(built: BuiltLayer[], level: number, progre
   } catch (e) {
     throw e instanceof StackbootError ? e : new StackbootError('TOOL', `frame deltas: ${(e as Error).message}`, { cause: e });
   } finally {
-    await zstd.close();
+    for (const z of pool) await z.close();
   }
 }

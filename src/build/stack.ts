@@ -235,7 +235,7 @@ async function buildLayersAndManifest(recipe: Recipe, o: BuildOptions): Promise<
   };
   if (o.chunks) {
     manifest.extra = await Promise.all(built.map(async (l) => chunkIndexLine(await writeChunkIndex(l.file, l.digest))));
-    if (recipe.compression.algorithm === 'zstd') manifest.extra.push(...(await frameDeltaLines(built, recipe.compression.level ?? 3, o.progress)));
+    if (recipe.compression.algorithm === 'zstd') manifest.extra.push(...(await frameDeltaLines(built, recipe.compression.level ?? 3, o.progress, o.jobs)));
   }
   const text = serializeManifest(manifest);
   const manifestFile = path.join(o.outDir, 'manifest');

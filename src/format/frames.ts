@@ -348,9 +348,10 @@ export class DecodedTail {
  * Writes a layer's frames index and delta file beside it (`<sha256>.frames`,
  * `<sha256>.delta`) and returns the manifest's reference to the index. Only the frames
  * the system libzstd gives back byte for byte at `level` are listed (a node rebuilds
- * them with the same library version, which the index names).
+ * them with the same library version, which the index names). With several libzstd
+ * processes (`zstd` a list) the work is shared among them; the files are the same.
  */
-export async function writeFrameDeltas(layerFile: string, layerDigest: string, zstd: Zstd, level: number, progress?: (done: number, total: number) => void): Promise<FramesRef> {
+export async function writeFrameDeltas(layerFile: string, layerDigest: string, zstd: Zstd | Zstd[], level: number, progress?: (done: number, total: number) => void): Promise<FramesRef> {
   const dir = path.dirname(layerFile);
   const size = (await fs.stat(layerFile)).size;
   const frames: Frame[] = [];
@@ -360,17 +361,23 @@ export async function writeFrameDeltas(layerFile: string, layerDigest: string, z
   let dataAt = 0;
   let entryCount = 0;
   const tail = new DecodedTail(PREFIX_BYTES);
+  const pool = Array.isArray(zstd) ? zstd : [zstd];
   try {
-    const BATCH = 16;
+    const BATCH = 16 * pool.length;
     let batch: { offset: number; frame: Buffer; decoded: Buffer }[] = [];
+    // the frames of a batch are checked and their chunks compressed on every libzstd
+    // process at once (each chunk's dictionary is decoded bytes, known before any is
+    // compressed); what they give is written in frame order, so the files do not depend
+    // on how many there are
     const flush = async () => {
       if (batch.length === 0) return;
-      const again = await zstd.compress(batch.map((f) => f.decoded), level);
+      const share = Math.ceil(batch.length / pool.length);
+      const again = (await Promise.all(pool.map((z, w) => z.compress(batch.slice(w * share, (w + 1) * share).map((f) => f.decoded), level)))).flat();
+      const work: { f: (typeof batch)[number]; chunks: { size: number; digest: string }[]; ctx: { buf: Buffer; start: number }; slices: [number, number][] }[] = [];
       for (let i = 0; i < batch.length; i++) {
         const f = batch[i];
         if (!again[i].equals(f.frame)) continue; // not reproducible with this libzstd: the node fetches it as chunks
         const chunks = decodedChunks(f.decoded, DECODED_SIZES);
-        const items: { data: Buffer; prefix: Buffer }[] = [];
         const ctx = tail.context(f.decoded);
         const slices: [number, number][] = [];
         let at = 0;
@@ -378,12 +385,17 @@ export async function writeFrameDeltas(layerFile: string, layerDigest: string, z
           slices.push([ctx.start + at, ctx.start + at + c.size]);
           at += c.size;
         }
-        const packed = await zstd.compressSlices(ctx.buf, slices, PREFIX_BYTES, DELTA_LEVEL);
+        work.push({ f, chunks, ctx, slices });
+        tail.push(f.decoded);
+      }
+      const packed = await Promise.all(work.map((x, k) => pool[k % pool.length].compressSlices(x.ctx.buf, x.slices, PREFIX_BYTES, DELTA_LEVEL)));
+      for (let w = 0; w < work.length; w++) {
+        const { f, chunks, ctx, slices } = work[w];
         const ents = Buffer.alloc(chunks.length * ENTRY);
         const start = dataAt;
         for (let k = 0; k < chunks.length; k++) {
-          const raw = packed[k].length >= chunks[k].size;
-          const stored = raw ? ctx.buf.subarray(slices[k][0], slices[k][1]) : packed[k];
+          const raw = packed[w][k].length >= chunks[k].size;
+          const stored = raw ? ctx.buf.subarray(slices[k][0], slices[k][1]) : packed[w][k];
           serializeEntry({ digest: chunks[k].digest, size: chunks[k].size, stored: stored.length, mode: raw ? 0 : 1 }, ents, k * ENTRY);
           await data.write(stored);
           dataAt += stored.length;
@@ -391,12 +403,11 @@ export async function writeFrameDeltas(layerFile: string, layerDigest: string, z
         entries.push(ents);
         frames.push({ offset: f.offset, length: f.frame.length, decoded: f.decoded.length, entriesOffset: entryCount * ENTRY, entries: chunks.length, dataOffset: start, dataBytes: dataAt - start });
         entryCount += chunks.length;
-        tail.push(f.decoded);
         progress?.(f.offset + f.frame.length, size);
       }
       batch = [];
     };
-    for await (const f of layerFrames(layerFile, zstd)) {
+    for await (const f of layerFrames(layerFile, pool[0])) {
       batch.push(f);
       if (batch.length >= BATCH) await flush();
     }
@@ -434,7 +445,7 @@ export async function writeFrameDeltas(layerFile: string, layerDigest: string, z
       await out.close();
     }
     await fs.rename(tmp, deltaFile);
-    const index = serializeFramesIndex({ level, deltaLevel: DELTA_LEVEL, zstdVersion: zstd.version, sizes: DECODED_SIZES, prefix: PREFIX_BYTES, layerSize: size, deltaSize: entriesBytes + dataAt, deltaDigest: sha.digest('hex'), frames });
+    const index = serializeFramesIndex({ level, deltaLevel: DELTA_LEVEL, zstdVersion: pool[0].version, sizes: DECODED_SIZES, prefix: PREFIX_BYTES, layerSize: size, deltaSize: entriesBytes + dataAt, deltaDigest: sha.digest('hex'), frames });
     await writeDurable(path.join(dir, framesIndexName(layerDigest)), index);
     return { layer: layerDigest, digest: createHash('sha256').update(index).digest('hex'), size: index.length };
   } finally {

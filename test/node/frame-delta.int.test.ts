@@ -16,7 +16,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { writeBundleFile } from '../../src/format/bundle.js';
 import { chunkIndexRefs } from '../../src/format/chunks.js';
-import { decodedChunks, framesRefs, layerFrames, parseDeltaEntries, parseFramesIndex, ENTRY } from '../../src/format/frames.js';
+import { decodedChunks, framesRefs, layerFrames, parseDeltaEntries, parseFramesIndex, writeFrameDeltas, ENTRY } from '../../src/format/frames.js';
 import { parseManifest } from '../../src/format/manifest.js';
 import { stageStore, type Store } from '../../src/format/store.js';
 import { openZstd } from '../../src/sys/zstd.js';
@@ -71,7 +71,7 @@ async function run(name: string, opts: ServerOptions = {}, dryRun = false) {
 }
 
 describe('frame deltas', () => {
-  it('the build lists every block of the layer and names the index in the manifest', async () => {
+  it('the build lists every block of the layer and names the index in the manifest; shared among processes, the same files', async () => {
     const m = parseManifest(await fs.readFile(path.join(pair.v2, 'manifest'), 'utf8'));
     const ref = framesRefs(m).get(digest)!;
     const b = await fs.readFile(path.join(pair.v2, 'layers', `${digest}.frames`));
@@ -88,6 +88,18 @@ describe('frame deltas', () => {
       }
       expect(n).toBe(ix.frames.length);
       expect(n).toBeGreaterThan(30); // 4 MB of text in 128 KiB blocks, and the metadata blocks
+      // shared among three libzstd processes, the work gives the same files
+      const copy = path.join(tmp, 'frames-shared');
+      await fs.mkdir(copy, { recursive: true });
+      await fs.copyFile(path.join(pair.v2, 'layers', `${digest}.sqfs`), path.join(copy, `${digest}.sqfs`));
+      const more = [await openZstd(), await openZstd()];
+      try {
+        const again = await writeFrameDeltas(path.join(copy, `${digest}.sqfs`), digest, [zstd, ...more], 3);
+        expect(again).toEqual(ref);
+        expect(Buffer.compare(await fs.readFile(path.join(copy, `${digest}.delta`)), await fs.readFile(path.join(pair.v2, 'layers', `${digest}.delta`)))).toBe(0);
+      } finally {
+        for (const z of more) await z.close();
+      }
     } finally {
       await zstd.close();
     }
