@@ -13,7 +13,7 @@ export const buildCommand: CommandModule<any, any> = {
       .option('arch', { type: 'string', choices: ['amd64', 'arm64'], describe: 'target architecture (default: this machine)' })
       .option('cache', { type: 'string', describe: 'layer cache folder (default: $XDG_CACHE_HOME/stackboot or ~/.cache/stackboot)' })
       .option('no-cache', { type: 'boolean', describe: 'build every layer, do not read or write the cache' })
-      .option('jobs', { alias: 'j', type: 'number', coerce: wholeNumber('jobs', 1, 1024), describe: 'compressor threads (output does not depend on it)' })
+      .option('jobs', { alias: 'j', type: 'number', coerce: wholeNumber('jobs', 1, 1024), describe: 'compressor threads, and libzstd processes for frame deltas (output does not depend on it)' })
       .option('busybox', { type: 'string', describe: 'a recipe with a kernel: busybox-static for its initrd (default: the setup target)' })
       .option('chunks', { type: 'boolean', describe: 'write a chunk index beside each layer, and for zstd layers its frame deltas (needs python3-zstandard), named in the manifest, for chunk-delta installs (install --chunks-from, oci://)' })
       .option('kexec-root', { type: 'string', describe: 'a recipe with a kernel: sysroot with sbin/kexec for its initrd (default: the setup target)' })
